@@ -1,0 +1,84 @@
+"""The numerics idiom every op is proven with (DESIGN.md "Numerics").
+
+A fast backend's output is compared with an *oracle*: the reference backend evaluated in float64 on the
+same inputs. It passes when its max abs error is at most ``k`` times the error of the reference backend
+run in the same low precision (k = 2 forward, 3 backward), plus a small dtype-dependent floor scaled by
+the oracle's magnitude. Used by tests/ and by the kernel report (``alarm demo``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+__all__ = ["ParityResult", "parity", "assert_parity", "FLOOR", "random_seqlens"]
+
+# Absolute floor, relative to max(1, max|oracle|): the irreducible rounding of one output element.
+FLOOR = {
+    torch.float64: 1e-12,
+    torch.float32: 1e-5,
+    torch.float16: 2e-3,
+    torch.bfloat16: 1.6e-2,
+}
+
+
+@dataclass
+class ParityResult:
+    """Max abs errors against the oracle, and whether the fast backend is within the budget."""
+
+    name: str
+    fast_error: float
+    reference_error: float
+    budget: float
+    ok: bool
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else "FAIL"
+        return (
+            f"{self.name}: fast err {self.fast_error:.3e}, same-dtype reference err {self.reference_error:.3e}, "
+            f"budget {self.budget:.3e} [{verdict}]"
+        )
+
+
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        raise AssertionError(f"shape mismatch: {tuple(a.shape)} vs oracle {tuple(b.shape)}")
+    if a.numel() == 0:
+        return 0.0
+    diff = (a.detach().double().cpu() - b.detach().double().cpu()).abs()
+    if torch.isnan(diff).any():
+        return float("inf")  # an unwritten (NaN-prefilled) or NaN-producing element
+    return float(diff.max())
+
+
+def parity(
+    fast: torch.Tensor,
+    reference_low: torch.Tensor,
+    oracle: torch.Tensor,
+    *,
+    k: float = 2.0,
+    dtype: Optional[torch.dtype] = None,
+    name: str = "output",
+) -> ParityResult:
+    """Compare ``fast`` and ``reference_low`` (same low dtype) with the float64 ``oracle``."""
+    dtype = dtype or fast.dtype
+    scale = max(1.0, float(oracle.detach().double().abs().max())) if oracle.numel() else 1.0
+    fast_err = _max_abs_diff(fast, oracle)
+    ref_err = _max_abs_diff(reference_low, oracle)
+    budget = k * ref_err + FLOOR[dtype] * scale
+    return ParityResult(name, fast_err, ref_err, budget, fast_err <= budget)
+
+
+def assert_parity(fast, reference_low, oracle, *, k: float = 2.0, dtype=None, name: str = "output") -> ParityResult:
+    """:func:`parity`, raising AssertionError with the numbers when the fast backend is out of budget."""
+    result = parity(fast, reference_low, oracle, k=k, dtype=dtype, name=name)
+    if not result.ok:
+        raise AssertionError(str(result))
+    return result
+
+
+def random_seqlens(generator: torch.Generator, n: int, max_len: int, *, allow_empty: bool = True) -> list:
+    """``n`` random sequence lengths in ``[0 or 1, max_len]`` drawn from ``generator``."""
+    low = 0 if allow_empty else 1
+    return torch.randint(low, max_len + 1, (n,), generator=generator).tolist()

@@ -1,0 +1,92 @@
+"""``varlen_pool``: per-sequence token compression by mean or max over windows of ``ratio`` frames.
+
+Layering (the pattern every op follows):
+``reference.py`` / ``triton.py`` / ``cuda.py`` implement ``forward`` and ``backward`` per backend;
+this file validates inputs, resolves the backend and calls the ``torch.library`` custom op
+``alarm_kernels::varlen_pool`` (with fake shapes and registered autograd, so ``torch.compile`` traces it).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .._utils import check_tensor
+from ..backend import select_backend
+from ..varlen import validate_cu_seqlens
+
+__all__ = ["varlen_pool"]
+
+IMPLEMENTED = ("cuda", "triton", "reference")
+MODES = ("mean", "max")
+
+
+def _impl(backend: str):
+    return importlib.import_module(f"{__name__}.{backend}")
+
+
+@torch.library.custom_op("alarm_kernels::varlen_pool", mutates_args=())
+def _varlen_pool_op(x: Tensor, cu_seqlens: Tensor, ratio: int, mode: str, backend: str) -> Tuple[Tensor, Tensor]:
+    return _impl(backend).forward(x, cu_seqlens, ratio, mode)
+
+
+@_varlen_pool_op.register_fake
+def _(x, cu_seqlens, ratio, mode, backend):
+    total_y = torch.library.get_ctx().new_dynamic_size()
+    return x.new_empty(total_y, x.shape[1]), torch.empty_like(cu_seqlens)
+
+
+@torch.library.custom_op("alarm_kernels::varlen_pool_backward", mutates_args=())
+def _varlen_pool_backward_op(
+    grad_y: Tensor, x: Tensor, y: Tensor, cu_seqlens: Tensor, cu_y: Tensor, ratio: int, mode: str, backend: str
+) -> Tensor:
+    return _impl(backend).backward(grad_y, x, y, cu_seqlens, cu_y, ratio, mode)
+
+
+@_varlen_pool_backward_op.register_fake
+def _(grad_y, x, y, cu_seqlens, cu_y, ratio, mode, backend):
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, cu_seqlens, ratio, mode, backend = inputs
+    y, cu_y = output
+    ctx.save_for_backward(x, y, cu_seqlens, cu_y)
+    ctx.ratio, ctx.mode, ctx.backend = ratio, mode, backend
+
+
+def _backward(ctx, grad_y, _grad_cu_y):
+    x, y, cu_seqlens, cu_y = ctx.saved_tensors
+    grad_x = _varlen_pool_backward_op(grad_y.contiguous(), x, y, cu_seqlens, cu_y, ctx.ratio, ctx.mode, ctx.backend)
+    return grad_x, None, None, None, None
+
+
+_varlen_pool_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def varlen_pool(x: Tensor, cu_seqlens: Tensor, ratio: int, mode: str = "mean", backend: str = "auto"):
+    """Compress each packed sequence by pooling windows of ``ratio`` frames.
+
+    Args:
+        x: ``[total, D]`` float tensor (fp32, fp16, bf16; fp64 on the reference backend).
+        cu_seqlens: int32 ``[N+1]`` offsets into ``x``.
+        ratio: window size (>= 1). A sequence of length L yields ``ceil(L / ratio)`` tokens.
+        mode: "mean" (a partial last window averages the frames present) or "max".
+        backend: "auto", "reference", "triton" or "cuda".
+    Returns:
+        ``(y, cu_y)``: y ``[sum_i ceil(L_i / ratio), D]`` in x's dtype, cu_y int32 ``[N+1]``.
+    """
+    check_tensor(x, "x", ndim=2)
+    validate_cu_seqlens(cu_seqlens, x.shape[0], device=x.device)
+    if not isinstance(ratio, int) or ratio < 1:
+        raise ValueError(f"ratio must be a positive int, got {ratio!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    name = select_backend(
+        "varlen_pool", backend, x.device, IMPLEMENTED,
+        {"triton": "float64 is reference-only" if x.dtype == torch.float64 else None,
+         "cuda": "float64 is reference-only" if x.dtype == torch.float64 else None},
+    )
+    return _varlen_pool_op(x.contiguous(), cu_seqlens, ratio, mode, name)
