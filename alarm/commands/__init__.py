@@ -1,0 +1,1 @@
+"""Subcommands of the ``alarm`` CLI (see alarm/cli.py)."""

@@ -1,0 +1,1 @@
+"""Benchmark cases, one module per op. Each module defines ``cases(device, quick) -> list[BenchCase]``."""
