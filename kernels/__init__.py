@@ -14,6 +14,8 @@ from .varlen import (
     unpad,
     validate_cu_seqlens,
 )
+from .attention import packed_attention
 from .varlen_pool import varlen_pool
+from .varlen_conv1d import varlen_conv1d
 
 __version__ = "0.1.0"

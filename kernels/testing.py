@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["ParityResult", "parity", "assert_parity", "FLOOR", "random_seqlens"]
+__all__ = ["ParityResult", "parity", "assert_parity", "check_backend", "FLOOR", "random_seqlens"]
 
 # Absolute floor, relative to max(1, max|oracle|): the irreducible rounding of one output element.
 FLOOR = {
@@ -82,3 +82,63 @@ def random_seqlens(generator: torch.Generator, n: int, max_len: int, *, allow_em
     """``n`` random sequence lengths in ``[0 or 1, max_len]`` drawn from ``generator``."""
     low = 0 if allow_empty else 1
     return torch.randint(low, max_len + 1, (n,), generator=generator).tolist()
+
+
+def _cast(value, dtype):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.detach().to(dtype)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast(v, dtype) for v in value)
+    return value
+
+
+def _leaves(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _leaves(v)]
+    return []
+
+
+def _run(fn, inputs: dict, grad_names, grad_output_seed: int, backend: str):
+    """Run ``fn(**inputs, backend=backend)``; backprop a seeded random cotangent through its first output."""
+    for name in grad_names:
+        for t in _leaves(inputs[name]):
+            t.requires_grad_(True)
+    out = fn(**inputs, backend=backend)
+    main = out[0] if isinstance(out, (tuple, list)) else out
+    gen = torch.Generator().manual_seed(grad_output_seed)
+    cotangent = torch.randn(main.shape, generator=gen, dtype=torch.float64).to(main.dtype).to(main.device)
+    leaves = [t for name in grad_names for t in _leaves(inputs[name])]
+    grads = torch.autograd.grad(main, leaves, cotangent, allow_unused=True) if leaves else []
+    return main.detach(), [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, leaves)]
+
+
+def check_backend(fn, inputs: dict, grad_names, *, backend: str, dtype: torch.dtype, label: str = "",
+                  seed: int = 0) -> list:
+    """Prove one backend of one op at one shape with the parity idiom, forward and backward.
+
+    Args:
+        fn: the public op (called as ``fn(**inputs, backend=...)``; its first output is checked).
+        inputs: keyword inputs; floating tensors (also inside lists) are cast to ``dtype`` for the
+            backend under test and the same-dtype reference, and to float64 for the oracle.
+        grad_names: names of inputs to differentiate (their gradients are checked with k = 3).
+    Returns:
+        A list of :class:`ParityResult` (output first, then one per gradient); outputs NaN-prefilled.
+    """
+    from ._utils import nan_prefill
+
+    def prepared(d):
+        return {k: _cast(v, d) for k, v in inputs.items()}
+
+    oracle_out, oracle_grads = _run(fn, prepared(torch.float64), grad_names, seed, "reference")
+    ref_out, ref_grads = _run(fn, prepared(dtype), grad_names, seed, "reference")
+    with nan_prefill():
+        fast_out, fast_grads = _run(fn, prepared(dtype), grad_names, seed, backend)
+    prefix = f"{label} [{backend}, {str(dtype).replace('torch.', '')}]"
+    results = [parity(fast_out, ref_out, oracle_out, k=2.0, dtype=dtype, name=f"{prefix} out")]
+    names = [f"d{name}[{i}]" if len(_leaves(inputs[name])) > 1 else f"d{name}"
+             for name in grad_names for i in range(len(_leaves(inputs[name])))]
+    for n, f, r, o in zip(names, fast_grads, ref_grads, oracle_grads):
+        results.append(parity(f, r, o, k=3.0, dtype=dtype, name=f"{prefix} {n}"))
+    return results

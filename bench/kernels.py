@@ -1,0 +1,204 @@
+"""Kernel micro-benchmarks: every case of ``bench/cases/*.py``, all variants side by side in one run.
+
+    python -m bench.kernels [--quick] [--ops varlen_pool,attention] [--out bench/results/NAME.json]
+
+Reports per op and shape: median time and spread (p20-p80), achieved GB/s or TFLOP/s, fraction of the
+device's measured ceiling (copy bandwidth, or dense bf16/fp32 matmul throughput), speedup over the
+"reference" variant, and peak memory. On GPU, timing uses ``triton.testing.do_bench`` (L2 flushed,
+CUDA events); on CPU a perf_counter loop. The JSON result records device, versions and git sha.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pkgutil
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from bench.harness import BenchCase
+
+__all__ = ["time_fn", "measure_ceilings", "run_cases", "environment", "format_table", "main"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, *, budget_s: float = 0.5) -> Dict[str, float]:
+    """Median and p20/p80 of ``fn``'s run time in milliseconds, plus peak memory (MiB, GPU only)."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        p20, median, p80 = do_bench(fn, warmup=25, rep=int(budget_s * 1000), quantiles=[0.2, 0.5, 0.8])
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return {"ms": median, "p20_ms": p20, "p80_ms": p80, "peak_mib": peak}
+    fn()  # warm-up (and compile, for torch.compile variants)
+    times: List[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+    return {"ms": statistics.median(times), "p20_ms": q(0.2), "p80_ms": q(0.8), "peak_mib": float("nan")}
+
+
+def measure_ceilings(device: torch.device, quick: bool) -> Dict[str, float]:
+    """Measured device ceilings: copy bandwidth (GB/s, read+write) and dense matmul TFLOP/s."""
+    n_bytes = (64 if quick or device.type == "cpu" else 1024) * 2**20
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    copy_ms = time_fn(lambda: dst.copy_(src), device)["ms"]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    n = 8192 if device.type == "cuda" and not quick else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    mm_ms = time_fn(lambda: a @ b, device)["ms"]
+    return {
+        "copy_GBps": 2 * n_bytes / (copy_ms * 1e-3) / 1e9,
+        "matmul_TFLOPs": 2 * n**3 / (mm_ms * 1e-3) / 1e12,
+        "matmul_dtype": str(dtype).replace("torch.", ""),
+    }
+
+
+def discover_case_modules(only: Optional[List[str]] = None) -> List[str]:
+    """Names of ``bench.cases`` modules (one per op), optionally filtered."""
+    import bench.cases
+
+    names = sorted(m.name for m in pkgutil.iter_modules(bench.cases.__path__))
+    if only:
+        unknown = set(only) - set(names)
+        if unknown:
+            raise SystemExit(f"unknown ops {sorted(unknown)}; available: {names}")
+        names = [n for n in names if n in only]
+    return names
+
+
+def run_cases(cases: List[BenchCase], device: torch.device, ceilings: Dict[str, float], budget_s: float,
+              progress: bool = True) -> List[dict]:
+    """Time every variant of every case; returns one row per (case, variant)."""
+    rows = []
+    iterator = cases
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(cases, desc="bench", unit="case", file=sys.stderr)
+    for case in iterator:
+        baseline_ms = None
+        results = {}
+        for label, fn in case.variants.items():
+            try:
+                results[label] = time_fn(fn, device, budget_s=budget_s)
+            except Exception as exc:  # a variant that cannot run here is reported, not fatal
+                results[label] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:200]}
+        if "reference" in results and "ms" in results["reference"]:
+            baseline_ms = results["reference"]["ms"]
+        for label, res in results.items():
+            row = {"op": case.op, "case": case.name, "direction": case.direction, "variant": label, **case.notes}
+            row.update(res)
+            if "ms" in res:
+                seconds = res["ms"] * 1e-3
+                if case.bytes_moved:
+                    row["GBps"] = case.bytes_moved / seconds / 1e9
+                    row["frac_copy_bw"] = row["GBps"] / ceilings["copy_GBps"]
+                if case.flops:
+                    row["TFLOPs"] = case.flops / seconds / 1e12
+                    row["frac_matmul_peak"] = row["TFLOPs"] / ceilings["matmul_TFLOPs"]
+                if baseline_ms:
+                    row["speedup_vs_reference"] = baseline_ms / res["ms"]
+            rows.append(row)
+    return rows
+
+
+def environment(device: torch.device) -> dict:
+    """Device name, library versions and git sha, recorded with every result."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        sha, dirty = "unknown", False
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "device": name,
+        "device_type": device.type,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def format_table(rows: List[dict]) -> str:
+    """Markdown table of the rows."""
+    lines = ["| op | case | dir | variant | median ms | p20-p80 ms | GB/s | %copy BW | TFLOP/s | %peak | x ref | peak MiB |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    fmt = lambda row, k, spec: format(row[k], spec) if k in row and row[k] == row[k] else ""  # noqa: E731
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['op']} | {r['case']} | {r['direction']} | {r['variant']} | n/a: {r['error'][:60]} |||||||")
+            continue
+        pct = lambda k: f"{100 * r[k]:.0f}%" if k in r else ""  # noqa: E731
+        lines.append(
+            f"| {r['op']} | {r['case']} | {r['direction']} | {r['variant']} | {r['ms']:.3f} | "
+            f"{r['p20_ms']:.3f}-{r['p80_ms']:.3f} | {fmt(r, 'GBps', '.0f')} | {pct('frac_copy_bw')} | "
+            f"{fmt(r, 'TFLOPs', '.1f')} | {pct('frac_matmul_peak')} | {fmt(r, 'speedup_vs_reference', '.2f')} | "
+            f"{fmt(r, 'peak_mib', '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes (seconds on CPU)")
+    parser.add_argument("--ops", default="", help="comma-separated case modules (default: all)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--budget", type=float, default=None, help="seconds of timing per variant")
+    parser.add_argument("--out", default=None, help="write JSON results here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    budget = args.budget if args.budget is not None else (0.2 if args.quick else 0.5)
+    cases: List[BenchCase] = []
+    for name in discover_case_modules([o for o in args.ops.split(",") if o]):
+        cases.extend(importlib.import_module(f"bench.cases.{name}").cases(device, args.quick))
+    ceilings = measure_ceilings(device, args.quick)
+    rows = run_cases(cases, device, ceilings, budget)
+    env = environment(device)
+    print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | sha {env['git_sha'][:10]}")
+    print(f"ceilings: copy {ceilings['copy_GBps']:.0f} GB/s, matmul {ceilings['matmul_TFLOPs']:.1f} TFLOP/s "
+          f"({ceilings['matmul_dtype']})")
+    print(format_table(rows))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"environment": env, "ceilings": ceilings, "rows": rows}, f, indent=1)
+        os.replace(tmp, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""``packed_attention``: flash-attention style attention over packed (varlen) sequences.
+
+Layering (the op template): ``reference.py`` / ``triton.py`` / ``flash_attn.py`` implement ``forward``
+(returns ``out`` and the log-sum-exp ``lse``) and ``backward`` per backend; this file validates inputs,
+resolves the backend and calls the ``torch.library`` custom op ``alarm_kernels::packed_attention``
+(fake shapes + registered autograd calling ``alarm_kernels::packed_attention_backward``).
+``hf.py`` plugs the op into transformers as the attention implementation ``"alarm_packed"``.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._utils import check_tensor
+from ..backend import select_backend
+from ..varlen import cu_seqlens_to_seqlens, validate_cu_seqlens
+
+__all__ = ["packed_attention", "MIN_HEAD_DIM", "MAX_HEAD_DIM"]
+
+# fastest first: flash-attn where installed (proven kernels), then our Triton kernels, then PyTorch
+IMPLEMENTED = ("flash_attn", "triton", "reference")
+MIN_HEAD_DIM, MAX_HEAD_DIM = 32, 256
+
+
+def _impl(backend: str):
+    return importlib.import_module(f"{__name__}.{backend}")
+
+
+@torch.library.custom_op("alarm_kernels::packed_attention", mutates_args=())
+def _packed_attention_op(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
+    max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool, backend: str,
+) -> Tuple[Tensor, Tensor]:
+    return _impl(backend).forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+
+
+@_packed_attention_op.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, deterministic, backend):
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=lse_dtype)
+
+
+@torch.library.custom_op("alarm_kernels::packed_attention_backward", mutates_args=())
+def _packed_attention_backward_op(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
+    deterministic: bool, backend: str,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    return _impl(backend).backward(
+        grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+        softmax_scale, deterministic,
+    )
+
+
+@_packed_attention_backward_op.register_fake
+def _(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
+      deterministic, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, deterministic, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+    ctx.mark_non_differentiable(lse)
+    ctx.args = (max_q, max_k, causal, scale, deterministic, backend)
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    max_q, max_k, causal, scale, deterministic, backend = ctx.args
+    dq, dk, dv = _packed_attention_backward_op(
+        grad_out.contiguous(), q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale, deterministic, backend
+    )
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+_packed_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_max_seqlen(value, cu_seqlens: Tensor, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    if torch.compiler.is_compiling() or cu_seqlens.numel() <= 1:
+        return
+    real = int(cu_seqlens_to_seqlens(cu_seqlens).max())
+    if value < real:
+        raise ValueError(f"{name}={value} is smaller than the longest sequence ({real})")
+
+
+def _input_reasons(q: Tensor) -> dict:
+    fast_dtype = None if q.dtype != torch.float64 else "float64 is reference-only"
+    fa = fast_dtype or (None if q.dtype in (torch.float16, torch.bfloat16) else "flash-attn needs fp16/bf16 inputs")
+    return {"triton": fast_dtype, "flash_attn": fa}
+
+
+def packed_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool = False,
+    softmax_scale: Optional[float] = None,
+    backend: str = "auto",
+    deterministic: bool = False,
+) -> Tensor:
+    """Attention over packed sequences (flash-attn's varlen API; differentiable in q, k, v).
+
+    Args:
+        q: ``[total_q, Hq, D]`` float tensor (fp32, fp16, bf16; fp64 on the reference backend).
+        k, v: ``[total_k, Hkv, D]``, same dtype and device as q; ``Hq % Hkv == 0`` (GQA / MQA: query head
+            ``h`` uses key/value head ``h // (Hq // Hkv)``). ``32 <= D <= 256`` (any size, not only powers of 2).
+        cu_seqlens_q, cu_seqlens_k: int32 ``[N+1]`` offsets of the N sequences in q and in k/v.
+        max_seqlen_q, max_seqlen_k: Python ints, at least the longest query / key sequence.
+        causal: causal mask, aligned bottom-right when a sequence's query and key lengths differ
+            (query ``i`` sees key ``j`` iff ``j <= i + Lk - Lq``, as flash-attn >= 2.1).
+        softmax_scale: multiplies ``Q K^T`` before the softmax; default ``1 / sqrt(D)``.
+        backend: "auto", "reference", "triton" or "flash_attn".
+        deterministic: the backward runs without atomics (bitwise reproducible); slower on GPU.
+    Returns:
+        ``out [total_q, Hq, D]`` in q's dtype. A query row that sees no key (empty key sequence, or
+        causal with ``i + Lk - Lq < 0``) outputs 0 and receives zero gradients.
+    """
+    check_tensor(q, "q", ndim=3)
+    check_tensor(k, "k", ndim=3, dtypes=(q.dtype,), device=q.device)
+    check_tensor(v, "v", ndim=3, dtypes=(q.dtype,), device=q.device)
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"q head dim {q.shape[2]} differs from k/v head dim {k.shape[2]}")
+    head_dim, hq, hkv = q.shape[2], q.shape[1], k.shape[1]
+    if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"q head dim must lie in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}")
+    if hkv == 0 or hq == 0 or hq % hkv != 0:
+        raise ValueError(f"q heads ({hq}) must be a positive multiple of k/v heads ({hkv})")
+    validate_cu_seqlens(cu_seqlens_q, q.shape[0], name="cu_seqlens_q", device=q.device)
+    validate_cu_seqlens(cu_seqlens_k, k.shape[0], name="cu_seqlens_k", device=q.device)
+    if cu_seqlens_q.shape != cu_seqlens_k.shape:
+        raise ValueError(
+            f"cu_seqlens_q {tuple(cu_seqlens_q.shape)} and cu_seqlens_k {tuple(cu_seqlens_k.shape)} must describe "
+            "the same number of sequences"
+        )
+    _check_max_seqlen(max_seqlen_q, cu_seqlens_q, "max_seqlen_q")
+    _check_max_seqlen(max_seqlen_k, cu_seqlens_k, "max_seqlen_k")
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(head_dim)
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(softmax_scale):
+        raise ValueError(f"softmax_scale must be a finite float or None, got {softmax_scale!r}")
+    name = select_backend("packed_attention", backend, q.device, IMPLEMENTED, _input_reasons(q))
+    out, _lse = _packed_attention_op(
+        q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+        bool(causal), float(softmax_scale), bool(deterministic), name,
+    )
+    return out

@@ -1,0 +1,140 @@
+"""``varlen_conv1d``: channels-last conv1d over each packed sequence independently, with zero padding at
+every sequence edge and an optional fused exact-GELU epilogue (ALARM's conv downsampler block).
+
+Layering as in ``varlen_pool``: ``reference.py`` / ``triton.py`` / ``cuda.py`` implement ``forward`` and
+``backward``; this file validates inputs, resolves the backend and calls the ``torch.library`` custom op
+``alarm_kernels::varlen_conv1d`` (fake shapes + registered autograd, so ``torch.compile`` traces it).
+
+With ``activation="gelu"`` the forward also returns the pre-activation ``[total_y, C_out]`` (one extra
+store in the fused epilogue) and the backward uses it (``grad_pre = grad_y * gelu'(pre)``): saved, not
+recomputed, so the backward costs two GEMMs rather than three.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._utils import check_tensor
+from ..backend import select_backend
+from ..varlen import validate_cu_seqlens
+
+__all__ = ["varlen_conv1d"]
+
+IMPLEMENTED = ("reference",)
+ACTIVATIONS = (None, "gelu")
+
+
+def _impl(backend: str):
+    return importlib.import_module(f"{__name__}.{backend}")
+
+
+@torch.library.custom_op("alarm_kernels::varlen_conv1d", mutates_args=())
+def _varlen_conv1d_op(
+    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int,
+    activation: str, backend: str,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    return _impl(backend).forward(x, cu_seqlens, weight, bias, stride, padding, activation)
+
+
+@_varlen_conv1d_op.register_fake
+def _(x, cu_seqlens, weight, bias, stride, padding, activation, backend):
+    total_y = torch.library.get_ctx().new_dynamic_size()
+    c_out = weight.shape[0]
+    pre = x.new_empty(total_y if activation == "gelu" else 0, c_out)
+    return x.new_empty(total_y, c_out), torch.empty_like(cu_seqlens), pre
+
+
+@torch.library.custom_op("alarm_kernels::varlen_conv1d_backward", mutates_args=())
+def _varlen_conv1d_backward_op(
+    grad_y: Tensor, x: Tensor, cu_seqlens: Tensor, cu_y: Tensor, weight: Tensor, pre: Tensor, stride: int,
+    padding: int, activation: str, need_dx: bool, need_dw: bool, backend: str,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    return _impl(backend).backward(
+        grad_y, x, cu_seqlens, cu_y, weight, pre, stride, padding, activation, need_dx, need_dw
+    )
+
+
+@_varlen_conv1d_backward_op.register_fake
+def _(grad_y, x, cu_seqlens, cu_y, weight, pre, stride, padding, activation, need_dx, need_dw, backend):
+    c_out, c_in, k = weight.shape
+    return (
+        x.new_empty(x.shape[0] if need_dx else 0, c_in),
+        x.new_empty(c_out if need_dw else 0, c_in, k),
+        x.new_empty(c_out),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, cu_seqlens, weight, bias, stride, padding, activation, backend = inputs
+    _, cu_y, pre = output
+    ctx.save_for_backward(x, cu_seqlens, cu_y, weight, pre)
+    ctx.stride, ctx.padding, ctx.activation, ctx.backend = stride, padding, activation, backend
+
+
+def _backward(ctx, grad_y, _grad_cu_y, _grad_pre):
+    x, cu_seqlens, cu_y, weight, pre = ctx.saved_tensors
+    need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+    grad_x, grad_w, grad_b = _varlen_conv1d_backward_op(
+        grad_y.contiguous(), x, cu_seqlens, cu_y, weight, pre, ctx.stride, ctx.padding, ctx.activation,
+        need_dx, need_dw, ctx.backend,
+    )
+    return (
+        grad_x if need_dx else None, None, grad_w if need_dw else None, grad_b if need_db else None,
+        None, None, None, None,
+    )
+
+
+_varlen_conv1d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def varlen_conv1d(
+    x: Tensor,
+    cu_seqlens: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: int = 1,
+    padding: int = 1,
+    activation: Optional[str] = None,
+    backend: str = "auto",
+) -> Tuple[Tensor, Tensor]:
+    """Conv1d over each packed sequence independently (zero padding at every sequence edge).
+
+    Args:
+        x: ``[total, C_in]`` channels-last packed input (fp32, fp16, bf16; fp64 on the reference backend).
+        cu_seqlens: int32 ``[N+1]`` offsets into ``x``.
+        weight: ``[C_out, C_in, k]`` (``nn.Conv1d``'s layout), x's dtype and device.
+        bias: ``[C_out]`` or None.
+        stride: >= 1. padding: >= 0 zero frames on each side of every sequence.
+        activation: None or "gelu" (exact erf GELU, fused as an epilogue).
+        backend: "auto", "reference", "triton" or "cuda".
+    Returns:
+        ``(y, cu_y)``: y ``[total_y, C_out]`` in x's dtype, where sequence i yields
+        ``max(0, (L_i + 2*padding - k) // stride + 1)`` tokens (0 when L_i = 0); cu_y int32 ``[N+1]``.
+    """
+    check_tensor(x, "x", ndim=2)
+    validate_cu_seqlens(cu_seqlens, x.shape[0], device=x.device)
+    check_tensor(weight, "weight", ndim=3, dtypes=(x.dtype,), device=x.device)
+    if weight.shape[1] != x.shape[1] or weight.shape[0] < 1 or weight.shape[2] < 1:
+        raise ValueError(
+            f"weight must be [C_out, C_in={x.shape[1]}, k] with C_out, k >= 1, got shape {tuple(weight.shape)}"
+        )
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1, dtypes=(x.dtype,), device=x.device)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must be [C_out={weight.shape[0]}], got shape {tuple(bias.shape)}")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be a non-negative int, got {padding!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    fp64 = "float64 is reference-only" if x.dtype == torch.float64 else None
+    name = select_backend("varlen_conv1d", backend, x.device, IMPLEMENTED, {"triton": fp64, "cuda": fp64})
+    y, cu_y, _ = _varlen_conv1d_op(
+        x.contiguous(), cu_seqlens, weight.contiguous(), None if bias is None else bias.contiguous(),
+        stride, padding, activation or "none", name,
+    )
+    return y, cu_y

@@ -1,0 +1,131 @@
+"""Plain-PyTorch varlen conv1d: the numerics oracle (run it in float64) and the CPU default.
+
+It computes what the padded reference model computes: the packed sequences are scattered into a
+zero-padded ``[N, C_in, T]`` batch, convolved with one ``F.conv1d`` call, and the valid output frames are
+gathered back. Frames past a sequence's end are zeros, which is exactly the zero padding at its right
+edge, so every valid output frame equals the per-sequence convolution. The backward is explicit
+(``torch.nn.grad.conv1d_input`` / ``conv1d_weight`` on the padded batch): no autograd inside.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._utils import empty_output
+from ..varlen import cu_seqlens_to_seqlens
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def conv_out_lengths(lengths: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
+    """int64 ``[N]``: output tokens per sequence, ``max(0, (L + 2p - k) // s + 1)`` for L > 0, 0 for L = 0."""
+    out = torch.div(lengths + 2 * padding - kernel_size, stride, rounding_mode="floor") + 1
+    return torch.where(lengths > 0, out.clamp(min=0), torch.zeros_like(out))
+
+
+def conv_cu_seqlens(cu_seqlens: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
+    """int32 ``[N+1]`` offsets of the conv output for the input offsets ``cu_seqlens``."""
+    out_len = conv_out_lengths(cu_seqlens_to_seqlens(cu_seqlens), kernel_size, stride, padding)
+    cu_y = torch.zeros_like(cu_seqlens)
+    cu_y[1:] = torch.cumsum(out_len, 0).to(cu_seqlens.dtype)
+    return cu_y
+
+
+def gelu_grad(z: Tensor) -> Tensor:
+    """d/dz of the exact GELU ``z * Phi(z)``: ``Phi(z) + z * phi(z)`` (same dtype as z)."""
+    return 0.5 * (1.0 + torch.erf(z * _SQRT_HALF)) + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
+
+
+def _masks(cu_seqlens: Tensor, cu_y: Tensor, kernel_size: int):
+    """Padded length T (>= k so conv1d is defined), and bool masks ``[N, T]`` / ``[N, T_out]`` of valid frames."""
+    lengths = cu_seqlens_to_seqlens(cu_seqlens)
+    out_len = cu_seqlens_to_seqlens(cu_y)
+    t_in = max(int(lengths.max()) if lengths.numel() else 0, kernel_size)
+    in_mask = torch.arange(t_in, device=cu_seqlens.device)[None, :] < lengths[:, None]
+    return t_in, in_mask, out_len
+
+
+def _pad(x: Tensor, in_mask: Tensor) -> Tensor:
+    """Packed ``[total, C]`` -> zero-padded NCT batch ``[N, C, T]``."""
+    padded = x.new_zeros(in_mask.shape[0], in_mask.shape[1], x.shape[1])
+    padded[in_mask] = x
+    return padded.transpose(1, 2)
+
+
+def forward(
+    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, activation: str
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Varlen conv1d.
+
+    Args:
+        x: ``[total, C_in]``; cu_seqlens int32 ``[N+1]``; weight ``[C_out, C_in, k]``; bias ``[C_out]`` or None.
+        activation: "none" or "gelu".
+    Returns:
+        ``(y [total_y, C_out], cu_y int32 [N+1], pre)``: pre is the pre-activation ``[total_y, C_out]``
+        saved for the GELU backward, or an empty ``[0, C_out]`` tensor when activation is "none".
+    """
+    c_out, _, k = weight.shape
+    cu_y = conv_cu_seqlens(cu_seqlens, k, stride, padding)
+    total_y = int(cu_y[-1])
+    y = empty_output((total_y, c_out), x.dtype, x.device)
+    pre = empty_output((total_y if activation == "gelu" else 0, c_out), x.dtype, x.device)
+    if total_y > 0:
+        _, in_mask, out_len = _masks(cu_seqlens, cu_y, k)
+        out = F.conv1d(_pad(x, in_mask), weight, bias, stride=stride, padding=padding)  # [N, C_out, T_out]
+        out_mask = torch.arange(out.shape[2], device=x.device)[None, :] < out_len[:, None]
+        z = out.transpose(1, 2)[out_mask]
+        if activation == "gelu":
+            pre.copy_(z)
+            y.copy_(F.gelu(z))
+        else:
+            y.copy_(z)
+    return y, cu_y, pre
+
+
+def backward(
+    grad_y: Tensor,
+    x: Tensor,
+    cu_seqlens: Tensor,
+    cu_y: Tensor,
+    weight: Tensor,
+    pre: Tensor,
+    stride: int,
+    padding: int,
+    activation: str,
+    need_dx: bool,
+    need_dw: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Explicit backward. ``grad_pre = grad_y * gelu'(pre)`` (or grad_y), then
+    ``grad_x = conv1d_input(grad_pre)``, ``grad_w = conv1d_weight(x, grad_pre)``, ``grad_b = sum_t grad_pre``.
+
+    Returns ``(grad_x [total, C_in] or empty [0, C_in] when not need_dx, grad_w [C_out, C_in, k] or empty
+    [0, C_in, k] when not need_dw, grad_b [C_out])`` in x's dtype.
+    """
+    c_out, c_in, k = weight.shape
+    total = x.shape[0]
+    grad_pre = grad_y * gelu_grad(pre) if activation == "gelu" else grad_y
+    grad_x = empty_output((total if need_dx else 0, c_in), x.dtype, x.device)
+    grad_w = empty_output((c_out if need_dw else 0, c_in, k), x.dtype, x.device)
+    grad_b = empty_output((c_out,), x.dtype, x.device)
+    grad_b.copy_(grad_pre.sum(0))
+    if grad_pre.shape[0] == 0:
+        grad_x.zero_()
+        grad_w.zero_()
+        return grad_x, grad_w, grad_b
+    t_in, in_mask, out_len = _masks(cu_seqlens, cu_y, k)
+    t_out = (t_in + 2 * padding - k) // stride + 1
+    out_mask = torch.arange(t_out, device=x.device)[None, :] < out_len[:, None]
+    g_pad = grad_pre.new_zeros(out_mask.shape[0], t_out, c_out)
+    g_pad[out_mask] = grad_pre
+    g_pad = g_pad.transpose(1, 2)  # [N, C_out, T_out]
+    if need_dx:
+        gx = torch.nn.grad.conv1d_input((out_mask.shape[0], c_in, t_in), weight, g_pad, stride=stride, padding=padding)
+        grad_x.copy_(gx.transpose(1, 2)[in_mask])
+    if need_dw:
+        grad_w.copy_(torch.nn.grad.conv1d_weight(_pad(x, in_mask), weight.shape, g_pad, stride=stride, padding=padding))
+    return grad_x, grad_w, grad_b

@@ -1,0 +1,115 @@
+"""``weighted_layer_sum``: ``sum_j softmax(logits)_j * layers[j]`` over k same-shape hidden states.
+
+The k layers are passed to the kernels as k separate tensors (never stacked into a ``[k, ...]`` copy).
+``reference.py`` / ``triton.py`` / ``cuda.py`` implement ``forward`` and ``backward``; this file
+validates inputs, resolves the backend and calls the ``torch.library`` custom op
+``alarm_kernels::weighted_layer_sum`` (fake shapes + registered autograd, so ``torch.compile`` traces it).
+The backward computes the k layer gradients only when some layer requires grad (in ALARM the layers are
+frozen encoder states and only the logits train).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import List, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .._utils import check_tensor
+from ..backend import select_backend
+
+__all__ = ["weighted_layer_sum"]
+
+IMPLEMENTED = ("cuda", "triton", "reference")
+# most layers the CUDA launcher takes in one call (pointers travel by value in the kernel arguments)
+CUDA_MAX_LAYERS = 64
+
+
+def _impl(backend: str):
+    return importlib.import_module(f"{__name__}.{backend}")
+
+
+@torch.library.custom_op("alarm_kernels::weighted_layer_sum", mutates_args=())
+def _weighted_layer_sum_op(layers: List[Tensor], logits: Tensor, backend: str) -> Tensor:
+    return _impl(backend).forward(layers, logits)
+
+
+@_weighted_layer_sum_op.register_fake
+def _(layers, logits, backend):
+    return torch.empty_like(layers[0])
+
+
+@torch.library.custom_op("alarm_kernels::weighted_layer_sum_backward", mutates_args=())
+def _weighted_layer_sum_backward_op(
+    grad_y: Tensor, layers: List[Tensor], logits: Tensor, need_layer_grads: bool, backend: str
+) -> Tuple[Tensor, List[Tensor]]:
+    return _impl(backend).backward(grad_y, layers, logits, need_layer_grads)
+
+
+@_weighted_layer_sum_backward_op.register_fake
+def _(grad_y, layers, logits, need_layer_grads, backend):
+    return torch.empty_like(logits), ([torch.empty_like(x) for x in layers] if need_layer_grads else [])
+
+
+def _setup_context(ctx, inputs, output):
+    layers, logits, backend = inputs
+    ctx.layer_grads = [bool(x.requires_grad) for x in layers]
+    ctx.save_for_backward(logits, *layers)
+    ctx.backend = backend
+
+
+def _backward(ctx, grad_y):
+    logits, *layers = ctx.saved_tensors
+    need_layer_grads = any(ctx.layer_grads)
+    grad_logits, grad_layers = _weighted_layer_sum_backward_op(
+        grad_y.contiguous(), layers, logits, need_layer_grads, ctx.backend
+    )
+    if need_layer_grads:
+        layer_grads = [g if needed else None for g, needed in zip(grad_layers, ctx.layer_grads)]
+    else:
+        layer_grads = [None] * len(layers)
+    return layer_grads, grad_logits, None
+
+
+_weighted_layer_sum_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def weighted_layer_sum(layers: Union[Sequence[Tensor], Tensor], logits: Tensor, backend: str = "auto") -> Tensor:
+    """Softmax-weighted sum of k hidden states: ``sum_j softmax(logits)_j * layers[j]``.
+
+    Args:
+        layers: k tensors of one shape, dtype (fp32, fp16, bf16; fp64 on the reference backend) and
+            device, or one ``[k, ...]`` tensor (its k slices are used in place, never copied).
+        logits: ``[k]`` float tensor on the layers' device (fp32 usually).
+        backend: "auto", "reference", "triton" or "cuda".
+    Returns:
+        ``[...]`` tensor in the layers' dtype (accumulated in fp32). Differentiable in ``logits`` and in
+        every layer that requires grad.
+    """
+    if isinstance(layers, Tensor):
+        if layers.dim() < 1 or layers.shape[0] < 1:
+            raise ValueError(f"layers as one tensor must be [k, ...] with k >= 1, got shape {tuple(layers.shape)}")
+        layers = list(layers.unbind(0))
+    elif isinstance(layers, (list, tuple)):
+        layers = list(layers)
+    else:
+        raise ValueError(f"layers must be a sequence of tensors or one [k, ...] tensor, got {type(layers).__name__}")
+    if len(layers) == 0:
+        raise ValueError("layers must hold at least one tensor")
+    check_tensor(layers[0], "layers[0]")
+    first = layers[0]
+    for j, x in enumerate(layers[1:], start=1):
+        check_tensor(x, f"layers[{j}]", dtypes=(first.dtype,), device=first.device)
+        if x.shape != first.shape:
+            raise ValueError(f"layers[{j}] has shape {tuple(x.shape)} but layers[0] has {tuple(first.shape)}")
+    check_tensor(logits, "logits", ndim=1, device=first.device)
+    if logits.shape[0] != len(layers):
+        raise ValueError(f"logits has {logits.shape[0]} entries but there are {len(layers)} layers")
+    fp64 = torch.float64 in (first.dtype, logits.dtype)
+    fast_reason = "float64 is reference-only" if fp64 else None
+    name = select_backend(
+        "weighted_layer_sum", backend, first.device, IMPLEMENTED,
+        {"triton": fast_reason,
+         "cuda": fast_reason or (f"more than {CUDA_MAX_LAYERS} layers" if len(layers) > CUDA_MAX_LAYERS else None)},
+    )
+    return _weighted_layer_sum_op([x.contiguous() for x in layers], logits.contiguous(), name)
