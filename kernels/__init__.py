@@ -17,5 +17,7 @@ from .varlen import (
 from .attention import packed_attention
 from .varlen_pool import varlen_pool
 from .varlen_conv1d import varlen_conv1d
+from .weighted_layer_sum import weighted_layer_sum
+from .multi_encoder_concat import multi_encoder_concat
 
 __version__ = "0.1.0"

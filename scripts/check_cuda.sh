@@ -22,7 +22,7 @@ n=0
 for cu in csrc/*.cu; do
   [ -e "$cu" ] || continue
   start=$(date +%s)
-  "$NVCC" -c -std=c++17 -O3 -Icsrc -gencode=arch=compute_90,code=sm_90 -o "$tmp/$(basename "$cu").o" "$cu"
+  "$NVCC" -c -std=c++20 -O3 -Icsrc -gencode=arch=compute_90,code=sm_90 -o "$tmp/$(basename "$cu").o" "$cu"
   echo "check_cuda: $cu compiled for sm_90 in $(( $(date +%s) - start )) s"
   n=$((n + 1))
 done

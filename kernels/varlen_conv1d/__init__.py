@@ -23,7 +23,7 @@ from ..varlen import validate_cu_seqlens
 
 __all__ = ["varlen_conv1d"]
 
-IMPLEMENTED = ("reference",)
+IMPLEMENTED = ("triton", "reference")
 ACTIVATIONS = (None, "gelu")
 
 

@@ -19,7 +19,7 @@ from ..varlen import validate_cu_seqlens
 
 __all__ = ["varlen_pool"]
 
-IMPLEMENTED = ("cuda", "triton", "reference")
+IMPLEMENTED = ("triton", "reference")
 MODES = ("mean", "max")
 
 
