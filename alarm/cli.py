@@ -10,6 +10,8 @@ import sys
 
 COMMAND_MODULES = (
     "alarm.commands.demo",
+    "alarm.commands.eval",
+    "alarm.commands.rephrase",
 )
 
 

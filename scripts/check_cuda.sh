@@ -30,9 +30,11 @@ echo "check_cuda: $n CUDA source files compiled"
 
 if [ "${1:-}" = "--full" ]; then
   venv=${ALARM_CUDA_VENV:-.venv-cuda}
-  if [ ! -x "$venv/bin/python" ]; then
+  if ! "$venv/bin/python" -c "import torch; assert torch.version.cuda" 2>/dev/null; then
+    echo "check_cuda: creating $venv with a CUDA build of torch (once)"
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip -q --disable-pip-version-check install "torch==2.14.1" numpy ninja setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
+    "$venv/bin/python" -m pip -q --disable-pip-version-check install "torch==2.14.1" numpy ninja setuptools wheel \
+      >"$tmp/pip.log" 2>&1 || { grep -v "^WARNING: Location" "$tmp/pip.log" | tail -n 20; exit 1; }
   fi
   start=$(date +%s)
   inc=$("$venv/bin/python" -c "import glob, site; print(':'.join(glob.glob(site.getsitepackages()[0] + '/nvidia/cu13/include')))")
@@ -43,4 +45,6 @@ if [ "${1:-}" = "--full" ]; then
   so=$(find "$tmp/lib" -name '_C*.so' | head -n1)
   [ -n "$so" ] || { tail -n 30 "$tmp/build.log"; echo "check_cuda: no _C*.so produced" >&2; exit 1; }
   echo "check_cuda: torch extension built ($(basename "$so"), $(( $(date +%s) - start )) s)"
+  # It must also load (without a GPU) and expose its functions.
+  (cd "$tmp/lib" && "$venv/bin/python" -c "import torch, alarm_kernels._C as C; print('check_cuda: _C exports', ', '.join(n for n in dir(C) if not n.startswith('_')))")
 fi

@@ -136,7 +136,7 @@ def test_bad_inputs():
         "first": torch.tensor([1, 3, 7], dtype=torch.int32),
         "rank": cu[None],
     }
-    for kind, c in bad_cu.items():
+    for c in bad_cu.values():
         with pytest.raises(ValueError, match="cu_seqlens"):
             ak.varlen_conv1d(x, c, w, b, **ok)
     with pytest.raises(ValueError, match="weight"):

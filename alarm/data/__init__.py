@@ -1,0 +1,1 @@
+"""Data: training manifests (``manifest``), label descriptions (``descriptions``), JSONL helpers (``jsonl``)."""

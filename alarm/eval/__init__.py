@@ -1,0 +1,1 @@
+"""Evaluation: MCQA prompting/parsing (``mcqa``) and benchmark loaders/scorers (``benchmarks``)."""

@@ -1,0 +1,102 @@
+"""Per-encoder adapters: softmax layer mix -> conv downsampler (x2) or MLP -> ``llm_proj``.
+
+Two execution paths with the same parameters:
+- ``forward_packed(layers, cu_seqlens)``: packed ``[total, D]`` in, packed ``[total_out, H]`` out, using
+  ``alarm_kernels.weighted_layer_sum`` and ``alarm_kernels.varlen_conv1d`` (GELU fused).
+- ``forward_padded(layers, lengths)``: padded ``[B, T, D]`` in, ``[B, T_out, H]`` out (zeros past each
+  length), ``nn.Conv1d`` on the padded batch as the published code does; padded frames are zeroed
+  between the convolutions and BatchNorm statistics (train mode) use valid frames only, so both paths
+  compute the same function.
+Output lengths: conv ``ceil(len / 2)`` (one zero frame appended when ``len`` is odd), MLP ``len``.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import alarm_kernels as ak
+from alarm_kernels.varlen import cu_seqlens_to_seqlens, seqlens_to_cu_seqlens
+
+from .config import EncoderSpec
+
+__all__ = ["Adapter", "valid_mask"]
+
+
+def valid_mask(lengths: Tensor, t: int) -> Tensor:
+    """bool [B, t]: True where the frame index is below the example's length."""
+    return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class Adapter(nn.Module):
+    """Layer mix + conv/MLP adapter + ``llm_proj`` for one encoder (dims from the spec and ALARMConfig)."""
+
+    def __init__(self, spec: EncoderSpec, adapter_dim: int, adapter_hidden: int, mlp_hidden: int, llm_hidden: int):
+        super().__init__()
+        self.kind = spec.adapter
+        self.layer_logits = nn.Parameter(torch.zeros(len(spec.layers), dtype=torch.float32))
+        if spec.adapter == "conv":
+            self.in_proj = nn.Linear(spec.dim, adapter_dim) if spec.dim != adapter_dim else None
+            self.conv1 = nn.Conv1d(adapter_dim, adapter_hidden, 3, stride=1, padding=1)
+            self.conv2 = nn.Conv1d(adapter_hidden, adapter_dim, 4, stride=2, padding=1)
+            norm = nn.BatchNorm1d if spec.norm == "batch" else nn.LayerNorm
+            self.norm1, self.norm2 = norm(adapter_hidden), norm(adapter_dim)
+            out_dim = adapter_dim
+        else:
+            self.fc1, self.fc2 = nn.Linear(spec.dim, mlp_hidden), nn.Linear(mlp_hidden, mlp_hidden)
+            out_dim = mlp_hidden
+        self.llm_proj = nn.Linear(out_dim, llm_hidden)
+
+    @staticmethod
+    def out_lengths(lengths: Tensor, kind: str) -> Tensor:
+        """Output tokens per example: conv ``ceil(len / 2)``, mlp ``len``."""
+        return (lengths + 1) // 2 if kind == "conv" else lengths
+
+    # ---- packed (fast) path --------------------------------------------------------------------
+    def forward_packed(self, layers: List[Tensor], cu_seqlens: Tensor) -> Tuple[Tensor, Tensor]:
+        """k x [total, D] selected hidden states -> ([total_out, H], int32 cu_out [B+1])."""
+        x = ak.weighted_layer_sum(layers, self.layer_logits).to(self.llm_proj.weight.dtype)
+        if self.kind == "mlp":
+            return self.llm_proj(F.gelu(self.fc2(F.gelu(self.fc1(x))))), cu_seqlens
+        if self.in_proj is not None:
+            x = self.in_proj(x)
+        lengths = cu_seqlens_to_seqlens(cu_seqlens)
+        even = lengths + lengths % 2
+        cu_even = seqlens_to_cu_seqlens(even, device=x.device)
+        ex = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths, output_size=x.shape[0])
+        dest = torch.arange(x.shape[0], device=x.device) + (cu_even[:-1] - cu_seqlens[:-1]).long()[ex]
+        x = x.new_zeros(int(even.sum()), x.shape[1]).index_copy(0, dest, x)  # zero frame after odd sequences
+        h, cu_h = ak.varlen_conv1d(x, cu_even, self.conv1.weight, self.conv1.bias, stride=1, padding=1,
+                                   activation="gelu")
+        h = self.norm1(h)
+        y, cu_y = ak.varlen_conv1d(h, cu_h, self.conv2.weight, self.conv2.bias, stride=2, padding=1,
+                                   activation="gelu")
+        return self.llm_proj(self.norm2(y)), cu_y
+
+    # ---- padded (reference) path ---------------------------------------------------------------
+    def _norm_valid(self, norm: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
+        """Norm over channels of [B, T, C] using valid frames only; padded frames set to 0."""
+        out = torch.zeros_like(x)
+        out[mask] = norm(x[mask])
+        return out
+
+    def forward_padded(self, layers: List[Tensor], lengths: Tensor) -> Tuple[Tensor, Tensor]:
+        """k x [B, T, D] (zeros past ``lengths``) -> ([B, T_out, H] zeros past the out lengths, lengths_out)."""
+        x = ak.weighted_layer_sum(layers, self.layer_logits, backend="reference").to(self.llm_proj.weight.dtype)
+        out_len = self.out_lengths(lengths, self.kind)
+        if self.kind == "mlp":
+            y = self.llm_proj(F.gelu(self.fc2(F.gelu(self.fc1(x)))))
+            return y * valid_mask(out_len, y.shape[1])[..., None], out_len
+        if self.in_proj is not None:
+            x = self.in_proj(x)
+        x = x * valid_mask(lengths, x.shape[1])[..., None]
+        if x.shape[1] % 2:
+            x = F.pad(x, (0, 0, 0, 1))
+        h = F.gelu(self.conv1(x.transpose(1, 2))).transpose(1, 2)
+        h = self._norm_valid(self.norm1, h, valid_mask(lengths + lengths % 2, h.shape[1]))
+        y = F.gelu(self.conv2(h.transpose(1, 2))).transpose(1, 2)
+        m = valid_mask(out_len, y.shape[1])
+        y = self._norm_valid(self.norm2, y, m)
+        return self.llm_proj(y) * m[..., None], out_len

@@ -1,0 +1,185 @@
+"""``ALARMConfig``: everything needed to rebuild an ALARM model (JSON-serialisable dataclasses).
+
+Real dimensions are the defaults (ALARM_SPEC.md): adapters 1024 wide, Qwen3-4B hidden 2560, CA d=1024 with
+16 heads and FFN 4096, perceivers 20 x 768. ``ALARMConfig.tiny()`` gives random tiny encoders and LLM that
+run on CPU in seconds. Frozen pretrained parts (encoders, LLM) are referenced by ``path`` (a local folder or
+hub id for ``from_pretrained``); with ``path=None`` they are built randomly from ``hf_config`` (a dict of
+transformers config kwargs) and ``init_seed``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+FUSIONS = ("sum", "concat", "CA", "P")
+STAGES = ("A", "B")
+PATHS = ("fast", "reference")
+
+QWEN3_4B = "Qwen/Qwen3-4B-Thinking-2507"
+QWEN3_4B_CONFIG = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
+                       rope_theta=5000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+
+
+@dataclass
+class EncoderSpec:
+    """One frozen audio encoder and its adapter.
+
+    name: unique key ("whisper", "w2v-bert", ...); kind: encoder registry key (see ``encoders.ENCODERS``);
+    layers: hidden-state indices kept (0 = embeddings, i = output of block i); dim: encoder width;
+    adapter: "conv" (downsample x2) or "mlp"; norm: "batch" or "layer" (conv adapters);
+    sample_rate: Hz the encoder expects; chunk_seconds: longest piece run at once (clips are split).
+    """
+    name: str
+    kind: str
+    layers: List[int]
+    dim: int
+    adapter: str = "conv"
+    norm: str = "layer"
+    sample_rate: int = 16000
+    chunk_seconds: float = 30.0
+    path: Optional[str] = None
+    hf_config: Optional[Dict[str, Any]] = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.adapter not in ("conv", "mlp"):
+            raise ValueError(f"encoder {self.name}: adapter must be 'conv' or 'mlp', got {self.adapter!r}")
+        if self.norm not in ("batch", "layer"):
+            raise ValueError(f"encoder {self.name}: norm must be 'batch' or 'layer', got {self.norm!r}")
+        if not self.layers:
+            raise ValueError(f"encoder {self.name}: select at least one layer")
+
+
+def whisper_large_v3(**kw) -> EncoderSpec:
+    """Whisper-large-v3 encoder spec (layers 7, 15, 23, 31; BatchNorm conv adapter)."""
+    return EncoderSpec(**{**dict(name="whisper", kind="whisper", layers=[7, 15, 23, 31], dim=1280, norm="batch",
+                                 path="openai/whisper-large-v3", dtype="bfloat16"), **kw})
+
+
+def w2v_bert_2(**kw) -> EncoderSpec:
+    """w2v-BERT 2.0 spec (layers 6, 10, 15, 20, 24; LayerNorm conv adapter)."""
+    return EncoderSpec(**{**dict(name="w2v-bert", kind="w2v-bert", layers=[6, 10, 15, 20, 24], dim=1024,
+                                 path="facebook/w2v-bert-2.0", dtype="bfloat16"), **kw})
+
+
+def muq_large(**kw) -> EncoderSpec:
+    """MuQ-large spec (24 kHz, 25 Hz, layers 4, 8, 12; MLP adapter); needs a registered "muq" encoder."""
+    return EncoderSpec(**{**dict(name="muq", kind="muq", layers=[4, 8, 12], dim=1024, adapter="mlp",
+                                 sample_rate=24000, path="OpenMuQ/MuQ-large-msd-iter", dtype="bfloat16"), **kw})
+
+
+def sslam(**kw) -> EncoderSpec:
+    """SSLAM spec (layers 3, 7, 11; 10.24 s chunks; LayerNorm conv adapter); needs a registered "sslam" encoder."""
+    return EncoderSpec(**{**dict(name="sslam", kind="sslam", layers=[3, 7, 11], dim=768, chunk_seconds=10.24,
+                                 path="ta012/SSLAM_AS2M_Finetuned", dtype="bfloat16"), **kw})
+
+
+@dataclass
+class ALARMConfig:
+    """Model configuration. ``encoders[0]`` is the base stream (CA queries, P's appended tokens).
+
+    fusion: "sum" (single-encoder AL-<enc>-R), "concat", "CA" or "P". stage: "A" trains adapters (+ fusion
+    and separators), "B" freezes adapters and trains fusion + separators. path: default execution path
+    ("fast" packed/fused, or "reference" padded as published).
+    """
+    encoders: List[EncoderSpec]
+    fusion: str = "sum"
+    stage: str = "A"
+    llm_path: Optional[str] = QWEN3_4B
+    llm_config: Optional[Dict[str, Any]] = None
+    llm_dtype: str = "bfloat16"
+    tokenizer_path: Optional[str] = None
+    llm_hidden: int = 2560
+    adapter_dim: int = 1024
+    adapter_hidden: int = 2048
+    mlp_hidden: int = 1024
+    ca_dim: int = 1024
+    ca_heads: int = 16
+    ca_ffn: int = 4096
+    dropout: float = 0.1
+    p_latents: int = 20
+    p_width: int = 768
+    p_heads: int = 4
+    p_self_layers: int = 6
+    p_repeats: int = 3
+    p_ffn_mult: int = 4
+    max_length: int = 4096
+    max_audio_seconds: float = 60.0
+    lm_head_chunk: int = 8192
+    path: str = "fast"
+    init_seed: int = 0
+    tiny_tokenizer_vocab: Optional[int] = None
+
+    def __post_init__(self):
+        self.encoders = [e if isinstance(e, EncoderSpec) else EncoderSpec(**e) for e in self.encoders]
+        if not self.encoders:
+            raise ValueError("ALARMConfig needs at least one encoder")
+        if len({e.name for e in self.encoders}) != len(self.encoders):
+            raise ValueError("encoder names must be unique")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+        if self.fusion in ("CA", "P") and len(self.encoders) < 2:
+            raise ValueError(f"fusion {self.fusion} needs at least two encoders")
+        if self.llm_path is None and self.llm_config is None:
+            raise ValueError("give llm_path (pretrained) or llm_config (random init)")
+
+    # ---- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ALARMConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ALARMConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    # ---- variants at full size -----------------------------------------------------------------
+    @classmethod
+    def single(cls, spec: EncoderSpec, **kw) -> "ALARMConfig":
+        """AL-<encoder>-R: one encoder, stage A (adapter trained), fusion "sum"."""
+        return cls(encoders=[spec], fusion="sum", stage="A", **kw)
+
+    @classmethod
+    def full(cls, fusion: str, **kw) -> "ALARMConfig":
+        """Four-encoder model (Whisper, w2v-BERT, MuQ, SSLAM), stage B, with the given fusion."""
+        return cls(encoders=[whisper_large_v3(), w2v_bert_2(), muq_large(), sslam()], fusion=fusion, stage="B", **kw)
+
+    @classmethod
+    def tiny(cls, fusion: str = "CA", stage: Optional[str] = None, n_encoders: int = 2, **kw) -> "ALARMConfig":
+        """Random tiny Whisper (+ tiny w2v-BERT) and tiny Qwen3 (head dims 32, widths 64); CPU in seconds.
+
+        ``stage`` defaults to "A" for sum/concat and "B" for CA/P.
+        """
+        whisper = EncoderSpec(
+            name="whisper", kind="whisper", layers=[1, 2], dim=32, norm="batch",
+            hf_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                           num_mel_bins=128, max_source_positions=1500, decoder_layers=1,
+                           decoder_attention_heads=2, decoder_ffn_dim=64, vocab_size=64))
+        w2v = EncoderSpec(
+            name="w2v-bert", kind="w2v-bert", layers=[0, 2], dim=32, norm="layer",
+            hf_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           output_hidden_size=32, conv_depthwise_kernel_size=5, left_max_position_embeddings=16,
+                           right_max_position_embeddings=4, feature_projection_input_dim=160))
+        encoders = [whisper, w2v][:n_encoders]
+        base = dict(encoders=encoders, fusion=fusion, stage=stage or ("A" if fusion in ("sum", "concat") else "B"),
+                    llm_path=None, llm_dtype="float32", tiny_tokenizer_vocab=384, llm_hidden=64,
+                    llm_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                                    max_position_embeddings=4096),
+                    adapter_dim=48, adapter_hidden=64, mlp_hidden=48, ca_dim=64, ca_heads=2, ca_ffn=128,
+                    dropout=0.0, p_latents=4, p_width=64, p_heads=2, p_self_layers=2, p_repeats=2,
+                    max_length=512, max_audio_seconds=60.0, lm_head_chunk=16)
+        base.update(kw)
+        return cls(**base)

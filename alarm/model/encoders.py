@@ -1,0 +1,254 @@
+"""Frozen audio encoders and their registry.
+
+Every encoder is an :class:`AudioEncoder`: given 1-D float32 waveforms at ``spec.sample_rate`` it returns
+the *selected* hidden states only, packed: ``k`` tensors ``[total_frames, D]`` plus int32 ``cu_seqlens``
+``[B+1]`` (``k = len(spec.layers)``; index 0 = the input of the first block, i = the output of block i).
+Encoders always run frozen, in eval mode, under ``torch.no_grad()``. Blocks above the highest selected
+index are dropped at construction and the selected states are captured by forward hooks, so the full
+stack of hidden states never exists. Clips longer than ``spec.chunk_seconds`` are cut into chunks, all
+chunks of a batch run as one padded batch at the length of the longest chunk (a 2 s clip costs 2 s, not
+30 s) and only real chunks exist (no all-padding chunk is ever run).
+
+Shipped kinds: ``"whisper"`` (transformers ``WhisperEncoder``) and ``"w2v-bert"`` (``Wav2Vec2BertModel``).
+
+Whisper and short clips, honestly: the stock encoder insists on 3000 mel frames (30 s) because its
+positional embedding has 1500 rows. We run it on ``T`` frames by adding the first ``T`` rows of that
+embedding (``embed_positions.weight[:T]``) and masking padded keys in self-attention. For clips shorter
+than 30 s the features therefore differ from stock Whisper's (which attends to 30 s of padded silence);
+the adapters are trained on what we compute, so train and inference agree. Within a batch, each chunk's
+result does not depend on the other chunks (keys beyond its length are masked; its mel frames are computed
+with the same trailing zero padding whatever the batch).
+
+Adding an encoder (MuQ, SSLAM, any model returning hidden states)::
+
+    from alarm.model.encoders import HiddenStatesEncoder, register_encoder
+
+    def build_muq(spec):                                  # spec: alarm.model.config.EncoderSpec
+        from muq import MuQ                               # the encoder's own package
+        model = MuQ.from_pretrained(spec.path)
+
+        def features(chunks):                             # list of 1-D float32 tensors at spec.sample_rate
+            lengths = torch.tensor([len(c) for c in chunks])
+            wav = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True)
+            frames = (lengths + 959) // 960               # output frames per chunk (25 Hz at 24 kHz)
+            return {"x": wav}, frames                     # model kwargs, int64 lengths [C] in output frames
+
+        return HiddenStatesEncoder(spec, model, blocks="model.conformer.layers", features=features)
+
+    register_encoder("muq", build_muq)
+    # then: EncoderSpec(name="muq", kind="muq", layers=[4, 8, 12], dim=1024, adapter="mlp", sample_rate=24000)
+
+``blocks`` names the ``nn.ModuleList`` of transformer blocks (dotted path); each block's output (a tensor,
+or a tuple whose first item is the hidden states ``[C, T, D]``) is captured for the selected indices.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from alarm_kernels.varlen import seqlens_to_cu_seqlens
+
+from .config import EncoderSpec
+
+__all__ = ["AudioEncoder", "WhisperAudioEncoder", "HiddenStatesEncoder", "ENCODERS", "register_encoder",
+           "build_encoder"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class AudioEncoder(nn.Module, abc.ABC):
+    """Base class: subclasses implement ``features`` (chunks -> model inputs, lengths) and ``hidden``."""
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__()
+        self.spec = spec
+
+    @abc.abstractmethod
+    def features(self, chunks: List[Tensor]) -> Tuple[Dict[str, Tensor], Tensor]:
+        """1-D waveforms -> (batched model inputs, int64 output frames per chunk [C])."""
+
+    @abc.abstractmethod
+    def hidden(self, inputs: Dict[str, Tensor], lengths: Tensor) -> List[Tensor]:
+        """Batched inputs -> the selected hidden states, k tensors [C, T >= max(lengths), D]."""
+
+    def train(self, mode: bool = True):
+        """Frozen: always stays in eval mode."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, waves: List[Tensor]) -> Tuple[List[Tensor], Tensor]:
+        """B waveforms (1-D float32, ``spec.sample_rate`` Hz) -> (k x [total, D] packed, cu_seqlens [B+1])."""
+        chunk = max(1, int(round(self.spec.chunk_seconds * self.spec.sample_rate)))
+        pieces, per_clip = [], []
+        for w in waves:
+            parts = list(torch.split(w, chunk))
+            pieces.extend(parts)
+            per_clip.append(len(parts))
+        inputs, lengths = self.features(pieces)
+        states = self.hidden(inputs, lengths)
+        t = states[0].shape[1]
+        valid = torch.arange(t, device=states[0].device)[None, :] < lengths.to(states[0].device)[:, None]
+        packed = [s[valid] for s in states]  # chunks are contiguous per clip: packed per chunk == per clip
+        clip_of_chunk = torch.repeat_interleave(torch.arange(len(waves)), torch.tensor(per_clip))
+        clip_len = torch.zeros(len(waves), dtype=torch.int64).index_add_(0, clip_of_chunk, lengths.cpu())
+        return packed, seqlens_to_cu_seqlens(clip_len, device=packed[0].device)
+
+
+def _load_hf(spec: EncoderSpec, model_cls, config_cls):
+    dtype = _DTYPES[spec.dtype]
+    if spec.path is not None:
+        return model_cls.from_pretrained(spec.path, dtype=dtype)
+    if spec.hf_config is None:
+        raise ValueError(f"encoder {spec.name}: give a path (pretrained) or hf_config (random init)")
+    return model_cls._from_config(config_cls(**spec.hf_config), dtype=dtype)
+
+
+class WhisperAudioEncoder(AudioEncoder):
+    """Whisper encoder at the clip's own length (see the module docstring); log-mel from transformers'
+    ``WhisperFeatureExtractor`` (batched torch STFT), ``num_mel_bins`` bins, 100 frames/s, 50 Hz output."""
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__(spec)
+        from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        if spec.path is not None:
+            full = WhisperModel.from_pretrained(spec.path, dtype=_DTYPES[spec.dtype])
+            enc = full.get_encoder()
+            del full
+        else:
+            enc = _load_hf(spec, WhisperEncoder, WhisperConfig)
+        n_blocks = len(enc.layers)
+        if max(spec.layers) > n_blocks or min(spec.layers) < 0:
+            raise ValueError(f"encoder {spec.name}: layers {spec.layers} outside 0..{n_blocks}")
+        max_seconds = enc.config.max_source_positions * 2 * 160 / 16000
+        if spec.chunk_seconds > max_seconds:
+            raise ValueError(f"encoder {spec.name}: chunk_seconds {spec.chunk_seconds} > Whisper's {max_seconds} s")
+        self.n_blocks = n_blocks
+        enc.layers = nn.ModuleList(list(enc.layers)[: max(spec.layers)])
+        self.encoder = enc.requires_grad_(False).eval()
+        self.extractor = WhisperFeatureExtractor(feature_size=enc.config.num_mel_bins, sampling_rate=16000)
+
+    def features(self, chunks):
+        hop, n_fft = self.extractor.hop_length, self.extractor.n_fft
+        n = torch.tensor([len(c) for c in chunks])
+        longest = int(n.max()) + n_fft  # every chunk gets >= n_fft trailing zeros: batch-independent frames
+        batch = torch.zeros(len(chunks), longest)
+        for i, c in enumerate(chunks):
+            batch[i, : len(c)] = c
+        mel_frames = (n // hop).clamp(min=1)
+        mel = torch.from_numpy(self.extractor._torch_extract_fbank_features(batch.numpy()))
+        # the last valid output frame's receptive field reaches mel frame n + 1; at most Whisper's 3000 frames
+        t = min(int(mel_frames.max()) + 2, 2 * self.encoder.config.max_source_positions)
+        t += t % 2
+        return {"mel": mel[..., :t]}, (mel_frames + 1) // 2
+
+    def hidden(self, inputs, lengths):
+        enc = self.encoder
+        p = next(enc.parameters())
+        x = inputs["mel"].to(p.device, p.dtype)
+        x = nn.functional.gelu(enc.conv1(x))
+        x = nn.functional.gelu(enc.conv2(x)).transpose(1, 2)
+        t = x.shape[1]
+        x = x + enc.embed_positions.weight[:t]
+        keep = torch.arange(t, device=x.device)[None, :] < lengths.to(x.device)[:, None]
+        mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
+        mask = mask[:, None, None, :].expand(-1, 1, t, -1)
+        want = set(self.spec.layers)
+        got = {0: x} if 0 in want else {}
+        for i, block in enumerate(enc.layers, start=1):
+            out = block(x, mask)
+            x = out[0] if isinstance(out, tuple) else out
+            if i in want:
+                got[i] = enc.layer_norm(x) if i == self.n_blocks else x
+        return [got[i] for i in self.spec.layers]
+
+
+class HiddenStatesEncoder(AudioEncoder):
+    """Any encoder module with a list of blocks: keeps blocks up to ``max(spec.layers)`` and captures the
+    selected indices with hooks. ``features(chunks) -> (model kwargs, int64 frames [C])``; the model is
+    called as ``model(**kwargs)`` unless ``call(model, kwargs)`` is given."""
+
+    def __init__(self, spec: EncoderSpec, model: nn.Module, blocks: str,
+                 features: Callable[[List[Tensor]], Tuple[Dict[str, Tensor], Tensor]],
+                 call: Callable[[nn.Module, Dict[str, Tensor]], object] | None = None):
+        super().__init__(spec)
+        owner_path, _, attr = blocks.rpartition(".")
+        owner = model.get_submodule(owner_path) if owner_path else model
+        all_blocks = getattr(owner, attr)
+        if max(spec.layers) > len(all_blocks) or min(spec.layers) < 0:
+            raise ValueError(f"encoder {spec.name}: layers {spec.layers} outside 0..{len(all_blocks)}")
+        kept = nn.ModuleList(list(all_blocks)[: max(1, max(spec.layers))])
+        setattr(owner, attr, kept)
+        self.model = model.requires_grad_(False).eval()
+        self._features, self._call = features, call
+        self._captured: Dict[int, Tensor] = {}
+        want = set(spec.layers)
+        if 0 in want:
+            kept[0].register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        for i, block in enumerate(kept, start=1):
+            if i in want:
+                block.register_forward_hook(self._make_hook(i))
+
+    def _pre_hook(self, module, args, kwargs):
+        x = args[0] if args else next(iter(kwargs.values()))
+        self._captured[0] = x
+
+    def _make_hook(self, index: int):
+        def hook(module, args, output):
+            self._captured[index] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    def features(self, chunks):
+        return self._features(chunks)
+
+    def hidden(self, inputs, lengths):
+        p = next(self.model.parameters())
+        inputs = {k: (v.to(p.device, p.dtype) if v.is_floating_point() else v.to(p.device)) for k, v in inputs.items()}
+        self._captured = {}
+        try:
+            if self._call is not None:
+                self._call(self.model, inputs)
+            else:
+                self.model(**inputs)
+            return [self._captured[i] for i in self.spec.layers]
+        finally:
+            self._captured = {}
+
+
+def _build_w2v_bert(spec: EncoderSpec) -> AudioEncoder:
+    from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
+
+    model = _load_hf(spec, Wav2Vec2BertModel, Wav2Vec2BertConfig)
+    extractor = SeamlessM4TFeatureExtractor(feature_size=80, num_mel_bins=80, stride=2, sampling_rate=16000)
+
+    def features(chunks: List[Tensor]):
+        out = extractor([c.numpy() for c in chunks], sampling_rate=16000, return_tensors="pt", padding=True,
+                        return_attention_mask=True)
+        mask = out["attention_mask"]
+        return {"input_features": out["input_features"], "attention_mask": mask}, mask.sum(1).to(torch.int64)
+
+    return HiddenStatesEncoder(spec, model, "encoder.layers", features)
+
+
+ENCODERS: Dict[str, Callable[[EncoderSpec], AudioEncoder]] = {
+    "whisper": WhisperAudioEncoder,
+    "w2v-bert": _build_w2v_bert,
+}
+
+
+def register_encoder(kind: str, factory: Callable[[EncoderSpec], AudioEncoder]) -> None:
+    """Make ``EncoderSpec(kind=kind)`` build its encoder with ``factory(spec)``."""
+    ENCODERS[kind] = factory
+
+
+def build_encoder(spec: EncoderSpec) -> AudioEncoder:
+    """The frozen encoder for ``spec`` (ValueError for an unregistered kind)."""
+    if spec.kind not in ENCODERS:
+        raise ValueError(f"no encoder registered for kind {spec.kind!r}; known: {sorted(ENCODERS)} "
+                         "(see alarm.model.encoders.register_encoder)")
+    enc = ENCODERS[spec.kind](spec)
+    return enc.requires_grad_(False).eval()

@@ -1,0 +1,423 @@
+"""Triton flash attention over packed sequences (forward and backward).
+
+Layout: q / out / grads ``[total_q, Hq, D]``, k / v ``[total_k, Hkv, D]`` (contiguous), offsets int32
+``[N+1]``, log-sum-exp ``lse [Hq, total_q]`` float32 in natural-log units (+inf on a query row that sees
+no key, flash-attn's convention, so ``exp(s - lse) = 0`` there and its gradients vanish).
+
+Kernels (one program = one tile of one sequence and one head; programs past a sequence's end exit):
+
+* ``_fwd_kernel`` grid ``(cdiv(max_seqlen_q, BLOCK_M), N, Hq)``: online softmax in base 2 (the softmax
+  scale is folded with log2(e) into one multiplier), key blocks split into an unmasked loop (keys every
+  row of the tile sees) and a masked loop (the causal diagonal and the ragged last block); key blocks that
+  are fully masked for the tile are never visited.
+* ``_bwd_preprocess_kernel``: ``delta = rowsum(dO * O)`` (fp32, ``[Hq, total_q]``).
+* ``_bwd_dkdv_kernel`` grid ``(cdiv(max_seqlen_k, BLOCK_N), N, Hkv)``: one key block of one kv head keeps
+  dK and dV in registers while looping over the query heads of its GQA group and over the query blocks
+  that see it (no atomics for dK/dV). With ``ATOMIC_DQ`` it also adds ``dS K`` into an fp32 dQ buffer
+  with atomics (fast, not bitwise reproducible).
+* ``_bwd_dq_kernel`` grid ``(cdiv(max_seqlen_q, BLOCK_M), N, Hq)``: the deterministic dQ (a second pass
+  over the key blocks, no atomics).
+
+Head dims that are not powers of two are padded to the next one (``BLOCK_D``) with load/store masks.
+Numerics: q/k/v tiles feed ``tl.dot`` in their storage dtype (fp16/bf16 tensor cores; fp32 inputs use
+``input_precision="ieee"`` so fp32 stays fp32-accurate), accumulation and all softmax math are fp32, and
+probabilities / dS are rounded to the storage dtype only as ``tl.dot`` operands (as flash-attn does).
+bf16 cannot be tested under ``TRITON_INTERPRET=1`` (its bf16 arithmetic is broken upstream).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .._utils import empty_output, triton_autotune
+
+LOG2E = 1.4426950408889634
+
+
+def _configs(pairs, interpret_pair):
+    """Autotune configs ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``; ``interpret_pair`` is prepended
+    so it is the fixed config under the interpreter (index 0)."""
+    rows = [interpret_pair] + [p for p in pairs if p != interpret_pair]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in rows]
+
+
+_FWD_CONFIGS = _configs(
+    [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
+    (64, 32, 4, 2),
+)
+_DKDV_CONFIGS = _configs(
+    [(32, 128, 8, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 2), (16, 64, 4, 2)],
+    (32, 64, 4, 2),
+)
+_DQ_CONFIGS = _configs(
+    [(128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
+    (64, 32, 4, 2),
+)
+
+
+@triton.jit
+def _seq_bounds(CU_Q, CU_K, seq):
+    q_start = tl.load(CU_Q + seq)
+    len_q = tl.load(CU_Q + seq + 1) - q_start
+    k_start = tl.load(CU_K + seq)
+    len_k = tl.load(CU_K + seq + 1) - k_start
+    return q_start, len_q, k_start, len_k
+
+
+@triton.jit
+def _key_range(m0, len_q, len_k, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For the query tile starting at row m0: (full, hi) such that key blocks in [0, full) are visible to
+    every row of the tile and blocks in [full, hi) need masking; keys >= hi are invisible to the tile."""
+    if CAUSAL:
+        diag = len_k - len_q
+        hi = tl.minimum(len_k, tl.maximum(m0 + BLOCK_M + diag, 0))
+        full = tl.minimum(hi, tl.maximum(m0 + diag + 1, 0))
+    else:
+        hi = len_k
+        full = len_k
+    full = (full // BLOCK_N) * BLOCK_N
+    return full, hi
+
+
+@triton.jit
+def _fwd_inner(
+    acc, l_i, m_i, q, K, V, k_start, len_k, diag, offs_m, start, stop, stride_kt, offs_d, d_mask, qk_scale,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(start, stop, BLOCK_N):
+        cols = start_n + offs_n
+        kv_off = (k_start + cols)[:, None] * stride_kt + offs_d[None, :]
+        if MASKED:
+            kv_mask = (cols < len_k)[:, None] & d_mask[None, :]
+        else:
+            kv_mask = d_mask[None, :]
+        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        if MASKED:
+            visible = cols[None, :] < len_k
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= offs_m[:, None] + diag)
+            s = tl.where(visible, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton_autotune(configs=_FWD_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP"])
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, O, LSE, CU_Q, CU_K, qk_scale,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_lh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    seq = tl.program_id(1)
+    head = tl.program_id(2)
+    q_start, len_q, k_start, len_k = _seq_bounds(CU_Q, CU_K, seq)
+    m0 = pid_m * BLOCK_M
+    if m0 >= len_q:
+        return
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    row_ok = offs_m < len_q
+    q_off = (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
+    q = tl.load(Q + q_off, mask=row_ok[:, None] & d_mask[None, :], other=0.0)
+    kv_head = head // GROUP
+    K += kv_head * stride_kh
+    V += kv_head * stride_kh
+    diag = len_k - len_q
+    full, hi = _key_range(m0, len_q, len_k, CAUSAL, BLOCK_M, BLOCK_N)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, K, V, k_start, len_k, diag, offs_m, 0, full, stride_kt, offs_d, d_mask, qk_scale,
+        False, CAUSAL, PREC, BLOCK_N,
+    )
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, K, V, k_start, len_k, diag, offs_m, full, hi, stride_kt, offs_d, d_mask, qk_scale,
+        True, CAUSAL, PREC, BLOCK_N,
+    )
+    seen = l_i > 0.0
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("inf"))
+    tl.store(O + q_off, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_mask[None, :])
+    tl.store(LSE + head * stride_lh + q_start + offs_m, lse, mask=row_ok)
+
+
+@triton.jit
+def _bwd_preprocess_kernel(
+    O, DO, DELTA, total_q, stride_qt, stride_qh, stride_lh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    head = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (rows < total_q)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    off = rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
+    o = tl.load(O + off, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + head * stride_lh + rows, tl.sum(o * do, 1), mask=rows < total_q)
+
+
+@triton.jit
+def _dkdv_inner(
+    dk, dv, k, v, Q, DO, DQ, LSE, DELTA, q_start, len_q, diag, cols, col_ok, start, stop,
+    stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale,
+    MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    for m0 in range(start, stop, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < len_q
+        q_mask = row_ok[:, None] & d_mask[None, :]
+        q_off = (q_start + rows)[:, None] * stride_qt + offs_d[None, :]
+        q = tl.load(Q + q_off, mask=q_mask, other=0.0)
+        do = tl.load(DO + q_off, mask=q_mask, other=0.0)
+        lse2 = tl.load(LSE + q_start + rows, mask=row_ok, other=float("inf")) * 1.4426950408889634
+        delta = tl.load(DELTA + q_start + rows, mask=row_ok, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        p = tl.math.exp2(s - lse2[:, None])
+        visible = col_ok[None, :]
+        if MASKED:
+            visible = visible & (cols[None, :] <= rows[:, None] + diag)
+        p = tl.where(visible, p, 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+        if ATOMIC_DQ:
+            dq = tl.dot(ds.to(k.dtype), k, input_precision=PREC) * sm_scale
+            dq_off = (q_start + rows)[:, None] * stride_dqt + offs_d[None, :]
+            tl.atomic_add(DQ + dq_off, dq, mask=q_mask)
+    return dk, dv
+
+
+@triton_autotune(configs=_DKDV_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "ATOMIC_DQ"], reset_to_zero=["DQ"])
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, DQ, DK, DV, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_dqt, stride_dqh, stride_lh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    seq = tl.program_id(1)
+    kv_head = tl.program_id(2)
+    q_start, len_q, k_start, len_k = _seq_bounds(CU_Q, CU_K, seq)
+    n0 = pid_n * BLOCK_N
+    if n0 >= len_k:
+        return
+    cols = n0 + tl.arange(0, BLOCK_N)
+    col_ok = cols < len_k
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    kv_mask = col_ok[:, None] & d_mask[None, :]
+    kv_off = (k_start + cols)[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :]
+    k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
+    v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    diag = len_k - len_q
+    if CAUSAL:
+        # rows before `lo` see no key of this block; rows from `full` on see all of them
+        lo = (tl.maximum(n0 - diag, 0) // BLOCK_M) * BLOCK_M
+        full = tl.maximum(tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - diag, 0), BLOCK_M) * BLOCK_M, lo)
+        masked_stop = tl.minimum(full, len_q)
+    else:
+        lo = 0
+        full = 0
+        masked_stop = 0
+    for g in range(GROUP):
+        head = kv_head * GROUP + g
+        dk, dv = _dkdv_inner(
+            dk, dv, k, v, Q + head * stride_qh, DO + head * stride_qh, DQ + head * stride_dqh,
+            LSE + head * stride_lh, DELTA + head * stride_lh, q_start, len_q, diag, cols, col_ok, lo, masked_stop,
+            stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale, True, ATOMIC_DQ, PREC, BLOCK_M,
+        )
+        dk, dv = _dkdv_inner(
+            dk, dv, k, v, Q + head * stride_qh, DO + head * stride_qh, DQ + head * stride_dqh,
+            LSE + head * stride_lh, DELTA + head * stride_lh, q_start, len_q, diag, cols, col_ok, full, len_q,
+            stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale, False, ATOMIC_DQ, PREC, BLOCK_M,
+        )
+    tl.store(DK + kv_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_inner(
+    dq, q, do, lse2, delta, K, V, k_start, len_k, diag, offs_m, start, stop, stride_kt, offs_d, d_mask, qk_scale,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(start, stop, BLOCK_N):
+        cols = start_n + offs_n
+        kv_off = (k_start + cols)[:, None] * stride_kt + offs_d[None, :]
+        if MASKED:
+            kv_mask = (cols < len_k)[:, None] & d_mask[None, :]
+        else:
+            kv_mask = d_mask[None, :]
+        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        p = tl.math.exp2(s - lse2[:, None])
+        if MASKED:
+            visible = cols[None, :] < len_k
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= offs_m[:, None] + diag)
+            p = tl.where(visible, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    return dq
+
+
+@triton_autotune(configs=_DQ_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP"])
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_lh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    seq = tl.program_id(1)
+    head = tl.program_id(2)
+    q_start, len_q, k_start, len_k = _seq_bounds(CU_Q, CU_K, seq)
+    m0 = pid_m * BLOCK_M
+    if m0 >= len_q:
+        return
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    row_ok = offs_m < len_q
+    q_mask = row_ok[:, None] & d_mask[None, :]
+    q_off = (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
+    q = tl.load(Q + q_off, mask=q_mask, other=0.0)
+    do = tl.load(DO + q_off, mask=q_mask, other=0.0)
+    lse2 = tl.load(LSE + head * stride_lh + q_start + offs_m, mask=row_ok, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(DELTA + head * stride_lh + q_start + offs_m, mask=row_ok, other=0.0)
+    kv_head = head // GROUP
+    K += kv_head * stride_kh
+    V += kv_head * stride_kh
+    diag = len_k - len_q
+    full, hi = _key_range(m0, len_q, len_k, CAUSAL, BLOCK_M, BLOCK_N)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    dq = _dq_inner(
+        dq, q, do, lse2, delta, K, V, k_start, len_k, diag, offs_m, 0, full, stride_kt, offs_d, d_mask, qk_scale,
+        False, CAUSAL, PREC, BLOCK_N,
+    )
+    dq = _dq_inner(
+        dq, q, do, lse2, delta, K, V, k_start, len_k, diag, offs_m, full, hi, stride_kt, offs_d, d_mask, qk_scale,
+        True, CAUSAL, PREC, BLOCK_N,
+    )
+    tl.store(DQ + q_off, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
+
+
+def _common(q: Tensor, k: Tensor):
+    total_q, hq, d = q.shape
+    hkv = k.shape[1]
+    block_d = max(16, triton.next_power_of_2(d))
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    return total_q, hq, hkv, d, block_d, prec
+
+
+def forward(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
+) -> Tuple[Tensor, Tensor]:
+    """Packed attention forward on Triton.
+
+    Args:
+        q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]`` (contiguous, fp32/fp16/bf16).
+        cu_seqlens_q, cu_seqlens_k: int32 ``[N+1]``; max_seqlen_q: sizes the grid (``>=`` longest query).
+        causal: bottom-right aligned causal mask. softmax_scale: multiplies ``Q K^T``.
+    Returns:
+        ``(out [total_q, Hq, D] in q's dtype, lse [Hq, total_q] float32)``.
+    """
+    total_q, hq, hkv, d, block_d, prec = _common(q, k)
+    n = cu_seqlens_q.numel() - 1
+    out = empty_output(q.shape, q.dtype, q.device)
+    lse = empty_output((hq, total_q), torch.float32, q.device)
+    if total_q == 0 or n == 0 or max_seqlen_q == 0:
+        return out, lse
+    grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), n, hq)  # noqa: E731
+    _fwd_kernel[grid](
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale * LOG2E,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
+        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec,
+    )
+    return out, lse
+
+
+def backward(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
+    causal: bool, softmax_scale: float, deterministic: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Packed attention backward on Triton.
+
+    Args:
+        grad_out: ``[total_q, Hq, D]`` contiguous; q, k, v, out, lse as for / from :func:`forward` (``lse``
+            may also come from flash-attn: same layout and convention).
+        deterministic: dQ by a separate kernel (bitwise reproducible) instead of fp32 atomics.
+    Returns:
+        ``(dq [total_q, Hq, D], dk [total_k, Hkv, D], dv [total_k, Hkv, D])`` in the input dtype.
+    """
+    total_q, hq, hkv, d, block_d, prec = _common(q, k)
+    n = cu_seqlens_q.numel() - 1
+    group = hq // hkv
+    lse = lse.contiguous()
+    dk = empty_output(k.shape, k.dtype, k.device)
+    dv = empty_output(v.shape, v.dtype, v.device)
+    if total_q == 0 or n == 0:
+        dq = empty_output(q.shape, q.dtype, q.device)
+        dk.zero_()
+        dv.zero_()
+        return dq, dk, dv
+    if max_seqlen_k == 0:
+        return torch.zeros_like(q), dk, dv
+    delta = torch.empty((hq, total_q), dtype=torch.float32, device=q.device)
+    _bwd_preprocess_kernel[(triton.cdiv(total_q, 64), hq)](
+        out, grad_out, delta, total_q, q.stride(0), q.stride(1), delta.stride(0),
+        HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=64,
+    )
+    atomic = not deterministic
+    if atomic:
+        dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    else:
+        dq_acc = empty_output(q.shape, q.dtype, q.device)
+    qk_scale = softmax_scale * LOG2E
+    grid_kv = lambda meta: (triton.cdiv(max_seqlen_k, meta["BLOCK_N"]), n, hkv)  # noqa: E731
+    _bwd_dkdv_kernel[grid_kv](
+        q, k, v, grad_out, dq_acc, dk, dv, lse, delta, cu_seqlens_q, cu_seqlens_k, qk_scale, softmax_scale,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), dq_acc.stride(0), dq_acc.stride(1), lse.stride(0),
+        GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, ATOMIC_DQ=atomic, PREC=prec,
+    )
+    if atomic:
+        dq = dq_acc if q.dtype == torch.float32 else dq_acc.to(q.dtype)
+    else:
+        grid_q = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), n, hq)  # noqa: E731
+        _bwd_dq_kernel[grid_q](
+            q, k, v, grad_out, dq_acc, lse, delta, cu_seqlens_q, cu_seqlens_k, qk_scale, softmax_scale,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
+            GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec,
+        )
+        dq = dq_acc
+    return dq, dk, dv
