@@ -1,0 +1,51 @@
+"""The benchmark runner: side-by-side timing, derived metrics, failures reported not fatal, JSON out."""
+import json
+import sys
+
+import torch
+
+from bench import kernels as runner
+from bench.harness import BenchCase
+
+
+def _case():
+    x = torch.randn(256, 256)
+    y = torch.empty_like(x)
+
+    def broken():
+        raise RuntimeError("needs a GPU")
+
+    return BenchCase(op="copy", name="256x256 fp32", bytes_moved=2 * x.numel() * 4,
+                     variants={"reference": lambda: y.copy_(x), "twice": lambda: (y.copy_(x), y.copy_(x)),
+                               "broken": broken})
+
+
+def test_run_cases_reports_metrics_and_errors():
+    device = torch.device("cpu")
+    rows = runner.run_cases([_case()], device, {"copy_GBps": 10.0, "matmul_TFLOPs": 1.0}, budget_s=0.02,
+                            progress=False)
+    by_variant = {r["variant"]: r for r in rows}
+    assert by_variant["reference"]["speedup_vs_reference"] == 1.0
+    assert by_variant["twice"]["ms"] > 0 and by_variant["twice"]["GBps"] > 0
+    assert by_variant["twice"]["frac_copy_bw"] == by_variant["twice"]["GBps"] / 10.0
+    assert "needs a GPU" in by_variant["broken"]["error"]
+    table = runner.format_table(rows)
+    assert "| copy | 256x256 fp32 | fwd | twice |" in table and "n/a: RuntimeError" in table
+
+
+def test_time_fn_orders_quantiles():
+    stats = runner.time_fn(lambda: torch.randn(64, 64) @ torch.randn(64, 64), torch.device("cpu"), budget_s=0.02)
+    assert 0 < stats["p20_ms"] <= stats["ms"] <= stats["p80_ms"]
+
+
+def test_main_writes_json_with_environment(tmp_path, monkeypatch):
+    module = type(runner)("bench.cases._fake")
+    module.cases = lambda device, quick: [_case()]
+    monkeypatch.setitem(sys.modules, "bench.cases._fake", module)
+    monkeypatch.setattr(runner, "discover_case_modules", lambda only=None: ["_fake"])
+    out = tmp_path / "r.json"
+    assert runner.main(["--quick", "--budget", "0.01", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["environment"]["torch"] == torch.__version__ and "git_sha" in data["environment"]
+    assert data["ceilings"]["copy_GBps"] > 0
+    assert {r["variant"] for r in data["rows"]} == {"reference", "twice", "broken"}
