@@ -43,7 +43,7 @@ def _check_parity(backend, dtype, layers, logits):
 
 @pytest.mark.parametrize("dtype", FAST_DTYPES)
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
-@pytest.mark.parametrize("shape,k", [((37, 40), 4), ((2, 13, 72), 5), ((1, 1280), 1), ((3000,), 9)])
+@pytest.mark.parametrize("shape,k", [((37, 40), 4), ((2, 13, 72), 5), ((1, 1280), 1), ((3000,), 9), ((5, 7), 3)])
 def test_parity(backend, dtype, shape, k):
     layers, logits = _inputs(shape, k, dtype, seed=k)
     _check_parity(backend, dtype, layers, logits)

@@ -15,13 +15,15 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .._utils import check_tensor
+from .._utils import check_tensor, is_compiling
 from ..backend import select_backend
 from ..varlen import validate_cu_seqlens
 
 __all__ = ["multi_encoder_concat"]
 
 IMPLEMENTED = ("cuda", "triton", "reference")
+# with a projection: the Triton GEMMs are autotuned and software-pipelined (the CUDA ones are plain tiles)
+IMPLEMENTED_PROJECTION = ("triton", "cuda", "reference")
 # most streams one fast-kernel launch takes (their pointers travel in the kernel arguments)
 MAX_STREAMS = 8
 
@@ -32,16 +34,21 @@ def _impl(backend: str):
 
 @torch.library.custom_op("alarm_kernels::multi_encoder_concat", mutates_args=())
 def _multi_encoder_concat_op(
-    streams: List[Tensor], cu_seqlens: List[Tensor], weight: Optional[Tensor], bias: Optional[Tensor], backend: str
+    streams: List[Tensor],
+    cu_seqlens: List[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    total_y: int,
+    backend: str,
 ) -> Tuple[Tensor, Tensor]:
-    return _impl(backend).forward(streams, cu_seqlens, weight, bias)
+    return _impl(backend).forward(streams, cu_seqlens, weight, bias, total_y)
 
 
 @_multi_encoder_concat_op.register_fake
-def _(streams, cu_seqlens, weight, bias, backend):
-    total_y = torch.library.get_ctx().new_dynamic_size()
+def _(streams, cu_seqlens, weight, bias, total_y, backend):
+    rows = torch.library.get_ctx().new_dynamic_size()
     width = weight.shape[0] if weight is not None else sum(x.shape[1] for x in streams)
-    return streams[0].new_empty(total_y, width), torch.empty_like(cu_seqlens[0])
+    return streams[0].new_empty(rows, width), torch.empty_like(cu_seqlens[0])
 
 
 @torch.library.custom_op("alarm_kernels::multi_encoder_concat_backward", mutates_args=())
@@ -72,7 +79,7 @@ def _(grad_y, streams, cu_seqlens, cu_y, weight, stream_grads, need_weight_grad,
 
 
 def _setup_context(ctx, inputs, output):
-    streams, cu_seqlens, weight, bias, backend = inputs
+    streams, cu_seqlens, weight, bias, _total_y, backend = inputs
     _, cu_y = output
     ctx.num_streams = len(streams)
     ctx.stream_grads = [bool(x.requires_grad) for x in streams]
@@ -97,7 +104,7 @@ def _backward(ctx, grad_y, _grad_cu_y):
     stream_grads = [grads.pop(0) if needed else None for needed in ctx.stream_grads]
     grad_weight = grads.pop(0) if ctx.need_weight_grad else None
     grad_bias = grads.pop(0) if ctx.need_bias_grad else None
-    return stream_grads, [None] * e, grad_weight, grad_bias, None
+    return stream_grads, [None] * e, grad_weight, grad_bias, None, None
 
 
 _multi_encoder_concat_op.register_autograd(_backward, setup_context=_setup_context)
@@ -135,12 +142,18 @@ def multi_encoder_concat(
     first = streams[0]
     for e, x in enumerate(streams):
         check_tensor(x, f"streams[{e}]", ndim=2, dtypes=(first.dtype,), device=first.device)
-        validate_cu_seqlens(cu_seqlens[e], x.shape[0], name=f"cu_seqlens[{e}]", device=first.device)
+        validate_cu_seqlens(cu_seqlens[e], name=f"cu_seqlens[{e}]", device=first.device, check_values=False)
         if cu_seqlens[e].shape[0] != cu_seqlens[0].shape[0]:
             raise ValueError(
                 f"cu_seqlens[{e}] describes {cu_seqlens[e].shape[0] - 1} sequences but cu_seqlens[0] "
                 f"describes {cu_seqlens[0].shape[0] - 1} (every stream needs the same N)"
             )
+    total_y = -1  # unknown while tracing: the backend computes it
+    if not is_compiling():
+        host = torch.stack(cu_seqlens).cpu()  # one device sync validates every stream's offsets
+        for e, x in enumerate(streams):
+            validate_cu_seqlens(host[e], x.shape[0], name=f"cu_seqlens[{e}]")
+        total_y = int(host.diff(dim=1).amax(0).sum()) if host.shape[1] > 1 else 0
     total_width = sum(x.shape[1] for x in streams)
     if weight is not None:
         check_tensor(weight, "weight", ndim=2, dtypes=(first.dtype,), device=first.device)
@@ -158,12 +171,14 @@ def multi_encoder_concat(
     elif len(streams) > MAX_STREAMS:
         fast_reason = f"more than {MAX_STREAMS} streams"
     name = select_backend(
-        "multi_encoder_concat", backend, first.device, IMPLEMENTED, {"triton": fast_reason, "cuda": fast_reason}
+        "multi_encoder_concat", backend, first.device, IMPLEMENTED if weight is None else IMPLEMENTED_PROJECTION,
+        {"triton": fast_reason, "cuda": fast_reason},
     )
     return _multi_encoder_concat_op(
         [x.contiguous() for x in streams],
         cu_seqlens,
         weight.contiguous() if weight is not None else None,
         bias.contiguous() if bias is not None else None,
+        total_y,
         name,
     )

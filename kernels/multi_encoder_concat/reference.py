@@ -31,9 +31,10 @@ def output_rows(cu_e: Tensor, cu_y: Tensor, total_e: int) -> Tensor:
     return cu_y[:-1].long()[seq] + torch.arange(total_e, device=cu_e.device) - cu_e[:-1].long()[seq]
 
 
-def concat(streams: Sequence[Tensor], cu_seqlens: Sequence[Tensor], cu_y: Tensor) -> Tensor:
-    """The materialized concatenation ``[total_y, sum D_e]`` (zeros where a stream is shorter)."""
-    total_y = int(cu_y[-1])
+def concat(streams: Sequence[Tensor], cu_seqlens: Sequence[Tensor], cu_y: Tensor, total_y: int = -1) -> Tensor:
+    """The materialized concatenation ``[total_y, sum D_e]`` (zeros where a stream is shorter);
+    ``total_y = cu_y[-1]`` is read from the device when passed as -1."""
+    total_y = int(cu_y[-1]) if total_y < 0 else total_y
     widths = [x.shape[1] for x in streams]
     out = streams[0].new_zeros(total_y, sum(widths))
     offset = 0
@@ -44,12 +45,17 @@ def concat(streams: Sequence[Tensor], cu_seqlens: Sequence[Tensor], cu_y: Tensor
 
 
 def forward(
-    streams: Sequence[Tensor], cu_seqlens: Sequence[Tensor], weight: Optional[Tensor], bias: Optional[Tensor]
+    streams: Sequence[Tensor],
+    cu_seqlens: Sequence[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    total_y: int = -1,
 ) -> Tuple[Tensor, Tensor]:
     """-> (y, cu_y): y ``[sum L_i, sum D_e]`` without weight, ``[sum L_i, D_out]`` =
-    ``F.linear(concat, weight, bias)`` with it; cu_y int32 ``[N+1]``."""
+    ``F.linear(concat, weight, bias)`` with it; cu_y int32 ``[N+1]``. ``total_y = sum L_i`` when the
+    caller knows it (saves a device read), else -1."""
     cu_y = output_cu_seqlens(cu_seqlens)
-    y = concat(streams, cu_seqlens, cu_y)
+    y = concat(streams, cu_seqlens, cu_y, total_y)
     if weight is not None:
         y = F.linear(y, weight, bias)
     return y, cu_y

@@ -12,7 +12,8 @@ then row ``cu_e[i] + pos`` of stream e, or zeros when ``pos`` is past that strea
 * backward: a per-stream map (stream row -> output row) drives gathers of ``grad_y``:
   ``grad_stream_e = grad_C[map_e, seg_e]`` with ``grad_C = grad_y`` (concat) or ``grad_y @ W_e`` (a
   gathered GEMM), ``grad_W[:, seg_e] = grad_y[map_e]^T @ stream_e`` (K = the stream's rows) and
-  ``grad_b = column sums of grad_y``. No atomics: every output element is written by one program.
+  ``grad_b = column sums of grad_y`` (row splits, then a pass over the fp32 partials). No atomics:
+  every output element is written by one program (deterministic).
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import triton.language as tl
 from torch import Tensor
 
 from .._utils import empty_output, triton_autotune
-from .reference import output_cu_seqlens
 
 _COPY_CONFIGS = [
     triton.Config({"BLOCK_M": 16, "BLOCK_D": 256}, num_warps=4),
@@ -54,6 +54,31 @@ def _find_seq(cu_ptr, rows, n_seq, n_iter):
     return lo
 
 
+@triton.jit
+def _tile_ids(m, n, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of this program on a 1-D grid, GROUP_M row tiles at a time (L2 reuse of B)."""
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(m, BM)
+    tiles_n = tl.cdiv(n, BN)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_m = tl.minimum(tiles_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % group_m, (pid % per_group) // group_m
+
+
+@triton.jit
+def _output_cu_kernel(cus, cu_y_ptr, n_seq, BLOCK: tl.constexpr):
+    """cu_y[0] = 0, cu_y[i + 1] = sum_{j <= i} max_e len_{e,j} (one program)."""
+    i = tl.arange(0, BLOCK)
+    ok = i < n_seq
+    longest = tl.zeros([BLOCK], dtype=tl.int32)
+    for e in tl.static_range(len(cus)):
+        n_e = tl.load(cus[e] + i + 1, mask=ok, other=0) - tl.load(cus[e] + i, mask=ok, other=0)
+        longest = tl.maximum(longest, n_e)
+    tl.store(cu_y_ptr + i + 1, tl.cumsum(longest, 0), mask=ok)
+    tl.store(cu_y_ptr + i, tl.zeros([BLOCK], dtype=tl.int32), mask=i == 0)
+
+
 @triton_autotune(configs=_COPY_CONFIGS, key=["d_total"])
 @triton.jit
 def _concat_fwd_kernel(
@@ -71,7 +96,8 @@ def _concat_fwd_kernel(
         valid = row_ok & (pos < tl.load(cus[e] + seq + 1) - start)
         col_ok = cols < widths[e]
         src = (start + pos).to(tl.int64)
-        x = tl.load(streams[e] + src[:, None] * widths[e] + cols[None, :], mask=valid[:, None] & col_ok[None, :], other=0.0)
+        mask = valid[:, None] & col_ok[None, :]
+        x = tl.load(streams[e] + src[:, None] * widths[e] + cols[None, :], mask=mask, other=0.0)
         tl.store(out_rows + col_offsets[e] + cols[None, :], x, mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -80,12 +106,14 @@ def _concat_fwd_kernel(
 def _concat_linear_fwd_kernel(
     streams, cus, widths, col_offsets, cu_y_ptr, w_ptr, b_ptr, out_ptr, total_y, d_total, d_out, n_seq, n_iter,
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    GROUP_M: tl.constexpr = 8,
 ):
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    pid_m, pid_n = _tile_ids(total_y, d_out, BM, BN, GROUP_M)
+    rows = pid_m * BM + tl.arange(0, BM)
     row_ok = rows < total_y
     seq = _find_seq(cu_y_ptr, rows, n_seq, n_iter)
     pos = rows - tl.load(cu_y_ptr + seq)
-    ns = tl.program_id(1) * BN + tl.arange(0, BN)
+    ns = pid_n * BN + tl.arange(0, BN)
     n_ok = ns < d_out
     ks = tl.arange(0, BK)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
@@ -137,13 +165,14 @@ def _gather_cols_kernel(
 @triton.jit
 def _grad_stream_kernel(
     gy_ptr, map_ptr, w_ptr, out_ptr, total_e, width, d_out, d_total, col_offset,
-    PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr = 8,
 ):
     """out[s, n] = sum_k grad_y[map[s], k] * W[k, col_offset + n]."""
-    s = tl.program_id(0) * BM + tl.arange(0, BM)
+    pid_m, pid_n = _tile_ids(total_e, width, BM, BN, GROUP_M)
+    s = pid_m * BM + tl.arange(0, BM)
     s_ok = s < total_e
     r = tl.load(map_ptr + s, mask=s_ok, other=0).to(tl.int64)
-    ns = tl.program_id(1) * BN + tl.arange(0, BN)
+    ns = pid_n * BN + tl.arange(0, BN)
     n_ok = ns < width
     ks = tl.arange(0, BK)
     a_ptrs = gy_ptr + r[:, None] * d_out + ks[None, :]
@@ -164,12 +193,13 @@ def _grad_stream_kernel(
 @triton.jit
 def _grad_weight_kernel(
     gy_ptr, map_ptr, x_ptr, gw_ptr, total_e, width, d_out, d_total, col_offset,
-    PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr = 8,
 ):
     """gw[m, col_offset + n] = sum_s grad_y[map[s], m] * x[s, n] (K = the stream's rows)."""
-    ms = tl.program_id(0) * BM + tl.arange(0, BM)
+    pid_m, pid_n = _tile_ids(d_out, width, BM, BN, GROUP_M)
+    ms = pid_m * BM + tl.arange(0, BM)
     m_ok = ms < d_out
-    ns = tl.program_id(1) * BN + tl.arange(0, BN)
+    ns = pid_n * BN + tl.arange(0, BN)
     n_ok = ns < width
     ks = tl.arange(0, BK)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
@@ -178,23 +208,41 @@ def _grad_weight_kernel(
         s_ok = s < total_e
         r = tl.load(map_ptr + s, mask=s_ok, other=0).to(tl.int64)
         a = tl.load(gy_ptr + r[None, :] * d_out + ms[:, None], mask=m_ok[:, None] & s_ok[None, :], other=0.0)
-        b = tl.load(x_ptr + s.to(tl.int64)[:, None] * width + ns[None, :], mask=s_ok[:, None] & n_ok[None, :], other=0.0)
+        b_ptrs = x_ptr + s.to(tl.int64)[:, None] * width + ns[None, :]
+        b = tl.load(b_ptrs, mask=s_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     out = gw_ptr + ms.to(tl.int64)[:, None] * d_total + col_offset + ns[None, :]
     tl.store(out, acc.to(gw_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
-def _column_sum_kernel(x_ptr, out_ptr, n_rows, n_cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[c] = sum_r x[r, c] (fp32 accumulation, fixed order)."""
+def _column_sum_kernel(
+    x_ptr, out_ptr, n_rows, n_cols, rows_per_split, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    """out[split, c] = sum of x[r, c] over the rows of this split (fp32 accumulation, fixed order)."""
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < n_cols
+    first = tl.program_id(1) * rows_per_split
+    last = tl.minimum(first + rows_per_split, n_rows)
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-    for r0 in range(0, n_rows, BLOCK_R):
+    for r0 in range(first, last, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        mask = (r < n_rows)[:, None] & c_ok[None, :]
+        mask = (r < last)[:, None] & c_ok[None, :]
         acc += tl.load(x_ptr + r.to(tl.int64)[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + cols, tl.sum(acc, 0).to(out_ptr.dtype.element_ty), mask=c_ok)
+    out = out_ptr + tl.program_id(1).to(tl.int64) * n_cols + cols
+    tl.store(out, tl.sum(acc, 0).to(out_ptr.dtype.element_ty), mask=c_ok)
+
+
+def _column_sum(x: Tensor, out: Tensor) -> None:
+    """out ``[C]`` = column sums of x ``[R, C]``: row splits into fp32 partials, then one more pass over them."""
+    n_rows, n_cols = x.shape
+    block_c, block_r = 128, 32
+    splits = max(1, min(64, triton.cdiv(n_rows, 256)))
+    rows_per_split = triton.cdiv(max(n_rows, 1), splits)
+    partials = torch.empty(splits, n_cols, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(n_cols, block_c), splits)
+    _column_sum_kernel[grid](x, partials, n_rows, n_cols, rows_per_split, BLOCK_R=block_r, BLOCK_C=block_c)
+    _column_sum_kernel[(grid[0], 1)](partials, out, splits, n_cols, splits, BLOCK_R=block_r, BLOCK_C=block_c)
 
 
 def _n_iter(n_seq: int) -> int:
@@ -214,12 +262,27 @@ def _offsets(widths: Sequence[int]) -> Tuple[int, ...]:
     return tuple(out)
 
 
+def output_offsets(cu_seqlens: Sequence[Tensor]) -> Tensor:
+    """int32 ``[N+1]`` output offsets (``L_i = max_e len_{e,i}``) in one launch."""
+    cu_y = torch.empty_like(cu_seqlens[0])
+    n_seq = cu_y.shape[0] - 1
+    if n_seq == 0:
+        return cu_y.zero_()
+    _output_cu_kernel[(1,)](tuple(cu_seqlens), cu_y, n_seq, BLOCK=triton.next_power_of_2(n_seq))
+    return cu_y
+
+
 def forward(
-    streams: Sequence[Tensor], cu_seqlens: Sequence[Tensor], weight: Optional[Tensor], bias: Optional[Tensor]
+    streams: Sequence[Tensor],
+    cu_seqlens: Sequence[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    total_y: int = -1,
 ) -> Tuple[Tensor, Tensor]:
-    """Contiguous streams ``[total_e, D_e]`` (fp32/fp16/bf16), int32 offsets -> (y, cu_y) as in the reference."""
-    cu_y = output_cu_seqlens(cu_seqlens)
-    total_y = int(cu_y[-1])
+    """Contiguous streams ``[total_e, D_e]`` (fp32/fp16/bf16), int32 offsets -> (y, cu_y) as in the
+    reference; ``total_y`` (-1: read from the device) as in ``reference.forward``."""
+    cu_y = output_offsets(cu_seqlens)
+    total_y = int(cu_y[-1]) if total_y < 0 else total_y
     n_seq = cu_y.shape[0] - 1
     widths = tuple(x.shape[1] for x in streams)
     d_total = sum(widths)
@@ -227,7 +290,9 @@ def forward(
     if weight is None:
         y = empty_output((total_y, d_total), first.dtype, first.device)
         if total_y and d_total:
-            grid = lambda meta: (triton.cdiv(total_y, meta["BLOCK_M"]), triton.cdiv(max(widths), meta["BLOCK_D"]))  # noqa: E731
+            grid = lambda meta: (  # noqa: E731
+                triton.cdiv(total_y, meta["BLOCK_M"]), triton.cdiv(max(widths), meta["BLOCK_D"])
+            )
             _concat_fwd_kernel[grid](
                 tuple(streams), tuple(cu_seqlens), widths, _offsets(widths), cu_y, y, total_y, d_total,
                 n_seq, _n_iter(n_seq),
@@ -236,7 +301,7 @@ def forward(
     d_out = weight.shape[0]
     y = empty_output((total_y, d_out), first.dtype, first.device)
     if total_y and d_out:
-        grid = lambda meta: (triton.cdiv(total_y, meta["BM"]), triton.cdiv(d_out, meta["BN"]))  # noqa: E731
+        grid = lambda meta: (triton.cdiv(total_y, meta["BM"]) * triton.cdiv(d_out, meta["BN"]),)  # noqa: E731
         _concat_linear_fwd_kernel[grid](
             tuple(streams), tuple(cu_seqlens), widths, _offsets(widths), cu_y, weight,
             bias if bias is not None else weight, y, total_y, d_total, d_out, n_seq, _n_iter(n_seq),
@@ -268,7 +333,6 @@ def backward(
     widths = [x.shape[1] for x in streams]
     offsets = _offsets(widths)
     d_total = sum(widths)
-    total_y = grad_y.shape[0]
     need_maps = any(stream_grads) or need_weight_grad
     maps = [_row_map(cu, cu_y, x.shape[0]) if need_maps else None for x, cu in zip(streams, cu_seqlens)]
     grads: List[Tensor] = []
@@ -279,11 +343,13 @@ def backward(
         g = empty_output((total_e, width), x.dtype, x.device)
         if total_e and width:
             if weight is None:
-                grid = lambda meta: (triton.cdiv(total_e, meta["BLOCK_M"]), triton.cdiv(width, meta["BLOCK_D"]))  # noqa: E731
+                grid = lambda meta: (  # noqa: E731
+                    triton.cdiv(total_e, meta["BLOCK_M"]), triton.cdiv(width, meta["BLOCK_D"])
+                )
                 _gather_cols_kernel[grid](grad_y, maps[e], g, total_e, width, d_total, offsets[e])
             else:
                 d_out = weight.shape[0]
-                grid = lambda meta: (triton.cdiv(total_e, meta["BM"]), triton.cdiv(width, meta["BN"]))  # noqa: E731
+                grid = lambda meta: (triton.cdiv(total_e, meta["BM"]) * triton.cdiv(width, meta["BN"]),)  # noqa: E731
                 _grad_stream_kernel[grid](
                     grad_y, maps[e], weight, g, total_e, width, d_out, d_total, offsets[e],
                     PRECISION=_precision(x.dtype),
@@ -296,7 +362,7 @@ def backward(
             total_e, width = x.shape
             if width == 0 or d_out == 0:
                 continue
-            grid = lambda meta: (triton.cdiv(d_out, meta["BM"]), triton.cdiv(width, meta["BN"]))  # noqa: E731
+            grid = lambda meta: (triton.cdiv(d_out, meta["BM"]) * triton.cdiv(width, meta["BN"]),)  # noqa: E731
             _grad_weight_kernel[grid](
                 grad_y, maps[e], x, gw, total_e, width, d_out, d_total, offsets[e], PRECISION=_precision(x.dtype)
             )
@@ -305,6 +371,6 @@ def backward(
         d_out = grad_y.shape[1]
         gb = empty_output((d_out,), grad_y.dtype, grad_y.device)
         if d_out:
-            _column_sum_kernel[(triton.cdiv(d_out, 128),)](grad_y, gb, total_y, d_out, BLOCK_R=32, BLOCK_C=128)
+            _column_sum(grad_y, gb)
         grads.append(gb)
     return grads

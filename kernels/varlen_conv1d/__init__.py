@@ -23,7 +23,7 @@ from ..varlen import validate_cu_seqlens
 
 __all__ = ["varlen_conv1d"]
 
-IMPLEMENTED = ("triton", "reference")
+IMPLEMENTED = ("triton", "cuda", "reference")  # triton first: the CUDA kernels have not run on a GPU yet
 ACTIVATIONS = (None, "gelu")
 
 

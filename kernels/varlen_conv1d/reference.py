@@ -36,6 +36,19 @@ def conv_cu_seqlens(cu_seqlens: Tensor, kernel_size: int, stride: int, padding: 
     return cu_y
 
 
+def phase_offsets(cu_seqlens: Tensor, stride: int, padding: int) -> Tensor:
+    """int32 ``[stride, N+1]``: per phase ph, offsets of the sequences' input frames i (local index) with
+    ``(i + padding) % stride == ph``, i.e. i = first_ph, first_ph + stride, ... with
+    ``first_ph = (ph - padding) mod stride``. The fast backends' grad_x splits frames by phase: a frame of
+    phase ph is reached only by taps ph, ph + stride, ... (used by the Triton and CUDA backends)."""
+    lengths = cu_seqlens_to_seqlens(cu_seqlens)
+    first = torch.remainder(torch.arange(stride, device=cu_seqlens.device) - padding, stride)
+    counts = torch.div(lengths[None, :] - first[:, None] + stride - 1, stride, rounding_mode="floor").clamp(min=0)
+    cu_ph = torch.zeros(stride, lengths.numel() + 1, dtype=torch.int32, device=cu_seqlens.device)
+    cu_ph[:, 1:] = torch.cumsum(counts, 1).to(torch.int32)
+    return cu_ph
+
+
 def gelu_grad(z: Tensor) -> Tensor:
     """d/dz of the exact GELU ``z * Phi(z)``: ``Phi(z) + z * phi(z)`` (same dtype as z)."""
     return 0.5 * (1.0 + torch.erf(z * _SQRT_HALF)) + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI

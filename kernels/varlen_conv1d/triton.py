@@ -1,4 +1,4 @@
-"""Triton varlen conv1d: implicit-GEMM forward, transposed-conv implicit-GEMM ``grad_x``, token-reduction
+"""Triton varlen conv1d: implicit-GEMM forward, phase-split transposed-conv implicit-GEMM ``grad_x``, token-reduction
 ``grad_w`` (with ``grad_b`` fused), and a fused GELU-derivative pass.
 
 Layout: x ``[total, C_in]`` and y ``[total_y, C_out]`` channels-last packed; the weight is re-laid out
@@ -19,10 +19,10 @@ import triton.language as tl
 from torch import Tensor
 
 from .._utils import empty_output, triton_autotune
-from .reference import conv_cu_seqlens
+from .reference import conv_cu_seqlens, phase_offsets
 
-_SQRT_HALF = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
+_SQRT_HALF = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 def _gemm_configs(names):
@@ -88,34 +88,49 @@ def _fwd_kernel(
 @triton_autotune(configs=_gemm_configs(("BLOCK_M", "BLOCK_N", "BLOCK_K")), key=["C_IN", "C_OUT"])
 @triton.jit
 def _dx_kernel(
-    g_ptr, w_ptr, dx_ptr, cu_x_ptr, cu_y_ptr, total, n_seq, C_IN, C_OUT,
+    g_ptr, w_ptr, dx_ptr, cu_x_ptr, cu_y_ptr, cu_ph_ptr, n_seq, C_IN, C_OUT,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, N_ITER: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """grad_x[i, ci] = sum_{j, co} grad_pre[t, co] * w[j, co, ci] over taps j with t*STRIDE - PAD + j = i."""
+    """grad_x[i, ci] = sum_{j, co} grad_pre[t, co] * w[j, co, ci] over taps j with t*STRIDE - PAD + j = i.
+
+    Input frames are split by phase ph = (i_local + PAD) % STRIDE (program axis 2): a frame of phase ph
+    is reached only by taps j = ph, ph + STRIDE, ..., so no tile multiplies by taps that cannot hit it
+    (a strided conv's transposed GEMM does 1/STRIDE of the dense work). ``cu_ph [STRIDE, n_seq + 1]``
+    holds each phase's per-sequence frame offsets."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < total
-    rows_c = tl.minimum(rows, total - 1)
-    seq = _find_seq(cu_x_ptr, rows_c, n_seq, N_ITER)
-    local = rows_c - tl.load(cu_x_ptr + seq)
+    ph = tl.program_id(2)
+    cu_ph = cu_ph_ptr + ph * (n_seq + 1)
+    ph_total = tl.load(cu_ph + n_seq)
+    if pid_m * BLOCK_M >= ph_total:
+        return
+    q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = q < ph_total
+    q_c = tl.minimum(q, ph_total - 1)
+    seq = _find_seq(cu_ph, q_c, n_seq, N_ITER)
+    first = ((ph - PAD) % STRIDE + STRIDE) % STRIDE
+    local = first + (q_c - tl.load(cu_ph + seq)) * STRIDE
+    rows = tl.load(cu_x_ptr + seq) + local
     y_start = tl.load(cu_y_ptr + seq)
     out_len = tl.load(cu_y_ptr + seq + 1) - y_start
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < C_IN
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for j in tl.static_range(K):
+    for jj in tl.static_range((K + STRIDE - 1) // STRIDE):
+        j = ph + jj * STRIDE
         num = local + PAD - j
         t = num // STRIDE
-        ok = row_ok & (num >= 0) & (num % STRIDE == 0) & (t < out_len)
+        ok = row_ok & (j < K) & (num >= 0) & (t < out_len)
         g_rows = (y_start + t).to(tl.int64) * C_OUT
         for c0 in range(0, C_OUT, BLOCK_K):
             ck = c0 + tl.arange(0, BLOCK_K)
             ck_ok = ck < C_OUT
             a = tl.load(g_ptr + g_rows[:, None] + ck[None, :], mask=ok[:, None] & ck_ok[None, :], other=0.0)
             w_rows = (j * C_OUT + ck).to(tl.int64) * C_IN
-            b = tl.load(w_ptr + w_rows[:, None] + cols[None, :], mask=ck_ok[:, None] & col_ok[None, :], other=0.0)
+            b = tl.load(
+                w_ptr + w_rows[:, None] + cols[None, :], mask=(ck_ok & (j < K))[:, None] & col_ok[None, :], other=0.0
+            )
             acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
     out_off = rows.to(tl.int64)[:, None] * C_IN + cols[None, :]
     tl.store(dx_ptr + out_off, acc.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
@@ -247,10 +262,13 @@ def backward(
     prec = _dot_prec(x.dtype)
     if need_dx:
         w_t = weight.permute(2, 0, 1).contiguous()  # [k, C_out, C_in]
-        grid = lambda meta: (triton.cdiv(total, meta["BLOCK_M"]), triton.cdiv(c_in, meta["BLOCK_N"]))  # noqa: E731
+        rows_per_phase = min(total, total // stride + n_seq)  # upper bound; surplus programs exit at once
+        grid = lambda meta: (  # noqa: E731
+            triton.cdiv(rows_per_phase, meta["BLOCK_M"]), triton.cdiv(c_in, meta["BLOCK_N"]), stride
+        )
         _dx_kernel[grid](
-            grad_pre, w_t, grad_x, cu_seqlens, cu_y, total, n_seq, c_in, c_out,
-            K=k, STRIDE=stride, PAD=padding, N_ITER=_n_iter(n_seq), DOT_PREC=prec,
+            grad_pre, w_t, grad_x, cu_seqlens, cu_y, phase_offsets(cu_seqlens, stride, padding), n_seq, c_in,
+            c_out, K=k, STRIDE=stride, PAD=padding, N_ITER=_n_iter(n_seq), DOT_PREC=prec,
         )
     if need_dw:
         grid = lambda meta: (triton.cdiv(c_out, meta["BLOCK_CO"]), triton.cdiv(c_in, meta["BLOCK_CI"]), k)  # noqa: E731

@@ -19,7 +19,7 @@ from ..varlen import validate_cu_seqlens
 
 __all__ = ["varlen_pool"]
 
-IMPLEMENTED = ("triton", "reference")
+IMPLEMENTED = ("triton", "cuda", "reference")  # triton first: the CUDA kernels have not run on a GPU yet
 MODES = ("mean", "max")
 
 

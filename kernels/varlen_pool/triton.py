@@ -8,7 +8,6 @@ fp32 at once; results round to the storage dtype at the store.
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor

@@ -32,7 +32,9 @@ def forward(layers: Sequence[Tensor], logits: Tensor) -> Tensor:
     return acc.to(layers[0].dtype)
 
 
-def backward(grad_y: Tensor, layers: Sequence[Tensor], logits: Tensor, need_layer_grads: bool) -> Tuple[Tensor, List[Tensor]]:
+def backward(
+    grad_y: Tensor, layers: Sequence[Tensor], logits: Tensor, need_layer_grads: bool
+) -> Tuple[Tensor, List[Tensor]]:
     """Gradients of the weighted layer sum.
 
     With ``w = softmax(logits)`` and ``g_j = <grad_y, layers[j]>`` (summed over every element):

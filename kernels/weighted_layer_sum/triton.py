@@ -6,7 +6,8 @@ elements, reads it from every layer once and writes it once. The softmax of the 
 in every program (k scalars; cheaper than a separate launch). Backward: one pass reads grad_y and the k
 layers, writes per-program partial dot products ``<grad_y, layers[j]>`` (and ``w_j * grad_y`` into the
 layer gradients when they are needed); a one-program kernel reduces the partials in a fixed order
-(deterministic) and applies the softmax Jacobian.
+(deterministic) and applies the softmax Jacobian. Autotuning keys on k only (never on the packed
+length, which changes every batch).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _softmax_weights(logits_ptr, K: tl.constexpr, KP: tl.constexpr):
     return kk, e / tl.sum(e, 0)
 
 
-@triton_autotune(configs=_CONFIGS, key=["n", "KP"])
+@triton_autotune(configs=_CONFIGS, key=["KP"])
 @triton.jit
 def _wls_fwd_kernel(layers, logits_ptr, out_ptr, n, KP: tl.constexpr, BLOCK: tl.constexpr):
     K: tl.constexpr = len(layers)
@@ -50,7 +51,7 @@ def _wls_fwd_kernel(layers, logits_ptr, out_ptr, n, KP: tl.constexpr, BLOCK: tl.
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton_autotune(configs=_CONFIGS, key=["n", "KP", "NEED_LAYER_GRADS"])
+@triton_autotune(configs=_CONFIGS, key=["KP", "NEED_LAYER_GRADS"])
 @triton.jit
 def _wls_bwd_kernel(
     layers, grad_layers, logits_ptr, grad_y_ptr, partial_ptr, n,

@@ -1,0 +1,89 @@
+"""varlen_conv1d benchmark cases at ALARM's conv-downsampler shapes (C 1024->2048 k=3 s=1 p=1 + GELU,
+then 2048->1024 k=4 s=2 p=1): packed implicit-GEMM conv (Triton / CUDA) vs what the padded reference
+model does (pad to ``[B, T, C]``, transpose to NCT, cuDNN ``F.conv1d``, GELU, transpose back) and
+torch.compile of it. flops counts only the valid output tokens (2 * total_y * C_out * C_in * k per GEMM)."""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+import alarm_kernels as ak
+from alarm_kernels.backend import backend_unavailable_reason
+from bench.harness import BenchCase
+
+
+def _padded_conv(x_pad, weight, bias, stride: int, padding: int, activation: Optional[str]):
+    """The padded reference: [B, T, C_in] -> NCT -> conv1d (+ GELU) -> [B, T_out, C_out]."""
+    y = F.conv1d(x_pad.transpose(1, 2), weight, bias, stride=stride, padding=padding)
+    if activation == "gelu":
+        y = F.gelu(y)
+    return y.transpose(1, 2).contiguous()
+
+
+def _compiled(fn):
+    """torch.compile(fn) (static shapes). Every case compiles the same function object's code with new
+    constants and shapes, so the per-code recompile limit (8) is raised while these variants run;
+    otherwise later cases would silently fall back to eager."""
+    return torch._dynamo.config.patch(recompile_limit=64)(torch.compile(fn, dynamic=False))
+
+
+def _fwd_bwd(fn: Callable[[], torch.Tensor], leaves):
+    grad = {}
+
+    def run():
+        y = fn()
+        if "g" not in grad or grad["g"].shape != y.shape:
+            grad["g"] = torch.randn_like(y)
+        y.backward(grad["g"])
+        for t in leaves:
+            t.grad = None
+
+    return run
+
+
+def cases(device: torch.device, quick: bool) -> List[BenchCase]:
+    gen = torch.Generator().manual_seed(0)
+    if quick:
+        batch, lo, hi, dtype = 2, 20, 60, torch.float32
+        layers = [(32, 64, 3, 1, 1, "gelu"), (64, 32, 4, 2, 1, None)]
+    else:
+        batch, lo, hi = 8, 200, 1500
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        layers = [(1024, 2048, 3, 1, 1, "gelu"), (2048, 1024, 4, 2, 1, None)]
+    lengths = torch.randint(lo, hi + 1, (batch,), generator=gen).tolist()
+    cu = ak.seqlens_to_cu_seqlens(lengths, device=device)
+    fast = [b for b in ("triton", "cuda") if backend_unavailable_reason(b, device) is None]
+    out = []
+    for c_in, c_out, k, stride, padding, act in layers:
+        x = torch.randn(sum(lengths), c_in, generator=gen).to(device, dtype)
+        w = (torch.randn(c_out, c_in, k, generator=gen) / (c_in * k) ** 0.5).to(device, dtype)
+        b = torch.randn(c_out, generator=gen).to(device, dtype)
+        x_pad, _ = ak.pad_packed(x, cu)
+        total_y = sum(max(0, (n + 2 * padding - k) // stride + 1) for n in lengths)
+        flops = 2.0 * total_y * c_out * c_in * k
+        name = (f"B={batch} L~{lo}-{hi} {c_in}->{c_out} k={k} s={stride}{' gelu' if act else ''} "
+                f"{str(dtype).replace('torch.', '')}")
+        padded = lambda xp, w, b, s=stride, p=padding, a=act: _padded_conv(xp, w, b, s, p, a)  # noqa: E731
+        compiled = _compiled(padded)
+
+        def packed(backend, s=stride, p=padding, a=act):
+            return lambda xx, ww, bb: ak.varlen_conv1d(xx, cu, ww, bb, s, p, a, backend=backend)[0]
+
+        fwd: Dict[str, Callable[[], object]] = {
+            "reference": lambda f=padded: f(x_pad, w, b),
+            "torch.compile": lambda f=compiled: f(x_pad, w, b),
+        }
+        fwd.update({be: (lambda f=packed(be): f(x, w, b)) for be in fast})
+        out.append(BenchCase("varlen_conv1d", "fwd " + name, fwd, flops=flops, direction="fwd"))
+
+        xg_pad, xg = x_pad.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+        wg, bg = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+        both: Dict[str, Callable[[], object]] = {
+            "reference": _fwd_bwd(lambda f=padded: f(xg_pad, wg, bg), (xg_pad, wg, bg)),
+            "torch.compile": _fwd_bwd(lambda f=compiled: f(xg_pad, wg, bg), (xg_pad, wg, bg)),
+        }
+        both.update({be: _fwd_bwd(lambda f=packed(be): f(xg, wg, bg), (xg, wg, bg)) for be in fast})
+        out.append(BenchCase("varlen_conv1d", "fwd+bwd " + name, both, flops=3 * flops, direction="fwd+bwd"))
+    return out

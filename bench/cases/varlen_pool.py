@@ -1,0 +1,86 @@
+"""varlen_pool benchmark cases: packed pooling (Triton / CUDA) vs what the padded reference model does
+(pad to ``[B, T, D]``, ``F.avg_pool1d`` / ``F.max_pool1d`` in NCT layout with transposes) and
+torch.compile of it. Memory bound: bytes_moved is the minimum a perfect kernel reads + writes."""
+from __future__ import annotations
+
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+
+import alarm_kernels as ak
+from alarm_kernels.backend import backend_unavailable_reason
+from bench.harness import BenchCase
+
+
+def _padded_pool(x_pad: torch.Tensor, ratio: int, mode: str) -> torch.Tensor:
+    """The padded reference: [B, T, D] -> transpose -> pool1d (ceil_mode) -> transpose back."""
+    nct = x_pad.transpose(1, 2)
+    if mode == "mean":
+        y = F.avg_pool1d(nct, ratio, ratio, ceil_mode=True)
+    else:
+        y = F.max_pool1d(nct, ratio, ratio, ceil_mode=True)
+    return y.transpose(1, 2).contiguous()
+
+
+def _compiled(fn):
+    """torch.compile(fn) (static shapes). Every case compiles the same function object's code with new
+    constants and shapes, so the per-code recompile limit (8) is raised while these variants run;
+    otherwise later cases would silently fall back to eager."""
+    return torch._dynamo.config.patch(recompile_limit=64)(torch.compile(fn, dynamic=False))
+
+
+def _fwd_bwd(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: Dict[str, torch.Tensor]):
+    def run():
+        y = fn(x)
+        if "g" not in grad or grad["g"].shape != y.shape:
+            grad["g"] = torch.randn_like(y)
+        y.backward(grad["g"])
+        x.grad = None
+
+    return run
+
+
+def cases(device: torch.device, quick: bool) -> List[BenchCase]:
+    gen = torch.Generator().manual_seed(0)
+    if quick:
+        batch, lo, hi, dims, ratios, dtype = 2, 20, 60, (64,), (2,), torch.float32
+    else:
+        batch, lo, hi, dims, ratios = 8, 200, 1500, (1024, 2048), (2, 4)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    lengths = torch.randint(lo, hi + 1, (batch,), generator=gen).tolist()
+    cu = ak.seqlens_to_cu_seqlens(lengths, device=device)
+    fast = [b for b in ("triton", "cuda") if backend_unavailable_reason(b, device) is None]
+    out = []
+    for d in dims:
+        x = torch.randn(sum(lengths), d, generator=gen).to(device, dtype)
+        x_pad, _ = ak.pad_packed(x, cu)
+        for ratio in ratios:
+            for mode in ("mean", "max"):
+                total_y = sum((n + ratio - 1) // ratio for n in lengths)
+                es = x.element_size()
+                fwd_bytes = (x.numel() + total_y * d) * es
+                # backward reads grad_y (and x, y for max) and writes grad_x
+                bwd_bytes = (total_y * d + x.numel()) * es + ((x.numel() + total_y * d) * es if mode == "max" else 0)
+                name = f"B={batch} L~{lo}-{hi} D={d} r={ratio} {mode} {str(dtype).replace('torch.', '')}"
+                padded = lambda t, r=ratio, m=mode: _padded_pool(t, r, m)  # noqa: E731
+                compiled = _compiled(padded)
+                packed = {b: (lambda t, b=b, r=ratio, m=mode: ak.varlen_pool(t, cu, r, m, backend=b)[0]) for b in fast}
+                fwd: Dict[str, Callable[[], object]] = {
+                    "reference": lambda f=padded: f(x_pad),
+                    "torch.compile": lambda f=compiled: f(x_pad),
+                }
+                fwd.update({b: (lambda f=f: f(x)) for b, f in packed.items()})
+                out.append(BenchCase("varlen_pool", "fwd " + name, fwd, bytes_moved=fwd_bytes, direction="fwd"))
+                x_pad_g = x_pad.detach().clone().requires_grad_()
+                x_g = x.detach().clone().requires_grad_()
+                both: Dict[str, Callable[[], object]] = {
+                    "reference": _fwd_bwd(padded, x_pad_g, {}),
+                    "torch.compile": _fwd_bwd(compiled, x_pad_g, {}),
+                }
+                both.update({b: _fwd_bwd(f, x_g, {}) for b, f in packed.items()})
+                out.append(
+                    BenchCase("varlen_pool", "fwd+bwd " + name, both, bytes_moved=fwd_bytes + bwd_bytes,
+                              direction="fwd+bwd")
+                )
+    return out

@@ -1,0 +1,25 @@
+"""CUDA-extension varlen pooling (``csrc/varlen_pool.cu``): same contract as ``reference.py``.
+
+Outputs are allocated here (``empty_output``, so NaN prefill applies) and filled by the extension;
+x / y must be CUDA tensors in fp32, fp16 or bf16.
+"""
+from __future__ import annotations
+
+from .._ext import extension
+from .._utils import empty_output
+from .reference import pooled_cu_seqlens
+
+
+def forward(x, cu_seqlens, ratio: int, mode: str):
+    """x ``[total, D]`` -> (y ``[sum ceil(L_i/ratio), D]``, int32 cu_y)."""
+    cu_y = pooled_cu_seqlens(cu_seqlens, ratio)
+    y = empty_output((int(cu_y[-1]), x.shape[1]), x.dtype, x.device)
+    extension().varlen_pool_fwd(x, y, cu_seqlens, cu_y, ratio, mode == "max")
+    return y, cu_y
+
+
+def backward(grad_y, x, y, cu_seqlens, cu_y, ratio: int, mode: str):
+    """grad_x ``[total, D]`` in x's dtype (same rule as :func:`reference.backward`)."""
+    grad_x = empty_output(x.shape, x.dtype, x.device)
+    extension().varlen_pool_bwd(grad_y, x, y, grad_x, cu_seqlens, cu_y, ratio, mode == "max")
+    return grad_x
