@@ -1,6 +1,7 @@
 """The ``alarm`` command line. Each subcommand lives in a module of ``alarm.commands`` exposing
 ``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed args; its
-return value is the exit status)."""
+return value is the exit status). Bad input (ValueError, missing files) ends with one ``alarm: error:``
+line and exit status 2; ``-v`` shows the traceback too."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ COMMAND_MODULES = (
     "alarm.commands.demo",
     "alarm.commands.eval",
     "alarm.commands.rephrase",
+    "alarm.commands.generate",
 )
 
 
@@ -27,7 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as exc:
+        if args.verbose:
+            raise
+        print(f"alarm: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

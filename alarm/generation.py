@@ -160,6 +160,7 @@ def generate_with_thinking_budget(model, tokenizer, *, input_ids=None, inputs_em
       Rows that close thinking themselves are untouched. ``None`` disables the budget.
     - ``max_new_tokens`` caps all new tokens, forced ones included; EOS ends a row (default: the model's
       generation_config EOS ids, else the tokenizer's).
+    - The tokenizer must have ``<think>`` and ``</think>`` as single tokens (ValueError otherwise).
     - Greedy by default; ``do_sample=True`` samples with ``temperature``/``top_p``/``top_k``. Extra keyword
       arguments go to ``model.generate`` (beam search is not supported).
     Returns a ``ThinkingGeneration`` (new tokens only).

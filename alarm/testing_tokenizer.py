@@ -26,7 +26,6 @@ A woman says hello, a man answers in an angry tone with a British accent. durati
 @lru_cache(maxsize=None)
 def _build(vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -38,7 +37,8 @@ def _build(vocab_size: int):
 
 
 def build_tiny_tokenizer(vocab_size: int = 384):
-    """A fresh ``PreTrainedTokenizerFast`` (eos ``<|im_end|>``, pad ``<|endoftext|>``, left padding); deterministic for a given size."""
+    """A fresh ``PreTrainedTokenizerFast`` (eos ``<|im_end|>``, pad ``<|endoftext|>``, left padding),
+    deterministic for a given size."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 

@@ -1,10 +1,21 @@
 """Thinking-budget generation (alarm/generation.py) on a tiny random Qwen3 and a local tokenizer."""
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from alarm.generation import (ThinkingBudgetProcessor, budget_suffix_ids, generate_with_thinking_budget,
                               token_id)
 from alarm.testing_tokenizer import build_tiny_lm, build_tiny_tokenizer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matmuls on a shared 2-core machine run ~30x faster single-threaded (no OpenMP spinning)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +138,21 @@ def test_processor_state_machine():
     out = _drive(proc, [[1, 2, 3, start, 7, 8, 9, 9, 9]])
     assert out[0] == [1, 2, 3, start, 7, 8, 5, 6, end]
     assert proc.thinking_tokens.tolist() == [2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(budget=st.integers(0, 6), rows=st.lists(st.lists(st.integers(0, 11), min_size=14, max_size=14),
+                                               min_size=1, max_size=4))
+def test_processor_property(budget, rows):
+    """Whatever the model proposes, a row either closes thinking itself within the budget (untouched)
+    or gets exactly ``budget`` free tokens followed by the forced suffix."""
+    end, suffix = 11, [5, 6, 11]
+    proc = ThinkingBudgetProcessor(budget, suffix, 10, end, starts_in_thinking=True)
+    out = _drive(proc, rows)
+    for i, (script, got) in enumerate(zip(rows, out)):
+        count = int(proc.thinking_tokens[i])
+        if end in script[:budget]:
+            assert got == script and count == script.index(end) and not proc.budget_hit[i]
+        else:
+            assert got[:budget] == script[:budget] and count == budget
+            assert got[budget:budget + 3] == suffix[:len(got) - budget]

@@ -26,9 +26,11 @@ from typing import Callable
 from .jsonl import iter_jsonl
 
 
-def format_time(seconds: float) -> str:
-    """``mm:ss`` (minutes may exceed 59), rounded to the nearest second."""
-    m, s = divmod(int(round(max(0.0, seconds))), 60)
+def format_time(seconds: float, up: bool = False) -> str:
+    """``mm:ss`` (minutes may exceed 59); rounded down, or up with ``up`` (segment ends), so that the
+    printed span always contains the true one."""
+    whole = math.ceil(seconds - 1e-6) if up else math.floor(seconds + 1e-6)
+    m, s = divmod(max(0, int(whole)), 60)
     return f"{m:02d}:{s:02d}"
 
 
@@ -62,7 +64,7 @@ class Segment:
         body = f"|{' '.join(self.text.split())}|" if self.caption else " ".join(self.text.split())
         if self.start is not None:
             end = self.end if self.end is not None else self.start
-            body = f"[{format_time(self.start)}-{format_time(max(end, self.start))}] {body}"
+            body = f"[{format_time(self.start)}-{format_time(max(end, self.start), up=True)}] {body}"
         extra = _attrs(self.attrs)
         return f"{body} ({extra})" if extra else body
 
