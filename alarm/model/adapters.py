@@ -8,6 +8,10 @@ Two execution paths with the same parameters:
   between the convolutions and BatchNorm statistics (train mode) use valid frames only, so both paths
   compute the same function.
 Output lengths: conv ``ceil(len / 2)`` (one zero frame appended when ``len`` is odd), MLP ``len``.
+
+``fold_batchnorm()`` (frozen inference): BatchNorm is applied after GELU, so each one folds into the next
+linear op: norm2 into ``llm_proj`` (exact) and norm1 into ``conv2``, whose zero padding at the sequence
+edges then needs a bias correction on each sequence's first and last output frame (exact too).
 """
 from __future__ import annotations
 
@@ -48,6 +52,29 @@ class Adapter(nn.Module):
             self.fc1, self.fc2 = nn.Linear(spec.dim, mlp_hidden), nn.Linear(mlp_hidden, mlp_hidden)
             out_dim = mlp_hidden
         self.llm_proj = nn.Linear(out_dim, llm_hidden)
+        self.folded = False
+
+    @torch.no_grad()
+    def fold_batchnorm(self) -> "Adapter":
+        """Fold eval-mode BatchNorms into conv2 / llm_proj (inference only; the result cannot train)."""
+        if self.kind != "conv" or not isinstance(self.norm1, nn.BatchNorm1d) or self.folded:
+            raise ValueError("fold_batchnorm needs an unfolded conv adapter with BatchNorm")
+        def affine(bn):
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            return scale, bn.bias - bn.running_mean * scale
+        s1, t1 = affine(self.norm1)
+        s2, t2 = affine(self.norm2)
+        w2 = self.conv2.weight  # [C_out, C_in, 4]
+        taps = torch.einsum("oik,i->ok", w2, t1)  # contribution of the BN1 shift through each tap [C_out, 4]
+        self.conv2.bias += taps.sum(1)
+        self.register_buffer("edge_first", taps[:, 0].clone())  # tap 0 reads the left zero pad
+        self.register_buffer("edge_last", taps[:, -1].clone())  # tap 3 reads the right zero pad
+        self.conv2.weight.mul_(s1[None, :, None])
+        self.llm_proj.bias += self.llm_proj.weight @ t2
+        self.llm_proj.weight.mul_(s2[None, :])
+        self.norm1, self.norm2 = nn.Identity(), nn.Identity()
+        self.folded = True
+        return self.requires_grad_(False).eval()
 
     @staticmethod
     def out_lengths(lengths: Tensor, kind: str) -> Tensor:
@@ -68,11 +95,16 @@ class Adapter(nn.Module):
         ex = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths, output_size=x.shape[0])
         dest = torch.arange(x.shape[0], device=x.device) + (cu_even[:-1] - cu_seqlens[:-1]).long()[ex]
         x = x.new_zeros(int(even.sum()), x.shape[1]).index_copy(0, dest, x)  # zero frame after odd sequences
-        h, cu_h = ak.varlen_conv1d(x, cu_even, self.conv1.weight, self.conv1.bias, stride=1, padding=1,
-                                   activation="gelu")
+        h, cu_h = ak.varlen_conv1d(x, cu_even, self.conv1.weight.to(x.dtype), self.conv1.bias.to(x.dtype), stride=1,
+                                   padding=1, activation="gelu")
         h = self.norm1(h)
-        y, cu_y = ak.varlen_conv1d(h, cu_h, self.conv2.weight, self.conv2.bias, stride=2, padding=1,
-                                   activation="gelu")
+        w2, b2 = self.conv2.weight.to(h.dtype), self.conv2.bias.to(h.dtype)
+        if self.folded:
+            y, cu_y = ak.varlen_conv1d(h, cu_h, w2, b2, stride=2, padding=1)
+            y = y.index_add(0, cu_y[:-1].long(), -self.edge_first.to(y.dtype).expand(cu_y.numel() - 1, -1))
+            y = F.gelu(y.index_add(0, cu_y[1:].long() - 1, -self.edge_last.to(y.dtype).expand(cu_y.numel() - 1, -1)))
+        else:
+            y, cu_y = ak.varlen_conv1d(h, cu_h, w2, b2, stride=2, padding=1, activation="gelu")
         return self.llm_proj(self.norm2(y)), cu_y
 
     # ---- padded (reference) path ---------------------------------------------------------------
@@ -96,7 +128,12 @@ class Adapter(nn.Module):
             x = F.pad(x, (0, 0, 0, 1))
         h = F.gelu(self.conv1(x.transpose(1, 2))).transpose(1, 2)
         h = self._norm_valid(self.norm1, h, valid_mask(lengths + lengths % 2, h.shape[1]))
-        y = F.gelu(self.conv2(h.transpose(1, 2))).transpose(1, 2)
+        y = self.conv2(h.transpose(1, 2)).transpose(1, 2)
+        if self.folded:
+            rows = torch.arange(y.shape[0], device=y.device)
+            y = y.index_put((rows, torch.zeros_like(rows)), -self.edge_first, accumulate=True)
+            y = y.index_put((rows, out_len - 1), -self.edge_last, accumulate=True)
+        y = F.gelu(y)
         m = valid_mask(out_len, y.shape[1])
         y = self._norm_valid(self.norm2, y, m)
         return self.llm_proj(y) * m[..., None], out_len

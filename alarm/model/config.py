@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 FUSIONS = ("sum", "concat", "CA", "P")
@@ -108,7 +108,7 @@ class ALARMConfig:
     p_ffn_mult: int = 4
     max_length: int = 4096
     max_audio_seconds: float = 60.0
-    lm_head_chunk: int = 8192
+    lm_head_chunk: int = 1024
     path: str = "fast"
     init_seed: int = 0
     tiny_tokenizer_vocab: Optional[int] = None
@@ -166,7 +166,8 @@ class ALARMConfig:
             name="whisper", kind="whisper", layers=[1, 2], dim=32, norm="batch",
             hf_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
                            num_mel_bins=128, max_source_positions=1500, decoder_layers=1,
-                           decoder_attention_heads=2, decoder_ffn_dim=64, vocab_size=64))
+                           decoder_attention_heads=2, decoder_ffn_dim=64, vocab_size=64, pad_token_id=0,
+                           bos_token_id=0, eos_token_id=0, decoder_start_token_id=0))
         w2v = EncoderSpec(
             name="w2v-bert", kind="w2v-bert", layers=[0, 2], dim=32, norm="layer",
             hf_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

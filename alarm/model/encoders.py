@@ -21,6 +21,7 @@ with the same trailing zero padding whatever the batch).
 
 Adding an encoder (MuQ, SSLAM, any model returning hidden states)::
 
+    import torch
     from alarm.model.encoders import HiddenStatesEncoder, register_encoder
 
     def build_muq(spec):                                  # spec: alarm.model.config.EncoderSpec
@@ -87,7 +88,8 @@ class AudioEncoder(nn.Module, abc.ABC):
             parts = list(torch.split(w, chunk))
             pieces.extend(parts)
             per_clip.append(len(parts))
-        inputs, lengths = self.features(pieces)
+        with torch.autocast("cpu", enabled=False):  # host-side feature extraction stays fp32
+            inputs, lengths = self.features(pieces)
         states = self.hidden(inputs, lengths)
         t = states[0].shape[1]
         valid = torch.arange(t, device=states[0].device)[None, :] < lengths.to(states[0].device)[:, None]

@@ -1,0 +1,284 @@
+"""Multi-encoder fusion: ``sum``, ``concat``, ``CA`` (cross-attention) and ``P`` (perceivers).
+
+Every fusion takes the adapter outputs of all encoders (``encoders[0]`` is the base/Whisper stream) and
+has two paths with the same parameters:
+- ``forward_packed(streams, cus)``: packed ``[total_e, H]`` + int32 ``cu_seqlens`` per stream ->
+  (``[total_out, H]``, ``cu_out``); attention through ``alarm_kernels.packed_attention``.
+- ``forward_padded(streams, lengths)``: ``[B, T_e, H]`` (zeros past ``lengths[e]``) -> (``[B, T_out, H]``,
+  ``lengths_out``); attention through SDPA with boolean key masks.
+Output lengths: sum/concat ``max_e len_e`` (pad-at-end alignment); CA the base stream's length (queries);
+P ``2 + n_aux * p_latents + len_base``.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import alarm_kernels as ak
+from alarm_kernels.varlen import cu_seqlens_to_seqlens, max_seqlen, seqlens_to_cu_seqlens
+
+from .adapters import valid_mask
+
+__all__ = ["SumFusion", "ConcatFusion", "CrossAttentionFusion", "PerceiverFusion", "build_fusion",
+           "segment_gather_index"]
+
+
+def segment_gather_index(seg_len: Tensor, seg_base: Tensor, seg_step: Tensor, keep: Tensor | None = None
+                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Vectorised layout of B sequences built from S segments each (no per-example loop).
+
+    Args: seg_len [B, S] int64 segment lengths; seg_base [B, S] index of each segment's first row in a
+    source table; seg_step [S] 1 (contiguous rows) or 0 (one row repeated); keep [B] optional truncation
+    (rows kept per example, <= sum of seg_len).
+    Returns (index [total] into the table, segment id [total], offset within the segment [total],
+    int32 cu_seqlens [B+1] of the output).
+    """
+    full = seg_len.sum(1)
+    out_len = full if keep is None else torch.minimum(full, keep)
+    cu = seqlens_to_cu_seqlens(out_len, device=seg_len.device)
+    total = int(cu[-1])
+    ex = torch.repeat_interleave(torch.arange(seg_len.shape[0], device=seg_len.device), out_len, output_size=total)
+    pos = torch.arange(total, device=seg_len.device) - cu[:-1].long()[ex]
+    starts = torch.cumsum(seg_len, 1) - seg_len  # [B, S]
+    seg = (pos[:, None] >= (starts + seg_len)[ex]).sum(1)
+    off = pos - starts[ex, seg]
+    return seg_base[ex, seg] + off * seg_step[seg], seg, off, cu
+
+
+def _align_index(cus: List[Tensor]) -> Tuple[List[Tensor], Tensor, Tensor]:
+    """Pad-at-end alignment: per stream, destination rows in the aligned packed output; out lengths, cu."""
+    lens = torch.stack([cu_seqlens_to_seqlens(c) for c in cus])
+    out_len = lens.max(0).values
+    cu_out = seqlens_to_cu_seqlens(out_len, device=cus[0].device)
+    dests = []
+    for cu, ln in zip(cus, lens):
+        n = int(cu[-1])
+        ex = torch.repeat_interleave(torch.arange(ln.numel(), device=cu.device), ln, output_size=n)
+        dests.append(torch.arange(n, device=cu.device) + (cu_out[:-1] - cu[:-1]).long()[ex])
+    return dests, out_len, cu_out
+
+
+def _pad_streams(streams: List[Tensor], t: int) -> List[Tensor]:
+    return [F.pad(s, (0, 0, 0, t - s.shape[1])) for s in streams]
+
+
+class SumFusion(nn.Module):
+    """Adds the (pad-at-end aligned) streams; no parameters (AL-<encoder>-R uses one stream)."""
+
+    def forward_packed(self, streams, cus):
+        if len(streams) == 1:
+            return streams[0], cus[0]
+        dests, out_len, cu_out = _align_index(cus)
+        out = streams[0].new_zeros(int(out_len.sum()), streams[0].shape[1])
+        for s, d in zip(streams, dests):
+            out = out.index_add(0, d, s)
+        return out, cu_out
+
+    def forward_padded(self, streams, lengths):
+        t = max(s.shape[1] for s in streams)
+        return sum(_pad_streams(streams, t)), torch.stack(lengths).max(0).values
+
+
+class ConcatFusion(nn.Module):
+    """Streams concatenated along features (pad-at-end aligned) and projected ``sum H_e -> H``."""
+
+    def __init__(self, n_streams: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(n_streams * hidden, hidden)
+
+    def forward_packed(self, streams, cus):
+        dt = streams[0].dtype
+        return ak.multi_encoder_concat(streams, cus, weight=self.proj.weight.to(dt), bias=self.proj.bias.to(dt))
+
+    def forward_padded(self, streams, lengths):
+        t = max(s.shape[1] for s in streams)
+        out_len = torch.stack(lengths).max(0).values
+        y = self.proj(torch.cat(_pad_streams(streams, t), -1))
+        return y * valid_mask(out_len, t)[..., None], out_len
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v/o projections (``d_kv`` may differ from ``d``)."""
+
+    def __init__(self, d: int, heads: int, d_kv: int | None = None):
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"width {d} is not divisible by {heads} heads")
+        self.heads, self.head_dim = heads, d // heads
+        self.q, self.o = nn.Linear(d, d), nn.Linear(d, d)
+        self.k, self.v = nn.Linear(d_kv or d, d), nn.Linear(d_kv or d, d)
+
+    def packed(self, x: Tensor, mem: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int, max_k: int) -> Tensor:
+        """x [tq, d], mem [tk, d_kv] packed -> [tq, d]."""
+        h, dh = self.heads, self.head_dim
+        q, k, v = self.q(x).view(-1, h, dh), self.k(mem).view(-1, h, dh), self.v(mem).view(-1, h, dh)
+        return self.o(ak.packed_attention(q, k, v, cu_q, cu_k, max_q, max_k).reshape(x.shape[0], -1))
+
+    def padded(self, x: Tensor, mem: Tensor, key_valid: Tensor | None) -> Tensor:
+        """x [B, Tq, d], mem [B, Tk, d_kv], key_valid bool [B, Tk] or None -> [B, Tq, d]."""
+        b, h, dh = x.shape[0], self.heads, self.head_dim
+        q = self.q(x).view(b, -1, h, dh).transpose(1, 2)
+        k = self.k(mem).view(b, -1, h, dh).transpose(1, 2)
+        v = self.v(mem).view(b, -1, h, dh).transpose(1, 2)
+        mask = None if key_valid is None else key_valid[:, None, None, :]
+        return self.o(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, -1, h * dh))
+
+
+class FeedForward(nn.Sequential):
+    """Linear d -> ffn, GELU, dropout, Linear ffn -> d."""
+
+    def __init__(self, d: int, ffn: int, dropout: float):
+        super().__init__(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm decoder layer: x += SA(LN x); x += CA(LN x, memory); x += FFN(LN x) (memory not normalised;
+    dropout on each residual branch and inside the FFN)."""
+
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, d_mem: int | None = None, self_attn=True):
+        super().__init__()
+        self.ln_sa = nn.LayerNorm(d) if self_attn else None
+        self.sa = Attention(d, heads) if self_attn else None
+        self.ln_ca, self.ca = nn.LayerNorm(d), Attention(d, heads, d_mem)
+        self.ln_ff, self.ff = nn.LayerNorm(d), FeedForward(d, ffn, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def packed(self, x, mem, cu_q, cu_k, max_q, max_k):
+        if self.sa is not None:
+            y = self.ln_sa(x)
+            x = x + self.drop(self.sa.packed(y, y, cu_q, cu_q, max_q, max_q))
+        x = x + self.drop(self.ca.packed(self.ln_ca(x), mem, cu_q, cu_k, max_q, max_k))
+        return x + self.drop(self.ff(self.ln_ff(x)))
+
+    def padded(self, x, mem, q_valid, k_valid):
+        if self.sa is not None:
+            y = self.ln_sa(x)
+            x = x + self.drop(self.sa.padded(y, y, q_valid))
+        x = x + self.drop(self.ca.padded(self.ln_ca(x), mem, k_valid))
+        return x + self.drop(self.ff(self.ln_ff(x)))
+
+
+class CrossAttentionFusion(nn.Module):
+    """ALARM-CA: per-stream in_proj H -> d; base-stream queries; one decoder layer per other stream, each
+    attending to that stream with its own lengths; out_proj d -> H. Output on the base stream's time axis."""
+
+    def __init__(self, n_streams: int, hidden: int, d: int, heads: int, ffn: int, dropout: float):
+        super().__init__()
+        self.in_proj = nn.ModuleList(nn.Linear(hidden, d) for _ in range(n_streams))
+        self.layers = nn.ModuleList(DecoderLayer(d, heads, ffn, dropout) for _ in range(n_streams - 1))
+        self.out_proj = nn.Linear(d, hidden)
+
+    def forward_packed(self, streams, cus):
+        x = self.in_proj[0](streams[0])
+        max_q = max_seqlen(cus[0])
+        for e, layer in enumerate(self.layers, start=1):
+            mem = self.in_proj[e](streams[e])
+            x = layer.packed(x, mem, cus[0], cus[e], max_q, max_seqlen(cus[e]))
+        return self.out_proj(x), cus[0]
+
+    def forward_padded(self, streams, lengths):
+        x = self.in_proj[0](streams[0])
+        q_valid = valid_mask(lengths[0], x.shape[1])
+        for e, layer in enumerate(self.layers, start=1):
+            mem = self.in_proj[e](streams[e])
+            x = layer.padded(x, mem, q_valid, valid_mask(lengths[e], mem.shape[1]))
+        return self.out_proj(x) * q_valid[..., None], lengths[0]
+
+
+class Perceiver(nn.Module):
+    """``n`` learned latents (width w) read one stream with one cross-attention layer, then a block of
+    self-attention layers applied ``repeats`` times with shared weights; out_proj w -> H."""
+
+    def __init__(self, hidden: int, n: int, w: int, heads: int, self_layers: int, repeats: int, ffn_mult: int,
+                 dropout: float):
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(n, w) * 0.02)
+        self.cross = DecoderLayer(w, heads, ffn_mult * w, dropout, d_mem=hidden, self_attn=False)
+        self.block = nn.ModuleList(_SelfLayer(w, heads, ffn_mult * w, dropout) for _ in range(self_layers))
+        self.repeats = repeats
+        self.out_proj = nn.Linear(w, hidden)
+
+    def _self_block(self, lat: Tensor) -> Tensor:
+        for _ in range(self.repeats):
+            for layer in self.block:
+                lat = layer(lat)
+        return self.out_proj(lat)
+
+    def packed(self, mem: Tensor, cu: Tensor) -> Tensor:
+        """mem [total, H] packed, cu [B+1] -> [B, n, H]."""
+        b, n = cu.numel() - 1, self.latents.shape[0]
+        lat = self.latents.repeat(b, 1)
+        cu_q = torch.arange(b + 1, device=cu.device, dtype=torch.int32) * n
+        lat = self.cross.packed(lat, mem, cu_q, cu, n, max_seqlen(cu))
+        return self._self_block(lat.view(b, n, -1))
+
+    def padded(self, mem: Tensor, lengths: Tensor) -> Tensor:
+        """mem [B, T, H], lengths [B] -> [B, n, H]."""
+        lat = self.latents.expand(mem.shape[0], -1, -1)
+        lat = self.cross.padded(lat, mem, None, valid_mask(lengths, mem.shape[1]))
+        return self._self_block(lat)
+
+
+class _SelfLayer(nn.Module):
+    """Pre-norm self-attention layer over a fixed number of latents (dense, no mask) [B, n, w]."""
+
+    def __init__(self, w, heads, ffn, dropout):
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(w), Attention(w, heads)
+        self.ln2, self.ff = nn.LayerNorm(w), FeedForward(w, ffn, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        y = self.ln1(x)
+        x = x + self.drop(self.attn.padded(y, y, None))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class PerceiverFusion(nn.Module):
+    """ALARM-P: one perceiver per auxiliary stream; sequence ``[cond_start, latents..., cond_end, base]``."""
+
+    def __init__(self, n_streams: int, hidden: int, n: int, w: int, heads: int, self_layers: int, repeats: int,
+                 ffn_mult: int, dropout: float):
+        super().__init__()
+        self.perceivers = nn.ModuleList(Perceiver(hidden, n, w, heads, self_layers, repeats, ffn_mult, dropout)
+                                        for _ in range(n_streams - 1))
+        self.cond_start = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.cond_end = nn.Parameter(torch.randn(hidden) * 0.02)
+
+    def forward_packed(self, streams, cus):
+        lat = torch.cat([p.packed(s, c) for p, s, c in zip(self.perceivers, streams[1:], cus[1:])], 1)  # [B, m, H]
+        b, m, hdim = lat.shape
+        base, n_base = streams[0], int(cus[0][-1])
+        table = torch.cat([base, lat.reshape(b * m, hdim), self.cond_start[None].to(base.dtype),
+                           self.cond_end[None].to(base.dtype)])
+        dev = base.device
+        seg_len = torch.stack([torch.ones(b, dtype=torch.int64, device=dev), torch.full((b,), m, device=dev),
+                               torch.ones(b, dtype=torch.int64, device=dev), cu_seqlens_to_seqlens(cus[0])], 1)
+        seg_base = torch.stack([torch.full((b,), n_base + b * m, device=dev),
+                                n_base + torch.arange(b, device=dev) * m,
+                                torch.full((b,), n_base + b * m + 1, device=dev), cus[0][:-1].long()], 1)
+        idx, _, _, cu = segment_gather_index(seg_len, seg_base, torch.tensor([0, 1, 0, 1], device=dev))
+        return table[idx], cu
+
+    def forward_padded(self, streams, lengths):
+        lat = torch.cat([p.padded(s, ln) for p, s, ln in zip(self.perceivers, streams[1:], lengths[1:])], 1)
+        b = lat.shape[0]
+        start = self.cond_start.to(lat.dtype).expand(b, 1, -1)
+        end = self.cond_end.to(lat.dtype).expand(b, 1, -1)
+        return torch.cat([start, lat, end, streams[0]], 1), lengths[0] + lat.shape[1] + 2
+
+
+def build_fusion(cfg) -> nn.Module:
+    """The fusion module for ``cfg.fusion`` (cfg: ALARMConfig)."""
+    n = len(cfg.encoders)
+    if cfg.fusion == "sum":
+        return SumFusion()
+    if cfg.fusion == "concat":
+        return ConcatFusion(n, cfg.llm_hidden)
+    if cfg.fusion == "CA":
+        return CrossAttentionFusion(n, cfg.llm_hidden, cfg.ca_dim, cfg.ca_heads, cfg.ca_ffn, cfg.dropout)
+    return PerceiverFusion(n, cfg.llm_hidden, cfg.p_latents, cfg.p_width, cfg.p_heads, cfg.p_self_layers,
+                           cfg.p_repeats, cfg.p_ffn_mult, cfg.dropout)

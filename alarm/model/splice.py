@@ -1,0 +1,129 @@
+"""Splicing audio tokens into the LLM input embeddings (ALARM_SPEC section 5).
+
+Per example: ``embed("<|im_start|>user\\n") | audio_start | audio tokens | audio_end |
+embed(prompt + "<|im_end|>\\n<|im_start|>assistant\\n<think>\\n") | embed(target)``, truncated at
+``max_length`` tokens; labels are the target ids on target positions and -100 elsewhere (no EOS is added);
+positions 0..L-1 per example. ``splice_packed`` builds a whole batch as one packed row with vectorised
+index arithmetic (one gather from a table of [text embeddings; audio tokens; separators]);
+``splice_padded`` is the published per-example construction, padded, kept as the reference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from alarm_kernels.varlen import cu_seqlens_to_seqlens, seqlens_to_cu_seqlens
+
+from .fusion import segment_gather_index
+
+__all__ = ["USER_PREFIX", "ASSISTANT_SUFFIX", "TextBatch", "tokenize_batch", "splice_packed", "splice_padded"]
+
+USER_PREFIX = "<|im_start|>user\n"
+ASSISTANT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n"
+IGNORE = -100
+
+
+@dataclass
+class TextBatch:
+    """Token ids of a batch: shared prefix [P]; per-example suffix and target ids packed with int32 offsets."""
+    prefix: Tensor
+    suffix: Tensor
+    cu_suffix: Tensor
+    target: Tensor
+    cu_target: Tensor
+
+
+def _pack_ids(rows: Sequence[Sequence[int]], device) -> tuple:
+    flat = torch.tensor([t for r in rows for t in r], dtype=torch.long, device=device)
+    return flat, seqlens_to_cu_seqlens([len(r) for r in rows], device=device)
+
+
+def tokenize_batch(tokenizer, prompts: Sequence[str], targets: Optional[Sequence] = None, device="cpu") -> TextBatch:
+    """Tokenise prompts (wrapped in the chat template pieces) and targets (strings or id lists; None for
+    generation). The special tokens (``<|im_start|>`` ...) must be single tokens of ``tokenizer``."""
+    if targets is not None and len(targets) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets")
+    for name in ("<|im_start|>", "<|im_end|>", "<think>"):
+        if len(tokenizer.encode(name, add_special_tokens=False)) != 1:
+            raise ValueError(f"the tokenizer does not know the special token {name!r}")
+    prefix = torch.tensor(tokenizer.encode(USER_PREFIX, add_special_tokens=False), dtype=torch.long, device=device)
+    suffix_rows = tokenizer([p + ASSISTANT_SUFFIX for p in prompts], add_special_tokens=False)["input_ids"]
+    if targets is None:
+        target_rows: List[List[int]] = [[] for _ in prompts]
+    else:
+        text = [t for t in targets if isinstance(t, str)]
+        enc = iter(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else iter(())
+        target_rows = [next(enc) if isinstance(t, str) else list(t) for t in targets]
+    suffix, cu_s = _pack_ids(suffix_rows, device)
+    target, cu_t = _pack_ids(target_rows, device)
+    return TextBatch(prefix, suffix, cu_s, target, cu_t)
+
+
+def splice_packed(embed: nn.Module, text: TextBatch, audio: Tensor, cu_audio: Tensor, sep_start: Tensor,
+                  sep_end: Tensor, max_length: int) -> dict:
+    """One packed row for the batch.
+
+    Args: embed: the LLM's input embedding; audio [A, H] packed audio tokens with int32 cu_audio [B+1];
+    sep_start, sep_end [H] learned separators.
+    Returns dict: inputs_embeds [total, H] (embedding dtype), labels int64 [total], position_ids int64
+    [total], cu_seqlens int32 [B+1], max_seqlen int.
+    """
+    dev = audio.device
+    b = cu_audio.numel() - 1
+    p = text.prefix.numel()
+    n_s = text.suffix.numel()
+    ids = torch.cat([text.prefix, text.suffix, text.target])
+    emb = embed(ids)
+    n_text, n_audio = ids.numel(), audio.shape[0]
+    table = torch.cat([emb, audio.to(emb.dtype), sep_start[None].to(emb.dtype), sep_end[None].to(emb.dtype)])
+    ones = torch.ones(b, dtype=torch.int64, device=dev)
+    seg_len = torch.stack([ones * p, ones, cu_seqlens_to_seqlens(cu_audio), ones,
+                           cu_seqlens_to_seqlens(text.cu_suffix), cu_seqlens_to_seqlens(text.cu_target)], 1)
+    seg_base = torch.stack([ones * 0, ones * (n_text + n_audio), n_text + cu_audio[:-1].long(),
+                            ones * (n_text + n_audio + 1), p + text.cu_suffix[:-1].long(),
+                            p + n_s + text.cu_target[:-1].long()], 1)
+    step = torch.tensor([1, 0, 1, 0, 1, 1], device=dev)
+    idx, seg, off, cu = segment_gather_index(seg_len, seg_base, step, keep=torch.full((b,), max_length, device=dev))
+    is_target = seg == 5
+    labels = torch.where(is_target, ids[torch.where(is_target, idx, 0)], torch.full_like(idx, IGNORE))
+    ex_start = torch.repeat_interleave(cu[:-1].long(), cu_seqlens_to_seqlens(cu), output_size=idx.numel())
+    positions = torch.arange(idx.numel(), device=dev) - ex_start
+    return dict(inputs_embeds=table[idx], labels=labels, position_ids=positions, cu_seqlens=cu,
+                max_seqlen=int(cu_seqlens_to_seqlens(cu).max()) if b else 0)
+
+
+def splice_padded(embed: nn.Module, text: TextBatch, audio: List[Tensor], sep_start: Tensor, sep_end: Tensor,
+                  max_length: int, left_pad: bool = False) -> dict:
+    """Per-example construction (the published way), padded to the longest example.
+
+    audio: B tensors [A_i, H]. Returns dict: inputs_embeds [B, L, H], attention_mask int64 [B, L],
+    labels int64 [B, L] (-100 on padding), position_ids int64 [B, L] (0..L_i-1 on valid tokens).
+    ``left_pad=True`` pads on the left (generation).
+    """
+    rows, labels = [], []
+    s_b, t_b = text.cu_suffix.tolist(), text.cu_target.tolist()
+    prefix = embed(text.prefix)
+    for i, a in enumerate(audio):
+        suffix_ids, target_ids = text.suffix[s_b[i]:s_b[i + 1]], text.target[t_b[i]:t_b[i + 1]]
+        parts = [prefix, sep_start[None].to(prefix.dtype), a.to(prefix.dtype), sep_end[None].to(prefix.dtype),
+                 embed(suffix_ids), embed(target_ids)]
+        row = torch.cat(parts)[:max_length]
+        n_before = sum(x.shape[0] for x in parts[:5])
+        lab = torch.cat([torch.full((n_before,), IGNORE, dtype=torch.long, device=row.device), target_ids])[:max_length]
+        rows.append(row)
+        labels.append(lab)
+    longest = max(r.shape[0] for r in rows)
+    b, h = len(rows), rows[0].shape[1]
+    out = rows[0].new_zeros(b, longest, h)
+    mask = torch.zeros(b, longest, dtype=torch.long, device=out.device)
+    lab_out = torch.full((b, longest), IGNORE, dtype=torch.long, device=out.device)
+    pos = torch.zeros(b, longest, dtype=torch.long, device=out.device)
+    for i, (r, lab) in enumerate(zip(rows, labels)):
+        n = r.shape[0]
+        sl = slice(longest - n, longest) if left_pad else slice(0, n)
+        out[i, sl], mask[i, sl], lab_out[i, sl] = r, 1, lab
+        pos[i, sl] = torch.arange(n, device=out.device)
+    return dict(inputs_embeds=out, attention_mask=mask, labels=lab_out, position_ids=pos)

@@ -1,0 +1,146 @@
+"""One ALARM training step (forward + backward), reference path vs fast path, side by side.
+
+    python bench/e2e_step.py --quick --out out/bench          # tiny random model on CPU (seconds)
+    python bench/e2e_step.py --out out/bench                  # full-size shapes, random bf16 weights, GPU
+
+Full size: Qwen3-4B dims (random weights, bf16, frozen), Whisper-large-v3 and w2v-BERT 2.0 encoder shapes
+(random, bf16, frozen; MuQ and SSLAM are not in transformers, so the fusion sees these two streams),
+adapters/fusion at spec dims in fp32 under bf16 autocast. Reports per path: median step time, LLM tokens/s
+(unpadded tokens), peak memory (CUDA allocator peak; process max RSS on CPU), the loss, and the loss
+difference between the paths. Writes ``e2e_step.json`` into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from alarm.model import ALARMConfig, ALARMModel, EncoderSpec  # noqa: E402
+from alarm.model.config import QWEN3_4B_CONFIG  # noqa: E402
+from alarm.model.tiny import synthetic_audio  # noqa: E402
+
+TARGET = ("Okay, let me think about what the user is asking. I hear a calm voice talking about the weather, "
+          "then a dog barking and a car passing by. ")
+
+
+def full_config(fusion: str) -> ALARMConfig:
+    """Spec dims with random weights: Whisper-large-v3 + w2v-BERT 2.0 shapes and Qwen3-4B."""
+    whisper = EncoderSpec(name="whisper", kind="whisper", layers=[7, 15, 23, 31], dim=1280, norm="batch",
+                          dtype="bfloat16", hf_config=dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20,
+                                                           encoder_ffn_dim=5120, num_mel_bins=128,
+                                                           max_source_positions=1500, decoder_layers=1))
+    w2v = EncoderSpec(name="w2v-bert", kind="w2v-bert", layers=[6, 10, 15, 20, 24], dim=1024, dtype="bfloat16",
+                      hf_config=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                     intermediate_size=4096, feature_projection_input_dim=160))
+    llm = {k: v for k, v in QWEN3_4B_CONFIG.items()}
+    return ALARMConfig(encoders=[whisper, w2v], fusion=fusion, stage="B" if fusion in ("CA", "P") else "A",
+                       llm_path=None, llm_config=llm, llm_dtype="bfloat16", tiny_tokenizer_vocab=384,
+                       dropout=0.0)
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_path(model, batch, path: str, steps: int, device: torch.device, autocast) -> dict:
+    params = list(model.trainable_parameters().values())
+    times, loss, n_tokens = [], None, 0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(steps + 1):  # step 0 is warm-up
+        t0 = time.perf_counter()
+        with autocast():
+            out = model(*batch, path=path)
+        out.loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - t0)
+        loss, n_tokens = out.loss.item(), out.n_tokens
+        for p in params:
+            p.grad = None
+    med = statistics.median(times)
+    return dict(step_s_median=med, step_s_min=min(times), step_s_max=max(times), tokens=n_tokens,
+                tokens_per_s=n_tokens / med, peak_memory_mb=peak_memory_mb(device), loss=loss)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny random model on CPU")
+    ap.add_argument("--out", required=True, help="output folder (e2e_step.json is written there)")
+    ap.add_argument("--fusion", default="CA", choices=["sum", "concat", "CA", "P"])
+    ap.add_argument("--batch", type=int, default=None, help="clips per step (default 4 quick, 8 full)")
+    ap.add_argument("--seconds", type=float, default=None, help="clip length (default 2 quick, 20 full)")
+    ap.add_argument("--target-repeat", type=int, default=None, help="target text repeats (default 1 quick, 8 full)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per path (after one warm-up)")
+    ap.add_argument("--device", default=None, help="default: cuda if available (full), cpu (quick)")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.quick else "cpu"))
+    if not args.quick and device.type != "cuda":
+        print("full-size shapes need a GPU; use --quick on CPU", file=sys.stderr)
+        return 2
+    batch_n = args.batch or (4 if args.quick else 8)
+    seconds = args.seconds or (2.0 if args.quick else 20.0)
+    repeat = args.target_repeat or (1 if args.quick else 8)
+    cfg = ALARMConfig.tiny(args.fusion) if args.quick else full_config(args.fusion)
+    with torch.device(device):
+        model = ALARMModel(cfg)
+    model.to(device).train()
+    clips = synthetic_audio([seconds * (1 - 0.1 * (i % 4)) for i in range(batch_n)], seed=0)
+    prompts = [f"Question {i}: what do you hear, and why?" for i in range(batch_n)]
+    targets = [TARGET * repeat for _ in range(batch_n)]
+    batch = (clips, 16000, prompts, targets)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
+        else contextlib.nullcontext
+    results = {p: run_path(model, batch, p, args.steps, device, autocast) for p in ("reference", "fast")}
+    ref, fast = results["reference"], results["fast"]
+    report = dict(
+        bench="e2e_step", quick=args.quick, fusion=args.fusion, batch=batch_n, clip_seconds=seconds,
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        torch=torch.__version__, transformers=__import__("transformers").__version__, git_sha=git_sha(),
+        trainable_params=sum(p.numel() for p in model.trainable_parameters().values()),
+        results=results, loss_abs_diff=abs(ref["loss"] - fast["loss"]),
+        loss_rel_diff=abs(ref["loss"] - fast["loss"]) / max(abs(ref["loss"]), 1e-12),
+        speedup=ref["step_s_median"] / fast["step_s_median"],
+        memory_ratio=ref["peak_memory_mb"] / max(fast["peak_memory_mb"], 1e-9),
+        note="CPU peak memory is the process max RSS (monotonic; the second path's value includes the first)"
+        if device.type == "cpu" else "peak memory: torch.cuda.max_memory_allocated per path")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "e2e_step.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, path)
+    print(f"{'path':<10} {'step s':>9} {'tokens/s':>10} {'peak MB':>9} {'loss':>10}")
+    for name, r in results.items():
+        print(f"{name:<10} {r['step_s_median']:>9.4f} {r['tokens_per_s']:>10.1f} {r['peak_memory_mb']:>9.1f} "
+              f"{r['loss']:>10.5f}")
+    print(f"speedup {report['speedup']:.2f}x, |loss diff| {report['loss_abs_diff']:.2e} -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""ALARM model: reference (padded) vs fast (packed) paths on the tiny configuration, per fusion variant."""
+import pytest
+import torch
+
+from alarm.model import ALARMConfig, ALARMModel
+from alarm.model.tiny import synthetic_audio
+
+FUSIONS = ("sum", "concat", "CA", "P")
+PROMPTS = ["What do you hear?", "Describe the sound.", "Is it music?"]
+TARGETS = ["I hear a tone and some noise.", "A calm voice talks about the weather.", "Yes"]
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return synthetic_audio([1.0, 0.55, 1.3], seed=1)
+
+
+@pytest.fixture(scope="module", params=FUSIONS)
+def model(request):
+    return ALARMModel(ALARMConfig.tiny(request.param))
+
+
+def _grads(model, loss):
+    params = model.trainable_parameters()
+    return dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+
+
+def test_same_loss_and_gradients(model, clips):
+    model.train()
+    lf = model(clips, 16000, PROMPTS, TARGETS, path="fast").loss
+    lr = model(clips, 16000, PROMPTS, TARGETS, path="reference").loss
+    torch.testing.assert_close(lf, lr, rtol=1e-5, atol=1e-6)
+    gf, gr = _grads(model, lf), _grads(model, lr)
+    assert gf.keys() == gr.keys() and len(gf) > 0
+    scale = max(g.abs().max().item() for g in gr.values())
+    for name in gr:
+        assert torch.isfinite(gf[name]).all(), name
+        torch.testing.assert_close(gf[name], gr[name], rtol=1e-4, atol=1e-6 * scale, msg=name)
+
+
+def test_packed_equals_per_example(model, clips):
+    model.eval()
+    with torch.no_grad():
+        batch = model.audio_embeddings(clips, 16000, path="fast")
+        for i, clip in enumerate(clips):
+            alone = model.audio_embeddings([clip], 16000, path="fast")[0]
+            torch.testing.assert_close(batch[i], alone, rtol=1e-5, atol=1e-5)
+        full = model(clips, 16000, PROMPTS, TARGETS, path="fast").loss
+        tok = model.tokenizer
+        n = [len(tok.encode(t, add_special_tokens=False)) for t in TARGETS]
+        each = [model([c], 16000, [p], [t], path="fast").loss for c, p, t in zip(clips, PROMPTS, TARGETS)]
+    weighted = sum(l * k for l, k in zip(each, n)) / sum(n)
+    torch.testing.assert_close(full, weighted, rtol=1e-5, atol=1e-6)
+
+
+def test_output_lengths(model, clips):
+    cfg = model.config
+    with torch.no_grad():
+        fast = model.audio_embeddings(clips, 16000, path="fast")
+        ref = model.audio_embeddings(clips, 16000, path="reference")
+    whisper = [-(-(len(c) // 160) // 2) for c in clips]          # 50 Hz encoder frames
+    w_tok = [-(-w // 2) for w in whisper]                        # conv adapter: ceil(len / 2)
+    fb = [((len(c) - 400) // 160 + 1) // 2 for c in clips]       # w2v-BERT: fbank frames / stride 2
+    b_tok = [-(-f // 2) for f in fb]
+    expect = {"sum": w_tok, "concat": [max(a, b) for a, b in zip(w_tok, b_tok)], "CA": w_tok,
+              "P": [w + 2 + cfg.p_latents for w in w_tok]}[cfg.fusion]
+    assert [x.shape[0] for x in fast] == expect
+    assert [x.shape[0] for x in ref] == expect
+    for a, b in zip(fast, ref):
+        assert a.shape[1] == cfg.llm_hidden
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["fast", "reference"])
+def test_one_optimizer_step(model, clips, path):
+    state = {k: v.clone() for k, v in model.audio.state_dict().items()}
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("audio.")}
+    model.train()
+    params = list(model.trainable_parameters().values())
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    loss = model(clips[:2], 16000, PROMPTS[:2], TARGETS[:2], path=path).loss
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, name
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        after = model(clips[:2], 16000, PROMPTS[:2], TARGETS[:2], path=path).loss
+    assert torch.isfinite(after) and after.item() != loss.item()
+    changed = [k for k, v in model.audio.state_dict().items() if not torch.equal(v, state[k])]
+    assert changed
+    if model.config.stage == "B":  # frozen adapters: weights and BatchNorm running stats untouched
+        assert not any(k.startswith("adapters.") for k in changed), changed
+    for k, v in model.state_dict().items():
+        if not k.startswith("audio."):
+            assert torch.equal(v, frozen[k]), k
+    model.audio.load_state_dict(state)
+    model.eval()
