@@ -45,6 +45,7 @@ or a tuple whose first item is the hidden states ``[C, T, D]``) is captured for 
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -193,16 +194,15 @@ class HiddenStatesEncoder(AudioEncoder):
             kept[0].register_forward_pre_hook(self._pre_hook, with_kwargs=True)
         for i, block in enumerate(kept, start=1):
             if i in want:
-                block.register_forward_hook(self._make_hook(i))
+                # bound methods (not closures), so copy.deepcopy rebinds the hooks to the copy
+                block.register_forward_hook(functools.partial(self._store_output, i))
 
     def _pre_hook(self, module, args, kwargs):
         x = args[0] if args else next(iter(kwargs.values()))
         self._captured[0] = x
 
-    def _make_hook(self, index: int):
-        def hook(module, args, output):
-            self._captured[index] = output[0] if isinstance(output, tuple) else output
-        return hook
+    def _store_output(self, index: int, module, args, output):
+        self._captured[index] = output[0] if isinstance(output, tuple) else output
 
     def features(self, chunks):
         return self._features(chunks)
