@@ -1,0 +1,214 @@
+"""Compile (warm up, never launch) every Triton kernel of one op for sm_90 on a machine without a GPU.
+
+Run as ``python tests/sm90_compile.py <op>`` with ``TRITON_INTERPRET`` unset (tests/test_triton_sm90_compile.py does):
+a stand-in driver reports an sm_90 target, so ``JITFunction.warmup`` runs the whole GPU compiler (frontend, TTGIR,
+LLVM, PTX and ptxas), which catches what the interpreter accepts and the GPU compiler rejects. Each kernel is
+compiled in fp16, bf16 and fp32 with representative constexprs, for its first and its largest autotune config
+(see ``_configs``).
+
+Prints JSON lines: first ``{"launched": [...]}`` (the kernels the op's module launches, found by ``name[`` in its
+source), then one record per compile: kernel, dtype, variant (dtype and constexprs), config, error (null when it
+compiled), the counts of ``wgmma.mma_async`` / ``mma.sync`` instructions in the PTX, shared memory bytes and
+the seconds the compile took.
+"""
+import importlib
+import inspect
+import json
+import re
+import sys
+import time
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class _Sm90Driver:
+    """Just enough of a CUDA driver for ``warmup``: an sm_90 target, device 0, the null stream."""
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    def get_device_interface(self):
+        return torch.cuda
+
+    def get_benchmarker(self):
+        raise RuntimeError("the sm_90 compile check never runs a kernel")
+
+
+def _ptr(dtype, *shape):
+    """A pointer argument of ``dtype`` (contents and size do not matter to the compiler)."""
+    return torch.empty(shape or (16,), dtype=dtype)
+
+
+def _i32():
+    return _ptr(torch.int32)
+
+
+# Each spec yields (kernel, args, constexprs) for one dtype; int arguments are representative sizes (multiples of
+# 16 where real launches usually have them, since Triton specializes on divisibility by 16).
+
+
+_POOL_MAX = {torch.float16: (False,), torch.bfloat16: (False, True), torch.float32: (True,)}  # mean and max pooling
+
+
+def _varlen_pool(m, dt):
+    x = _ptr(dt)
+    for is_max in _POOL_MAX[dt]:
+        consts = dict(RATIO=3, MAX=is_max, N_ITER=4)
+        yield m._pool_fwd_kernel, (x, x, _i32(), _i32(), 4000, 12, 1024), consts
+        yield m._pool_bwd_kernel, (x, x, x, x, _i32(), _i32(), 4000, 12, 1024), consts
+
+
+def _varlen_conv1d(m, dt):
+    x, cu = _ptr(dt), _i32()
+    prec = m._dot_prec(dt)
+    yield m._fwd_kernel, (x, x, x, x, x, cu, cu, 4000, 12, 1024, 1024), dict(
+        K=3, STRIDE=1, PAD=1, N_ITER=4, HAS_BIAS=True, GELU=True, DOT_PREC=prec)
+    yield m._dx_kernel, (x, x, x, cu, cu, cu, 12, 1024, 1024), dict(K=4, STRIDE=2, PAD=1, N_ITER=4, DOT_PREC=prec)
+    yield m._dw_kernel, (x, x, x, x, cu, cu, 4000, 12, 1024, 1024), dict(
+        K=4, STRIDE=2, PAD=1, N_ITER=4, DOT_PREC=prec)
+    yield m._gelu_grad_kernel, (x, x, x, 4096000), dict(BLOCK=1024)
+
+
+def _weighted_layer_sum(m, dt):
+    layers = tuple(_ptr(dt) for _ in range(5))
+    logits, partials, n = _ptr(torch.float32), _ptr(torch.float32), 4096 * 1280
+    yield m._wls_fwd_kernel, (layers, logits, _ptr(dt), n), dict(KP=8)
+    yield m._wls_bwd_kernel, (layers, layers, logits, _ptr(dt), partials, n), dict(KP=8, NEED_LAYER_GRADS=True)
+    yield m._wls_grad_logits_kernel, (partials, logits, _ptr(torch.float32), 5120), dict(K=5, KP=8, BLOCK_P=64)
+
+
+def _multi_encoder_concat(m, dt):
+    widths = (1024, 1280, 768)
+    streams, cus, offsets = tuple(_ptr(dt) for _ in widths), tuple(_i32() for _ in widths), m._offsets(widths)
+    x, cu_y, d_total, d_out, prec = _ptr(dt), _i32(), sum(widths), 2048, m._precision(dt)
+    if dt == DTYPES[0]:  # int32 offsets only: one compile covers every dtype
+        yield m._output_cu_kernel, (cus, cu_y, 12), dict(BLOCK=16)
+        yield m._row_map_kernel, (cus[0], cu_y, _i32(), 4000, 12, 4), dict(BLOCK=1024)
+    yield m._concat_fwd_kernel, (streams, cus, widths, offsets, cu_y, x, 4000, d_total, 12, 4), {}
+    yield m._concat_linear_fwd_kernel, (streams, cus, widths, offsets, cu_y, x, x, x, 4000, d_total, d_out, 12, 4), \
+        dict(HAS_BIAS=True, PRECISION=prec)
+    yield m._gather_cols_kernel, (x, cu_y, x, 4000, widths[1], d_total, offsets[1]), {}
+    yield m._grad_stream_kernel, (x, cu_y, x, x, 4000, widths[1], d_out, d_total, offsets[1]), dict(PRECISION=prec)
+    yield m._grad_weight_kernel, (x, cu_y, x, x, 4000, widths[1], d_out, d_total, offsets[1]), dict(PRECISION=prec)
+    yield m._column_sum_kernel, (x, _ptr(torch.float32), 4000, d_out, 64), dict(BLOCK_R=32, BLOCK_C=128)
+    yield m._column_sum_kernel, (_ptr(torch.float32), x, 63, d_out, 63), dict(BLOCK_R=32, BLOCK_C=128)
+
+
+# (head dim, q heads per kv head, causal): a power-of-two and a padded head dim, MHA and GQA, both masks
+_ATTENTION_SHAPES = {
+    torch.float16: [(72, 4, False), (64, 1, True)],
+    torch.bfloat16: [(128, 2, True)],
+    torch.float32: [(64, 2, False)],
+}
+
+
+def _attention(m, dt):
+    for head_dim, group, causal in _ATTENTION_SHAPES[dt]:
+        q, k = _ptr(dt, 16, 8 * group, head_dim), _ptr(dt, 16, 8, head_dim)
+        _, hq, hkv, d, block_d, prec = m._common(q, k)
+        lse, cu, sq, sk = _ptr(torch.float32), _i32(), q.stride(), k.stride()
+        shape = dict(GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec)
+        yield m._fwd_kernel, (q, k, k, q, lse, cu, cu, 0.18, *sq[:2], *sk[:2], 4000), shape
+        yield m._bwd_preprocess_kernel, (q, q, lse, 4000, *sq[:2], 4000), dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=64)
+        yield m._bwd_dkdv_kernel, (q, k, k, q, lse, k, k, lse, lse, cu, cu, 0.18, 0.12, *sq[:2], *sk[:2], *sq[:2],
+                                   4000), dict(shape, ATOMIC_DQ=not causal)
+        yield m._bwd_dq_kernel, (q, k, k, q, q, lse, lse, cu, cu, 0.18, 0.12, *sq[:2], *sk[:2], 4000), shape
+
+
+SPECS = {
+    "varlen_pool": _varlen_pool,
+    "varlen_conv1d": _varlen_conv1d,
+    "weighted_layer_sum": _weighted_layer_sum,
+    "multi_encoder_concat": _multi_encoder_concat,
+    "attention": _attention,
+}
+
+
+def _jit(kernel):
+    while not isinstance(kernel, triton.runtime.jit.JITFunction):  # unwrap autotune / heuristics
+        kernel = kernel.fn
+    return kernel
+
+
+def _configs(kernel, args, consts):
+    """The first and the largest (tile elements, then warps x stages) of the autotune configs the kernel's own
+    ``early_config_prune`` keeps for these arguments; [None] if not autotuned.
+
+    Kernels with fp32 ``"ieee"`` dots get the first config only: their dots unroll into FMA chains, so a large tile
+    costs ptxas 5-50 s, and the largest fp32 attention tiles exceed sm_90's shared memory (never launchable)."""
+    configs = getattr(kernel, "configs", None)
+    if not configs:
+        return [None]
+    if kernel.early_config_prune:
+        configs = kernel.early_config_prune(configs, dict(zip(kernel.arg_names, args)), **consts)
+    if "ieee" in consts.values():
+        return configs[:1]
+
+    def size(c):
+        tile = 1
+        for v in c.kwargs.values():
+            tile *= v
+        return tile, c.num_warps * c.num_stages
+
+    largest = max(configs, key=size)
+    return [configs[0]] + ([largest] if largest is not configs[0] else [])
+
+
+def _describe(config):
+    if config is None:
+        return "not autotuned"
+    tile = " ".join(f"{k}={v}" for k, v in config.kwargs.items())
+    return f"{tile} num_warps={config.num_warps} num_stages={config.num_stages}"
+
+
+def _launched(module):
+    """Names of the module's JIT functions that it launches (``name[grid](...)``), i.e. its kernels."""
+    src = inspect.getsource(module)
+    names = {name for name, obj in vars(module).items() if isinstance(obj, triton.runtime.jit.KernelInterface)}
+    return sorted(n for n in names if re.search(rf"\b{n}\[", src))
+
+
+def _compile(kernel, args, consts, config):
+    options = config.all_kwargs() if config is not None else {}
+    compiled = _jit(kernel).warmup(*args, grid=(1,), **consts, **options)
+    ptx = compiled.asm["ptx"]
+    return dict(wgmma=ptx.count("wgmma.mma_async"), mma=ptx.count("mma.sync"), shared=compiled.metadata.shared)
+
+
+def main(op):
+    driver.set_active(_Sm90Driver())
+    module = importlib.import_module(f"alarm_kernels.{op}.triton")
+    print(json.dumps({"launched": _launched(module)}), flush=True)
+    for dt in DTYPES:
+        for kernel, args, consts in SPECS[op](module, dt):
+            dtype = str(dt).removeprefix("torch.")
+            variant = " ".join([dtype] + [f"{k}={v}" for k, v in consts.items()])
+            for config in _configs(kernel, args, consts):
+                record = dict(
+                    kernel=_jit(kernel).__name__, dtype=dtype, variant=variant, config=_describe(config), error=None
+                )
+                start = time.perf_counter()
+                try:
+                    record.update(_compile(kernel, args, consts, config))
+                except Exception as exc:  # every failure is reported, then the next compile runs
+                    record["error"] = f"{type(exc).__name__}: {exc}"[-3000:]
+                record["seconds"] = round(time.perf_counter() - start, 2)
+                print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
