@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import pkgutil
 import platform
@@ -178,6 +179,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=None, help="seconds of timing per variant")
     parser.add_argument("--out", default=None, help="write JSON results here")
     args = parser.parse_args(argv)
+    # torch.compile variants of the padded baselines graph-break on data-dependent shapes by nature;
+    # that is part of what is measured, not something to print pages of warnings about.
+    torch._logging.set_logs(dynamo=logging.ERROR)
     device = torch.device(args.device)
     budget = args.budget if args.budget is not None else (0.2 if args.quick else 0.5)
     cases: List[BenchCase] = []

@@ -121,3 +121,29 @@ def test_parity_flags_nan_and_large_errors():
     assert not parity(bad, low, oracle).ok
     with pytest.raises(AssertionError, match="FAIL"):
         assert_parity(low + 0.1, low, oracle)
+
+
+# ---- the kernels/ folder under its bare name ---------------------------------------------------
+def test_repo_folder_imported_as_kernels_is_an_inert_placeholder():
+    """transformers imports a package named `kernels` when it can find one; with the repo root on sys.path
+    that is our folder. It must not run the package twice (double op registration corrupts the dispatcher)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import alarm_kernels, torch\n"
+        "from transformers.utils.import_utils import is_kernels_available\n"
+        "assert not is_kernels_available()\n"
+        "import kernels\n"
+        "assert not hasattr(kernels, 'varlen_pool') and getattr(kernels, '__file__', None) is None\n"
+        "x = torch.randn(10, 4); cu = alarm_kernels.seqlens_to_cu_seqlens([3, 7])\n"
+        "for _ in range(50): alarm_kernels.varlen_pool(x, cu, 2)\n"
+        "print('ok')\n" % root
+    )
+    for seed in ("1", "2"):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONHASHSEED": seed})
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Optional, Tuple
+import weakref
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -35,7 +36,9 @@ def _packed_attention_op(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
     max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool, backend: str,
 ) -> Tuple[Tensor, Tensor]:
-    return _impl(backend).forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+    return _impl(backend).forward(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale
+    )
 
 
 @_packed_attention_op.register_fake
@@ -82,14 +85,32 @@ def _backward(ctx, grad_out, _grad_lse):
 _packed_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_max_seqlen(value, cu_seqlens: Tensor, name: str) -> None:
+# offsets tensors already validated: id -> (weakref, _version, total, longest sequence). A model calls the op
+# once per layer with the same offsets; re-reading them on the host would sync the GPU in every layer.
+_validated: Dict[int, tuple] = {}
+
+
+def _check_offsets(cu_seqlens: Tensor, total: int, name: str, device: torch.device) -> Optional[int]:
+    """Validate ``cu_seqlens`` (ValueError naming ``name``); return its longest sequence (None while compiling)."""
+    validate_cu_seqlens(cu_seqlens, total, name=name, device=device, check_values=False)
+    if torch.compiler.is_compiling():
+        return None
+    hit = _validated.get(id(cu_seqlens))
+    if hit is not None and hit[0]() is cu_seqlens and hit[1:3] == (cu_seqlens._version, total):
+        return hit[3]
+    validate_cu_seqlens(cu_seqlens, total, name=name, device=device)
+    longest = int(cu_seqlens_to_seqlens(cu_seqlens).max()) if cu_seqlens.numel() > 1 else 0
+    if len(_validated) > 256:
+        _validated.clear()
+    _validated[id(cu_seqlens)] = (weakref.ref(cu_seqlens), cu_seqlens._version, total, longest)
+    return longest
+
+
+def _check_max_seqlen(value, longest: Optional[int], name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    if torch.compiler.is_compiling() or cu_seqlens.numel() <= 1:
-        return
-    real = int(cu_seqlens_to_seqlens(cu_seqlens).max())
-    if value < real:
-        raise ValueError(f"{name}={value} is smaller than the longest sequence ({real})")
+    if longest is not None and value < longest:
+        raise ValueError(f"{name}={value} is smaller than the longest sequence ({longest})")
 
 
 def _input_reasons(q: Tensor) -> dict:
@@ -140,18 +161,19 @@ def packed_attention(
         raise ValueError(f"q head dim must lie in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}")
     if hkv == 0 or hq == 0 or hq % hkv != 0:
         raise ValueError(f"q heads ({hq}) must be a positive multiple of k/v heads ({hkv})")
-    validate_cu_seqlens(cu_seqlens_q, q.shape[0], name="cu_seqlens_q", device=q.device)
-    validate_cu_seqlens(cu_seqlens_k, k.shape[0], name="cu_seqlens_k", device=q.device)
+    longest_q = _check_offsets(cu_seqlens_q, q.shape[0], "cu_seqlens_q", q.device)
+    longest_k = _check_offsets(cu_seqlens_k, k.shape[0], "cu_seqlens_k", q.device)
     if cu_seqlens_q.shape != cu_seqlens_k.shape:
         raise ValueError(
             f"cu_seqlens_q {tuple(cu_seqlens_q.shape)} and cu_seqlens_k {tuple(cu_seqlens_k.shape)} must describe "
             "the same number of sequences"
         )
-    _check_max_seqlen(max_seqlen_q, cu_seqlens_q, "max_seqlen_q")
-    _check_max_seqlen(max_seqlen_k, cu_seqlens_k, "max_seqlen_k")
+    _check_max_seqlen(max_seqlen_q, longest_q, "max_seqlen_q")
+    _check_max_seqlen(max_seqlen_k, longest_k, "max_seqlen_k")
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(head_dim)
-    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(softmax_scale):
+    if (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float))
+            or not math.isfinite(softmax_scale)):
         raise ValueError(f"softmax_scale must be a finite float or None, got {softmax_scale!r}")
     name = select_backend("packed_attention", backend, q.device, IMPLEMENTED, _input_reasons(q))
     out, _lse = _packed_attention_op(

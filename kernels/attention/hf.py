@@ -132,7 +132,9 @@ def alarm_packed_attention_forward(
         )
     if cu_q is not None or cu_k is not None:
         if attention_mask is not None:
-            raise ValueError("alarm_packed attention: pass either cu_seq_lens_q/k or a padding attention_mask, not both")
+            raise ValueError(
+                "alarm_packed attention: pass either cu_seq_lens_q/k or a padding attention_mask, not both"
+            )
         if cu_q is None:
             raise ValueError("alarm_packed attention: cu_seq_lens_k was given without cu_seq_lens_q")
         cu_q = _as_cu_seqlens(cu_q, "cu_seq_lens_q", query.device)

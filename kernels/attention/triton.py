@@ -23,9 +23,13 @@ Numerics: q/k/v tiles feed ``tl.dot`` in their storage dtype (fp16/bf16 tensor c
 ``input_precision="ieee"`` so fp32 stays fp32-accurate), accumulation and all softmax math are fp32, and
 probabilities / dS are rounded to the storage dtype only as ``tl.dot`` operands (as flash-attn does).
 bf16 cannot be tested under ``TRITON_INTERPRET=1`` (its bf16 arithmetic is broken upstream).
+
+Autotuning (GPU): keyed on head-dim block, causal, GQA group and dtypes; candidates pruned by head dim;
+``AUTOTUNE = False`` / ``ALARM_KERNELS_AUTOTUNE=0`` (and fp32 inputs) use the first config untuned.
 """
 from __future__ import annotations
 
+import os
 from typing import Tuple
 
 import torch
@@ -36,6 +40,24 @@ from torch import Tensor
 from .._utils import empty_output, triton_autotune
 
 LOG2E = 1.4426950408889634
+
+
+# False (or ALARM_KERNELS_AUTOTUNE=0 at import): every kernel runs its first config, untuned (tests, quick
+# checks: each new shape key would otherwise compile and time every config)
+AUTOTUNE = os.environ.get("ALARM_KERNELS_AUTOTUNE", "1") != "0"
+
+
+def _prune(configs, named_args, **kwargs):
+    """Autotune candidates for one call: the first config only without :data:`AUTOTUNE` and for fp32
+    inputs (``ieee`` dots: slow to compile, not a performance target); otherwise the tiles whose size
+    suits the head dim."""
+    if not AUTOTUNE or kwargs.get("PREC") == "ieee":
+        return configs[:1]
+    limit = 2**21 if kwargs["BLOCK_D"] <= 128 else 2**20
+    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * kwargs["BLOCK_D"] <= limit] or configs[:1]
+
+
+_PRUNE = {"early_config_prune": _prune}
 
 
 def _configs(pairs, interpret_pair):
@@ -50,7 +72,7 @@ _FWD_CONFIGS = _configs(
     (64, 32, 4, 2),
 )
 _DKDV_CONFIGS = _configs(
-    [(32, 128, 8, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 2), (16, 64, 4, 2)],
+    [(64, 64, 8, 3), (32, 64, 8, 2), (32, 128, 8, 3), (64, 128, 8, 3), (16, 64, 4, 2), (16, 32, 4, 2)],
     (32, 64, 4, 2),
 )
 _DQ_CONFIGS = _configs(
@@ -61,11 +83,12 @@ _DQ_CONFIGS = _configs(
 
 @triton.jit
 def _seq_bounds(CU_Q, CU_K, seq):
+    """Start offsets (int64, so base pointers never overflow) and lengths (int32) of sequence ``seq``."""
     q_start = tl.load(CU_Q + seq)
     len_q = tl.load(CU_Q + seq + 1) - q_start
     k_start = tl.load(CU_K + seq)
     len_k = tl.load(CU_K + seq + 1) - k_start
-    return q_start, len_q, k_start, len_k
+    return q_start.to(tl.int64), len_q, k_start.to(tl.int64), len_k
 
 
 @triton.jit
@@ -85,13 +108,13 @@ def _key_range(m0, len_q, len_k, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BL
 
 @triton.jit
 def _fwd_inner(
-    acc, l_i, m_i, q, K, V, k_start, len_k, diag, offs_m, start, stop, stride_kt, offs_d, d_mask, qk_scale,
+    acc, l_i, m_i, q, K, V, len_k, diag, rows, start, stop, stride_kt, offs_d, d_mask, qk_scale,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(start, stop, BLOCK_N):
         cols = start_n + offs_n
-        kv_off = (k_start + cols)[:, None] * stride_kt + offs_d[None, :]
+        kv_off = cols[:, None] * stride_kt + offs_d[None, :]
         if MASKED:
             kv_mask = (cols < len_k)[:, None] & d_mask[None, :]
         else:
@@ -102,7 +125,7 @@ def _fwd_inner(
         if MASKED:
             visible = cols[None, :] < len_k
             if CAUSAL:
-                visible = visible & (cols[None, :] <= offs_m[:, None] + diag)
+                visible = visible & (cols[None, :] <= rows[:, None] + diag)
             s = tl.where(visible, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -116,7 +139,7 @@ def _fwd_inner(
     return acc, l_i, m_i
 
 
-@triton_autotune(configs=_FWD_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP"])
+@triton_autotune(configs=_FWD_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP"], prune_configs_by=_PRUNE)
 @triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, qk_scale,
@@ -125,21 +148,25 @@ def _fwd_kernel(
     PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
+    if CAUSAL:  # causal tiles further down the diagonal do more work: launch them first
+        pid_m = tl.num_programs(0) - 1 - pid_m
     seq = tl.program_id(1)
     head = tl.program_id(2)
     q_start, len_q, k_start, len_k = _seq_bounds(CU_Q, CU_K, seq)
     m0 = pid_m * BLOCK_M
     if m0 >= len_q:
         return
-    offs_m = m0 + tl.arange(0, BLOCK_M)
+    # scalar int64 bases per (sequence, head); tile offsets below are small int32 (sequence-local)
+    Q += q_start * stride_qt + head * stride_qh
+    O += q_start * stride_qt + head * stride_qh
+    LSE += head * stride_lh + q_start
+    K += k_start * stride_kt + (head // GROUP) * stride_kh
+    V += k_start * stride_kt + (head // GROUP) * stride_kh
+    rows = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    row_ok = offs_m < len_q
-    q_off = (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
-    q = tl.load(Q + q_off, mask=row_ok[:, None] & d_mask[None, :], other=0.0)
-    kv_head = head // GROUP
-    K += kv_head * stride_kh
-    V += kv_head * stride_kh
+    q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :], mask=(rows < len_q)[:, None] & d_mask[None, :],
+                other=0.0)
     diag = len_k - len_q
     full, hi = _key_range(m0, len_q, len_k, CAUSAL, BLOCK_M, BLOCK_N)
 
@@ -147,19 +174,24 @@ def _fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, K, V, k_start, len_k, diag, offs_m, 0, full, stride_kt, offs_d, d_mask, qk_scale,
+        acc, l_i, m_i, q, K, V, len_k, diag, rows, 0, full, stride_kt, offs_d, d_mask, qk_scale,
         False, CAUSAL, PREC, BLOCK_N,
     )
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, K, V, k_start, len_k, diag, offs_m, full, hi, stride_kt, offs_d, d_mask, qk_scale,
+        acc, l_i, m_i, q, K, V, len_k, diag, rows, full, hi, stride_kt, offs_d, d_mask, qk_scale,
         True, CAUSAL, PREC, BLOCK_N,
     )
     seen = l_i > 0.0
     l_safe = tl.where(seen, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("inf"))
-    tl.store(O + q_off, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_mask[None, :])
-    tl.store(LSE + head * stride_lh + q_start + offs_m, lse, mask=row_ok)
+    # store offsets rebuilt here (not reused from the q load) so no [BLOCK_M, BLOCK_D] offset tensor stays
+    # live in registers across the key loops
+    o_rows = m0 + tl.arange(0, BLOCK_M)
+    o_cols = tl.arange(0, BLOCK_D)
+    o_mask = (o_rows < len_q)[:, None] & (o_cols < HEAD_DIM)[None, :]
+    tl.store(O + o_rows[:, None] * stride_qt + o_cols[None, :], out.to(O.dtype.element_ty), mask=o_mask)
+    tl.store(LSE + o_rows, lse, mask=o_rows < len_q)
 
 
 @triton.jit
@@ -167,49 +199,56 @@ def _bwd_preprocess_kernel(
     O, DO, DELTA, total_q, stride_qt, stride_qh, stride_lh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row0 = tl.program_id(0) * BLOCK_M
     head = tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (rows < total_q)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    off = rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
-    o = tl.load(O + off, mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + off, mask=mask, other=0.0).to(tl.float32)
-    tl.store(DELTA + head * stride_lh + rows, tl.sum(o * do, 1), mask=rows < total_q)
+    base = row0.to(tl.int64) * stride_qt + head * stride_qh
+    mask = (row0 + rows < total_q)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    off = rows[:, None] * stride_qt + offs_d[None, :]
+    o = tl.load(O + base + off, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + base + off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + head * stride_lh + row0 + rows, tl.sum(o * do, 1), mask=row0 + rows < total_q)
 
 
 @triton.jit
 def _dkdv_inner(
-    dk, dv, k, v, Q, DO, DQ, LSE, DELTA, q_start, len_q, diag, cols, col_ok, start, stop,
+    dk, dv, k, v, Q, DO, DQ, LSE, DELTA, len_q, diag, cols, col_ok, start, stop,
     stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale,
     MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
+    # computed transposed (keys on the M side of every product: [BLOCK_N, BLOCK_M] score tiles), so the
+    # large key block is the tensor-core M dimension
     for m0 in range(start, stop, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         row_ok = rows < len_q
-        q_mask = row_ok[:, None] & d_mask[None, :]
-        q_off = (q_start + rows)[:, None] * stride_qt + offs_d[None, :]
-        q = tl.load(Q + q_off, mask=q_mask, other=0.0)
-        do = tl.load(DO + q_off, mask=q_mask, other=0.0)
-        lse2 = tl.load(LSE + q_start + rows, mask=row_ok, other=float("inf")) * 1.4426950408889634
-        delta = tl.load(DELTA + q_start + rows, mask=row_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        p = tl.math.exp2(s - lse2[:, None])
-        visible = col_ok[None, :]
+        qT = tl.load(Q + rows[None, :] * stride_qt + offs_d[:, None], mask=row_ok[None, :] & d_mask[:, None],
+                     other=0.0)
+        do = tl.load(DO + rows[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None] & d_mask[None, :],
+                     other=0.0)
+        lse2 = tl.load(LSE + rows, mask=row_ok, other=float("inf")) * 1.4426950408889634
+        delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
+        sT = tl.dot(k, qT, input_precision=PREC) * qk_scale
+        pT = tl.math.exp2(sT - lse2[None, :])
+        visible = col_ok[:, None]
         if MASKED:
-            visible = visible & (cols[None, :] <= rows[:, None] + diag)
-        p = tl.where(visible, p, 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+            visible = visible & (cols[:, None] <= rows[None, :] + diag)
+        pT = tl.where(visible, pT, 0.0)
+        dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
+        dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT), input_precision=PREC)
         if ATOMIC_DQ:
-            dq = tl.dot(ds.to(k.dtype), k, input_precision=PREC) * sm_scale
-            dq_off = (q_start + rows)[:, None] * stride_dqt + offs_d[None, :]
-            tl.atomic_add(DQ + dq_off, dq, mask=q_mask)
+            dq = tl.dot(tl.trans(dsT.to(k.dtype)), k, input_precision=PREC) * sm_scale
+            tl.atomic_add(DQ + rows[:, None] * stride_dqt + offs_d[None, :], dq,
+                          mask=row_ok[:, None] & d_mask[None, :])
     return dk, dv
 
 
-@triton_autotune(configs=_DKDV_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "ATOMIC_DQ"], reset_to_zero=["DQ"])
+@triton_autotune(
+    configs=_DKDV_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "ATOMIC_DQ"], reset_to_zero=["DQ"],
+    prune_configs_by=_PRUNE,
+)
 @triton.jit
 def _bwd_dkdv_kernel(
     Q, K, V, DO, DQ, DK, DV, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale,
@@ -224,14 +263,14 @@ def _bwd_dkdv_kernel(
     n0 = pid_n * BLOCK_N
     if n0 >= len_k:
         return
+    kv_base = k_start * stride_kt + kv_head * stride_kh
     cols = n0 + tl.arange(0, BLOCK_N)
     col_ok = cols < len_k
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    kv_mask = col_ok[:, None] & d_mask[None, :]
-    kv_off = (k_start + cols)[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :]
-    k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-    v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+    kv_off = cols[:, None] * stride_kt + offs_d[None, :]
+    k = tl.load(K + kv_base + kv_off, mask=col_ok[:, None] & d_mask[None, :], other=0.0)
+    v = tl.load(V + kv_base + kv_off, mask=col_ok[:, None] & d_mask[None, :], other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     diag = len_k - len_q
@@ -246,29 +285,37 @@ def _bwd_dkdv_kernel(
         masked_stop = 0
     for g in range(GROUP):
         head = kv_head * GROUP + g
+        q_base = q_start * stride_qt + head * stride_qh
+        dq_base = q_start * stride_dqt + head * stride_dqh
+        l_base = head * stride_lh + q_start
         dk, dv = _dkdv_inner(
-            dk, dv, k, v, Q + head * stride_qh, DO + head * stride_qh, DQ + head * stride_dqh,
-            LSE + head * stride_lh, DELTA + head * stride_lh, q_start, len_q, diag, cols, col_ok, lo, masked_stop,
-            stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale, True, ATOMIC_DQ, PREC, BLOCK_M,
+            dk, dv, k, v, Q + q_base, DO + q_base, DQ + dq_base, LSE + l_base, DELTA + l_base, len_q, diag, cols,
+            col_ok, lo, masked_stop, stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale,
+            True, ATOMIC_DQ, PREC, BLOCK_M,
         )
         dk, dv = _dkdv_inner(
-            dk, dv, k, v, Q + head * stride_qh, DO + head * stride_qh, DQ + head * stride_dqh,
-            LSE + head * stride_lh, DELTA + head * stride_lh, q_start, len_q, diag, cols, col_ok, full, len_q,
-            stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale, False, ATOMIC_DQ, PREC, BLOCK_M,
+            dk, dv, k, v, Q + q_base, DO + q_base, DQ + dq_base, LSE + l_base, DELTA + l_base, len_q, diag, cols,
+            col_ok, full, len_q, stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale,
+            False, ATOMIC_DQ, PREC, BLOCK_M,
         )
-    tl.store(DK + kv_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
+    # store offsets rebuilt (see _fwd_kernel)
+    s_cols = n0 + tl.arange(0, BLOCK_N)
+    s_d = tl.arange(0, BLOCK_D)
+    s_off = kv_base + s_cols[:, None] * stride_kt + s_d[None, :]
+    s_mask = (s_cols < len_k)[:, None] & (s_d < HEAD_DIM)[None, :]
+    tl.store(DK + s_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=s_mask)
+    tl.store(DV + s_off, dv.to(DV.dtype.element_ty), mask=s_mask)
 
 
 @triton.jit
 def _dq_inner(
-    dq, q, do, lse2, delta, K, V, k_start, len_k, diag, offs_m, start, stop, stride_kt, offs_d, d_mask, qk_scale,
+    dq, q, do, lse2, delta, K, V, len_k, diag, rows, start, stop, stride_kt, offs_d, d_mask, qk_scale,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(start, stop, BLOCK_N):
         cols = start_n + offs_n
-        kv_off = (k_start + cols)[:, None] * stride_kt + offs_d[None, :]
+        kv_off = cols[:, None] * stride_kt + offs_d[None, :]
         if MASKED:
             kv_mask = (cols < len_k)[:, None] & d_mask[None, :]
         else:
@@ -280,7 +327,7 @@ def _dq_inner(
         if MASKED:
             visible = cols[None, :] < len_k
             if CAUSAL:
-                visible = visible & (cols[None, :] <= offs_m[:, None] + diag)
+                visible = visible & (cols[None, :] <= rows[:, None] + diag)
             p = tl.where(visible, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
@@ -288,7 +335,7 @@ def _dq_inner(
     return dq
 
 
-@triton_autotune(configs=_DQ_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP"])
+@triton_autotune(configs=_DQ_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP"], prune_configs_by=_PRUNE)
 @triton.jit
 def _bwd_dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale,
@@ -297,37 +344,45 @@ def _bwd_dq_kernel(
     PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
+    if CAUSAL:  # causal tiles further down the diagonal do more work: launch them first
+        pid_m = tl.num_programs(0) - 1 - pid_m
     seq = tl.program_id(1)
     head = tl.program_id(2)
     q_start, len_q, k_start, len_k = _seq_bounds(CU_Q, CU_K, seq)
     m0 = pid_m * BLOCK_M
     if m0 >= len_q:
         return
-    offs_m = m0 + tl.arange(0, BLOCK_M)
+    q_base = q_start * stride_qt + head * stride_qh
+    LSE += head * stride_lh + q_start
+    DELTA += head * stride_lh + q_start
+    K += k_start * stride_kt + (head // GROUP) * stride_kh
+    V += k_start * stride_kt + (head // GROUP) * stride_kh
+    rows = m0 + tl.arange(0, BLOCK_M)
+    row_ok = rows < len_q
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    row_ok = offs_m < len_q
-    q_mask = row_ok[:, None] & d_mask[None, :]
-    q_off = (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
-    q = tl.load(Q + q_off, mask=q_mask, other=0.0)
-    do = tl.load(DO + q_off, mask=q_mask, other=0.0)
-    lse2 = tl.load(LSE + head * stride_lh + q_start + offs_m, mask=row_ok, other=float("inf")) * 1.4426950408889634
-    delta = tl.load(DELTA + head * stride_lh + q_start + offs_m, mask=row_ok, other=0.0)
-    kv_head = head // GROUP
-    K += kv_head * stride_kh
-    V += kv_head * stride_kh
+    q_off = q_base + rows[:, None] * stride_qt + offs_d[None, :]
+    q = tl.load(Q + q_off, mask=row_ok[:, None] & d_mask[None, :], other=0.0)
+    do = tl.load(DO + q_off, mask=row_ok[:, None] & d_mask[None, :], other=0.0)
+    lse2 = tl.load(LSE + rows, mask=row_ok, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
     diag = len_k - len_q
     full, hi = _key_range(m0, len_q, len_k, CAUSAL, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dq = _dq_inner(
-        dq, q, do, lse2, delta, K, V, k_start, len_k, diag, offs_m, 0, full, stride_kt, offs_d, d_mask, qk_scale,
+        dq, q, do, lse2, delta, K, V, len_k, diag, rows, 0, full, stride_kt, offs_d, d_mask, qk_scale,
         False, CAUSAL, PREC, BLOCK_N,
     )
     dq = _dq_inner(
-        dq, q, do, lse2, delta, K, V, k_start, len_k, diag, offs_m, full, hi, stride_kt, offs_d, d_mask, qk_scale,
+        dq, q, do, lse2, delta, K, V, len_k, diag, rows, full, hi, stride_kt, offs_d, d_mask, qk_scale,
         True, CAUSAL, PREC, BLOCK_N,
     )
-    tl.store(DQ + q_off, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
+    # store offsets rebuilt (see _fwd_kernel)
+    s_rows = m0 + tl.arange(0, BLOCK_M)
+    s_d = tl.arange(0, BLOCK_D)
+    s_mask = (s_rows < len_q)[:, None] & (s_d < HEAD_DIM)[None, :]
+    tl.store(DQ + q_base + s_rows[:, None] * stride_qt + s_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=s_mask)
 
 
 def _common(q: Tensor, k: Tensor):
