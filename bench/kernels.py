@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -182,6 +183,7 @@ def main(argv=None) -> int:
     # torch.compile variants of the padded baselines graph-break on data-dependent shapes by nature;
     # that is part of what is measured, not something to print pages of warnings about.
     torch._logging.set_logs(dynamo=logging.ERROR)
+    warnings.filterwarnings("ignore", message="Error detected in", category=UserWarning)  # same fallbacks, backward
     device = torch.device(args.device)
     budget = args.budget if args.budget is not None else (0.2 if args.quick else 0.5)
     cases: List[BenchCase] = []
