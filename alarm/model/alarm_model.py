@@ -21,11 +21,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-import nvtx
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from alarm.profiling import nvtx_range
 from alarm_kernels.varlen import pad_packed, unpack
 
 from ..audio import resample_batch, validate_audio_batch
@@ -133,7 +133,7 @@ class ALARMModel(nn.Module):
     def encode(self, waves: List[Tensor], rates: List[int]) -> Dict[str, tuple]:
         """Frozen encoders -> {name: (k x [total, D] packed selected states, int32 cu_seqlens [B+1])}."""
         out, resampled = {}, {}
-        with nvtx.annotate("alarm/encoder"), torch.no_grad():
+        with nvtx_range("alarm/encoder"), torch.no_grad():
             for spec in self.config.encoders:
                 if spec.sample_rate not in resampled:  # CPU waveforms: feature extraction runs on the host
                     resampled[spec.sample_rate] = resample_batch(waves, rates, spec.sample_rate)
@@ -142,19 +142,19 @@ class ALARMModel(nn.Module):
 
     def audio_tokens_packed(self, feats: Dict[str, tuple]):
         """Fast path: adapters + fusion on packed tensors -> ([A, H], int32 cu [B+1])."""
-        with nvtx.annotate("alarm/adapter"):
+        with nvtx_range("alarm/adapter"):
             streams, cus = [], []
             for spec in self.config.encoders:
                 layers, cu = feats[spec.name]
                 s, c = self.audio.adapters[spec.name].forward_packed(layers, cu)
                 streams.append(s)
                 cus.append(c)
-        with nvtx.annotate("alarm/fusion"):
+        with nvtx_range("alarm/fusion"):
             return self.audio.fusion.forward_packed(streams, cus)
 
     def audio_tokens_padded(self, feats: Dict[str, tuple]) -> List[Tensor]:
         """Reference path: adapters + fusion on padded batches -> B tensors [A_i, H]."""
-        with nvtx.annotate("alarm/adapter"):
+        with nvtx_range("alarm/adapter"):
             streams, lengths = [], []
             for spec in self.config.encoders:
                 layers, cu = feats[spec.name]
@@ -162,7 +162,7 @@ class ALARMModel(nn.Module):
                 s, n = self.audio.adapters[spec.name].forward_padded(padded, cu[1:] - cu[:-1])
                 streams.append(s)
                 lengths.append(n.long())
-        with nvtx.annotate("alarm/fusion"):
+        with nvtx_range("alarm/fusion"):
             y, n = self.audio.fusion.forward_padded(streams, lengths)
             return [y[i, : int(n[i])] for i in range(y.shape[0])]
 
@@ -191,18 +191,18 @@ class ALARMModel(nn.Module):
         text = tokenize_batch(self.tokenizer, prompts, targets, device=dev)
         if path == "fast":
             a, cu_a = self.audio_tokens_packed(feats)
-            with nvtx.annotate("alarm/splice"):
+            with nvtx_range("alarm/splice"):
                 batch = splice_packed(self.llm.embed(), text, a, cu_a, self.audio.audio_start, self.audio.audio_end,
                                       self.config.max_length)
-            with nvtx.annotate("alarm/llm"):
+            with nvtx_range("alarm/llm"):
                 loss = self.llm.loss_packed(batch["inputs_embeds"], batch["labels"], batch["position_ids"],
                                             batch["cu_seqlens"], batch["max_seqlen"], self.config.lm_head_chunk)
             return ALARMOutput(loss, int(batch["labels"].numel()))
         a = self.audio_tokens_padded(feats)
-        with nvtx.annotate("alarm/splice"):
+        with nvtx_range("alarm/splice"):
             batch = splice_padded(self.llm.embed(), text, a, self.audio.audio_start, self.audio.audio_end,
                                   self.config.max_length)
-        with nvtx.annotate("alarm/llm"):
+        with nvtx_range("alarm/llm"):
             loss = self.llm.loss_padded(batch["inputs_embeds"], batch["attention_mask"], batch["labels"],
                                         batch["position_ids"])
         return ALARMOutput(loss, int(batch["attention_mask"].sum()))

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import nvtx
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from alarm.profiling import nvtx_range
 from alarm_kernels.attention.hf import register_hf_attention
 
 __all__ = ["FrozenLLM", "load_tokenizer"]
@@ -91,7 +91,7 @@ class FrozenLLM(nn.Module):
                                       position_ids=position_ids[None],
                                       cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=max_seqlen,
                                       max_length_k=max_seqlen, use_cache=False).last_hidden_state[0]
-        with nvtx.annotate("alarm/loss"):
+        with nvtx_range("alarm/loss"):
             # a label at p is predicted from p - 1 (same example: position 0 of an example never has a label)
             sel = torch.nonzero(labels[1:] != IGNORE).squeeze(1)
             if sel.numel() == 0:
@@ -109,7 +109,7 @@ class FrozenLLM(nn.Module):
         with self.attention("sdpa"):
             logits = self.model(inputs_embeds=inputs_embeds.to(self.dtype), attention_mask=attention_mask,
                                 position_ids=position_ids, use_cache=False).logits.float()
-        with nvtx.annotate("alarm/loss"):
+        with nvtx_range("alarm/loss"):
             if not bool((labels[:, 1:] != IGNORE).any()):
                 raise ValueError("no target token in the batch (empty targets or all truncated)")
             return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
