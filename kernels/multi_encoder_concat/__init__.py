@@ -21,9 +21,7 @@ from ..varlen import validate_cu_seqlens
 
 __all__ = ["multi_encoder_concat"]
 
-IMPLEMENTED = ("cuda", "triton", "reference")
-# with a projection: the Triton GEMMs are autotuned and software-pipelined (the CUDA ones are plain tiles)
-IMPLEMENTED_PROJECTION = ("triton", "cuda", "reference")
+IMPLEMENTED = ("triton", "cuda", "reference")  # triton first: the CUDA kernels have not run on a GPU yet
 # most streams one fast-kernel launch takes (their pointers travel in the kernel arguments)
 MAX_STREAMS = 8
 
@@ -171,7 +169,7 @@ def multi_encoder_concat(
     elif len(streams) > MAX_STREAMS:
         fast_reason = f"more than {MAX_STREAMS} streams"
     name = select_backend(
-        "multi_encoder_concat", backend, first.device, IMPLEMENTED if weight is None else IMPLEMENTED_PROJECTION,
+        "multi_encoder_concat", backend, first.device, IMPLEMENTED,
         {"triton": fast_reason, "cuda": fast_reason},
     )
     return _multi_encoder_concat_op(

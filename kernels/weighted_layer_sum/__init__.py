@@ -20,7 +20,7 @@ from ..backend import select_backend
 
 __all__ = ["weighted_layer_sum"]
 
-IMPLEMENTED = ("cuda", "triton", "reference")
+IMPLEMENTED = ("triton", "cuda", "reference")  # triton first: the CUDA kernels have not run on a GPU yet
 # most layers the CUDA launcher takes in one call (pointers travel by value in the kernel arguments)
 CUDA_MAX_LAYERS = 64
 
