@@ -64,7 +64,8 @@ __global__ void pool_fwd_kernel(const T* __restrict__ x, T* __restrict__ y, cons
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         const float f = ak::to_float<T>(v.v[e]);
-        acc[e] = is_max ? fmaxf(acc[e], f) : acc[e] + f;
+        // max propagates NaN like the reference's amax (fmaxf would drop it)
+        acc[e] = is_max ? ((f > acc[e] || isnan(f)) ? f : acc[e]) : acc[e] + f;
       }
     }
     Vec<T, VEC> out;

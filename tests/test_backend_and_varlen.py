@@ -147,3 +147,14 @@ def test_repo_folder_imported_as_kernels_is_an_inert_placeholder():
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                               env={**os.environ, "PYTHONHASHSEED": seed})
         assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_strided_cu_seqlens_view_gives_the_same_answer():
+    """A non-contiguous offsets view (here every other element) must not be misread by a fast backend."""
+    strided = torch.tensor([0, 99, 3, 99, 10, 99], dtype=torch.int32)[::2]
+    assert not strided.is_contiguous()
+    x = torch.randn(10, 8, generator=torch.Generator().manual_seed(0))
+    expected, cu_expected = ak.varlen_pool(x, strided.contiguous(), 2, backend="reference")
+    for backend in ("reference", "triton"):
+        y, cu_y = ak.varlen_pool(x, strided, 2, backend=backend)
+        assert torch.equal(cu_y, cu_expected) and torch.allclose(y, expected, atol=1e-6), backend

@@ -177,7 +177,7 @@ def packed_attention(
         raise ValueError(f"softmax_scale must be a finite float or None, got {softmax_scale!r}")
     name = select_backend("packed_attention", backend, q.device, IMPLEMENTED, _input_reasons(q))
     out, _lse = _packed_attention_op(
-        q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-        bool(causal), float(softmax_scale), bool(deterministic), name,
+        q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
+        max_seqlen_q, max_seqlen_k, bool(causal), float(softmax_scale), bool(deterministic), name,
     )
     return out

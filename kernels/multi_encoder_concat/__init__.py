@@ -174,7 +174,7 @@ def multi_encoder_concat(
     )
     return _multi_encoder_concat_op(
         [x.contiguous() for x in streams],
-        cu_seqlens,
+        [cu.contiguous() for cu in cu_seqlens],
         weight.contiguous() if weight is not None else None,
         bias.contiguous() if bias is not None else None,
         total_y,

@@ -134,7 +134,7 @@ def varlen_conv1d(
     fp64 = "float64 is reference-only" if x.dtype == torch.float64 else None
     name = select_backend("varlen_conv1d", backend, x.device, IMPLEMENTED, {"triton": fp64, "cuda": fp64})
     y, cu_y, _ = _varlen_conv1d_op(
-        x.contiguous(), cu_seqlens, weight.contiguous(), None if bias is None else bias.contiguous(),
+        x.contiguous(), cu_seqlens.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
         stride, padding, activation or "none", name,
     )
     return y, cu_y

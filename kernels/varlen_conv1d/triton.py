@@ -270,7 +270,7 @@ def backward(
             grad_pre, w_t, grad_x, cu_seqlens, cu_y, phase_offsets(cu_seqlens, stride, padding), n_seq, c_in,
             c_out, K=k, STRIDE=stride, PAD=padding, N_ITER=_n_iter(n_seq), DOT_PREC=prec,
         )
-    if need_dw:
+    if need_dw and c_in > 0:  # c_in == 0: empty grid, grad_b would never be written
         grid = lambda meta: (triton.cdiv(c_out, meta["BLOCK_CO"]), triton.cdiv(c_in, meta["BLOCK_CI"]), k)  # noqa: E731
         _dw_kernel[grid](
             grad_pre, x, grad_w, grad_b, cu_seqlens, cu_y, total_y, n_seq, c_in, c_out,

@@ -89,4 +89,4 @@ def varlen_pool(x: Tensor, cu_seqlens: Tensor, ratio: int, mode: str = "mean", b
         {"triton": "float64 is reference-only" if x.dtype == torch.float64 else None,
          "cuda": "float64 is reference-only" if x.dtype == torch.float64 else None},
     )
-    return _varlen_pool_op(x.contiguous(), cu_seqlens, ratio, mode, name)
+    return _varlen_pool_op(x.contiguous(), cu_seqlens.contiguous(), ratio, mode, name)

@@ -60,7 +60,8 @@ def _pool_fwd_kernel(
         ok = (row_ok & (r < count))[:, None] & col_ok[None, :]
         v = tl.load(x_ptr + (first + r).to(tl.int64)[:, None] * D + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         if MAX:
-            acc = tl.where(ok, tl.maximum(acc, v), acc)
+            # NaN propagates like the reference's amax (tl.maximum's default drops it)
+            acc = tl.where(ok, tl.maximum(acc, v, propagate_nan=tl.PropagateNan.ALL), acc)
         else:
             acc += v
     if not MAX:
