@@ -31,3 +31,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def device():
     return DEVICE
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny-model matmuls on a shared 2-core machine run far faster single-threaded (no OpenMP spinning).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -3,17 +3,10 @@ import json
 import os
 
 import pytest
-import torch
 
 from alarm.demo_train import train_tiny
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_train_tiny_paths_agree_and_model_round_trips(tmp_path):

@@ -9,13 +9,7 @@ from alarm.generation import (ThinkingBudgetProcessor, budget_suffix_ids, genera
 from alarm.testing_tokenizer import build_tiny_lm, build_tiny_tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared 2-core machine run ~30x faster single-threaded (no OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -84,6 +84,15 @@ def _atomic_write(path: str, write) -> None:
         raise
 
 
+def _generate(llm, tokenizer, inputs: dict, max_thinking_tokens, max_new_tokens: int, **kwargs) -> dict:
+    """Thinking-budget generation from prompt embeddings; dict(text: B decoded strings, generation)."""
+    gen = generate_with_thinking_budget(llm.model, tokenizer, **inputs, max_thinking_tokens=max_thinking_tokens,
+                                        max_new_tokens=max_new_tokens, **kwargs)
+    text = [tokenizer.decode(gen.sequences[i, : int(gen.lengths[i])], skip_special_tokens=False)
+            for i in range(gen.sequences.shape[0])]
+    return dict(text=text, generation=gen)
+
+
 class ALARMModel(nn.Module):
     """ALARM model. ``llm``/``tokenizer`` may be passed to share one frozen LLM between models (ALARM-E)."""
 
@@ -226,13 +235,8 @@ class ALARMModel(nn.Module):
 
         Returns dict(text: B decoded strings, generation: ``alarm.generation.ThinkingGeneration``).
         """
-        inputs = self.prompt_embeddings(audio, sampling_rate, prompt)
-        gen = generate_with_thinking_budget(self.llm.model, self.tokenizer, **inputs,
-                                            max_thinking_tokens=max_thinking_tokens, max_new_tokens=max_new_tokens,
-                                            **kwargs)
-        text = [self.tokenizer.decode(gen.sequences[i, : int(gen.lengths[i])], skip_special_tokens=False)
-                for i in range(gen.sequences.shape[0])]
-        return dict(text=text, generation=gen)
+        return _generate(self.llm, self.tokenizer, self.prompt_embeddings(audio, sampling_rate, prompt),
+                         max_thinking_tokens, max_new_tokens, **kwargs)
 
     # ---- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, folder: str) -> None:
@@ -332,10 +336,5 @@ class ALARMEnsemble:
     def generate(self, audio, prompt, sampling_rate=16000, max_thinking_tokens: Optional[int] = None,
                  max_new_tokens: int = 512, **kwargs) -> dict:
         """Same contract as ``ALARMModel.generate``."""
-        inputs = self.prompt_embeddings(audio, sampling_rate, prompt)
-        gen = generate_with_thinking_budget(self.llm.model, self.tokenizer, **inputs,
-                                            max_thinking_tokens=max_thinking_tokens, max_new_tokens=max_new_tokens,
-                                            **kwargs)
-        text = [self.tokenizer.decode(gen.sequences[i, : int(gen.lengths[i])], skip_special_tokens=False)
-                for i in range(gen.sequences.shape[0])]
-        return dict(text=text, generation=gen)
+        return _generate(self.llm, self.tokenizer, self.prompt_embeddings(audio, sampling_rate, prompt),
+                         max_thinking_tokens, max_new_tokens, **kwargs)
