@@ -5,7 +5,6 @@ import json
 import re
 
 import pytest
-import torch
 
 from alarm.commands import rephrase as rephrase_cmd
 from alarm.data.manifest import read_manifest
