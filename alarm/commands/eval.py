@@ -6,9 +6,8 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
+
+from alarm.fileio import atomic_write_json
 
 
 def register(subparsers) -> None:
@@ -31,12 +30,7 @@ def register(subparsers) -> None:
 
 
 def _write_json(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)
 
 
 def _score(args) -> int:

@@ -1,11 +1,11 @@
-"""JSONL reading with line-numbered errors and atomic writing (temp file in the same folder + os.replace)."""
+"""JSONL reading with line-numbered errors and atomic writing (through ``alarm.fileio``)."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from alarm.fileio import atomic_write_json, atomic_write_jsonl
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -28,32 +28,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
     """Write ``rows`` as JSONL so that ``path`` is either absent/old or complete, never partial."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_jsonl(path, rows)
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
     """Write one JSON document atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_json(path, obj)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from alarm.profiling import nvtx_range
 from alarm_kernels.varlen import pad_packed, unpack
 
+from ..fileio import atomic_write, atomic_write_text
 from ..audio import resample_batch, validate_audio_batch
 from ..generation import generate_with_thinking_budget
 from .adapters import Adapter
@@ -68,20 +68,6 @@ class AudioSide(nn.Module):
         if not next(iter(self.adapters.values())).layer_logits.requires_grad:
             self.adapters.eval()
         return self
-
-
-def _atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` then move the file into place with ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _generate(llm, tokenizer, inputs: dict, max_thinking_tokens, max_new_tokens: int, **kwargs) -> dict:
@@ -247,12 +233,9 @@ class ALARMModel(nn.Module):
             raise ValueError("this model's BatchNorms were folded (inference only); save before folding")
         os.makedirs(folder, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.audio.state_dict().items()}
-        _atomic_write(os.path.join(folder, WEIGHTS_NAME), lambda p: save_file(state, p, metadata={"format": "pt"}))
+        atomic_write(os.path.join(folder, WEIGHTS_NAME), lambda p: save_file(state, p, metadata={"format": "pt"}))
 
-        def write_config(p):
-            with open(p, "w") as f:
-                f.write(self.config.to_json())
-        _atomic_write(os.path.join(folder, CONFIG_NAME), write_config)
+        atomic_write_text(os.path.join(folder, CONFIG_NAME), self.config.to_json())
 
     def load_adapter(self, name: str, folder: str, source_name: Optional[str] = None) -> None:
         """Stage B: copy the adapter ``source_name`` (default ``name``) of a saved (stage-A) model in
