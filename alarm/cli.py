@@ -14,6 +14,8 @@ COMMAND_MODULES = (
     "alarm.commands.eval",
     "alarm.commands.rephrase",
     "alarm.commands.generate",
+    "alarm.commands.train",
+    "alarm.commands.cache",
 )
 
 

@@ -35,7 +35,8 @@ from .config import ALARMConfig
 from .encoders import build_encoder
 from .fusion import build_fusion
 from .llm import FrozenLLM, load_tokenizer
-from .splice import ASSISTANT_SUFFIX, USER_PREFIX, splice_packed, splice_padded, tokenize_batch
+from .batch import ModelBatch
+from .splice import IGNORE, ASSISTANT_SUFFIX, USER_PREFIX, splice_packed, splice_padded, tokenize_batch
 
 __all__ = ["ALARMModel", "AudioSide", "ALARMOutput", "ALARMEnsemble"]
 
@@ -45,9 +46,11 @@ WEIGHTS_NAME = "audio_side.safetensors"
 
 @dataclass
 class ALARMOutput:
-    """loss: fp32 scalar, mean CE over target tokens; n_tokens: LLM input tokens (unpadded) in the batch."""
+    """loss: fp32 scalar CE over target tokens (mean, or sum where asked); n_tokens: LLM input tokens
+    (unpadded) in the batch; n_targets: target tokens the loss covers (after truncation)."""
     loss: Tensor
     n_tokens: int
+    n_targets: int = 0
 
 
 class AudioSide(nn.Module):
@@ -171,36 +174,79 @@ class ALARMModel(nn.Module):
         return self.audio_tokens_padded(feats)
 
     # ---- training forward ----------------------------------------------------------------------
+    def adapter_streams(self, feats: Dict[str, tuple]) -> Dict[str, tuple]:
+        """Packed adapter outputs {name: ([total, H], int32 cu [B+1])} (what a stage-B cache stores)."""
+        with nvtx_range("alarm/adapter"):
+            return {spec.name: self.audio.adapters[spec.name].forward_packed(*feats[spec.name])
+                    for spec in self.config.encoders}
+
+    def _audio_tokens(self, batch: ModelBatch, layout: str):
+        """Audio tokens of a batch from its audio source: packed ([A, H], cu) or padded (B x [A_i, H])."""
+        if batch.streams is not None:
+            names = [spec.name for spec in self.config.encoders]
+            streams, cus = [batch.streams[n][0] for n in names], [batch.streams[n][1] for n in names]
+            with nvtx_range("alarm/fusion"):
+                if layout == "fast":
+                    return self.audio.fusion.forward_packed(streams, cus)
+                padded = [pad_packed(x, cu)[0] for x, cu in zip(streams, cus)]
+                y, n = self.audio.fusion.forward_padded(padded, [(cu[1:] - cu[:-1]).long() for cu in cus])
+                return [y[i, : int(n[i])] for i in range(y.shape[0])]
+        feats = batch.features if batch.features is not None else self.encode(batch.waves, batch.rates)
+        return self.audio_tokens_packed(feats) if layout == "fast" else self.audio_tokens_padded(feats)
+
+    def forward_batch(self, batch: ModelBatch, path: Optional[str] = None, reduction: str = "mean") -> ALARMOutput:
+        """Cross-entropy of the batch's targets: their mean (``reduction="mean"``) or sum (``"sum"``).
+
+        The batch's tensors must already be on the model's device (``batch.to(device)``).
+        """
+        path = path or self.config.path
+        if path not in ("fast", "reference"):
+            raise ValueError(f"path must be 'fast' or 'reference', got {path!r}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        embed, start, end = self.llm.embed(), self.audio.audio_start, self.audio.audio_end
+        if path == "fast":
+            a, cu_a = self._audio_tokens(batch, "fast")
+            with nvtx_range("alarm/splice"):
+                spliced = splice_packed(embed, batch.text, a, cu_a, start, end, self.config.max_length)
+            labels = spliced["labels"]
+            with nvtx_range("alarm/llm"):
+                loss = self.llm.loss_packed(spliced["inputs_embeds"], labels, spliced["position_ids"],
+                                            spliced["cu_seqlens"], spliced["max_seqlen"], self.config.lm_head_chunk,
+                                            reduction=reduction)
+            n_tokens = labels.numel()
+        else:
+            a = self._audio_tokens(batch, "reference")
+            with nvtx_range("alarm/splice"):
+                spliced = splice_padded(embed, batch.text, a, start, end, self.config.max_length)
+            labels = spliced["labels"]
+            with nvtx_range("alarm/llm"):
+                loss = self.llm.loss_padded(spliced["inputs_embeds"], spliced["attention_mask"], labels,
+                                            spliced["position_ids"])
+            n_tokens = int(spliced["attention_mask"].sum())
+        n_targets = int((labels != IGNORE).sum())
+        if reduction == "sum":
+            loss = loss * n_targets if path == "reference" else loss
+        return ALARMOutput(loss, n_tokens, n_targets)
+
+    @torch.no_grad()
+    def score_targets(self, batch: ModelBatch) -> Tensor:
+        """Summed log-probability of each example's target given its audio and prompt (fp32 [B], fast path)."""
+        a, cu_a = self._audio_tokens(batch, "fast")
+        spliced = splice_packed(self.llm.embed(), batch.text, a, cu_a, self.audio.audio_start, self.audio.audio_end,
+                                self.config.max_length)
+        return self.llm.target_logprob_packed(spliced["inputs_embeds"], spliced["labels"], spliced["position_ids"],
+                                              spliced["cu_seqlens"], spliced["max_seqlen"])
+
     def forward(self, audio: Sequence, sampling_rate, prompts: Sequence[str], targets: Sequence,
                 path: Optional[str] = None) -> ALARMOutput:
         """Mean CE of ``targets`` (strings or token-id lists) given audio + prompts.
 
         audio: B waveforms (1-D, or [channels, samples]); sampling_rate: int or B ints (Hz).
         """
-        path = path or self.config.path
-        if path not in ("fast", "reference"):
-            raise ValueError(f"path must be 'fast' or 'reference', got {path!r}")
         waves, rates = self._check(audio, sampling_rate, ("prompts", prompts), ("targets", targets))
-        feats = self.encode(waves, rates)
-        dev = self.audio.audio_start.device
-        text = tokenize_batch(self.tokenizer, prompts, targets, device=dev)
-        if path == "fast":
-            a, cu_a = self.audio_tokens_packed(feats)
-            with nvtx_range("alarm/splice"):
-                batch = splice_packed(self.llm.embed(), text, a, cu_a, self.audio.audio_start, self.audio.audio_end,
-                                      self.config.max_length)
-            with nvtx_range("alarm/llm"):
-                loss = self.llm.loss_packed(batch["inputs_embeds"], batch["labels"], batch["position_ids"],
-                                            batch["cu_seqlens"], batch["max_seqlen"], self.config.lm_head_chunk)
-            return ALARMOutput(loss, int(batch["labels"].numel()))
-        a = self.audio_tokens_padded(feats)
-        with nvtx_range("alarm/splice"):
-            batch = splice_padded(self.llm.embed(), text, a, self.audio.audio_start, self.audio.audio_end,
-                                  self.config.max_length)
-        with nvtx_range("alarm/llm"):
-            loss = self.llm.loss_padded(batch["inputs_embeds"], batch["attention_mask"], batch["labels"],
-                                        batch["position_ids"])
-        return ALARMOutput(loss, int(batch["attention_mask"].sum()))
+        text = tokenize_batch(self.tokenizer, prompts, targets, device=self.audio.audio_start.device)
+        return self.forward_batch(ModelBatch(text, waves=waves, rates=rates), path)
 
     # ---- inference -----------------------------------------------------------------------------
     def prompt_embeddings(self, audio, sampling_rate, prompts) -> dict:

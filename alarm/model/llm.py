@@ -83,14 +83,19 @@ class FrozenLLM(nn.Module):
         finally:
             conf._attn_implementation = old
 
-    def loss_packed(self, inputs_embeds: Tensor, labels: Tensor, position_ids: Tensor, cu_seqlens: Tensor,
-                    max_seqlen: int, chunk: int = 1024) -> Tensor:
-        """inputs_embeds [T, H], labels/position_ids int64 [T], cu_seqlens int32 [B+1] -> mean CE (fp32)."""
+    def hidden_packed(self, inputs_embeds: Tensor, position_ids: Tensor, cu_seqlens: Tensor, max_seqlen: int
+                      ) -> Tensor:
+        """inputs_embeds [T, H], position_ids int64 [T], cu_seqlens int32 [B+1] -> last hidden states [T, H]."""
         with self.attention(self.packed_attn):
-            hidden = self.model.model(inputs_embeds=inputs_embeds[None].to(self.dtype),
-                                      position_ids=position_ids[None],
-                                      cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=max_seqlen,
-                                      max_length_k=max_seqlen, use_cache=False).last_hidden_state[0]
+            return self.model.model(inputs_embeds=inputs_embeds[None].to(self.dtype), position_ids=position_ids[None],
+                                    cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=max_seqlen,
+                                    max_length_k=max_seqlen, use_cache=False).last_hidden_state[0]
+
+    def loss_packed(self, inputs_embeds: Tensor, labels: Tensor, position_ids: Tensor, cu_seqlens: Tensor,
+                    max_seqlen: int, chunk: int = 1024, reduction: str = "mean") -> Tensor:
+        """inputs_embeds [T, H], labels/position_ids int64 [T], cu_seqlens int32 [B+1] -> CE over the target
+        tokens (fp32 scalar): their mean (``reduction="mean"``) or their sum (``"sum"``)."""
+        hidden = self.hidden_packed(inputs_embeds, position_ids, cu_seqlens, max_seqlen)
         with nvtx_range("alarm/loss"):
             # a label at p is predicted from p - 1 (same example: position 0 of an example never has a label)
             sel = torch.nonzero(labels[1:] != IGNORE).squeeze(1)
@@ -102,7 +107,20 @@ class FrozenLLM(nn.Module):
             for s in range(0, sel.numel(), chunk):
                 total = total + checkpoint(_ce_sum, h[s:s + chunk], head.weight, head.bias, y[s:s + chunk],
                                            use_reentrant=False)
-            return total / sel.numel()
+            return total if reduction == "sum" else total / sel.numel()
+
+    @torch.no_grad()
+    def target_logprob_packed(self, inputs_embeds: Tensor, labels: Tensor, position_ids: Tensor,
+                              cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
+        """Summed log-probability of each example's target tokens (fp32 [B]; 0 for an example without one)."""
+        hidden = self.hidden_packed(inputs_embeds, position_ids, cu_seqlens, max_seqlen)
+        sel = torch.nonzero(labels[1:] != IGNORE).squeeze(1)
+        head = self.model.get_output_embeddings()
+        logp = -F.cross_entropy(F.linear(hidden[sel], head.weight, head.bias).float(), labels[sel + 1],
+                                reduction="none")
+        example = torch.searchsorted(cu_seqlens[1:].long(), sel + 1, right=True)
+        return torch.zeros(cu_seqlens.numel() - 1, dtype=torch.float32, device=hidden.device).index_add_(
+            0, example, logp)
 
     def loss_padded(self, inputs_embeds: Tensor, attention_mask: Tensor, labels: Tensor, position_ids: Tensor) -> Tensor:
         """Padded [B, L, H] batch, full fp32 logits [B, L, V] -> mean CE over labelled tokens (fp32)."""

@@ -19,7 +19,8 @@ from alarm_kernels.varlen import cu_seqlens_to_seqlens, seqlens_to_cu_seqlens
 
 from .fusion import segment_gather_index
 
-__all__ = ["USER_PREFIX", "ASSISTANT_SUFFIX", "TextBatch", "tokenize_batch", "splice_packed", "splice_padded"]
+__all__ = ["USER_PREFIX", "ASSISTANT_SUFFIX", "TextBatch", "tokenize_batch", "encode_example", "text_batch_from_ids",
+           "splice_packed", "splice_padded"]
 
 USER_PREFIX = "<|im_start|>user\n"
 ASSISTANT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n"
@@ -39,6 +40,20 @@ class TextBatch:
 def _pack_ids(rows: Sequence[Sequence[int]], device) -> tuple:
     flat = torch.tensor([t for r in rows for t in r], dtype=torch.long, device=device)
     return flat, seqlens_to_cu_seqlens([len(r) for r in rows], device=device)
+
+
+def encode_example(tokenizer, prompt: str, target: str) -> tuple[List[int], List[int]]:
+    """Token ids of one example, exactly as ``tokenize_batch`` makes them: (prompt + assistant prefix, target)."""
+    return (tokenizer.encode(prompt + ASSISTANT_SUFFIX, add_special_tokens=False),
+            tokenizer.encode(target, add_special_tokens=False))
+
+
+def text_batch_from_ids(prefix: Sequence[int], suffix_rows: Sequence[Sequence[int]],
+                        target_rows: Sequence[Sequence[int]], device="cpu") -> TextBatch:
+    """A ``TextBatch`` from pre-tokenised ids (the trainer tokenises its manifest once, up front)."""
+    suffix, cu_s = _pack_ids(suffix_rows, device)
+    target, cu_t = _pack_ids(target_rows, device)
+    return TextBatch(torch.tensor(list(prefix), dtype=torch.long, device=device), suffix, cu_s, target, cu_t)
 
 
 def tokenize_batch(tokenizer, prompts: Sequence[str], targets: Optional[Sequence] = None, device="cpu") -> TextBatch:

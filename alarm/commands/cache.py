@@ -1,0 +1,41 @@
+"""``alarm cache``: precompute the frozen features of a recipe's training data (see ``alarm.train.cache``).
+
+    alarm cache --config alarm/train/recipes/alarm_ca.yaml --out cache/ca --level adapter
+    alarm train --config alarm/train/recipes/alarm_ca.yaml data.cache=cache/ca
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("cache", help="precompute frozen encoder/adapter features for training",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="recipe file (YAML or JSON)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    p.add_argument("--out", required=True, help="cache folder (resumable: rerun to finish an interrupted build)")
+    p.add_argument("--level", choices=("encoder", "adapter"), default="encoder",
+                   help="encoder: selected encoder layers (any stage); adapter: frozen adapter outputs (stage B)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--shard-size", type=int, default=256, help="clips per shard file (default 256)")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per encoder batch (default 8)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.shard_size < 1 or args.batch_size < 1:
+        raise ValueError("--shard-size and --batch-size must be >= 1")
+    from alarm.train import build_model, load_config
+    from alarm.train.cache import build_cache
+    from alarm.train.data import load_examples
+
+    cfg = load_config(args.config, args.overrides)
+    model = build_model(cfg)
+    if args.level == "adapter" and model.config.stage != "B":
+        raise ValueError("--level adapter needs a stage-B recipe (frozen adapters); use --level encoder")
+    examples, skips = load_examples(cfg.data.train_manifest, model.tokenizer, cfg.data.max_seconds)
+    index = build_cache(model, examples, args.out, level=args.level, dtype=args.dtype, shard_size=args.shard_size,
+                        batch_size=args.batch_size)
+    print(f"cached {index['clips']} clips in {len(index['shards'])} shards under {args.out} "
+          f"({len(index['skipped'])} undecodable, {len(skips)} skipped from the manifest)")
+    return 0

@@ -1,0 +1,202 @@
+"""The frozen-feature cache (``alarm cache``): what the frozen part of the model computes, stored once.
+
+Two levels:
+- ``encoder``: the selected hidden states of every frozen encoder, per clip ``[k, T_e, D_e]``. Valid
+  whenever the encoders are frozen (always), so stage A can use it too; it costs k x D_e values per frame.
+- ``adapter``: the frozen adapters' outputs, per clip ``[T, H]`` (stage B only: the adapters must be
+  frozen). This is the narrowest point before the trained fusion, and it removes encoders *and* adapters
+  from every training step.
+
+Layout: ``<folder>/shard-00000.safetensors ...`` (each written atomically; clips in manifest order,
+``shard_size`` per shard; tensor name ``<clip id>/<encoder name>``) and ``index.json`` written last. A
+build interrupted at any point resumes: finished shards whose metadata matches are kept.
+
+The cache key covers everything that changes the features: the encoder specs (checkpoints, layers,
+front-end settings, dtypes), the level, the adapter weights' sha256 (level ``adapter``), the feature
+dtype and the cache format; each clip also records the sha256 of its audio file. ``FeatureCache.open``
+refuses a cache whose key differs, naming the fields that changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from alarm.fileio import atomic_write, atomic_write_json, remove_stale_temporaries
+
+__all__ = ["CachedClip", "FeatureCache", "cache_key", "build_cache", "file_sha256"]
+
+CACHE_FORMAT = 1
+LEVELS = ("encoder", "adapter")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(model, level: str, dtype: str) -> dict:
+    """The cache key of ``model`` (an ALARMModel) at ``level`` storing ``dtype`` features."""
+    if level not in LEVELS:
+        raise ValueError(f"cache level must be one of {LEVELS}, got {level!r}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"cache dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    key = {"format": CACHE_FORMAT, "level": level, "dtype": dtype,
+           "encoders": [json.loads(json.dumps(s.__dict__, default=str)) for s in model.config.encoders]}
+    if level == "adapter":
+        if any(p.requires_grad for p in model.audio.adapters.parameters()):
+            raise ValueError("an adapter-level cache needs frozen adapters (stage B); use level 'encoder'")
+        h = hashlib.sha256()
+        for name, t in sorted(model.audio.adapters.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        key["adapters_sha256"] = h.hexdigest()
+    return key
+
+
+@dataclass
+class CachedClip:
+    """One clip's cached tensors: ``kind`` "features" ({name: [k, T, D]}) or "streams" ({name: [T, H]})."""
+    kind: str
+    tensors: Dict[str, Tensor]
+
+    @staticmethod
+    def collate(clips: Sequence["CachedClip"]) -> dict:
+        """Pack clips into a ``ModelBatch`` audio source: {name: (k x [total, D], cu)} or {name: ([total, H], cu)}."""
+        out = {}
+        for name in clips[0].tensors:
+            parts = [c.tensors[name] for c in clips]
+            lens = [p.shape[-2] for p in parts]
+            cu = torch.zeros(len(parts) + 1, dtype=torch.int32)
+            cu[1:] = torch.tensor(lens).cumsum(0)
+            if clips[0].kind == "features":
+                out[name] = ([torch.cat([p[j] for p in parts]) for j in range(parts[0].shape[0])], cu)
+            else:
+                out[name] = (torch.cat(parts), cu)
+        return out
+
+
+def _key_diff(want: dict, have: dict) -> List[str]:
+    return sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+
+
+class FeatureCache:
+    """Read side of a cache folder. ``get(id)`` -> ``CachedClip`` or None (clip not cached)."""
+
+    def __init__(self, folder: str, index: dict):
+        self.folder, self.index = Path(folder), index
+        self.kind = "features" if index["key"]["level"] == "encoder" else "streams"
+        self._where = {cid: shard for shard, entry in index["shards"].items() for cid in entry["ids"]}
+        self._open: Dict[str, object] = {}
+
+    @classmethod
+    def open(cls, folder: str, expected_key: dict) -> "FeatureCache":
+        """Open ``folder``; ValueError when it is missing, incomplete or built for other features."""
+        index_path = Path(folder) / "index.json"
+        if not index_path.is_file():
+            raise ValueError(f"{folder}: no complete feature cache here (index.json missing; run or finish "
+                             "`alarm cache` first)")
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        changed = _key_diff(expected_key, index.get("key", {}))
+        if changed:
+            raise ValueError(f"{folder}: stale feature cache, built for different {', '.join(changed)}; "
+                             "rebuild it with `alarm cache` (or drop data.cache)")
+        return cls(folder, index)
+
+    def audio_sha256(self, clip_id: str) -> Optional[str]:
+        shard = self._where.get(clip_id)
+        return None if shard is None else self.index["shards"][shard]["sha256"][clip_id]
+
+    def get(self, clip_id: str) -> Optional[CachedClip]:
+        shard = self._where.get(clip_id)
+        if shard is None:
+            return None
+        handle = self._open.get(shard)
+        if handle is None:
+            handle = self._open[shard] = safe_open(str(self.folder / shard), framework="pt")
+        names = self.index["encoders"]
+        return CachedClip(self.kind, {n: handle.get_tensor(f"{clip_id}/{n}") for n in names})
+
+    def __getstate__(self):  # DataLoader workers reopen shards themselves
+        return {"folder": self.folder, "index": self.index, "kind": self.kind, "_where": self._where, "_open": {}}
+
+
+@torch.no_grad()
+def build_cache(model, examples, folder: str, level: str = "encoder", dtype: str = "float32",
+                shard_size: int = 256, batch_size: int = 8, progress: bool = True) -> dict:
+    """Compute and store the frozen features of ``examples`` (``alarm.train.data.Example``) in ``folder``.
+
+    Resumable; returns the index. Clips that cannot be decoded are listed under ``skipped``.
+    """
+    from alarm.train.data import ClipDataset
+
+    key = cache_key(model, level, dtype)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    names = [s.name for s in model.config.encoders]
+    rate = model.config.encoders[0].sample_rate
+    clips = ClipDataset(examples, rate, max_seconds=float("inf"))
+    device = model.audio.audio_start.device
+    shards, skipped = {}, []
+    starts = range(0, len(examples), shard_size)
+    bar = tqdm(total=len(examples), desc="alarm cache", unit="clip", disable=not progress)
+    for s, start in enumerate(starts):
+        members = list(range(start, min(start + shard_size, len(examples))))
+        name = f"shard-{s:05d}.safetensors"
+        path = out / name
+        meta_key = json.dumps(key, sort_keys=True)
+        ids_wanted = [examples[i].id for i in members]
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("key") == meta_key and json.loads(meta.get("members", "[]")) == ids_wanted:
+                shards[name] = json.loads(meta["entry"])
+                skipped += json.loads(meta["skipped"])
+                bar.update(len(members))
+                continue
+        tensors, entry, shard_skips = {}, {"ids": [], "sha256": {}}, []
+        for b in range(0, len(members), batch_size):
+            loaded = [clips[i] for i in members[b:b + batch_size]]
+            ok = [(i, w) for i, w, _, reason in loaded if reason is None]
+            shard_skips += [{"id": examples[i].id, "reason": reason} for i, _, _, reason in loaded if reason]
+            if ok:
+                feats = model.encode([w for _, w in ok], [rate] * len(ok))
+                if level == "adapter":
+                    feats = {k: (v[0], v[1]) for k, v in model.adapter_streams(
+                        {k: ([x.to(device) for x in layers], cu.to(device)) for k, (layers, cu) in feats.items()}
+                    ).items()}
+                for n in names:
+                    data, cu = feats[n]
+                    bounds = cu.tolist()
+                    for j, (i, _) in enumerate(ok):
+                        lo, hi = bounds[j], bounds[j + 1]
+                        t = torch.stack([x[lo:hi] for x in data]) if level == "encoder" else data[lo:hi]
+                        tensors[f"{examples[i].id}/{n}"] = t.detach().to("cpu", _DTYPES[dtype]).contiguous()
+                for i, _ in ok:
+                    entry["ids"].append(examples[i].id)
+                    entry["sha256"][examples[i].id] = file_sha256(examples[i].audio)
+            bar.update(len(loaded))
+        metadata = {"key": meta_key, "members": json.dumps(ids_wanted), "entry": json.dumps(entry),
+                    "skipped": json.dumps(shard_skips)}
+        atomic_write(path, lambda p, t=tensors, m=metadata: save_file(t, p, metadata=m))
+        shards[name] = entry
+        skipped += shard_skips
+    bar.close()
+    index = {"key": key, "encoders": names, "shards": shards, "skipped": skipped,
+             "clips": sum(len(e["ids"]) for e in shards.values())}
+    atomic_write_json(out / "index.json", index)
+    return index

@@ -1,0 +1,201 @@
+"""Training data: manifest -> tokenised examples (once, cached) -> decoded clips -> ``ModelBatch``.
+
+- ``load_examples`` reads a manifest, drops (and reports) examples that cannot train: a missing audio file
+  or a clip longer than ``max_seconds`` (from the manifest's ``duration``). Prompts and targets are
+  tokenised once and cached in ``<cache_dir>/tokens-<key>.json``, the key covering the manifest's bytes,
+  the tokenizer and the splicing format.
+- ``ClipDataset[i]`` decodes example i's audio (any format ``alarm.audio`` reads, any rate, channels
+  averaged, resampled once to the base encoder's rate) or fetches its cached frozen features. A clip that
+  is unreadable, empty, non-finite or over the limit becomes a *skip* (id + reason), never an exception.
+- ``collate`` (run inside DataLoader workers) turns a pack into a ``ModelBatch`` plus bookkeeping.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from alarm.audio import load_wav, resample
+from alarm.data.manifest import read_manifest
+from alarm.fileio import atomic_write_json
+from alarm.model.batch import ModelBatch
+from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX, encode_example, text_batch_from_ids
+
+__all__ = ["Example", "Skip", "load_examples", "split_eval", "ClipDataset", "collate", "Pack", "llm_tokens"]
+
+TOKENS_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Example:
+    """One trainable example: ids of ``prompt + assistant prefix`` (suffix) and of the target."""
+    id: str
+    dataset: str
+    audio: str
+    duration: float
+    prompt: str
+    suffix: Tuple[int, ...]
+    target: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An example left out, and why."""
+    id: str
+    audio: str
+    reason: str
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_examples(manifest: str, tokenizer, max_seconds: float, cache_dir: Optional[str] = None
+                  ) -> Tuple[List[Example], List[Skip]]:
+    """Examples of ``manifest`` that can train, and the skipped ones (missing audio, too long).
+
+    Relative audio paths resolve against the manifest's folder.
+    """
+    path = Path(manifest)
+    records = read_manifest(path)
+    raw = path.read_bytes()
+    key = hashlib.sha256(raw + _tokenizer_fingerprint(tokenizer).encode() +
+                         f"{USER_PREFIX}|{ASSISTANT_SUFFIX}|{TOKENS_FORMAT}".encode()).hexdigest()[:24]
+    token_file = Path(cache_dir) / f"tokens-{key}.json" if cache_dir else None
+    ids = None
+    if token_file is not None and token_file.is_file():
+        try:
+            ids = json.loads(token_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            ids = None  # a damaged cache is rebuilt
+    if ids is None or len(ids) != len(records):
+        ids = [list(encode_example(tokenizer, r.prompt, r.target)) for r in records]
+        if token_file is not None:
+            atomic_write_json(token_file, ids, indent=None)
+    examples, skips = [], []
+    for r, (suffix, target) in zip(records, ids):
+        audio = r.audio if os.path.isabs(r.audio) else str(path.parent / r.audio)
+        if r.duration > max_seconds:
+            skips.append(Skip(r.id, audio, f"lasts {r.duration:.1f} s, over the {max_seconds:g} s limit"))
+        elif not os.path.isfile(audio):
+            skips.append(Skip(r.id, audio, "audio file not found"))
+        elif not target:
+            skips.append(Skip(r.id, audio, "empty target"))
+        else:
+            examples.append(Example(r.id, r.dataset, audio, float(r.duration), r.prompt, tuple(suffix), tuple(target)))
+    return examples, skips
+
+
+def split_eval(examples: Sequence[Example], fraction: float) -> Tuple[List[Example], List[Example]]:
+    """(train, eval): ``fraction`` of the examples held out, chosen by a hash of their id (stable)."""
+    if fraction <= 0:
+        return list(examples), []
+    cut = int(fraction * 2**32)
+    held = [zlib.crc32(e.id.encode()) < cut for e in examples]
+    return [e for e, h in zip(examples, held) if not h], [e for e, h in zip(examples, held) if h]
+
+
+def llm_tokens(example: Example, prefix_len: int, tokens_per_second: float, max_length: int) -> int:
+    """LLM tokens of an example (estimate of the audio part from its duration), capped at ``max_length``."""
+    audio = int(np.ceil(example.duration * tokens_per_second))
+    return min(prefix_len + 2 + audio + len(example.suffix) + len(example.target), max_length)
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """``dataset[i]`` -> ``(i, waveform float32 [T] or None, features or None, reason or None)``.
+
+    ``rate``: Hz every clip is resampled to. ``cache``: an open ``FeatureCache`` (features instead of audio).
+    """
+
+    def __init__(self, examples: Sequence[Example], rate: int, max_seconds: float, cache=None):
+        self.examples, self.rate, self.max_seconds, self.cache = list(examples), rate, max_seconds, cache
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int):
+        ex = self.examples[i]
+        if self.cache is not None:
+            clip = self.cache.get(ex.id)
+            return (i, None, clip, None) if clip is not None else (i, None, None, "not in the feature cache")
+        try:
+            wave, rate = load_wav(ex.audio)
+        except (ValueError, OSError) as e:
+            return i, None, None, f"unreadable: {e}"
+        if wave.size == 0:
+            return i, None, None, "empty audio"
+        if not np.isfinite(wave).all():
+            return i, None, None, "non-finite samples"
+        if wave.size > self.max_seconds * rate:
+            return i, None, None, f"lasts {wave.size / rate:.1f} s, over the {self.max_seconds:g} s limit"
+        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        return i, resample(x, rate, self.rate) if rate != self.rate else x, None, None
+
+
+@dataclass
+class Pack:
+    """A collated micro-batch: the model batch (None when every example was skipped), the example indices
+    it holds, the skips, and the seconds of audio it holds."""
+    batch: Optional[ModelBatch]
+    indices: List[int]
+    skips: List[Skip]
+    audio_seconds: float
+
+    def pin_memory(self) -> "Pack":
+        if self.batch is not None:
+            self.batch = self.batch.pin_memory()
+        return self
+
+
+class Collator:
+    """Picklable collate function for ``DataLoader(collate_fn=...)``."""
+
+    def __init__(self, examples: Sequence[Example], prefix: Sequence[int], rate: int):
+        self.examples, self.prefix, self.rate = examples, list(prefix), rate
+
+    def __call__(self, items) -> Pack:
+        kept, skips, waves, feats = [], [], [], []
+        for i, wave, feat, reason in items:
+            ex = self.examples[i]
+            if reason is not None:
+                skips.append(Skip(ex.id, ex.audio, reason))
+                continue
+            kept.append(i)
+            waves.append(wave)
+            feats.append(feat)
+        if not kept:
+            return Pack(None, [], skips, 0.0)
+        text = text_batch_from_ids(self.prefix, [self.examples[i].suffix for i in kept],
+                                   [self.examples[i].target for i in kept])
+        if feats[0] is not None:
+            batch = ModelBatch(text, **{feats[0].kind: feats[0].collate(feats)})
+            seconds = sum(self.examples[i].duration for i in kept)
+        else:
+            batch = ModelBatch(text, waves=waves, rates=[self.rate] * len(waves))
+            seconds = sum(w.numel() for w in waves) / self.rate
+        return Pack(batch, kept, skips, seconds)
+
+
+def collate(examples: Sequence[Example], prefix: Sequence[int], rate: int) -> Collator:
+    """The collate function for ``examples`` (``prefix``: ids of the user-turn opening)."""
+    return Collator(examples, prefix, rate)
+
+
+def write_skip_report(path: str, skips: Sequence[Skip]) -> Dict[str, int]:
+    """Write skips as JSON (``{"count", "by_reason", "items"}``); returns counts by reason (first word)."""
+    by_reason: Dict[str, int] = {}
+    for s in skips:
+        head = s.reason.split(":")[0].split(" ")[0]
+        by_reason[head] = by_reason.get(head, 0) + 1
+    atomic_write_json(path, {"count": len(skips), "by_reason": by_reason,
+                             "items": [s.__dict__ for s in skips]})
+    return by_reason

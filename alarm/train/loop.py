@@ -1,0 +1,345 @@
+"""The training loop: read it top to bottom.
+
+One optimizer step = ``batch.accumulation`` packed micro-batches on every rank. Each micro-batch's loss is
+the *sum* of its target-token cross-entropies; after the last one, the gradients of the trainable
+parameters are all-reduced once (one flat buffer, ``torch.distributed``) and divided by the *global*
+number of target tokens of the step, so the result does not depend on how the step was split into
+micro-batches or ranks. Then: clip, skip the step if the loss or gradient is not finite, AdamW, and the
+learning rate of the next step (warm-up + cosine, a pure function of the step).
+
+Why not DistributedDataParallel: only the small audio side trains, and a rank may legitimately have
+nothing to run in a micro-batch (all its clips skipped); DDP requires every rank to run the same backward
+for every reduction. One explicit all-reduce per step is what DDP with ``no_sync`` would do here anyway.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import resource
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from alarm.audio import load_wav
+from alarm.fileio import atomic_write_json
+from alarm.model import ALARMModel
+from alarm.model.splice import USER_PREFIX
+
+from .cache import FeatureCache, cache_key, file_sha256
+from .checkpoint import check_resumable, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from .config import RESUMABLE_CHANGES, TrainConfig, build_model_config
+from .data import ClipDataset, Example, Skip, collate, llm_tokens, load_examples, split_eval, write_skip_report
+from .distributed import World, all_reduce_sum, barrier, init_world, shutdown
+from .metrics import MetricsLogger, plot_metrics
+from .sampler import PackingSampler, example_cost, plan_epoch
+
+__all__ = ["build_model", "learning_rate", "train"]
+
+
+def build_model(cfg: TrainConfig) -> ALARMModel:
+    """The ALARM model of a recipe, with stage-A adapters copied in (``init_adapters``)."""
+    model = ALARMModel(build_model_config(cfg.model))
+    for name, folder in cfg.init_adapters.items():
+        model.load_adapter(name, folder)
+    return model
+
+
+def learning_rate(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """LR of optimizer step ``step`` (0-based): linear warm-up, then cosine to ``min_lr_ratio * lr``."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    span = max(1, total_steps - o.warmup_steps)
+    progress = min(1.0, (step - o.warmup_steps) / span)
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _autocast(world: World, cfg: TrainConfig):
+    bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and world.device.type == "cuda")
+    return torch.autocast(world.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def _peak_memory_gb(world: World) -> float:
+    if world.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(world.device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def _flat_grads(params: List[torch.nn.Parameter]) -> torch.Tensor:
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+
+
+def _set_grads(params: List[torch.nn.Parameter], flat: torch.Tensor) -> None:
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def _loader(dataset, sampler, collate_fn, cfg: TrainConfig, world: World) -> DataLoader:
+    workers = cfg.data.num_workers
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=workers,
+                      pin_memory=world.device.type == "cuda", prefetch_factor=4 if workers else None,
+                      persistent_workers=False)
+
+
+@torch.no_grad()
+def evaluate(model: ALARMModel, examples: List[Example], prefix: List[int], rate: int, cfg: TrainConfig,
+             world: World, cache) -> Dict[str, float]:
+    """Mean target-token CE per dataset on held-out examples (all ranks; sums all-reduced)."""
+    model.eval()
+    results = {}
+    by_dataset: Dict[str, List[Example]] = {}
+    for e in examples:
+        by_dataset.setdefault(e.dataset, []).append(e)
+    for name in sorted(by_dataset):
+        subset = by_dataset[name]
+        dataset = ClipDataset(subset, rate, cfg.data.max_seconds, cache)
+        costs = [llm_tokens(e, len(prefix), cfg.data.tokens_per_second, model.config.max_length) for e in subset]
+        totals = torch.zeros(2, dtype=torch.float64, device=world.device)
+        if len(subset) >= world.world_size:
+            rounds = plan_epoch(costs, cfg.batch.max_tokens, world.world_size, seed=0, epoch=0)
+            for rnd in rounds[: cfg.data.eval_batches]:
+                pack = collate(subset, prefix, rate)([dataset[i] for i in rnd[world.rank]])
+                if pack.batch is None:
+                    continue
+                with _autocast(world, cfg):
+                    out = model.forward_batch(pack.batch.to(world.device), reduction="sum")
+                totals += torch.tensor([float(out.loss), out.n_targets], dtype=torch.float64, device=world.device)
+        all_reduce_sum(totals, world)
+        if totals[1] > 0:
+            results[f"loss/{name}"] = float(totals[0] / totals[1])
+    model.train()
+    return results
+
+
+def _samples(model: ALARMModel, examples: List[Example], n: int) -> List[dict]:
+    """Answers of the model to the prompts of the first ``n`` examples (rank 0, greedy, short)."""
+    out = []
+    model.eval()
+    for e in examples[:n]:
+        try:
+            wave, rate = load_wav(e.audio)
+        except (ValueError, OSError):
+            continue
+        answer = model.generate(wave, e.prompt, sampling_rate=rate, max_new_tokens=48, do_sample=False)
+        out.append({"id": e.id, "prompt": e.prompt, "answer": answer["text"][0]})
+    model.train()
+    return out
+
+
+def _data_fingerprint(examples: List[Example], cache_dir: Optional[str]) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(f"{e.id}|{len(e.suffix)}|{len(e.target)}|{e.duration}\n".encode())
+    h.update(str(cache_dir).encode())
+    return h.hexdigest()[:16]
+
+
+def train(cfg: TrainConfig, resume: str = "auto", model: Optional[ALARMModel] = None) -> dict:
+    """Run (or resume) training as the recipe says; returns the run summary (also ``<out_dir>/summary.json``).
+
+    resume: "auto" (newest complete checkpoint in ``out_dir`` if any), "never" (refuse a folder that has
+    checkpoints), or a checkpoint folder. ``model``: an already built model (else ``build_model(cfg)``).
+    """
+    world = init_world(cfg.run.device)
+    try:
+        return _train(cfg, resume, model, world)
+    finally:
+        shutdown(world)
+
+
+def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: World) -> dict:
+    run_dir = Path(cfg.run.out_dir)
+    torch.manual_seed(cfg.run.seed + world.rank)
+    model = (model if model is not None else build_model(cfg)).to(world.device)
+    mcfg = model.config
+    rate = mcfg.encoders[0].sample_rate
+    prefix = model.tokenizer.encode(USER_PREFIX, add_special_tokens=False)
+
+    # ---- data --------------------------------------------------------------------------------
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        load_examples(cfg.data.train_manifest, model.tokenizer, cfg.data.max_seconds, str(run_dir / "tokens"))
+    barrier(world)  # rank 0 tokenised once; the others read its cache
+    examples, skips = load_examples(cfg.data.train_manifest, model.tokenizer, cfg.data.max_seconds,
+                                    str(run_dir / "tokens"))
+    if cfg.data.eval_manifest:
+        train_ex, eval_ex = examples, load_examples(cfg.data.eval_manifest, model.tokenizer, cfg.data.max_seconds,
+                                                    str(run_dir / "tokens"))[0]
+    else:
+        train_ex, eval_ex = split_eval(examples, cfg.data.eval_fraction)
+    budget_tokens = [llm_tokens(e, len(prefix), cfg.data.tokens_per_second, mcfg.max_length) for e in train_ex]
+    fits = [len(prefix) + 2 + math.ceil(e.duration * cfg.data.tokens_per_second) + len(e.suffix) < mcfg.max_length
+            for e in train_ex]
+    skips += [Skip(e.id, e.audio, f"prompt and audio fill max_length {mcfg.max_length}: no target token left")
+              for e, ok in zip(train_ex, fits) if not ok]
+    budget_tokens = [n for n, ok in zip(budget_tokens, fits) if ok]
+    train_ex = [e for e, ok in zip(train_ex, fits) if ok]
+    if not train_ex:
+        raise ValueError(f"{cfg.data.train_manifest}: no trainable example (skipped: {len(skips)})")
+    cache = _open_cache(cfg, model, train_ex, world) if cfg.data.cache else None
+    costs = [example_cost(n, cfg.batch.attention_cost_tokens) for n in budget_tokens]
+    sampler = PackingSampler(costs, cfg.batch.max_tokens, world.rank, world.world_size, cfg.run.seed)
+    rounds = sampler.rounds_per_epoch()
+    steps_per_epoch = math.ceil(rounds / cfg.batch.accumulation)
+    total_steps = cfg.run.epochs * steps_per_epoch
+    if cfg.run.max_steps is not None:
+        total_steps = min(total_steps, cfg.run.max_steps)
+    dataset = ClipDataset(train_ex, rate, cfg.data.max_seconds, cache)
+    collate_fn = collate(train_ex, prefix, rate)
+
+    # ---- optimizer and resume ------------------------------------------------------------------
+    trainable = model.trainable_parameters()
+    params = list(trainable.values())
+    if not params:
+        raise ValueError("the model has no trainable parameter (check model.stage and init_adapters)")
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                  weight_decay=cfg.optim.weight_decay, foreach=False)
+    flat_cfg = cfg.flat()
+    state = {"step": 0, "epoch": 0, "cursor": 0, "tokens": 0, "targets": 0, "audio_seconds": 0.0,
+             "skipped_steps": 0, "skipped_clips": 0}
+    identity = {"world_size": world.world_size, "accumulation": cfg.batch.accumulation,
+                "data_fingerprint": _data_fingerprint(train_ex, cfg.data.cache),
+                "config_fingerprint": cfg.fingerprint(), "config": flat_cfg,
+                "fingerprinted": sorted(k for k in flat_cfg if k not in RESUMABLE_CHANGES)}
+    start = None
+    if resume == "auto":
+        start = latest_checkpoint(str(run_dir))
+    elif resume == "never":
+        if latest_checkpoint(str(run_dir)) is not None:
+            raise ValueError(f"{run_dir} already holds checkpoints; use --resume auto or another run.out_dir")
+    else:
+        start = Path(resume)
+        if not (start / "COMPLETE").is_file():
+            raise ValueError(f"{resume}: not a complete checkpoint folder")
+    if start is not None:
+        saved = json.loads((start / "state.json").read_text(encoding="utf-8"))
+        check_resumable(saved, identity)
+        saved = load_checkpoint(start, trainable, optimizer)
+        restore_rng(start, world)
+        state.update({k: saved[k] for k in state})
+    sampler.load_state({"epoch": state["epoch"], "cursor": state["cursor"]})
+
+    log = MetricsLogger(str(run_dir), total_steps, state["step"], world.is_main, cfg.run.progress)
+    if world.is_main:
+        n_train = sum(p.numel() for p in params)
+        print(f"alarm train: {len(train_ex)} examples ({len(skips)} skipped), {len(eval_ex)} held out, "
+              f"{rounds} micro-batches/epoch/rank x {world.world_size} rank(s), {steps_per_epoch} steps/epoch, "
+              f"{total_steps} steps, {n_train:,} trainable parameters"
+              + (f", resuming at step {state['step']} from {start}" if start is not None else ""), flush=True)
+        for s in skips:
+            log.log("skip", state["step"], id=s.id, reason=s.reason)
+    all_skips = list(skips)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    model.train()
+    step = state["step"]
+    while step < total_steps:
+        it = iter(_loader(dataset, sampler, collate_fn, cfg, world))
+        while sampler.cursor < rounds and step < total_steps:
+            t_step = time.perf_counter()
+            lr = learning_rate(step, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            n_micro = min(cfg.batch.accumulation, rounds - sampler.cursor)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=world.device)
+            counts = [0, 0, 0.0, 0]  # targets, tokens, audio seconds, skipped clips
+            wait = 0.0
+            for _ in range(n_micro):
+                t_wait = time.perf_counter()
+                pack = next(it)
+                wait += time.perf_counter() - t_wait
+                all_skips += pack.skips
+                counts[3] += len(pack.skips)
+                if pack.batch is None:
+                    continue
+                with _autocast(world, cfg):
+                    out = model.forward_batch(pack.batch.to(world.device, non_blocking=True), reduction="sum")
+                out.loss.backward()
+                loss_sum += out.loss.detach()
+                counts[0] += out.n_targets
+                counts[1] += out.n_tokens
+                counts[2] += pack.audio_seconds
+            sampler.cursor += n_micro
+            totals = torch.cat([loss_sum[None], torch.tensor(counts, dtype=torch.float64, device=world.device)])
+            flat = _flat_grads(params)
+            all_reduce_sum(flat, world)
+            all_reduce_sum(totals, world)
+            n_targets = max(1.0, float(totals[1]))
+            flat /= n_targets
+            _set_grads(params, flat)
+            grad_norm = float(torch.linalg.vector_norm(flat))
+            loss = float(totals[0]) / n_targets
+            if math.isfinite(loss) and math.isfinite(grad_norm):
+                if cfg.optim.grad_clip > 0 and grad_norm > cfg.optim.grad_clip:
+                    for p in params:
+                        p.grad.mul_(cfg.optim.grad_clip / (grad_norm + 1e-6))
+                optimizer.step()
+            else:
+                state["skipped_steps"] += 1
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            state.update(step=step, epoch=sampler.epoch, cursor=sampler.cursor)
+            state["tokens"] += int(totals[2])
+            state["targets"] += int(totals[1])
+            state["audio_seconds"] += float(totals[3])
+            state["skipped_clips"] += int(totals[4])
+            seconds = time.perf_counter() - t_step
+            if cfg.run.log_every and (step % cfg.run.log_every == 0 or step == total_steps):
+                log.log("train", step, loss=loss, grad_norm=grad_norm, lr=lr, tokens_per_s=float(totals[2]) / seconds,
+                        audio_h_per_s=float(totals[3]) / 3600 / seconds, data_wait=wait / seconds,
+                        peak_mem_gb=_peak_memory_gb(world), step_s=seconds, skipped_steps=state["skipped_steps"],
+                        skipped_clips=state["skipped_clips"])
+            if eval_ex and cfg.run.eval_every and step % cfg.run.eval_every == 0:
+                log.log("eval", step, **evaluate(model, eval_ex, prefix, rate, cfg, world, cache))
+            if world.is_main and cfg.run.sample_every and step % cfg.run.sample_every == 0:
+                for row in _samples(model, eval_ex or train_ex, cfg.run.samples):
+                    log.log("sample", step, **row)
+            if cfg.run.save_every and step % cfg.run.save_every == 0 and step < total_steps:
+                save_checkpoint(str(run_dir), step, world, trainable, optimizer, {**state, **identity},
+                                cfg.run.keep_last)
+        if sampler.cursor >= rounds:
+            sampler.load_state({"epoch": sampler.epoch + 1, "cursor": 0})
+            state.update(epoch=sampler.epoch, cursor=0)
+
+    # ---- the end -------------------------------------------------------------------------------
+    final_ckpt = save_checkpoint(str(run_dir), step, world, trainable, optimizer, {**state, **identity},
+                                 cfg.run.keep_last)
+    summary = {"steps": step, "tokens": state["tokens"], "targets": state["targets"],
+               "audio_hours": state["audio_seconds"] / 3600, "skipped_steps": state["skipped_steps"],
+               "skipped_clips": len(all_skips), "checkpoint": str(final_ckpt), "model": str(run_dir / "final")}
+    if eval_ex and cfg.run.eval_every:
+        summary["eval"] = evaluate(model, eval_ex, prefix, rate, cfg, world, cache)
+        log.log("eval", step, **summary["eval"])
+    if world.is_main:
+        model.save_pretrained(str(run_dir / "final"))
+        summary["skips_by_reason"] = write_skip_report(str(run_dir / "skipped.json"), all_skips)
+        log.log("end", step, **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        log.close()
+        if cfg.run.plot:
+            summary["plot"] = plot_metrics(str(run_dir / "metrics.jsonl"), str(run_dir / "loss.png"))
+        atomic_write_json(run_dir / "summary.json", summary)
+    barrier(world)
+    return summary
+
+
+def _open_cache(cfg: TrainConfig, model: ALARMModel, examples: List[Example], world: World) -> FeatureCache:
+    """The run's feature cache, refused when built for other features or other audio."""
+    index_path = Path(cfg.data.cache) / "index.json"
+    if not index_path.is_file():
+        raise ValueError(f"{cfg.data.cache}: no complete feature cache here (index.json missing; run `alarm cache`)")
+    built = json.loads(index_path.read_text(encoding="utf-8"))["key"]
+    cache = FeatureCache.open(cfg.data.cache, cache_key(model, built.get("level", "?"), built.get("dtype", "?")))
+    if cfg.data.cache_verify and world.is_main:
+        stale = [e.id for e in examples if cache.audio_sha256(e.id) not in (None, file_sha256(e.audio))]
+        if stale:
+            raise ValueError(f"{cfg.data.cache}: stale feature cache: the audio of {len(stale)} clip(s) changed "
+                             f"since it was built (first: {stale[0]}); rebuild it with `alarm cache`")
+    return cache
