@@ -36,7 +36,7 @@ def cuda_extension():
     include_dirs = [os.path.join(root, "csrc")]
     import site
 
-    for base in site.getsitepackages():  # CUDA 13 wheels keep cusparse.h & co here (ENV_NOTES.md)
+    for base in site.getsitepackages():  # CUDA 13 wheels keep cusparse.h & co here (docs/building.md)
         candidate = os.path.join(base, "nvidia", "cu13", "include")
         if os.path.isdir(candidate):
             include_dirs.append(candidate)

@@ -1,4 +1,4 @@
-"""Generation with a thinking budget (ALARM_SPEC section 7.3 and 8).
+"""Generation with a thinking budget (docs/model.md, "Inference and evaluation").
 
 A reasoning LM thinks between ``<think>`` and ``</think>`` and then answers. With a budget of N tokens, a
 sequence that has generated N thinking tokens without closing its thinking is forced to emit

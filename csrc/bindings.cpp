@@ -1,4 +1,4 @@
-// The single translation unit that includes torch headers (compiling them costs minutes; ENV_NOTES.md).
+// The single translation unit that includes torch headers (compiling them costs minutes; docs/building.md).
 // Each op contributes bind_<op>.h: torch wrappers around its C-ABI launchers plus register_<op>(m).
 #include "binding_utils.h"
 #include "bind_varlen_pool.h"

@@ -1,4 +1,4 @@
-// Shared by the .cu files (no torch headers here: they keep nvcc compiles at seconds, ENV_NOTES.md).
+// Shared by the .cu files (no torch headers here: they keep nvcc compiles at seconds, docs/building.md).
 // Launchers are C-ABI functions taking raw pointers, sizes, a dtype code and a cudaStream_t; they
 // return a cudaError_t so the binding can raise a Python error naming the op.
 #pragma once

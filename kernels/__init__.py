@@ -1,6 +1,6 @@
 """alarm_kernels: fused Triton / CUDA kernels for multi-encoder audio-language training.
 
-Public ops (each takes ``backend="auto" | "reference" | "triton" | "cuda"``; see DESIGN.md):
+Public ops (each takes ``backend="auto" | "reference" | "triton" | "cuda"``; see docs/kernels.md):
 ``varlen_pool``, ``varlen_conv1d``, ``weighted_layer_sum``, ``multi_encoder_concat``, ``packed_attention``.
 """
 import sys as _sys

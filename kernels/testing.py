@@ -1,4 +1,4 @@
-"""The numerics idiom every op is proven with (DESIGN.md "Numerics").
+"""The numerics idiom every op is proven with (docs/kernels.md, "How numerics are proven").
 
 A fast backend's output is compared with an *oracle*: the reference backend evaluated in float64 on the
 same inputs. It passes when its max abs error is at most ``k`` times the error of the reference backend

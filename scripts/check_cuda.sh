@@ -2,7 +2,7 @@
 # Compile checks of the CUDA sources without a GPU.
 #   scripts/check_cuda.sh           every csrc/*.cu with plain nvcc for sm_90 (seconds per file)
 #   scripts/check_cuda.sh --full    also builds the whole torch extension alarm_kernels._C in a separate
-#                                   venv holding a CUDA build of torch (ENV_NOTES.md; ~5 GB, minutes)
+#                                   venv holding a CUDA build of torch (docs/building.md; ~5 GB, minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,7 +1,7 @@
 """Test configuration shared by the whole suite.
 
 Without a GPU, Triton kernels run under the interpreter (TRITON_INTERPRET=1 must be set before any
-kernel is defined, hence here). bf16 arithmetic is broken in the interpreter (ENV_NOTES.md), so CPU runs
+kernel is defined, hence here). bf16 arithmetic is broken in the interpreter (docs/building.md), so CPU runs
 test Triton in fp32/fp16 and GPU runs add bf16.
 """
 import os

@@ -1,4 +1,4 @@
-"""packed_attention: fast backends vs the float64 oracle (DESIGN.md numerics idiom), edge cases, errors."""
+"""packed_attention: fast backends vs the float64 oracle (docs/kernels.md numerics rule), edge cases, errors."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Text descriptions of audio clips from dataset labels (ALARM_SPEC section 7).
+"""Text descriptions of audio clips from dataset labels (docs/model.md, "Training targets").
 
 A description is one line per segment, then one metadata line:
 ```

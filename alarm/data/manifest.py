@@ -3,7 +3,7 @@
 One JSON object per line:
 ``{"id", "audio", "duration", "dataset", "description", "prompt", "target", "meta"}``
 - ``id``: unique string; ``audio``: path of the audio file; ``duration``: seconds (> 0);
-- ``dataset``: source dataset name; ``description``: the text metadata the LLM saw (ALARM_SPEC 7);
+- ``dataset``: source dataset name; ``description``: the text metadata the LLM saw (docs/model.md);
 - ``prompt``: the user prompt; ``target``: the training target, i.e. the text the LLM generates after
   ``<|im_start|>assistant\\n<think>\\n`` (thinking, ``</think>``, answer; no ``</think>`` when cut off);
 - ``meta``: optional free-form object (pipeline bookkeeping such as the target's token count).

@@ -1,4 +1,4 @@
-"""Multiple-choice QA prompting and answer parsing (ALARM_SPEC section 8).
+"""Multiple-choice QA prompting and answer parsing (docs/model.md, "Inference and evaluation").
 
 The model is asked for the 0-based index of its chosen option inside ``<answer></answer>``; the index is
 mapped back to the option text, which is what the benchmark scorers compare. A response that does not

@@ -1,6 +1,6 @@
 """``ALARMConfig``: everything needed to rebuild an ALARM model (JSON-serialisable dataclasses).
 
-Real dimensions are the defaults (ALARM_SPEC.md): adapters 1024 wide, Qwen3-4B hidden 2560, CA d=1024 with
+Real dimensions are the defaults (docs/model.md): adapters 1024 wide, Qwen3-4B hidden 2560, CA d=1024 with
 16 heads and FFN 4096, perceivers 20 x 768. ``ALARMConfig.tiny()`` gives random tiny encoders and LLM that
 run on CPU in seconds. Frozen pretrained parts (encoders, LLM) are referenced by ``path`` (a local folder or
 hub id for ``from_pretrained``); with ``path=None`` they are built randomly from ``hf_config`` (a dict of

@@ -31,7 +31,7 @@ def load_tokenizer(cfg):
     """The tokenizer for ``cfg`` (ALARMConfig): tiny byte-level BPE when ``tiny_tokenizer_vocab`` is set,
     otherwise ``AutoTokenizer.from_pretrained(tokenizer_path or llm_path)``."""
     if cfg.tiny_tokenizer_vocab is not None:
-        from .tiny import tiny_tokenizer
+        from alarm.testing_tokenizer import build_tiny_tokenizer as tiny_tokenizer
         return tiny_tokenizer(cfg.tiny_tokenizer_vocab)
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(cfg.tokenizer_path or cfg.llm_path)

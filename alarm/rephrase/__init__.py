@@ -1,1 +1,1 @@
-"""Self-generation and self-rephrasing of training targets (ALARM_SPEC section 7); see ``pipeline``."""
+"""Self-generation and self-rephrasing of training targets (docs/model.md, "Training targets"); see ``pipeline``."""

@@ -1,4 +1,4 @@
-"""The self-generation / self-rephrasing pipeline (ALARM_SPEC section 7), sharded and resumable.
+"""The self-generation / self-rephrasing pipeline (docs/model.md, "Training targets"), sharded and resumable.
 
 Input: a labels JSONL (``alarm.data.descriptions``). Items are cut, in input order, into shards of
 ``shard_size``. Each shard runs every stage for its items:

@@ -109,6 +109,6 @@ def token_count(tokenizer, text: str) -> int:
 
 
 def within_token_range(tokenizer, text: str, min_tokens: int, max_tokens: int) -> tuple[bool, int]:
-    """The target filter (ALARM_SPEC 7.4): ``min_tokens <= tokens <= max_tokens``; returns (kept, count)."""
+    """The target filter (docs/model.md, "Filter"): ``min_tokens <= tokens <= max_tokens``; returns (kept, count)."""
     n = token_count(tokenizer, text)
     return min_tokens <= n <= max_tokens, n

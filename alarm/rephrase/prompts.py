@@ -1,4 +1,4 @@
-"""Prompt texts of the self-generation / self-rephrasing pipeline (ALARM_SPEC section 7), in our own words."""
+"""Prompt texts of the self-generation / self-rephrasing pipeline (docs/model.md), in our own words."""
 from __future__ import annotations
 
 AUDIO_START, AUDIO_END = "<start_audio>", "<end_audio>"
