@@ -9,6 +9,12 @@ Two execution paths with the same parameters:
   compute the same function.
 Output lengths: conv ``ceil(len / 2)`` (one zero frame appended when ``len`` is odd), MLP ``len``.
 
+Token compression: the "pool" kind pools the layer mix over windows of ``spec.pool_ratio`` frames (mean or
+max) before its MLP, giving ``ceil(len / pool_ratio)`` tokens. Any kind may pool its output once more by the
+model's ``token_rate_ratio`` (mean or max over that many tokens, after ``llm_proj``): ``ceil(n / ratio)``
+tokens. Both poolings run ``alarm_kernels.varlen_pool`` on the packed path and ``pool_padded`` (the same
+function on a padded batch) on the padded path; a ratio of 1 skips the stage.
+
 ``fold_batchnorm()`` (frozen inference): BatchNorm is applied after GELU, so each one folds into the next
 linear op: norm2 into ``llm_proj`` (exact) and norm1 into ``conv2``, whose zero padding at the sequence
 edges then needs a bias correction on each sequence's first and last output frame (exact too).
@@ -26,7 +32,7 @@ from alarm_kernels.varlen import cu_seqlens_to_seqlens, seqlens_to_cu_seqlens
 
 from .config import EncoderSpec
 
-__all__ = ["Adapter", "valid_mask"]
+__all__ = ["Adapter", "valid_mask", "pool_padded"]
 
 
 def valid_mask(lengths: Tensor, t: int) -> Tensor:
@@ -34,12 +40,33 @@ def valid_mask(lengths: Tensor, t: int) -> Tensor:
     return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
 
 
-class Adapter(nn.Module):
-    """Layer mix + conv/MLP adapter + ``llm_proj`` for one encoder (dims from the spec and ALARMConfig)."""
+def pool_padded(x: Tensor, lengths: Tensor, ratio: int, mode: str) -> Tuple[Tensor, Tensor]:
+    """Padded twin of ``alarm_kernels.varlen_pool``: pool each row's first ``lengths[b]`` frames over windows
+    of ``ratio`` (mode "mean": average of the frames present; "max": their maximum, gradient split evenly
+    among ties). x [B, T, D] (frames past ``lengths`` are ignored) -> ([B, ceil(T / ratio), D] with zeros
+    past the out lengths, out lengths ``ceil(lengths / ratio)`` in ``lengths``' dtype)."""
+    out_len = (lengths + ratio - 1) // ratio
+    b, t, d = x.shape
+    windows = -(-t // ratio)
+    valid = F.pad(valid_mask(lengths, t), (0, windows * ratio - t)).view(b, windows, ratio)
+    x = F.pad(x, (0, 0, 0, windows * ratio - t)).view(b, windows, ratio, d)
+    count = valid.sum(-1, keepdim=True)
+    if mode == "mean":
+        return (x * valid[..., None]).sum(2) / count.clamp(min=1), out_len
+    y = x.masked_fill(~valid[..., None], float("-inf")).amax(2)
+    return torch.where(count > 0, y, torch.zeros((), dtype=y.dtype, device=y.device)), out_len
 
-    def __init__(self, spec: EncoderSpec, adapter_dim: int, adapter_hidden: int, mlp_hidden: int, llm_hidden: int):
+
+class Adapter(nn.Module):
+    """Layer mix + conv/MLP/pool adapter + ``llm_proj`` for one encoder (dims from the spec and ALARMConfig),
+    then pooling by ``token_rate_ratio`` (``ALARMConfig.token_rate_ratio``; 1 = none)."""
+
+    def __init__(self, spec: EncoderSpec, adapter_dim: int, adapter_hidden: int, mlp_hidden: int, llm_hidden: int,
+                 token_rate_ratio: int = 1, token_rate_mode: str = "mean"):
         super().__init__()
         self.kind = spec.adapter
+        self.pool_ratio, self.pool_mode = spec.pool_ratio, spec.pool_mode
+        self.token_rate_ratio, self.token_rate_mode = token_rate_ratio, token_rate_mode
         self.layer_logits = nn.Parameter(torch.zeros(len(spec.layers), dtype=torch.float32))
         if spec.adapter == "conv":
             self.in_proj = nn.Linear(spec.dim, adapter_dim) if spec.dim != adapter_dim else None
@@ -77,15 +104,28 @@ class Adapter(nn.Module):
         return self.requires_grad_(False).eval()
 
     @staticmethod
-    def out_lengths(lengths: Tensor, kind: str) -> Tensor:
-        """Output tokens per example: conv ``ceil(len / 2)``, mlp ``len``."""
-        return (lengths + 1) // 2 if kind == "conv" else lengths
+    def out_lengths(lengths: Tensor, kind: str, pool_ratio: int = 1, token_rate_ratio: int = 1) -> Tensor:
+        """Output tokens per example: conv ``ceil(len / 2)``, mlp ``len``, pool ``ceil(len / pool_ratio)``;
+        then ``ceil(n / token_rate_ratio)``."""
+        if kind == "pool":
+            lengths = (lengths + pool_ratio - 1) // pool_ratio
+        n = (lengths + 1) // 2 if kind == "conv" else lengths
+        return (n + token_rate_ratio - 1) // token_rate_ratio
 
     # ---- packed (fast) path --------------------------------------------------------------------
     def forward_packed(self, layers: List[Tensor], cu_seqlens: Tensor) -> Tuple[Tensor, Tensor]:
-        """k x [total, D] selected hidden states -> ([total_out, H], int32 cu_out [B+1])."""
+        """k x [total, D] selected hidden states -> ([total_out, H], int32 cu_out [B+1]) at the token rate."""
+        y, cu_y = self._adapt_packed(layers, cu_seqlens)
+        if self.token_rate_ratio == 1:
+            return y, cu_y
+        return ak.varlen_pool(y, cu_y, self.token_rate_ratio, self.token_rate_mode)
+
+    def _adapt_packed(self, layers: List[Tensor], cu_seqlens: Tensor) -> Tuple[Tensor, Tensor]:
+        """``forward_packed`` before the token-rate pooling."""
         x = ak.weighted_layer_sum(layers, self.layer_logits).to(self.llm_proj.weight.dtype)
-        if self.kind == "mlp":
+        if self.kind in ("mlp", "pool"):
+            if self.kind == "pool":
+                x, cu_seqlens = ak.varlen_pool(x, cu_seqlens, self.pool_ratio, self.pool_mode)
             return self.llm_proj(F.gelu(self.fc2(F.gelu(self.fc1(x))))), cu_seqlens
         if self.in_proj is not None:
             x = self.in_proj(x)
@@ -115,10 +155,20 @@ class Adapter(nn.Module):
         return out
 
     def forward_padded(self, layers: List[Tensor], lengths: Tensor) -> Tuple[Tensor, Tensor]:
-        """k x [B, T, D] (zeros past ``lengths``) -> ([B, T_out, H] zeros past the out lengths, lengths_out)."""
+        """k x [B, T, D] (zeros past ``lengths``) -> ([B, T_out, H] zeros past the out lengths, lengths_out),
+        at the token rate."""
+        y, n = self._adapt_padded(layers, lengths)
+        if self.token_rate_ratio == 1:
+            return y, n
+        return pool_padded(y, n, self.token_rate_ratio, self.token_rate_mode)
+
+    def _adapt_padded(self, layers: List[Tensor], lengths: Tensor) -> Tuple[Tensor, Tensor]:
+        """``forward_padded`` before the token-rate pooling."""
         x = ak.weighted_layer_sum(layers, self.layer_logits, backend="reference").to(self.llm_proj.weight.dtype)
-        out_len = self.out_lengths(lengths, self.kind)
-        if self.kind == "mlp":
+        out_len = self.out_lengths(lengths, self.kind, self.pool_ratio)
+        if self.kind in ("mlp", "pool"):
+            if self.kind == "pool":
+                x = pool_padded(x, lengths, self.pool_ratio, self.pool_mode)[0]
             y = self.llm_proj(F.gelu(self.fc2(F.gelu(self.fc1(x)))))
             return y * valid_mask(out_len, y.shape[1])[..., None], out_len
         if self.in_proj is not None:

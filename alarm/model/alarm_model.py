@@ -59,7 +59,8 @@ class AudioSide(nn.Module):
     def __init__(self, cfg: ALARMConfig):
         super().__init__()
         self.adapters = nn.ModuleDict({e.name: Adapter(e, cfg.adapter_dim, cfg.adapter_hidden, cfg.mlp_hidden,
-                                                       cfg.llm_hidden) for e in cfg.encoders})
+                                                       cfg.llm_hidden, cfg.token_rate_ratio, cfg.token_rate_mode)
+                                       for e in cfg.encoders})
         self.fusion = build_fusion(cfg)
         self.audio_start = nn.Parameter(torch.randn(cfg.llm_hidden) * 0.02)
         self.audio_end = nn.Parameter(torch.randn(cfg.llm_hidden) * 0.02)

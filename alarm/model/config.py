@@ -16,11 +16,19 @@ from typing import Any, Dict, List, Optional
 FUSIONS = ("sum", "concat", "CA", "P")
 STAGES = ("A", "B")
 PATHS = ("fast", "reference")
+ADAPTERS = ("conv", "mlp", "pool")
+POOL_MODES = ("mean", "max")
 
 QWEN3_4B = "Qwen/Qwen3-4B-Thinking-2507"
 QWEN3_4B_CONFIG = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
                        num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
                        rope_theta=5000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+
+
+def _check_ratio(name: str, value) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is an int >= 1 (a pooling window in frames)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass
@@ -29,8 +37,11 @@ class EncoderSpec:
 
     name: unique key ("whisper", "w2v-bert", ...); kind: encoder registry key (see ``encoders.ENCODERS``);
     layers: hidden-state indices kept (0 = embeddings, i = output of block i); dim: encoder width;
-    adapter: "conv" (downsample x2) or "mlp"; norm: "batch" or "layer" (conv adapters);
+    adapter: "conv" (downsample x2), "mlp" or "pool" (below); norm: "batch" or "layer" (conv adapters);
     sample_rate: Hz the encoder expects; chunk_seconds: longest piece run at once (clips are split).
+    adapter "pool": the layer mix is pooled over windows of ``pool_ratio`` frames (``pool_mode`` "mean" or
+    "max", ``alarm_kernels.varlen_pool``), then the MLP and ``llm_proj``: ``ceil(frames / pool_ratio)`` tokens
+    (a 50 Hz encoder with ratio 2 gives 25 Hz, like the conv adapter). Other adapters ignore both fields.
     """
     name: str
     kind: str
@@ -43,10 +54,15 @@ class EncoderSpec:
     path: Optional[str] = None
     hf_config: Optional[Dict[str, Any]] = None
     dtype: str = "float32"
+    pool_ratio: int = 2
+    pool_mode: str = "mean"
 
     def __post_init__(self):
-        if self.adapter not in ("conv", "mlp"):
-            raise ValueError(f"encoder {self.name}: adapter must be 'conv' or 'mlp', got {self.adapter!r}")
+        if self.adapter not in ADAPTERS:
+            raise ValueError(f"encoder {self.name}: adapter must be one of {ADAPTERS}, got {self.adapter!r}")
+        _check_ratio(f"encoder {self.name}: pool_ratio", self.pool_ratio)
+        if self.pool_mode not in POOL_MODES:
+            raise ValueError(f"encoder {self.name}: pool_mode must be one of {POOL_MODES}, got {self.pool_mode!r}")
         if self.norm not in ("batch", "layer"):
             raise ValueError(f"encoder {self.name}: norm must be 'batch' or 'layer', got {self.norm!r}")
         if not self.layers:
@@ -84,6 +100,11 @@ class ALARMConfig:
     fusion: "sum" (single-encoder AL-<enc>-R), "concat", "CA" or "P". stage: "A" trains adapters (+ fusion
     and separators), "B" freezes adapters and trains fusion + separators. path: default execution path
     ("fast" packed/fused, or "reference" padded as published).
+    token_rate_ratio: audio token rate divisor. Every adapter's output is pooled once more over windows of
+    this many tokens (``token_rate_mode`` "mean" or "max"), so each stream yields ``ceil(n / ratio)``
+    tokens: 1 keeps the adapters' 25 Hz, 2 gives 12.5 Hz, 4 gives 6.25 Hz. It adds no parameters, so a
+    trained model can be reloaded at another rate (``ALARMModel.from_pretrained(folder, token_rate_ratio=2)``);
+    CA queries and P's base-stream tokens follow the pooled stream.
     """
     encoders: List[EncoderSpec]
     fusion: str = "sum"
@@ -112,6 +133,8 @@ class ALARMConfig:
     path: str = "fast"
     init_seed: int = 0
     tiny_tokenizer_vocab: Optional[int] = None
+    token_rate_ratio: int = 1
+    token_rate_mode: str = "mean"
 
     def __post_init__(self):
         self.encoders = [e if isinstance(e, EncoderSpec) else EncoderSpec(**e) for e in self.encoders]
@@ -129,6 +152,9 @@ class ALARMConfig:
             raise ValueError(f"fusion {self.fusion} needs at least two encoders")
         if self.llm_path is None and self.llm_config is None:
             raise ValueError("give llm_path (pretrained) or llm_config (random init)")
+        _check_ratio("token_rate_ratio", self.token_rate_ratio)
+        if self.token_rate_mode not in POOL_MODES:
+            raise ValueError(f"token_rate_mode must be one of {POOL_MODES}, got {self.token_rate_mode!r}")
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:

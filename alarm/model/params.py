@@ -1,17 +1,19 @@
 """Parameter counts at full size, without downloads: modules are instantiated on the meta device.
 
 ``variant_table()`` lists, per ALARM variant, the trainable parameters (adapters/fusion/separators of
-``AudioSide`` with ``requires_grad``) and the audio tokens for 30 s of audio. ``write_params_md(path)``
-writes it as Markdown (python -m alarm.model.params [PATH]).
+``AudioSide`` with ``requires_grad``) and the audio tokens for 30 s of audio at token rates 1, 2 and 4.
+``write_params_md(path)`` writes it as Markdown (python -m alarm.model.params [PATH]).
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 import sys
 from typing import Dict, List
 
 import torch
 
+from ..fileio import atomic_write_text
+from .adapters import Adapter
 from .config import QWEN3_4B_CONFIG, ALARMConfig, muq_large, sslam, w2v_bert_2, whisper_large_v3
 
 __all__ = ["trainable_params", "audio_tokens", "llm_params", "variant_table", "write_params_md", "VARIANTS"]
@@ -25,10 +27,16 @@ def trainable_params(cfg: ALARMConfig) -> int:
     return sum(p.numel() for p in side.parameters() if p.requires_grad)
 
 
+RATES = (1, 2, 4)
+ENCODER_FRAME_RATE = {"muq": 25}  # frames/s of each encoder kind; the others run at 50
+
+
 def audio_tokens(cfg: ALARMConfig, seconds: float) -> int:
-    """Audio tokens between the separators for one clip: encoders at 50 frames/s (conv adapters halve
-    them: ``ceil(frames / 2)``) or 25 frames/s (MLP adapters keep them)."""
-    per = [math.ceil(round(50 * seconds) / 2) if e.adapter == "conv" else round(25 * seconds) for e in cfg.encoders]
+    """Audio tokens between the separators for one clip at ``cfg.token_rate_ratio``: encoder frames (MuQ
+    25/s, the others 50/s) through ``Adapter.out_lengths`` (conv ``ceil(frames / 2)``, MLP ``frames``, pool
+    ``ceil(frames / pool_ratio)``, then ``ceil(n / token_rate_ratio)``), combined as the fusion does."""
+    per = [int(Adapter.out_lengths(torch.tensor(round(ENCODER_FRAME_RATE.get(e.kind, 50) * seconds)), e.adapter,
+                                   e.pool_ratio, cfg.token_rate_ratio)) for e in cfg.encoders]
     if cfg.fusion == "CA":
         return per[0]
     if cfg.fusion == "P":
@@ -49,24 +57,34 @@ VARIANTS = {
     "AL-W2VBERT2-R": lambda: ALARMConfig.single(w2v_bert_2()),
     "AL-MuQ-R": lambda: ALARMConfig.single(muq_large()),
     "AL-SSLAM-R": lambda: ALARMConfig.single(sslam()),
+    "AL-Whisper-R, pool adapter (mean, x2)": lambda: ALARMConfig.single(whisper_large_v3(adapter="pool")),
     "ALARM-concat": lambda: ALARMConfig.full("concat"),
     "ALARM-CA": lambda: ALARMConfig.full("CA"),
     "ALARM-P": lambda: ALARMConfig.full("P"),
 }
 
 
+def _tokens_by_rate(cfgs: List[ALARMConfig], seconds: float) -> Dict[int, int]:
+    """{token_rate_ratio: audio tokens of all ``cfgs`` together} for each rate in ``RATES``."""
+    return {r: sum(audio_tokens(dataclasses.replace(c, token_rate_ratio=r), seconds) for c in cfgs) for r in RATES}
+
+
 def variant_table(seconds: float = 30.0) -> List[Dict]:
-    """Rows: variant, encoders, fusion, stage, trainable, audio_tokens, llm_audio_tokens (incl. separators)."""
+    """Rows: variant, encoders, fusion, stage, trainable, audio_tokens, llm_audio_tokens (incl. separators),
+    tokens_by_rate ({token_rate_ratio: audio tokens} for 1, 2, 4)."""
     rows = []
     for name, make in VARIANTS.items():
         cfg = make()
+        by_rate = _tokens_by_rate([cfg], seconds)
         n = audio_tokens(cfg, seconds)
         rows.append(dict(variant=name, encoders="+".join(e.name for e in cfg.encoders), fusion=cfg.fusion,
-                         stage=cfg.stage, trainable=trainable_params(cfg), audio_tokens=n, llm_audio_tokens=n + 2))
+                         stage=cfg.stage, trainable=trainable_params(cfg), audio_tokens=n, llm_audio_tokens=n + 2,
+                         tokens_by_rate=by_rate))
     ca, r = VARIANTS["ALARM-CA"](), VARIANTS["AL-Whisper-R"]()
     n_e = audio_tokens(ca, seconds) + audio_tokens(r, seconds)
     rows.append(dict(variant="ALARM-E (CA + AL-Whisper-Instruct-R)", encoders="as its members", fusion="E",
-                     stage="inference", trainable=0, audio_tokens=n_e, llm_audio_tokens=n_e + 4))
+                     stage="inference", trainable=0, audio_tokens=n_e, llm_audio_tokens=n_e + 4,
+                     tokens_by_rate=_tokens_by_rate([ca, r], seconds)))
     return rows
 
 
@@ -81,14 +99,15 @@ def write_params_md(path: str, seconds: float = 30.0) -> str:
         "not counted. Trainable = adapters (stage A) or fusion (stage B) + the two 2560-d separators "
         "(+ P's cond_start/cond_end).",
         f"Audio tokens for {seconds:g} s of audio, between the separators (LLM tokens add 2 separators per "
-        "audio block; E also adds its text headers).",
+        "audio block; E also adds its text headers), at token_rate_ratio 1 (25 Hz), 2 (12.5 Hz) and 4 (6.25 Hz).",
         "",
-        "| variant | encoders | fusion | stage | trainable params | audio tokens | with separators |",
-        "|---|---|---|---|---:|---:|---:|",
+        "| variant | encoders | fusion | stage | trainable params | audio tokens x1 | x2 | x4 | with separators (x1) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        by_rate = " | ".join(str(r["tokens_by_rate"][k]) for k in RATES)
         lines.append(f"| {r['variant']} | {r['encoders']} | {r['fusion']} | {r['stage']} | "
-                     f"{r['trainable'] / 1e6:.2f} M | {r['audio_tokens']} | {r['llm_audio_tokens']} |")
+                     f"{r['trainable'] / 1e6:.2f} M | {by_rate} | {r['llm_audio_tokens']} |")
     lines += [
         "",
         "Notes: CA = per-stream in_proj 2560->1024 (4 x 2.62 M) + 3 decoder layers (16.80 M each) + out_proj "
@@ -99,8 +118,7 @@ def write_params_md(path: str, seconds: float = 30.0) -> str:
         "",
     ]
     text = "\n".join(lines)
-    with open(path, "w") as f:
-        f.write(text)
+    atomic_write_text(path, text)
     return text
 
 
