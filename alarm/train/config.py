@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -160,6 +161,46 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 numbers: ``1e-4`` is a float (PyYAML's YAML 1.1 rules read it as a string)."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
+               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _check_types(name: str, cls, values: Dict[str, Any], where: str) -> None:
+    """ValueError naming ``section.key`` when a value has the wrong type for its field's default."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values or values[f.name] is None:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = values[f.name]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)) or f.type in ("Optional[int]", "Optional[float]"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+                ok = value.is_integer()
+                values[f.name] = int(value) if ok else value
+        elif isinstance(default, str) or f.type == "Optional[str]":
+            ok = isinstance(value, str)
+        elif isinstance(default, list):
+            ok = isinstance(value, list)
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(f"{where}: {name}.{f.name} = {value!r} has the wrong type "
+                             f"(expected {type(default).__name__ if default is not None else f.type})")
+
+
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "batch": BatchConfig, "run": RunConfig}
 
 
@@ -187,7 +228,7 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainConf
             raise ValueError(f"recipe not found: {path}")
         try:
             text = p.read_text(encoding="utf-8")
-            tree = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+            tree = json.loads(text) if p.suffix == ".json" else _yaml(text)
         except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as e:
             raise ValueError(f"{path}: not a valid {'JSON' if p.suffix == '.json' else 'YAML'} file: "
                              f"{str(e).splitlines()[0]}") from None
@@ -197,7 +238,7 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainConf
         key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r}: expected key=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        _set_dotted(tree, key.strip(), _yaml(raw))
     unknown = set(tree) - set(_SECTIONS) - {"model", "init_adapters"}
     where = path or "overrides"
     if unknown:
@@ -213,6 +254,8 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainConf
         bad = sorted(set(values) - known)
         if bad:
             raise ValueError(f"{where}: unknown key(s) {', '.join(f'{name}.{b}' for b in bad)}")
+        values = dict(values)
+        _check_types(name, cls, values, where)
         kwargs[name] = cls(**values)
     return TrainConfig(**kwargs)
 

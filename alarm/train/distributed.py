@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "init_world", "all_reduce_sum", "barrier", "broadcast_object", "shutdown"]
+__all__ = ["World", "init_world", "all_reduce_sum", "barrier", "broadcast_object", "gather_lists", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,15 @@ def broadcast_object(obj, world: World):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_lists(items: list, world: World) -> list:
+    """Every rank's ``items`` concatenated in rank order (on every rank)."""
+    if not world.distributed:
+        return list(items)
+    boxes = [None] * world.world_size
+    dist.all_gather_object(boxes, list(items))
+    return [x for box in boxes for x in box]
 
 
 def shutdown(world: World) -> None:

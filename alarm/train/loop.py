@@ -34,7 +34,7 @@ from .cache import FeatureCache, cache_key, file_sha256
 from .checkpoint import check_resumable, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from .config import RESUMABLE_CHANGES, TrainConfig, build_model_config
 from .data import ClipDataset, Example, Skip, collate, llm_tokens, load_examples, split_eval, write_skip_report
-from .distributed import World, all_reduce_sum, barrier, init_world, shutdown
+from .distributed import World, all_reduce_sum, barrier, gather_lists, init_world, shutdown
 from .metrics import MetricsLogger, plot_metrics
 from .sampler import PackingSampler, example_cost, plan_epoch
 
@@ -104,8 +104,8 @@ def evaluate(model: ALARMModel, examples: List[Example], prefix: List[int], rate
         costs = [llm_tokens(e, len(prefix), cfg.data.tokens_per_second, model.config.max_length) for e in subset]
         totals = torch.zeros(2, dtype=torch.float64, device=world.device)
         if len(subset) >= world.world_size:
-            rounds = plan_epoch(costs, cfg.batch.max_tokens, world.world_size, seed=0, epoch=0)
-            for rnd in rounds[: cfg.data.eval_batches]:
+            steps = plan_epoch(costs, cfg.batch.max_tokens, world.world_size, 1, seed=0, epoch=0)
+            for rnd in steps[: cfg.data.eval_batches]:
                 pack = collate(subset, prefix, rate)([dataset[i] for i in rnd[world.rank]])
                 if pack.batch is None:
                     continue
@@ -186,12 +186,10 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
         raise ValueError(f"{cfg.data.train_manifest}: no trainable example (skipped: {len(skips)})")
     cache = _open_cache(cfg, model, train_ex, world) if cfg.data.cache else None
     costs = [example_cost(n, cfg.batch.attention_cost_tokens) for n in budget_tokens]
-    sampler = PackingSampler(costs, cfg.batch.max_tokens, world.rank, world.world_size, cfg.run.seed)
-    rounds = sampler.rounds_per_epoch()
-    steps_per_epoch = math.ceil(rounds / cfg.batch.accumulation)
-    total_steps = cfg.run.epochs * steps_per_epoch
-    if cfg.run.max_steps is not None:
-        total_steps = min(total_steps, cfg.run.max_steps)
+    sampler = PackingSampler(costs, cfg.batch.max_tokens, world.rank, world.world_size, cfg.batch.accumulation,
+                             cfg.run.seed)
+    schedule_steps = sampler.total_steps(cfg.run.epochs)  # the LR schedule's horizon: max_steps only stops early
+    total_steps = schedule_steps if cfg.run.max_steps is None else min(schedule_steps, cfg.run.max_steps)
     dataset = ClipDataset(train_ex, rate, cfg.data.max_seconds, cache)
     collate_fn = collate(train_ex, prefix, rate)
 
@@ -231,7 +229,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     if world.is_main:
         n_train = sum(p.numel() for p in params)
         print(f"alarm train: {len(train_ex)} examples ({len(skips)} skipped), {len(eval_ex)} held out, "
-              f"{rounds} micro-batches/epoch/rank x {world.world_size} rank(s), {steps_per_epoch} steps/epoch, "
+              f"{world.world_size} rank(s) x {cfg.batch.accumulation} micro-batches/step, {sampler.steps_per_epoch()} steps/epoch, "
               f"{total_steps} steps, {n_train:,} trainable parameters"
               + (f", resuming at step {state['step']} from {start}" if start is not None else ""), flush=True)
         for s in skips:
@@ -243,12 +241,12 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     step = state["step"]
     while step < total_steps:
         it = iter(_loader(dataset, sampler, collate_fn, cfg, world))
-        while sampler.cursor < rounds and step < total_steps:
+        while sampler.cursor < sampler.steps_per_epoch() and step < total_steps:
             t_step = time.perf_counter()
-            lr = learning_rate(step, cfg, total_steps)
+            lr = learning_rate(step, cfg, schedule_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            n_micro = min(cfg.batch.accumulation, rounds - sampler.cursor)
+            n_micro = sampler.micro_batches(sampler.cursor)
             loss_sum = torch.zeros((), dtype=torch.float64, device=world.device)
             counts = [0, 0, 0.0, 0]  # targets, tokens, audio seconds, skipped clips
             wait = 0.0
@@ -267,7 +265,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
                 counts[0] += out.n_targets
                 counts[1] += out.n_tokens
                 counts[2] += pack.audio_seconds
-            sampler.cursor += n_micro
+            sampler.cursor += 1
             totals = torch.cat([loss_sum[None], torch.tensor(counts, dtype=torch.float64, device=world.device)])
             flat = _flat_grads(params)
             all_reduce_sum(flat, world)
@@ -305,13 +303,14 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
             if cfg.run.save_every and step % cfg.run.save_every == 0 and step < total_steps:
                 save_checkpoint(str(run_dir), step, world, trainable, optimizer, {**state, **identity},
                                 cfg.run.keep_last)
-        if sampler.cursor >= rounds:
+        if sampler.cursor >= sampler.steps_per_epoch():
             sampler.load_state({"epoch": sampler.epoch + 1, "cursor": 0})
             state.update(epoch=sampler.epoch, cursor=0)
 
     # ---- the end -------------------------------------------------------------------------------
     final_ckpt = save_checkpoint(str(run_dir), step, world, trainable, optimizer, {**state, **identity},
                                  cfg.run.keep_last)
+    all_skips = list({s.id: s for s in gather_lists(all_skips, world)}.values())  # each clip once
     summary = {"steps": step, "tokens": state["tokens"], "targets": state["targets"],
                "audio_hours": state["audio_seconds"] / 3600, "skipped_steps": state["skipped_steps"],
                "skipped_clips": len(all_skips), "checkpoint": str(final_ckpt), "model": str(run_dir / "final")}
