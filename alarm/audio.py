@@ -10,8 +10,8 @@
   what 44100 -> 16000 Hz costs).
 - :func:`as_waveform` / :func:`validate_audio_batch` are the model's front door (see their docstrings for
   the accepted layouts, dtypes and amplitudes). Clips shorter than :data:`MIN_CLIP_SECONDS` are padded
-  with trailing silence to that length (the encoders' feature extractors need one full 25 ms analysis
-  window); clips longer than the model's ``max_audio_seconds`` are refused.
+  with trailing silence to that length (w2v-BERT's feature extractor needs two 25 ms analysis windows,
+  10 ms apart, for one frame); clips longer than the model's ``max_audio_seconds`` are refused.
 """
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ __all__ = ["load_audio", "resample", "resample_batch", "as_waveform", "validate_
 
 logger = logging.getLogger(__name__)
 
-#: Shortest clip the encoders accept (one 25 ms analysis window); shorter clips get trailing silence.
-MIN_CLIP_SECONDS = 0.025
+#: Shortest clip every encoder turns into at least one frame (w2v-BERT stacks two 25 ms windows 10 ms
+#: apart: 35 ms); shorter clips get trailing silence.
+MIN_CLIP_SECONDS = 0.035
 #: Float samples may exceed 1 a little (float files with overs): peaks up to this are scaled down to 1;
 #: larger peaks are refused (they are integer PCM stored as float, or garbage).
 MAX_PEAK = 4.0
@@ -125,7 +126,7 @@ def resample(x: torch.Tensor, orig: int, new: int) -> torch.Tensor:
     shape = x.shape
     n_out = -(-shape[-1] * new // orig)
     work = np.float64 if x.dtype == torch.float64 else np.float32
-    flat = x.detach().reshape(-1, shape[-1]).cpu().numpy().astype(work, copy=False)
+    flat = x.detach().reshape(math.prod(shape[:-1]), shape[-1]).cpu().numpy().astype(work, copy=False)
     out = np.zeros((flat.shape[0], n_out), dtype=work)
     if flat.shape[0] and shape[-1]:
         y = soxr.resample(np.ascontiguousarray(flat.T), orig, new, quality="HQ").T  # soxr: [frames, channels]
