@@ -1,7 +1,8 @@
 """Saves are atomic and honour the umask: ``alarm.fileio`` and ``ALARMModel.save_pretrained``.
 
 The kill test forks a writer that saves two model versions (different weights and configs) in a loop
-and SIGKILLs it at random moments: the folder must always hold exactly one whole version, bit for bit."""
+and SIGKILLs it at random moments (after 0-3 completed saves, then 0-10 ms): the folder must always hold
+exactly one whole version, bit for bit."""
 import json
 import os
 import random
@@ -66,6 +67,26 @@ def test_folder_write_failure_keeps_the_old_folder(tmp_path):
     assert (folder / "a").read_text() == "new" and _leftovers(tmp_path) == []
 
 
+def test_folder_swap_without_rename_exchange(tmp_path, monkeypatch):
+    """Where the atomic exchange is unavailable: two renames, and a kill between them is undone by the
+    next write (the old folder, moved aside, is put back before anything else)."""
+    import alarm.fileio as fileio
+
+    monkeypatch.setattr(fileio, "_exchange", lambda a, b: False)
+    folder = tmp_path / "f"
+    for text in ("old", "new"):
+        atomic_write_folder(folder, lambda tmp, t=text: atomic_write_text(os.path.join(tmp, "a"), t))
+        assert (folder / "a").read_text() == text and _leftovers(tmp_path) == []
+    os.rename(folder, tmp_path / f"{TMP_PREFIX}f-old-x1")  # as a kill between the two renames leaves it
+
+    def broken(tmp):
+        raise RuntimeError("killed again")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_folder(folder, broken)
+    assert (folder / "a").read_text() == "new" and _leftovers(tmp_path) == []
+
+
 def test_save_refuses_a_folder_with_other_files(tmp_path, small_model):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="notes.txt"):
@@ -91,15 +112,16 @@ def _versions(model):
     return [(base, 4096), (bumped, 4097)]
 
 
-def _saver_loop(model, folder, versions):
-    """Forked child: save the two versions alternately until killed."""
+def _saver_loop(model, folder, versions, done_fd):
+    """Forked child: save version 1, 0, 1, ... until killed, writing one byte to ``done_fd`` after each save."""
     try:
-        k = 0
+        k = 1
         while True:
             state, max_length = versions[k % 2]
             model.audio.load_state_dict(state)
             model.config.max_length = max_length
             model.save_pretrained(folder)
+            os.write(done_fd, b".")
             k += 1
     finally:
         os._exit(1)
@@ -108,18 +130,25 @@ def _saver_loop(model, folder, versions):
 def test_kill_during_save_leaves_old_or_new_whole(tmp_path, small_model):
     folder = str(tmp_path / "m")
     versions = _versions(small_model)
+    small_model.config.max_length = versions[0][1]
     small_model.save_pretrained(folder)  # version 0 (the fixture's weights, max_length 4096)
     rng = random.Random(0)
     seen = set()
     deadline = time.monotonic() + 8.0
     trials = 0
     while trials < 40 and time.monotonic() < deadline:
+        read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
-            _saver_loop(small_model, folder, versions)
-        time.sleep(rng.uniform(0.0, 0.06))
+            os.close(read_fd)
+            _saver_loop(small_model, folder, versions, write_fd)
+        os.close(write_fd)
+        for _ in range(rng.randint(0, 3)):  # let 0-3 saves complete, then kill at a random moment
+            assert os.read(read_fd, 1) == b"."
+        time.sleep(rng.uniform(0.0, 0.01))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+        os.close(read_fd)
         trials += 1
         cfg = json.loads(open(os.path.join(folder, CONFIG_NAME), encoding="utf-8").read())
         weights = load_file(os.path.join(folder, WEIGHTS_NAME))
