@@ -91,6 +91,9 @@ def test_tiny_model_answers_every_real_format(audio_dir):
         tokens = model.audio_embeddings(clips, rates)
     assert len(tokens) == len(clips)
     assert all(t.shape[0] >= 1 and torch.isfinite(t).all() for t in tokens)
+    out = model.generate(clips, ["What do you hear?"] * len(clips), sampling_rate=rates, max_thinking_tokens=1,
+                         max_new_tokens=3)
+    assert len(out["text"]) == len(clips) and bool((out["generation"].lengths >= 1).all())
 
 
 def _wav_bytes(frames=100, channels=1):
