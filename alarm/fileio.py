@@ -142,28 +142,47 @@ def _stale_siblings(folder: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def atomic_write_folder(folder: PathLike, write: Callable[[str], None],
-                        replaceable: Optional[Collection[str]] = None) -> None:
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link ``src`` to ``dst`` (no data copied; a later atomic replace of either leaves the other
+    intact), or copy it where links are not possible."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _carry_over(folder: Path, new: str, owned: Collection[str]) -> None:
+    """Link (or copy) every entry of ``folder`` not in ``owned`` and not produced anew into ``new``."""
+    for entry in folder.iterdir():
+        dst = os.path.join(new, entry.name)
+        if entry.name in owned or os.path.lexists(dst):
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), dst)
+        elif entry.is_dir():
+            shutil.copytree(entry, dst, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), dst)
+    fsync_dir(new)
+
+
+def atomic_write_folder(folder: PathLike, write: Callable[[str], None], owned: Optional[Collection[str]] = None
+                        ) -> None:
     """Call ``write(tmp_folder)`` to fill a new folder, then put it at ``folder`` as a whole.
 
     The new folder is a hidden sibling (``.tmp-<name>-*``); its files are fsynced and given the umask's
     permissions (files ``0o666 & ~umask``, folders ``0o777 & ~umask``), then it replaces ``folder`` by an
     atomic exchange of the two (Linux; elsewhere two renames, with the old folder put back by the next
     write if a kill falls between them) and the old folder is deleted. Leftovers of a killed earlier write
-    are removed first. With ``replaceable`` given, an existing ``folder`` holding any other name is
-    refused with ValueError before anything is written (it is not this writer's folder). One writer per
-    folder at a time.
+    are removed first. With ``owned`` (the names ``write`` produces) given, every other entry of an
+    existing ``folder`` is carried over into the new one (hard-linked, or copied), so files others keep
+    there are not lost. One writer per folder at a time.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     _stale_siblings(folder)
-    if folder.exists():
-        if not folder.is_dir():
-            raise ValueError(f"{folder} exists and is not a folder")
-        foreign = sorted(p.name for p in folder.iterdir() if replaceable is not None and p.name not in replaceable)
-        if foreign:
-            raise ValueError(f"{folder} holds files this save does not own ({', '.join(foreign[:5])}); "
-                             "save into a new or empty folder")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} exists and is not a folder")
     tmp = tempfile.mkdtemp(dir=folder.parent, prefix=f"{TMP_PREFIX}{folder.name}-")
     try:
         write(tmp)
@@ -177,6 +196,8 @@ def atomic_write_folder(folder: PathLike, write: Callable[[str], None],
                 os.chmod(os.path.join(root, name), umask_mode(0o777))
             fsync_dir(root)
         os.chmod(tmp, umask_mode(0o777))
+        if owned is not None and folder.is_dir():
+            _carry_over(folder, tmp, owned)
         if not folder.exists():
             os.rename(tmp, folder)
         elif _exchange(tmp, str(folder)):

@@ -87,12 +87,19 @@ def test_folder_swap_without_rename_exchange(tmp_path, monkeypatch):
     assert (folder / "a").read_text() == "new" and _leftovers(tmp_path) == []
 
 
-def test_save_refuses_a_folder_with_other_files(tmp_path, small_model):
-    (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="notes.txt"):
-        small_model.save_pretrained(str(tmp_path))
-    assert (tmp_path / "notes.txt").read_text() == "mine"
-    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+def test_save_keeps_other_files_in_the_folder(tmp_path, small_model):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "optim").mkdir()
+    (folder / "optim" / "state.bin").write_bytes(b"123")
+    os.chmod(folder / "notes.txt", 0o400)  # read-only: carried over untouched
+    small_model.save_pretrained(str(folder))
+    small_model.save_pretrained(str(folder))
+    assert sorted(os.listdir(folder)) == [CONFIG_NAME, WEIGHTS_NAME, "notes.txt", "optim"]
+    assert (folder / "notes.txt").read_text() == "mine" and _mode(folder / "notes.txt") == 0o400
+    assert (folder / "optim" / "state.bin").read_bytes() == b"123"
+    assert _leftovers(tmp_path) == []
 
 
 def test_save_cleans_leftovers_of_a_killed_save(tmp_path, small_model):

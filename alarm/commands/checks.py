@@ -38,7 +38,7 @@ def check_device(option: str, name: Optional[str]) -> Optional[str]:
     except (RuntimeError, ValueError):
         raise ValueError(f"{option} {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
     if dev.type == "cuda":
-        if torch.version.cuda is None:
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
             raise ValueError(f"{option} {name}: CUDA requested but this torch ({torch.__version__}) is a CPU build")
         if not torch.cuda.is_available():
             raise ValueError(f"{option} {name}: CUDA requested but no GPU is visible to this process")

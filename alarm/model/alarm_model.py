@@ -229,7 +229,7 @@ class ALARMModel(nn.Module):
     def save_pretrained(self, folder: str) -> None:
         """Write ``folder`` with ``alarm_config.json`` and ``audio_side.safetensors`` (adapters, fusion,
         separators, BN buffers) as a whole (``alarm.fileio.atomic_write_folder``): a reader or a killed save
-        leaves the old model or the new one, never a mix. A folder holding other files is refused.
+        leaves the old model or the new one, never a mix. Other files kept in ``folder`` are carried over.
         Encoders and the LLM are not saved: they are rebuilt from their ``path`` (or, when randomly
         initialised, from their config and ``init_seed``, deterministically)."""
         if any(ad.folded for ad in self.audio.adapters.values() if ad.kind == "conv"):
@@ -241,7 +241,7 @@ class ALARMModel(nn.Module):
             save_file(state, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
             atomic_write_text(os.path.join(tmp, CONFIG_NAME), config_json)
 
-        atomic_write_folder(folder, write, replaceable=(CONFIG_NAME, WEIGHTS_NAME))
+        atomic_write_folder(folder, write, owned=(CONFIG_NAME, WEIGHTS_NAME))
 
     def load_adapter(self, name: str, folder: str, source_name: Optional[str] = None) -> None:
         """Stage B: copy the adapter ``source_name`` (default ``name``) of a saved (stage-A) model in
