@@ -28,7 +28,7 @@ import torch
 
 AudioLike = Union[torch.Tensor, np.ndarray]
 
-__all__ = ["load_audio", "resample", "resample_batch", "as_waveform", "validate_audio_batch", "crop",
+__all__ = ["load_audio", "resample", "resample_batch", "as_waveform", "validate_audio_batch",
            "MIN_CLIP_SECONDS", "MAX_PEAK", "MAX_CHANNELS"]
 
 logger = logging.getLogger(__name__)
@@ -63,12 +63,18 @@ def _riff_shortfall(path: str) -> int:
     return 0
 
 
-def load_audio(path: Union[str, "os.PathLike[str]"]) -> Tuple[np.ndarray, int]:
+def load_audio(path: Union[str, "os.PathLike[str]"], start_seconds: float = 0.0,
+               max_seconds: Optional[float] = None) -> Tuple[np.ndarray, int]:
     """Read an audio file -> (float32 mono samples [frames] in [-1, 1], sample rate in Hz).
 
-    Raises ValueError naming ``path`` and the reason for a missing, empty, unreadable or unsupported
-    file, one without audio frames, or one holding NaN/Inf or absurdly loud samples (see :data:`MAX_PEAK`).
+    Only the window ``[start_seconds, start_seconds + max_seconds)`` is decoded (default: the whole
+    file), so a long file costs what the window costs. Raises ValueError naming ``path`` and the reason
+    for a missing, empty, unreadable or unsupported file, one without audio frames, a start at or after
+    its end, or samples that are NaN/Inf or absurdly loud (see :data:`MAX_PEAK`).
     """
+    if start_seconds < 0 or (max_seconds is not None and max_seconds <= 0):
+        raise ValueError(f"the window of {path} must have start >= 0 and a positive length, got "
+                         f"start {start_seconds} s, length {max_seconds} s")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"audio file not found: {path}")
@@ -79,7 +85,14 @@ def load_audio(path: Union[str, "os.PathLike[str]"]) -> Tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(path) as f:
             rate, channels, declared = f.samplerate, f.channels, f.frames
-            data = f.read(dtype="float32", always_2d=True)
+            first = int(round(start_seconds * rate))
+            if first and first >= declared:
+                raise ValueError(f"cannot read audio file {path}: start {start_seconds} s is at or after its "
+                                 f"end ({declared / rate:.3f} s)")
+            if first:
+                f.seek(first)
+            count = -1 if max_seconds is None else max(1, int(round(max_seconds * rate)))
+            data = f.read(frames=count, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
         reason = e.error_string or str(e)
         if path.lower().endswith(".mp3") and "MP3" not in sf.available_formats():
@@ -91,7 +104,8 @@ def load_audio(path: Union[str, "os.PathLike[str]"]) -> Tuple[np.ndarray, int]:
         raise ValueError(f"audio file {path} holds no audio frames (header only or cut short)")
     if rate <= 0:
         raise ValueError(f"audio file {path} declares an invalid sample rate {rate}")
-    if data.shape[0] < declared or _riff_shortfall(path):
+    expected = declared - first if count < 0 else min(count, declared - first)
+    if data.shape[0] < expected or ((count < 0 or first + count > declared) and _riff_shortfall(path)):
         logger.warning("%s is cut short (its header declares more audio than the file holds); "
                        "read its %d complete frames", path, data.shape[0])
     mono = data.mean(axis=1, dtype=np.float64) if channels > 1 else data[:, 0].astype(np.float64)
@@ -186,22 +200,6 @@ def as_waveform(a: AudioLike, where: str = "audio") -> torch.Tensor:
     if x.ndim == 2:
         x = x.mean(axis=ch_axis)
     return torch.from_numpy(_unit_range(x, where).astype(np.float32))
-
-
-def crop(wave: np.ndarray, rate: int, start_seconds: float = 0.0, max_seconds: Optional[float] = None
-         ) -> np.ndarray:
-    """Samples ``[start, start + max_seconds)`` of a 1-D clip (``max_seconds=None``: to the end).
-
-    Raises ValueError when ``start_seconds`` is negative or at/after the end of the clip.
-    """
-    if start_seconds < 0:
-        raise ValueError(f"crop start must be >= 0 s, got {start_seconds}")
-    first = int(round(start_seconds * rate))
-    if first >= wave.shape[-1]:
-        raise ValueError(f"crop start {start_seconds} s is at or after the end of the clip "
-                         f"({wave.shape[-1] / rate:.3f} s)")
-    last = wave.shape[-1] if max_seconds is None else min(wave.shape[-1], first + int(round(max_seconds * rate)))
-    return wave[..., first:last]
 
 
 def validate_audio_batch(audio: Sequence[AudioLike], sampling_rate, max_seconds: float

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from alarm.audio import MAX_PEAK, MIN_CLIP_SECONDS, as_waveform, crop, load_audio, resample, validate_audio_batch
+from alarm.audio import MAX_PEAK, MIN_CLIP_SECONDS, as_waveform, load_audio, resample, validate_audio_batch
 from alarm.model import ALARMConfig, ALARMModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -235,11 +235,17 @@ def test_short_clips_are_padded_long_ones_refused():
         validate_audio_batch([np.zeros((2, 16000 * 3), np.int16)], 16000, 2.0)
 
 
-def test_crop():
-    x = np.arange(100, dtype=np.float32)
-    assert np.array_equal(crop(x, 10, 1.0, 2.0), x[10:30])
-    assert np.array_equal(crop(x, 10, 0.0, None), x)
-    with pytest.raises(ValueError, match="after the end"):
-        crop(x, 10, 10.0)
-    with pytest.raises(ValueError, match=">= 0"):
-        crop(x, 10, -1.0)
+def test_load_a_window(tmp_path):
+    x = _tone(16000, 16000, channels=2)
+    for subtype, fmt in (("PCM_16", "WAV"), ("PCM_16", "FLAC")):
+        path = tmp_path / f"w.{fmt.lower()}"
+        sf.write(path, x, 16000, subtype=subtype, format=fmt)
+        full, _ = load_audio(path)
+        part, rate = load_audio(path, start_seconds=0.25, max_seconds=0.5)
+        assert rate == 16000 and np.array_equal(part, full[4000:12000])
+        assert np.array_equal(load_audio(path, start_seconds=0.75)[0], full[12000:])
+        assert np.array_equal(load_audio(path, max_seconds=5.0)[0], full)
+        with pytest.raises(ValueError, match="at or after its end"):
+            load_audio(path, start_seconds=1.0)
+        with pytest.raises(ValueError, match="start >= 0"):
+            load_audio(path, start_seconds=-1.0)

@@ -30,17 +30,19 @@ def register(subparsers) -> None:
 
 
 def load_clip(args, model_limit: float):
-    """Read ``args.audio`` and apply ``--start``/``--max-seconds``/``--crop`` -> (float32 mono samples, rate)."""
-    from alarm.audio import crop, load_audio
+    """Read ``args.audio`` from ``--start`` under ``--max-seconds``/``--crop`` -> (float32 mono samples, rate).
+
+    Only the window is decoded: at most the limit (``--crop``) or the limit plus one second (to tell
+    that a clip is too long) from ``--start``."""
+    from alarm.audio import load_audio
 
     if args.max_seconds is not None and args.max_seconds > model_limit:
         raise ValueError(f"--max-seconds {args.max_seconds} exceeds the model's limit of {model_limit} s")
     limit = model_limit if args.max_seconds is None else args.max_seconds
-    wave, rate = load_audio(args.audio)
-    wave = crop(wave, rate, args.start, limit if args.crop else None)
+    wave, rate = load_audio(args.audio, args.start, limit if args.crop else limit + 1.0)
     if wave.shape[0] > limit * rate:
-        raise ValueError(f"{args.audio} lasts {wave.shape[0] / rate:.2f} s, longer than the limit of {limit} s "
-                         "(pass --crop to keep its first part, or --start to skip some)")
+        raise ValueError(f"{args.audio} lasts more than the limit of {limit} s (pass --crop to keep its first "
+                         f"{limit} s, or --start to skip some)")
     return wave, rate
 
 
