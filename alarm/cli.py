@@ -1,7 +1,8 @@
 """The ``alarm`` command line. Each subcommand lives in a module of ``alarm.commands`` exposing
 ``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed args; its
-return value is the exit status). Bad input (ValueError, missing files) ends with one ``alarm: error:``
-line and exit status 2; ``-v`` shows the traceback too."""
+return value is the exit status). Bad input (ValueError, OSError such as a missing file) ends with one
+``alarm: error:`` line (a multi-line message is joined into one) and exit status 2; ``-v`` shows the
+traceback too. Any other exception is a bug and keeps its traceback; Ctrl-C exits with status 130."""
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,12 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as exc:
         if args.verbose:
             raise
-        print(f"alarm: error: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"alarm: error: {message or type(exc).__name__}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("alarm: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

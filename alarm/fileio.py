@@ -7,17 +7,25 @@ unlike ``mkstemp``'s 0600), then moved over the destination with ``os.replace``.
 either the old file or the complete new one, never a partial file; a write that fails or is interrupted
 by an exception removes its temporary file. (A process killed by SIGKILL can leave a ``.tmp-*`` file
 behind; :func:`remove_stale_temporaries` cleans those up before the next write into that folder.)
+
+A folder whose files must change together (a saved model: weights and config) goes through
+:func:`atomic_write_folder`: the new folder is built as a hidden sibling, then swapped with the old one
+in one step, so a reader sees the old folder or the new one, never a mix.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Collection, Iterable, Optional, Union
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_jsonl", "fsync_dir",
-           "umask_mode", "remove_stale_temporaries", "TMP_PREFIX"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_jsonl", "atomic_write_folder",
+           "fsync_dir", "umask_mode", "remove_stale_temporaries", "TMP_PREFIX"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 TMP_PREFIX = ".tmp-"
@@ -103,3 +111,105 @@ def remove_stale_temporaries(folder: PathLike) -> int:
             p.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def _stale_siblings(folder: Path) -> None:
+    """Clean up after a writer of ``folder`` killed mid-way: put back an old folder moved aside (fallback
+    path only, when ``folder`` is missing), then delete every ``.tmp-<name>-*`` sibling folder."""
+    prefix = f"{TMP_PREFIX}{folder.name}-"
+    siblings = [p for p in folder.parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+    aside = [p for p in siblings if p.name.startswith(prefix + "old-")]
+    if not folder.exists() and len(aside) == 1:
+        os.rename(aside[0], folder)
+        siblings.remove(aside[0])
+    for p in siblings:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link ``src`` to ``dst`` (no data copied; a later atomic replace of either leaves the other
+    intact), or copy it where links are not possible."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _carry_over(folder: Path, new: str, owned: Collection[str]) -> None:
+    """Link (or copy) every entry of ``folder`` not in ``owned`` and not produced anew into ``new``."""
+    for entry in folder.iterdir():
+        dst = os.path.join(new, entry.name)
+        if entry.name in owned or os.path.lexists(dst):
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), dst)
+        elif entry.is_dir():
+            shutil.copytree(entry, dst, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), dst)
+    fsync_dir(new)
+
+
+def atomic_write_folder(folder: PathLike, write: Callable[[str], None], owned: Optional[Collection[str]] = None
+                        ) -> None:
+    """Call ``write(tmp_folder)`` to fill a new folder, then put it at ``folder`` as a whole.
+
+    The new folder is a hidden sibling (``.tmp-<name>-*``); its files are fsynced and given the umask's
+    permissions (files ``0o666 & ~umask``, folders ``0o777 & ~umask``), then it replaces ``folder`` by an
+    atomic exchange of the two (Linux; elsewhere two renames, with the old folder put back by the next
+    write if a kill falls between them) and the old folder is deleted. Leftovers of a killed earlier write
+    are removed first. With ``owned`` (the names ``write`` produces) given, every other entry of an
+    existing ``folder`` is carried over into the new one (hard-linked, or copied), so files others keep
+    there are not lost. One writer per folder at a time.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _stale_siblings(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} exists and is not a folder")
+    tmp = tempfile.mkdtemp(dir=folder.parent, prefix=f"{TMP_PREFIX}{folder.name}-")
+    try:
+        write(tmp)
+        for root, dirs, files in os.walk(tmp):
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.chmod(path, umask_mode())
+            for name in dirs:
+                os.chmod(os.path.join(root, name), umask_mode(0o777))
+            fsync_dir(root)
+        os.chmod(tmp, umask_mode(0o777))
+        if owned is not None and folder.is_dir():
+            _carry_over(folder, tmp, owned)
+        if not folder.exists():
+            os.rename(tmp, folder)
+        elif _exchange(tmp, str(folder)):
+            fsync_dir(folder.parent)
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            aside = tempfile.mkdtemp(dir=folder.parent, prefix=f"{TMP_PREFIX}{folder.name}-old-")
+            os.rmdir(aside)
+            os.rename(folder, aside)
+            os.rename(tmp, folder)
+            shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(folder.parent)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from alarm.audio import load_wav, resample, resample_batch
+from alarm.audio import load_audio, resample, resample_batch
 from alarm.model import ALARMConfig, ALARMEnsemble, ALARMModel, EncoderSpec
 from alarm.model.adapters import Adapter
 from alarm.model.encoders import build_encoder
@@ -45,17 +45,17 @@ def test_resample_sine_and_lengths():
     torch.testing.assert_close(out[0], resample(waves[0], 8000, 16000))
 
 
-def test_load_wav(tmp_path):
+def test_load_audio(tmp_path):
     x = synthetic_audio([0.25], rate=22050)[0] * 0.5
     _write_wav(tmp_path / "a.wav", x, 22050, channels=2)
-    y, rate = load_wav(str(tmp_path / "a.wav"))
+    y, rate = load_audio(str(tmp_path / "a.wav"))
     assert rate == 22050 and y.dtype == np.float32 and y.shape == x.shape
     assert np.abs(y - x).max() < 1e-3
     with pytest.raises(ValueError, match="not found"):
-        load_wav(str(tmp_path / "missing.wav"))
+        load_audio(str(tmp_path / "missing.wav"))
     (tmp_path / "bad.wav").write_bytes(b"RIFF\x00\x00junk")
     with pytest.raises(ValueError, match="cannot read"):
-        load_wav(str(tmp_path / "bad.wav"))
+        load_audio(str(tmp_path / "bad.wav"))
 
 
 # ---- encoders ------------------------------------------------------------------------------------
@@ -162,8 +162,11 @@ def test_save_load_round_trip(ca_model, tmp_path):
     with torch.no_grad():
         after = loaded(clips, 16000, ["a", "b"], ["x y", "z"]).loss
     assert torch.equal(before, after)
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match="not found"):
         ALARMModel.from_pretrained(str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="alarm_config.json is missing"):
+        ALARMModel.from_pretrained(str(tmp_path / "empty"))
 
 
 # ---- bad inputs ----------------------------------------------------------------------------------

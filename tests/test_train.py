@@ -200,8 +200,8 @@ def test_bad_clips_are_skipped_and_counted(tmp_path):
     report = json.loads((out / "skipped.json").read_text())
     reasons = {item["id"]: item["reason"] for item in report["items"]}
     assert set(reasons) == {"gone", "text", "nan", "long"}
-    assert "not found" in reasons["gone"] and "unreadable" in reasons["text"]
-    assert "non-finite" in reasons["nan"] and "limit" in reasons["long"]
+    assert "not found" in reasons["gone"] and "cannot read" in reasons["text"] and "text.wav" in reasons["text"]
+    assert "NaN" in reasons["nan"] and "limit" in reasons["long"]
     assert json.loads((out / "summary.json").read_text())["skipped_clips"] == 4
 
 

@@ -22,6 +22,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from alarm.commands.checks import check_range
+
+    check_range("--steps", args.steps, 1)
     import torch
 
     if not torch.cuda.is_available():

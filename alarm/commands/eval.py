@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from alarm.commands.checks import check_input_file
 from alarm.fileio import atomic_write_json
 
 
@@ -37,6 +38,7 @@ def _score(args) -> int:
     from alarm.eval.benchmarks import get_benchmark, load_items, markdown_table, score
 
     bench = get_benchmark(args.benchmark)
+    check_input_file("--input", args.input)
     items = load_items(args.input, bench)
     report = score(bench, items)
     report["input"] = str(args.input)
@@ -54,6 +56,7 @@ def _fill(args) -> int:
     from alarm.eval.mcqa import OK, parse_answer
 
     bench = get_benchmark(args.benchmark)
+    check_input_file("--input", args.input)
     items = load_items(args.input, bench)
     bad = 0
     for i, item in enumerate(items):

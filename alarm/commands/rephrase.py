@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     r.add_argument("--num-candidates", type=int, default=20)
     r.add_argument("--backend", choices=("hf", "vllm"), default="hf")
     r.add_argument("--batch-size", type=int, default=8, help="HF backend batch size")
-    r.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    r.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (checked before any load)")
     r.add_argument("--device", help="HF backend device (default: cuda when available)")
     r.add_argument("--shard-size", type=int, default=256)
     r.add_argument("--part", type=int, default=0, help="this process's part (one per GPU), 0-based")
@@ -45,9 +45,11 @@ def register(subparsers) -> None:
 
 
 def _describe(args) -> int:
+    from alarm.commands.checks import check_input_file
     from alarm.data.descriptions import read_label_items
     from alarm.data.jsonl import write_jsonl_atomic
 
+    check_input_file("--input", args.input)
     items = read_label_items(args.input)
     write_jsonl_atomic(args.output, ({"id": it.id, "dataset": it.dataset, "description": it.describe()}
                                      for it in items))
@@ -63,10 +65,41 @@ def _backend(args, name: str):
     return HFBackend.from_pretrained(name, batch_size=args.batch_size, dtype=args.dtype, device=args.device)
 
 
-def _run(args) -> int:
-    from alarm.rephrase.backends import Sampling
-    from alarm.rephrase.pipeline import Pipeline, PipelineConfig
+def _check_args(args) -> None:
+    """Every cheap check of ``rephrase run``, before a model is loaded or the output folder is touched."""
+    from alarm.commands.checks import (check_backend_installed, check_device, check_dtype, check_hf_model,
+                                       check_input_file, check_range)
 
+    lower_bounds = {"--num-candidates": 1, "--batch-size": 1, "--shard-size": 1, "--num-parts": 1,
+                    "--r0-max-tokens": 1, "--thinking-budget": 0, "--rephrase-max-tokens": 1, "--min-tokens": 1,
+                    "--seed": 0}
+    for option, low in lower_bounds.items():
+        check_range(option, getattr(args, option[2:].replace("-", "_")), low)
+    check_range("--part", args.part, 0, args.num_parts - 1)
+    check_range("--max-tokens", args.max_tokens, args.min_tokens)
+    check_range("--max-duration", args.max_duration, 1e-3)
+    check_dtype("--dtype", args.dtype)
+    if args.backend == "vllm":
+        check_backend_installed("--backend", "vllm", "vllm")
+        if args.device is not None:
+            raise ValueError("--device applies to the hf backend only (vLLM places the model itself)")
+    else:
+        check_device("--device", args.device)
+    check_input_file("--input", args.input)
+    check_hf_model("--model", args.model)
+    if args.prompt_model:
+        if not args.generate_prompts:
+            raise ValueError("--prompt-model is used only with --generate-prompts")
+        check_hf_model("--prompt-model", args.prompt_model)
+
+
+def _run(args) -> int:
+    from alarm.data.descriptions import read_label_items
+    from alarm.rephrase.backends import Sampling
+    from alarm.rephrase.pipeline import Pipeline, PipelineConfig, check_resumable
+
+    _check_args(args)
+    read_label_items(args.input)  # a bad labels line fails here, not after the model load
     cfg = PipelineConfig(
         input=args.input, output_dir=args.output_dir, shard_size=args.shard_size, seed=args.seed,
         generate_prompts=args.generate_prompts, num_candidates=args.num_candidates,
@@ -74,9 +107,10 @@ def _run(args) -> int:
         rephrase_max_tokens=args.rephrase_max_tokens, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
         max_duration=args.max_duration, check_audio=args.check_audio,
         sampling=Sampling(do_sample=not args.greedy, seed=args.seed))
+    name = args.model + (f" (prompts: {args.prompt_model})" if args.generate_prompts and args.prompt_model else "")
+    check_resumable(cfg, name)
     backend = _backend(args, args.model)
     prompt_backend = _backend(args, args.prompt_model) if args.generate_prompts and args.prompt_model else None
-    name = args.model + (f" (prompts: {args.prompt_model})" if prompt_backend else "")
     summary = Pipeline(cfg, backend, prompt_backend, model_name=name).run(args.part, args.num_parts)
     print(f"shards: {summary.shards} ({summary.skipped_shards} already done, {summary.processed_shards} processed); "
           f"kept {summary.kept}, rejected {summary.rejected}; "

@@ -119,7 +119,10 @@ def describe_sound(labels: dict, duration: float) -> Description:
     if labels.get("caption"):
         caps.insert(0, labels["caption"])
     segs = [Segment(str(c), caption=True) for c in caps if str(c).strip()]
-    events = sorted(labels.get("events", []), key=lambda e: (float(e.get("start", 0.0)), float(e.get("end", 0.0))))
+    events = labels.get("events", [])
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        raise ValueError(f"'events' must be a list of {{\"label\", \"start\", \"end\"}} objects, got {events!r}")
+    events = sorted(events, key=lambda e: (float(e.get("start", 0.0)), float(e.get("end", 0.0))))
     for e in events:
         if "label" not in e:
             raise ValueError(f"sound event without a 'label': {e}")
@@ -139,8 +142,8 @@ def describe_dialogue(labels: dict, duration: float) -> Description:
     """Multi-speaker speech: ``turns``, a list of ``{"speaker", "start", "end", "text", ...}``, one segment
     per turn with its speaker and per-turn attributes (gender, emotion, ...); other labels -> metadata."""
     turns = labels.get("turns")
-    if not isinstance(turns, list) or not turns:
-        raise ValueError("schema 'dialogue' needs a non-empty list 'turns'")
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) for t in turns):
+        raise ValueError("schema 'dialogue' needs a non-empty list 'turns' of objects")
     segs = []
     for t in sorted(turns, key=lambda t: float(t.get("start", 0.0))):
         if "text" not in t:
@@ -200,11 +203,15 @@ def label_item_from_dict(obj: dict) -> LabelItem:
 
 
 def read_label_items(path: str | Path) -> list[LabelItem]:
-    """Read and validate a labels JSONL file (errors name ``path:line``); ids must be unique."""
+    """Read and validate a labels JSONL file (errors name ``path:line``); ids must be unique.
+
+    A relative ``audio`` path is relative to the labels file's folder; it is returned absolute."""
     items, seen = [], set()
+    folder = Path(path).resolve().parent
     for lineno, obj in iter_jsonl(path):
         try:
             item = label_item_from_dict(obj)
+            item.audio = str(folder / Path(item.audio).expanduser())
             item.describe()  # fail early on labels the schema cannot describe
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f"{path}:{lineno}: {e}") from None

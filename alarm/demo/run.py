@@ -22,7 +22,7 @@ import torch
 from alarm.data.manifest import ManifestRecord, write_manifest
 from alarm.fileio import atomic_write, atomic_write_json
 from alarm.model import ALARMConfig, ALARMModel, ModelBatch
-from alarm.model.splice import USER_PREFIX, text_batch_from_ids
+from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX, text_batch_from_ids
 from alarm.model.tiny import tiny_tokenizer
 from alarm.train.cache import build_cache
 from alarm.train.config import load_config
@@ -63,6 +63,7 @@ def audio_accuracy(model: ALARMModel, items: List[Tuple[str, Question]], batch_c
     """Accuracy from audio: each of a question's options scored by its summed log-prob given the clip."""
     tok = model.tokenizer
     prefix = tok.encode(USER_PREFIX, add_special_tokens=False)
+    header_len = len(tok.encode(ASSISTANT_SUFFIX, add_special_tokens=False))
     model.eval()
     hits: dict = {}
     for start in range(0, len(items), batch_clips):
@@ -72,10 +73,10 @@ def audio_accuracy(model: ALARMModel, items: List[Tuple[str, Question]], batch_c
             x, _ = sf.read(wav, dtype="float32")
             for option in q.options:
                 waves.append(torch.from_numpy(x))
-                suffixes.append(tok.encode(q.prompt + "<|im_end|>\n<|im_start|>assistant\n<think>\n",
-                                           add_special_tokens=False))
+                suffixes.append(tok.encode(q.prompt + ASSISTANT_SUFFIX, add_special_tokens=False))
                 targets.append(tok.encode(option, add_special_tokens=False))
-        batch = ModelBatch(text_batch_from_ids(prefix, suffixes, targets), waves=waves, rates=[RATE] * len(waves))
+        text = text_batch_from_ids(prefix, suffixes, targets, header_len)
+        batch = ModelBatch(text, waves=waves, rates=[RATE] * len(waves))
         scores = model.score_targets(batch).view(len(chunk), 4)
         for (_, q), row in zip(chunk, scores):
             hits.setdefault(q.topic, []).append(int(row.argmax()) == q.answer)

@@ -138,7 +138,12 @@ def load_items(path: str | Path, benchmark: Benchmark) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"predictions file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -155,7 +160,7 @@ def load_items(path: str | Path, benchmark: Benchmark) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from None
             where.append(f"{path}:{lineno}")
-    for item, loc in zip(items, where):
+    for item, loc in zip(items, where, strict=True):
         if not isinstance(item, dict):
             raise ValueError(f"{loc}: expected a JSON object, got {type(item).__name__}")
         missing = [k for k in benchmark.required if k not in item]

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from alarm.profiling import nvtx_range
 from alarm_kernels.varlen import pad_packed, unpack
 
-from ..fileio import atomic_write, atomic_write_text
+from ..fileio import atomic_write_folder, atomic_write_text
 from ..audio import resample_batch, validate_audio_batch
 from ..generation import generate_with_thinking_budget
 from .adapters import Adapter
@@ -38,7 +39,7 @@ from .llm import FrozenLLM, load_tokenizer
 from .batch import ModelBatch
 from .splice import IGNORE, ASSISTANT_SUFFIX, USER_PREFIX, splice_packed, splice_padded, tokenize_batch
 
-__all__ = ["ALARMModel", "AudioSide", "ALARMOutput", "ALARMEnsemble"]
+__all__ = ["ALARMModel", "AudioSide", "ALARMOutput", "ALARMEnsemble", "load_saved_config"]
 
 CONFIG_NAME = "alarm_config.json"
 WEIGHTS_NAME = "audio_side.safetensors"
@@ -273,24 +274,30 @@ class ALARMModel(nn.Module):
 
     # ---- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, folder: str) -> None:
-        """Write ``alarm_config.json`` and ``audio_side.safetensors`` (adapters, fusion, separators, BN
-        buffers) atomically. Encoders and the LLM are not saved: they are rebuilt from their ``path`` (or,
-        when randomly initialised, from their config and ``init_seed``, deterministically)."""
+        """Write ``folder`` with ``alarm_config.json`` and ``audio_side.safetensors`` (adapters, fusion,
+        separators, BN buffers) as a whole (``alarm.fileio.atomic_write_folder``): a reader or a killed save
+        leaves the old model or the new one, never a mix. Other files kept in ``folder`` are carried over.
+        Encoders and the LLM are not saved: they are rebuilt from their ``path`` (or, when randomly
+        initialised, from their config and ``init_seed``, deterministically)."""
         if any(ad.folded for ad in self.audio.adapters.values() if ad.kind == "conv"):
             raise ValueError("this model's BatchNorms were folded (inference only); save before folding")
-        os.makedirs(folder, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.audio.state_dict().items()}
-        atomic_write(os.path.join(folder, WEIGHTS_NAME), lambda p: save_file(state, p, metadata={"format": "pt"}))
+        config_json = self.config.to_json()
 
-        atomic_write_text(os.path.join(folder, CONFIG_NAME), self.config.to_json())
+        def write(tmp: str) -> None:
+            save_file(state, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
+            atomic_write_text(os.path.join(tmp, CONFIG_NAME), config_json)
+
+        atomic_write_folder(folder, write, owned=(CONFIG_NAME, WEIGHTS_NAME))
 
     def load_adapter(self, name: str, folder: str, source_name: Optional[str] = None) -> None:
         """Stage B: copy the adapter ``source_name`` (default ``name``) of a saved (stage-A) model in
         ``folder`` into this model's adapter ``name`` (strict: every tensor must match)."""
         if name not in self.audio.adapters:
             raise ValueError(f"this model has no encoder {name!r}; it has {list(self.audio.adapters)}")
+        load_saved_config(folder)  # checks the folder is a saved model
         prefix = f"adapters.{source_name or name}."
-        state = {k[len(prefix):]: v for k, v in load_file(os.path.join(folder, WEIGHTS_NAME)).items()
+        state = {k[len(prefix):]: v for k, v in _load_weights(os.path.join(folder, WEIGHTS_NAME)).items()
                  if k.startswith(prefix)}
         if not state:
             raise ValueError(f"{folder} holds no adapter {source_name or name!r}")
@@ -302,19 +309,53 @@ class ALARMModel(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str, tokenizer=None, llm: Optional[FrozenLLM] = None, **overrides
                         ) -> "ALARMModel":
-        """Rebuild a saved model (``overrides`` replace config fields, e.g. ``path="reference"``)."""
-        cfg_path, w_path = os.path.join(folder, CONFIG_NAME), os.path.join(folder, WEIGHTS_NAME)
-        for p in (cfg_path, w_path):
-            if not os.path.isfile(p):
-                raise ValueError(f"{folder} is not a saved ALARM model: {os.path.basename(p)} is missing")
-        with open(cfg_path) as f:
-            cfg = ALARMConfig.from_dict({**json.load(f), **overrides})
+        """Rebuild a saved model (``overrides`` replace config fields, e.g. ``path="reference"``).
+
+        Raises ValueError naming the file for a missing folder or file, bad JSON or config, or an
+        unreadable/corrupt weights file (all checked before the frozen encoders and LLM are loaded)."""
+        cfg = load_saved_config(folder, **overrides)
+        w_path = os.path.join(folder, WEIGHTS_NAME)
+        state = _load_weights(w_path)
         model = cls(cfg, tokenizer=tokenizer, llm=llm)
-        state = load_file(w_path)
         missing, unexpected = model.audio.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"weights in {w_path} do not match the config: missing {missing}, unexpected {unexpected}")
         return model
+
+
+def load_saved_config(folder: str, **overrides) -> ALARMConfig:
+    """The ``ALARMConfig`` of a folder written by ``save_pretrained`` (cheap: nothing is built).
+
+    Raises ValueError naming the folder or file when the folder or one of its two files is missing, or
+    the config is not valid UTF-8 JSON of known ``ALARMConfig`` fields."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"model folder not found: {folder}" if not os.path.exists(folder)
+                         else f"model path is not a folder: {folder}")
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise ValueError(f"{folder} is not a saved ALARM model: {name} is missing")
+    cfg_path = os.path.join(folder, CONFIG_NAME)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{cfg_path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object, got {type(raw).__name__}")
+    try:
+        return ALARMConfig.from_dict({**raw, **overrides})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{cfg_path}: {e}") from None
+
+
+def _load_weights(path: str) -> Dict[str, Tensor]:
+    """safetensors file -> state dict; ValueError naming ``path`` when it is unreadable or corrupt."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise ValueError(f"cannot read weights {path}: {e} (corrupt or truncated file?)") from None
 
 
 class ALARMEnsemble:

@@ -44,7 +44,7 @@ class ModelBatch:
 
     def _map(self, fn) -> "ModelBatch":
         text = TextBatch(*(fn(t) for t in (self.text.prefix, self.text.suffix, self.text.cu_suffix, self.text.target,
-                                           self.text.cu_target)))
+                                           self.text.cu_target)), self.text.header_len)
         feats = None if self.features is None else {
             k: ([fn(x) for x in layers], fn(cu)) for k, (layers, cu) in self.features.items()}
         streams = None if self.streams is None else {k: (fn(x), fn(cu)) for k, (x, cu) in self.streams.items()}

@@ -2,13 +2,17 @@
 
 Per example: ``embed("<|im_start|>user\\n") | audio_start | audio tokens | audio_end |
 embed(prompt + "<|im_end|>\\n<|im_start|>assistant\\n<think>\\n") | embed(target)``, truncated at
-``max_length`` tokens; labels are the target ids on target positions and -100 elsewhere (no EOS is added);
-positions 0..L-1 per example. ``splice_packed`` builds a whole batch as one packed row with vectorised
-index arithmetic (one gather from a table of [text embeddings; audio tokens; separators]);
+``max_length`` tokens. Only the target is ever cut there: a prompt too long to fit before it is cut
+before the assistant header, with a warning (``fit_prompts``). Labels are the target ids on target
+positions and -100 elsewhere (no EOS is added); positions 0..L-1 per example. ``splice_packed`` builds a
+whole batch as one packed row with vectorised index arithmetic (one gather from a table of [text
+embeddings; audio tokens; separators]);
 ``splice_padded`` is the published per-example construction, padded, kept as the reference.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -20,7 +24,9 @@ from alarm_kernels.varlen import cu_seqlens_to_seqlens, seqlens_to_cu_seqlens
 from .fusion import segment_gather_index
 
 __all__ = ["USER_PREFIX", "ASSISTANT_SUFFIX", "TextBatch", "tokenize_batch", "encode_example", "text_batch_from_ids",
-           "splice_packed", "splice_padded"]
+           "fit_prompts", "splice_packed", "splice_padded"]
+
+logger = logging.getLogger(__name__)
 
 USER_PREFIX = "<|im_start|>user\n"
 ASSISTANT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n"
@@ -29,12 +35,14 @@ IGNORE = -100
 
 @dataclass
 class TextBatch:
-    """Token ids of a batch: shared prefix [P]; per-example suffix and target ids packed with int32 offsets."""
+    """Token ids of a batch: shared prefix [P]; per-example suffix and target ids packed with int32 offsets.
+    Each suffix row ends with the ``header_len`` tokens of the assistant header (never cut)."""
     prefix: Tensor
     suffix: Tensor
     cu_suffix: Tensor
     target: Tensor
     cu_target: Tensor
+    header_len: int = 0
 
 
 def _pack_ids(rows: Sequence[Sequence[int]], device) -> tuple:
@@ -49,11 +57,15 @@ def encode_example(tokenizer, prompt: str, target: str) -> tuple[List[int], List
 
 
 def text_batch_from_ids(prefix: Sequence[int], suffix_rows: Sequence[Sequence[int]],
-                        target_rows: Sequence[Sequence[int]], device="cpu") -> TextBatch:
-    """A ``TextBatch`` from pre-tokenised ids (the trainer tokenises its manifest once, up front)."""
+                        target_rows: Sequence[Sequence[int]], header_len: int, device="cpu") -> TextBatch:
+    """A ``TextBatch`` from pre-tokenised ids (the trainer tokenises its manifest once, up front).
+
+    ``header_len``: tokens of ``ASSISTANT_SUFFIX`` that end every suffix row (kept whole by ``fit_prompts``).
+    """
     suffix, cu_s = _pack_ids(suffix_rows, device)
     target, cu_t = _pack_ids(target_rows, device)
-    return TextBatch(torch.tensor(list(prefix), dtype=torch.long, device=device), suffix, cu_s, target, cu_t)
+    return TextBatch(torch.tensor(list(prefix), dtype=torch.long, device=device), suffix, cu_s, target, cu_t,
+                     header_len)
 
 
 def tokenize_batch(tokenizer, prompts: Sequence[str], targets: Optional[Sequence] = None, device="cpu") -> TextBatch:
@@ -74,7 +86,32 @@ def tokenize_batch(tokenizer, prompts: Sequence[str], targets: Optional[Sequence
         target_rows = [next(enc) if isinstance(t, str) else list(t) for t in targets]
     suffix, cu_s = _pack_ids(suffix_rows, device)
     target, cu_t = _pack_ids(target_rows, device)
-    return TextBatch(prefix, suffix, cu_s, target, cu_t)
+    header_len = len(tokenizer.encode(ASSISTANT_SUFFIX, add_special_tokens=False))
+    return TextBatch(prefix, suffix, cu_s, target, cu_t, header_len)
+
+
+def fit_prompts(text: TextBatch, audio_lengths: Sequence[int], max_length: int) -> TextBatch:
+    """Cut the end of every prompt whose example would not fit ``max_length`` tokens before its target:
+    prefix + 2 separators + audio tokens + prompt + assistant header. The header is kept whole and a
+    warning is logged per cut prompt. Raises ValueError when even an empty prompt does not fit."""
+    p = text.prefix.numel()
+    lengths = cu_seqlens_to_seqlens(text.cu_suffix).tolist()
+    rooms = [max_length - p - 2 - int(n_a) for n_a in audio_lengths]
+    if all(n_s <= room for n_s, room in zip(lengths, rooms, strict=True)):
+        return text
+    bounds = text.cu_suffix.tolist()
+    rows = []
+    for i, (n_s, room) in enumerate(zip(lengths, rooms, strict=True)):
+        row = text.suffix[bounds[i]:bounds[i + 1]]
+        if n_s > room:
+            if room <= text.header_len:
+                raise ValueError(f"example {i}: its {int(audio_lengths[i])} audio tokens and the chat template "
+                                 f"leave no room for the prompt within max_length={max_length}")
+            logger.warning("example %d: prompt cut by %d tokens to fit max_length=%d", i, n_s - room, max_length)
+            row = torch.cat([row[: room - text.header_len], row[n_s - text.header_len:]])
+        rows.append(row)
+    cu = seqlens_to_cu_seqlens([r.numel() for r in rows], device=text.suffix.device)
+    return dataclasses.replace(text, suffix=torch.cat(rows), cu_suffix=cu)
 
 
 def splice_packed(embed: nn.Module, text: TextBatch, audio: Tensor, cu_audio: Tensor, sep_start: Tensor,
@@ -87,6 +124,7 @@ def splice_packed(embed: nn.Module, text: TextBatch, audio: Tensor, cu_audio: Te
     [total], cu_seqlens int32 [B+1], max_seqlen int.
     """
     dev = audio.device
+    text = fit_prompts(text, cu_seqlens_to_seqlens(cu_audio).tolist(), max_length)
     b = cu_audio.numel() - 1
     p = text.prefix.numel()
     n_s = text.suffix.numel()
@@ -119,6 +157,7 @@ def splice_padded(embed: nn.Module, text: TextBatch, audio: List[Tensor], sep_st
     ``left_pad=True`` pads on the left (generation).
     """
     rows, labels = [], []
+    text = fit_prompts(text, [a.shape[0] for a in audio], max_length)
     s_b, t_b = text.cu_suffix.tolist(), text.cu_target.tolist()
     prefix = embed(text.prefix)
     for i, a in enumerate(audio):
@@ -136,7 +175,7 @@ def splice_padded(embed: nn.Module, text: TextBatch, audio: List[Tensor], sep_st
     mask = torch.zeros(b, longest, dtype=torch.long, device=out.device)
     lab_out = torch.full((b, longest), IGNORE, dtype=torch.long, device=out.device)
     pos = torch.zeros(b, longest, dtype=torch.long, device=out.device)
-    for i, (r, lab) in enumerate(zip(rows, labels)):
+    for i, (r, lab) in enumerate(zip(rows, labels, strict=True)):
         n = r.shape[0]
         sl = slice(longest - n, longest) if left_pad else slice(0, n)
         out[i, sl], mask[i, sl], lab_out[i, sl] = r, 1, lab

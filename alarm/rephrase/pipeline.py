@@ -95,20 +95,34 @@ def _shard_paths(out: Path, k: int) -> tuple[Path, Path]:
     return out / "shards" / f"shard-{k:05d}.jsonl", out / "shards" / f"shard-{k:05d}.rejects.jsonl"
 
 
-def _check_run_file(out: Path, cfg: PipelineConfig, model_name: str) -> None:
+def check_resumable(cfg: PipelineConfig, model_name: str) -> bool:
+    """Whether ``cfg.output_dir`` already holds this run's ``run.json`` (False: no run there yet).
+
+    Raises ValueError when it holds a run with different settings or an unreadable ``run.json``; nothing
+    is written, so commands call it before loading a model."""
     want = {"config": cfg.fingerprint(), "model": model_name}
-    path = out / "run.json"
-    if path.exists():
+    path = Path(cfg.output_dir) / "run.json"
+    if not path.exists():
+        return False
+    try:
         have = json.loads(path.read_text(encoding="utf-8"))
-        if have != json.loads(json.dumps(want)):
-            diff = sorted(k for k in set(have["config"]) | set(want["config"])
-                          if have["config"].get(k) != want["config"].get(k))
-            if have.get("model") != model_name:
-                diff.append("model")
-            raise ValueError(f"{out} holds a run with different settings ({', '.join(diff)}); "
-                             "use a new --output-dir or the same settings to resume")
-    else:
-        write_json_atomic(path, want)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: unreadable run settings ({e}); use a new --output-dir") from None
+    if not isinstance(have, dict) or not isinstance(have.get("config"), dict):
+        raise ValueError(f"{path}: not a run settings file; use a new --output-dir")
+    if have != json.loads(json.dumps(want)):
+        diff = sorted(k for k in set(have["config"]) | set(want["config"])
+                      if have["config"].get(k) != want["config"].get(k))
+        if have.get("model") != model_name:
+            diff.append("model")
+        raise ValueError(f"{cfg.output_dir} holds a run with different settings ({', '.join(diff)}); "
+                         "use a new --output-dir or the same settings to resume")
+    return True
+
+
+def _check_run_file(out: Path, cfg: PipelineConfig, model_name: str) -> None:
+    if not check_resumable(cfg, model_name):
+        write_json_atomic(out / "run.json", {"config": cfg.fingerprint(), "model": model_name})
 
 
 class Pipeline:
@@ -155,7 +169,7 @@ class Pipeline:
         outs = be.generate(writer, max_new_tokens=cfg.prompt_max_tokens, max_thinking_tokens=cfg.prompt_thinking_budget,
                            sampling=self._sampling, desc="prompt candidates")
         pairs = []
-        for it, prompt, out in zip(items, writer, outs):
+        for it, prompt, out in zip(items, writer, outs, strict=True):
             if _unfinished_thinking(prompt, out.text):
                 continue
             for cand in pp.parse_candidates(out.text, cfg.num_candidates):
@@ -166,7 +180,7 @@ class Pipeline:
                                max_thinking_tokens=cfg.checker_thinking_budget, sampling=Sampling(do_sample=False),
                                desc="prompt checks") if checks else []
         valid: dict[str, list[str]] = {it.id: [] for it in items}
-        for (i, cand), prompt, v in zip(pairs, checks, verdicts):
+        for (i, cand), prompt, v in zip(pairs, checks, verdicts, strict=True):
             if not _unfinished_thinking(prompt, v.text) and pp.checker_says_yes(v.text):
                 valid[i].append(cand)
         return valid
@@ -196,7 +210,7 @@ class Pipeline:
         r0_outs = self.backend.generate(r0_inputs, max_new_tokens=cfg.r0_max_tokens, sampling=self._sampling,
                                         desc="R0")
         r0 = {}
-        for it, out in zip(live, r0_outs):
+        for it, out in zip(live, r0_outs, strict=True):
             text, closed = pp.clean_r0(out.text)
             if text:
                 r0[it.id] = (text, closed)
@@ -210,7 +224,7 @@ class Pipeline:
                                           max_thinking_tokens=cfg.thinking_budget, sampling=self._sampling,
                                           desc="rephrase") if reph_inputs else []
         targets: dict[str, tuple[str, bool]] = {}
-        for it, prompt, out in zip(to_rephrase, reph_inputs, reph_outs):
+        for it, prompt, out in zip(to_rephrase, reph_inputs, reph_outs, strict=True):
             ans = None if _unfinished_thinking(prompt, out.text) else pp.extract_answer(pp.visible_answer(out.text))
             if ans is None:
                 reject(it, "rephrase", "no_answer_tags", budget_hit=out.budget_hit, finished=out.finished)

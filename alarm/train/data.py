@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from alarm.audio import load_wav, resample
+from alarm.audio import load_audio, resample, validate_audio_batch
 from alarm.data.manifest import read_manifest
 from alarm.fileio import atomic_write_json
 from alarm.model.batch import ModelBatch
@@ -128,16 +128,10 @@ class ClipDataset(torch.utils.data.Dataset):
             clip = self.cache.get(ex.id)
             return (i, None, clip, None) if clip is not None else (i, None, None, "not in the feature cache")
         try:
-            wave, rate = load_wav(ex.audio)
+            wave, rate = load_audio(ex.audio)  # names the file and the reason: unreadable, empty, NaN, ...
+            (x,), _ = validate_audio_batch([wave], rate, self.max_seconds)  # the model's input contract
         except (ValueError, OSError) as e:
-            return i, None, None, f"unreadable: {e}"
-        if wave.size == 0:
-            return i, None, None, "empty audio"
-        if not np.isfinite(wave).all():
-            return i, None, None, "non-finite samples"
-        if wave.size > self.max_seconds * rate:
-            return i, None, None, f"lasts {wave.size / rate:.1f} s, over the {self.max_seconds:g} s limit"
-        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+            return i, None, None, str(e)
         return i, resample(x, rate, self.rate) if rate != self.rate else x, None, None
 
 
@@ -159,8 +153,8 @@ class Pack:
 class Collator:
     """Picklable collate function for ``DataLoader(collate_fn=...)``."""
 
-    def __init__(self, examples: Sequence[Example], prefix: Sequence[int], rate: int):
-        self.examples, self.prefix, self.rate = examples, list(prefix), rate
+    def __init__(self, examples: Sequence[Example], prefix: Sequence[int], header_len: int, rate: int):
+        self.examples, self.prefix, self.header_len, self.rate = examples, list(prefix), header_len, rate
 
     def __call__(self, items) -> Pack:
         kept, skips, waves, feats = [], [], [], []
@@ -175,7 +169,7 @@ class Collator:
         if not kept:
             return Pack(None, [], skips, 0.0)
         text = text_batch_from_ids(self.prefix, [self.examples[i].suffix for i in kept],
-                                   [self.examples[i].target for i in kept])
+                                   [self.examples[i].target for i in kept], self.header_len)
         if feats[0] is not None:
             batch = ModelBatch(text, **{feats[0].kind: feats[0].collate(feats)})
             seconds = sum(self.examples[i].duration for i in kept)
@@ -185,9 +179,10 @@ class Collator:
         return Pack(batch, kept, skips, seconds)
 
 
-def collate(examples: Sequence[Example], prefix: Sequence[int], rate: int) -> Collator:
-    """The collate function for ``examples`` (``prefix``: ids of the user-turn opening)."""
-    return Collator(examples, prefix, rate)
+def collate(examples: Sequence[Example], prefix: Sequence[int], header_len: int, rate: int) -> Collator:
+    """The collate function for ``examples`` (``prefix``: ids of the user-turn opening; ``header_len``:
+    tokens of the assistant header ending every prompt)."""
+    return Collator(examples, prefix, header_len, rate)
 
 
 def write_skip_report(path: str, skips: Sequence[Skip]) -> Dict[str, int]:

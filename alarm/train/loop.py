@@ -25,10 +25,10 @@ from typing import Dict, List, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from alarm.audio import load_wav
+from alarm.audio import load_audio
 from alarm.fileio import atomic_write_json
 from alarm.model import ALARMModel
-from alarm.model.splice import USER_PREFIX
+from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX
 
 from .cache import FeatureCache, cache_key, file_sha256
 from .checkpoint import check_resumable, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
@@ -90,8 +90,8 @@ def _loader(dataset, sampler, collate_fn, cfg: TrainConfig, world: World) -> Dat
 
 
 @torch.no_grad()
-def evaluate(model: ALARMModel, examples: List[Example], prefix: List[int], rate: int, cfg: TrainConfig,
-             world: World, cache) -> Dict[str, float]:
+def evaluate(model: ALARMModel, examples: List[Example], prefix: List[int], header_len: int, rate: int,
+             cfg: TrainConfig, world: World, cache) -> Dict[str, float]:
     """Mean target-token CE per dataset on held-out examples (all ranks; sums all-reduced)."""
     model.eval()
     results = {}
@@ -106,7 +106,7 @@ def evaluate(model: ALARMModel, examples: List[Example], prefix: List[int], rate
         if len(subset) >= world.world_size:
             steps = plan_epoch(costs, cfg.batch.max_tokens, world.world_size, 1, seed=0, epoch=0)
             for rnd in steps[: cfg.data.eval_batches]:
-                pack = collate(subset, prefix, rate)([dataset[i] for i in rnd[world.rank]])
+                pack = collate(subset, prefix, header_len, rate)([dataset[i] for i in rnd[world.rank]])
                 if pack.batch is None:
                     continue
                 with _autocast(world, cfg):
@@ -125,7 +125,7 @@ def _samples(model: ALARMModel, examples: List[Example], n: int) -> List[dict]:
     model.eval()
     for e in examples[:n]:
         try:
-            wave, rate = load_wav(e.audio)
+            wave, rate = load_audio(e.audio)
         except (ValueError, OSError):
             continue
         answer = model.generate(wave, e.prompt, sampling_rate=rate, max_new_tokens=48, do_sample=False)
@@ -162,6 +162,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     mcfg = model.config
     rate = mcfg.encoders[0].sample_rate
     prefix = model.tokenizer.encode(USER_PREFIX, add_special_tokens=False)
+    header_len = len(model.tokenizer.encode(ASSISTANT_SUFFIX, add_special_tokens=False))
 
     # ---- data --------------------------------------------------------------------------------
     if world.is_main:
@@ -191,7 +192,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     schedule_steps = sampler.total_steps(cfg.run.epochs)  # the LR schedule's horizon: max_steps only stops early
     total_steps = schedule_steps if cfg.run.max_steps is None else min(schedule_steps, cfg.run.max_steps)
     dataset = ClipDataset(train_ex, rate, cfg.data.max_seconds, cache)
-    collate_fn = collate(train_ex, prefix, rate)
+    collate_fn = collate(train_ex, prefix, header_len, rate)
 
     # ---- optimizer and resume ------------------------------------------------------------------
     trainable = model.trainable_parameters()
@@ -296,7 +297,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
                         peak_mem_gb=_peak_memory_gb(world), step_s=seconds, skipped_steps=state["skipped_steps"],
                         skipped_clips=state["skipped_clips"])
             if eval_ex and cfg.run.eval_every and step % cfg.run.eval_every == 0:
-                log.log("eval", step, **evaluate(model, eval_ex, prefix, rate, cfg, world, cache))
+                log.log("eval", step, **evaluate(model, eval_ex, prefix, header_len, rate, cfg, world, cache))
             if world.is_main and cfg.run.sample_every and step % cfg.run.sample_every == 0:
                 for row in _samples(model, eval_ex or train_ex, cfg.run.samples):
                     log.log("sample", step, **row)
@@ -315,7 +316,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
                "audio_hours": state["audio_seconds"] / 3600, "skipped_steps": state["skipped_steps"],
                "skipped_clips": len(all_skips), "checkpoint": str(final_ckpt), "model": str(run_dir / "final")}
     if eval_ex and cfg.run.eval_every:
-        summary["eval"] = evaluate(model, eval_ex, prefix, rate, cfg, world, cache)
+        summary["eval"] = evaluate(model, eval_ex, prefix, header_len, rate, cfg, world, cache)
         log.log("eval", step, **summary["eval"])
     if world.is_main:
         model.save_pretrained(str(run_dir / "final"))
