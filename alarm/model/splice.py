@@ -41,15 +41,20 @@ def _pack_ids(rows: Sequence[Sequence[int]], device) -> tuple:
     return flat, seqlens_to_cu_seqlens([len(r) for r in rows], device=device)
 
 
-def tokenize_batch(tokenizer, prompts: Sequence[str], targets: Optional[Sequence] = None, device="cpu") -> TextBatch:
+def tokenize_batch(tokenizer, prompts: Sequence[str], targets: Optional[Sequence] = None, device="cpu",
+                   system: Optional[str] = None) -> TextBatch:
     """Tokenise prompts (wrapped in the chat template pieces) and targets (strings or id lists; None for
-    generation). The special tokens (``<|im_start|>`` ...) must be single tokens of ``tokenizer``."""
+    generation). ``system`` (optional) puts a system turn ``<|im_start|>system\n...<|im_end|>\n`` before
+    the user turn of every example (it becomes part of the shared prefix). The special tokens
+    (``<|im_start|>`` ...) must be single tokens of ``tokenizer``."""
     if targets is not None and len(targets) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets")
     for name in ("<|im_start|>", "<|im_end|>", "<think>"):
         if len(tokenizer.encode(name, add_special_tokens=False)) != 1:
             raise ValueError(f"the tokenizer does not know the special token {name!r}")
-    prefix = torch.tensor(tokenizer.encode(USER_PREFIX, add_special_tokens=False), dtype=torch.long, device=device)
+    head = "" if system is None else f"<|im_start|>system\n{system}<|im_end|>\n"
+    prefix = torch.tensor(tokenizer.encode(head + USER_PREFIX, add_special_tokens=False), dtype=torch.long,
+                          device=device)
     suffix_rows = tokenizer([p + ASSISTANT_SUFFIX for p in prompts], add_special_tokens=False)["input_ids"]
     if targets is None:
         target_rows: List[List[int]] = [[] for _ in prompts]
@@ -121,7 +126,7 @@ def splice_padded(embed: nn.Module, text: TextBatch, audio: List[Tensor], sep_st
     mask = torch.zeros(b, longest, dtype=torch.long, device=out.device)
     lab_out = torch.full((b, longest), IGNORE, dtype=torch.long, device=out.device)
     pos = torch.zeros(b, longest, dtype=torch.long, device=out.device)
-    for i, (r, lab) in enumerate(zip(rows, labels)):
+    for i, (r, lab) in enumerate(zip(rows, labels, strict=True)):
         n = r.shape[0]
         sl = slice(longest - n, longest) if left_pad else slice(0, n)
         out[i, sl], mask[i, sl], lab_out[i, sl] = r, 1, lab
