@@ -44,6 +44,7 @@ from .mcqa import OK, parse_answer
 
 RESPONSE_KEY = "model_response"
 LETTERS = "ABCD"
+MALFORMED_LETTER = "?"
 _LETTER_KEYS = ("choice_a", "choice_b", "choice_c", "choice_d")
 _WORD = re.compile(r"\b\w+\b")
 _MISSING = object()
@@ -240,16 +241,19 @@ def load_items(path: str | Path, bench: Benchmark) -> list[dict]:
 
 
 def fill_item(bench: Benchmark, item: dict, response) -> str:
-    """Parse ``response`` and write the official prediction key (option text, or letter for MMSU and
-    AIR-Bench; "" when malformed), ``model_response`` (the raw response), ``answer_status`` and
-    ``answer_index``. Returns the status."""
+    """Parse ``response`` and write the official prediction key, ``model_response`` (the raw response),
+    ``answer_status`` and ``answer_index``. Returns the status.
+
+    The official key gets the option text (MMAU, MMAR; "" when malformed, which their scripts count as
+    wrong) or the option letter (MMSU, AIR-Bench; ``"?"`` when malformed, which both scripts skip: an empty
+    string would make the MMSU script reuse the previous item's letter)."""
     options = bench.options(item)
     parsed = parse_answer(response, options)
     item[RESPONSE_KEY] = response
     item["answer_status"] = parsed.status
     item["answer_index"] = parsed.index
     if parsed.status != OK:
-        item[bench.official_key] = ""
+        item[bench.official_key] = MALFORMED_LETTER if bench.lettered else ""
     elif bench.lettered:
         present = [k for k in _LETTER_KEYS if item.get(k) not in (None, "")]
         item[bench.official_key] = LETTERS[_LETTER_KEYS.index(present[parsed.index])]
