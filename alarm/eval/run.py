@@ -75,15 +75,16 @@ def _part_file(folder: Path, part: int, num_parts: int) -> Path:
 
 
 def read_responses(folder: Path) -> dict[str, dict]:
-    """Every complete response line of every part file: {item id: row}. A torn last line is ignored."""
+    """Every complete response line of every part file: {item id: row}. A torn last line (no newline) is
+    ignored; any other unreadable line is a ValueError naming it."""
     done = {}
     for path in sorted(folder.glob("responses.part-*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n")[:-1], 1):
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[str(row["id"])] = row
+                done[str(row["id"])] = row
+            except (json.JSONDecodeError, TypeError, KeyError):
+                raise ValueError(f"{path}:{lineno}: not a response line; delete {folder} to start over") from None
     return done
 
 
