@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 import alarm.eval.run as run_mod
+import torch
+
 from alarm.cli import main
+from alarm.model import ALARMConfig, ALARMEnsemble, ALARMModel
+from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX
 from alarm.model.tiny import synthetic_audio, tiny_model
+from alarm.prompts import SYSTEM_PROMPT, ensemble_header, ensemble_intro, system_turn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,7 +32,10 @@ def _write_wav(path, samples, rate, channels=1):
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalrun")
-    tiny_model("CA").save_pretrained(str(root / "ckpt"))
+    first = tiny_model("CA")
+    first.save_pretrained(str(root / "ckpt"))
+    ALARMModel(ALARMConfig.tiny("sum", n_encoders=1, init_seed=7), tokenizer=first.tokenizer,
+               llm=first.llm).save_pretrained(str(root / "ckpt-r"))
     (root / "audio" / "test-mini-audios").mkdir(parents=True)
     items = []
     for i, (seconds, rate) in enumerate([(0.6, 16000), (0.3, 16000), (0.5, 8000), (0.4, 16000)]):
@@ -109,16 +117,58 @@ def test_run_kill_resume_and_refuse_changes(bench, tmp_path, monkeypatch, capsys
     assert _responses(killed) == resumed
 
 
-def test_run_in_two_parts_greedy(bench, tmp_path, capsys):
+def test_run_in_two_parts_greedy_ensemble(bench, tmp_path, capsys):
     out = tmp_path / "parts.jsonl"
-    assert main(_args(bench, out, "--greedy", "--part", "0", "--num-parts", "2")) == 0
+    ens = ["--ensemble", str(bench / "ckpt-r"), "--greedy"]
+    assert main(_args(bench, out, *ens, "--part", "0", "--num-parts", "2")) == 0
     assert "other parts still running" in capsys.readouterr().out and not out.exists()
     assert sorted(_responses(out)) == ["q0", "q2"]  # item k belongs to part k mod 2
-    assert main(_args(bench, out, "--greedy", "--part", "1", "--num-parts", "2")) == 0
+    assert main(_args(bench, out, *ens, "--part", "1", "--num-parts", "2")) == 0
     assert sorted(_responses(out)) == ["q0", "q1", "q2", "q3"]
     lines = out.read_text().splitlines()  # .jsonl output: JSON Lines
     assert [json.loads(line)["id"] for line in lines] == ["q0", "q1", "q2", "q3"]
-    assert main(_args(bench, out, "--greedy", "--part", "2", "--num-parts", "2")) == 2
+    assert main(_args(bench, out, *ens, "--part", "2", "--num-parts", "2")) == 2
     assert "--part must be in" in capsys.readouterr().err
     with pytest.raises(ValueError, match="audio file not found"):
         main(["-v", *_args(bench, tmp_path / "x.json", "--audio-root", str(tmp_path))])
+
+
+def _ids(tok, text):
+    return tok.encode(text, add_special_tokens=False)
+
+
+def test_prompt_layouts_follow_the_published_evaluation(bench):
+    """The text positions of the generation inputs hold exactly the published pieces, each tokenized on its own:
+    single model: system turn + user start | audio | prompt + assistant start; ALARM-E: system turn, user start,
+    introduction, then per model its header | audio | newline, then the prompt."""
+    first = ALARMModel.from_pretrained(str(bench / "ckpt"))
+    second = ALARMModel.from_pretrained(str(bench / "ckpt-r"), tokenizer=first.tokenizer, llm=first.llm)
+    tok, embed = first.tokenizer, first.llm.embed()
+    clip = synthetic_audio([0.4], seed=9)[0]
+
+    def text(ids):
+        return embed(torch.tensor(ids)).to(first.llm.dtype)
+
+    row = first.prompt_embeddings([clip], 16000, ["Q?"])["inputs_embeds"][0]
+    audio = first.audio_embeddings([clip], 16000)[0]
+    head, tail = _ids(tok, system_turn(SYSTEM_PROMPT) + USER_PREFIX), _ids(tok, "Q?" + ASSISTANT_SUFFIX)
+    assert row.shape[0] == len(head) + audio.shape[0] + 2 + len(tail)
+    assert torch.equal(row[: len(head)], text(head)) and torch.equal(row[-len(tail):], text(tail))
+    assert torch.equal(first.prompt_embeddings([clip], 16000, ["Q?"], system_prompt=None)["inputs_embeds"][0],
+                       row[len(_ids(tok, system_turn(SYSTEM_PROMPT))):])
+
+    row = ALARMEnsemble([first, second]).prompt_embeddings([clip], 16000, ["Q?"])["inputs_embeds"][0]
+    pieces = [_ids(tok, system_turn(SYSTEM_PROMPT)) + _ids(tok, USER_PREFIX) + _ids(tok, ensemble_intro(2))]
+    pos = 0
+    for i, m in enumerate([first, second], start=1):
+        pieces[-1] += _ids(tok, ensemble_header(i, 2))
+        n = len(pieces[-1])
+        assert torch.equal(row[pos: pos + n], text(pieces[-1]))
+        a = m.audio_embeddings([clip], 16000)[0]
+        pos += n
+        assert torch.equal(row[pos], m.audio.audio_start.to(row.dtype))
+        assert torch.allclose(row[pos + 1: pos + 1 + a.shape[0]], a.to(row.dtype))
+        pos += a.shape[0] + 2
+        pieces.append(_ids(tok, "\n"))
+    pieces[-1] += _ids(tok, "Q?" + ASSISTANT_SUFFIX)
+    assert torch.equal(row[pos:], text(pieces[-1]))
