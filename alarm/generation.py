@@ -32,7 +32,7 @@ THINK_END = "</think>"
 SAMPLING_DEFAULTS = dict(do_sample=True, temperature=0.6, top_p=0.95, top_k=20, seed=0)
 
 __all__ = ["THINK_START", "THINK_END", "SAMPLING_DEFAULTS", "token_id", "budget_suffix_ids", "still_thinking",
-           "ThinkingGeneration", "generate_with_thinking_budget"]
+           "ThinkingGeneration", "generate_with_thinking_budget", "two_pass"]
 
 
 def token_id(tokenizer, token: str) -> int:
@@ -171,41 +171,59 @@ def generate_with_thinking_budget(model, tokenizer, *, input_ids=None, inputs_em
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else \
         dict(do_sample=False, temperature=None, top_p=None, top_k=None)
 
-    def run(ids, embeds, mask, n: int) -> List[tuple]:
+    def generate(ids, embeds, mask, n: int) -> List[tuple]:
         out = model.generate(**({"input_ids": ids} if ids is not None else {"inputs_embeds": embeds}),
                              attention_mask=mask, max_new_tokens=n, min_new_tokens=None,
                              eos_token_id=eos_ids or None, pad_token_id=pad_token_id, return_dict_in_generate=False,
                              **sampling, **generate_kwargs)
         return _rows(out[:, ids.shape[1]:] if ids is not None else out, eos_ids)
 
+    def run(rows: List[int], conts: Optional[List[List[int]]], n: int) -> List[tuple]:
+        if conts is None:
+            return generate(input_ids, inputs_embeds, attention_mask, n)
+        dev = inputs.device
+        conts = [torch.tensor(c, dtype=torch.long, device=dev) for c in conts]
+        keep = [attention_mask[b].bool() for b in rows]
+        if input_ids is not None:
+            ids2, mask2 = _left_pad([torch.cat([input_ids[b][k], c])
+                                     for b, k, c in zip(rows, keep, conts, strict=True)], pad_token_id)
+            return generate(ids2, None, mask2, n)
+        embed = model.get_input_embeddings()
+        emb2, mask2 = _left_pad([torch.cat([inputs_embeds[b][k], embed(c).to(inputs_embeds.dtype)])
+                                 for b, k, c in zip(rows, keep, conts, strict=True)], 0.0)
+        return generate(None, emb2, mask2, n)
+
     devices = [inputs.device] if inputs.device.type == "cuda" else []
     rng = torch.random.fork_rng(devices=devices) if seed is not None else nullcontext()
     with rng:
         if seed is not None:
             torch.manual_seed(seed)
-        first = max_new_tokens if max_thinking_tokens is None else max_thinking_tokens
-        rows = run(input_ids, inputs_embeds, attention_mask, first) if first > 0 else [([], False)] * batch
-        hit = [False] * batch
-        forced: List[List[int]] = [[] for _ in range(batch)]
-        todo = [b for b in range(batch) if max_thinking_tokens is not None and not rows[b][1]]
-        for b in todo:
-            if still_thinking(rows[b][0], start_id, end_id, starts_in_thinking):
-                forced[b], hit[b] = suffix, True
-        more = {}
-        if todo:
-            dev = inputs.device
-            conts = [torch.tensor(rows[b][0] + forced[b], dtype=torch.long, device=dev) for b in todo]
-            keep = [attention_mask[b].bool() for b in todo]
-            if input_ids is not None:
-                ids2, mask2 = _left_pad([torch.cat([input_ids[b][k], c])
-                                         for b, k, c in zip(todo, keep, conts, strict=True)], pad_token_id)
-                out2 = run(ids2, None, mask2, max_new_tokens)
-            else:
-                embed = model.get_input_embeddings()
-                emb2, mask2 = _left_pad([torch.cat([inputs_embeds[b][k], embed(c).to(inputs_embeds.dtype)])
-                                         for b, k, c in zip(todo, keep, conts, strict=True)], 0.0)
-                out2 = run(None, emb2, mask2, max_new_tokens)
-            more = dict(zip(todo, out2, strict=True))
+        return two_pass(run, batch, max_thinking_tokens=max_thinking_tokens, max_new_tokens=max_new_tokens,
+                        suffix=suffix, think_ids=(start_id, end_id), starts_in_thinking=starts_in_thinking,
+                        eos_ids=eos_ids, pad_token_id=pad_token_id, device=inputs.device)
+
+
+def two_pass(run, batch: int, *, max_thinking_tokens: Optional[int], max_new_tokens: int, suffix: List[int],
+             think_ids: tuple, starts_in_thinking: bool, eos_ids: Sequence[int], pad_token_id: int,
+             device="cpu") -> ThinkingGeneration:
+    """The budget protocol (module docstring) over any backend.
+
+    ``run(rows, continuations, max_tokens) -> [(new token ids, ended with EOS)]`` generates for the batch rows
+    ``rows``: from their prompts when ``continuations`` is None (pass 1, all rows), else from prompt +
+    ``continuations[i]`` (pass 2). Token lists end at the first EOS (kept). ``think_ids``: (``<think>`` id,
+    ``</think>`` id). Returns a ``ThinkingGeneration`` on ``device``.
+    """
+    start_id, end_id = think_ids
+    first = max_new_tokens if max_thinking_tokens is None else max_thinking_tokens
+    rows = run(list(range(batch)), None, first) if first > 0 else [([], False)] * batch
+    hit = [False] * batch
+    forced: List[List[int]] = [[] for _ in range(batch)]
+    todo = [b for b in range(batch) if max_thinking_tokens is not None and not rows[b][1]]
+    for b in todo:
+        if still_thinking(rows[b][0], start_id, end_id, starts_in_thinking):
+            forced[b], hit[b] = list(suffix), True
+    more = dict(zip(todo, run(todo, [rows[b][0] + forced[b] for b in todo], max_new_tokens), strict=True)) \
+        if todo else {}
     tokens, finished, thinking = [], [], []
     for b in range(batch):
         toks, done = rows[b]
@@ -216,13 +234,10 @@ def generate_with_thinking_budget(model, tokenizer, *, input_ids=None, inputs_em
         finished.append(done)
         thinking.append(len(rows[b][0]) if hit[b] else
                         _thinking_length(toks, start_id, end_id, starts_in_thinking, eos_ids))
-    dev = inputs.device
-    lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long, device=dev)
-    seqs = torch.full((batch, max(1, int(lengths.max()))), pad_token_id, dtype=torch.long, device=dev)
+    lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long, device=device)
+    seqs = torch.full((batch, int(lengths.max()) if batch else 0), pad_token_id, dtype=torch.long, device=device)
     for b, t in enumerate(tokens):
-        seqs[b, : len(t)] = torch.tensor(t, dtype=torch.long, device=dev)
-    if int(lengths.max()) == 0:
-        seqs = seqs[:, :0]
-    return ThinkingGeneration(seqs, lengths, torch.tensor(thinking, dtype=torch.long, device=dev),
-                              torch.tensor(hit, dtype=torch.bool, device=dev),
-                              torch.tensor(finished, dtype=torch.bool, device=dev))
+        seqs[b, : len(t)] = torch.tensor(t, dtype=torch.long, device=device)
+    return ThinkingGeneration(seqs, lengths, torch.tensor(thinking, dtype=torch.long, device=device),
+                              torch.tensor(hit, dtype=torch.bool, device=device),
+                              torch.tensor(finished, dtype=torch.bool, device=device))
