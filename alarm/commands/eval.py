@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     r.add_argument("--report", help="report JSON (default: OUTPUT with .report.json)")
     r.add_argument("--prompt-style", choices=PROMPT_STYLES, default="published",
                    help="MCQA prompt: the published ALARM evaluation's (default) or this project's earlier one")
+    r.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                   help="LLM generation: transformers generate (default) or vLLM from prompt embeddings")
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--limit", type=int, default=None, help="only the first N items")
     r.add_argument("--part", type=int, default=None, help="this process's part (default: RANK or 0)")
@@ -122,11 +124,14 @@ def _run(args) -> int:
     models = [os.path.abspath(args.model)] + [os.path.abspath(m) for m in args.ensemble or []]
     config = {"benchmark": bench.name, "models": models, "data": os.path.abspath(args.data),
               "data_sha256": file_sha256(args.data), "limit": args.limit, "prompt_style": args.prompt_style,
-              "system_prompt": system_prompt, "generation": gen_kwargs, "batch_size": args.batch_size,
-              "num_parts": num_parts}
+              "system_prompt": system_prompt, "generation": gen_kwargs, "backend": args.backend,
+              "batch_size": args.batch_size, "num_parts": num_parts}
     folder = work_dir(args.output)
     check_config(folder, config)
     model = load_models(args.model, args.ensemble, device)
+    if args.backend == "vllm":
+        from alarm.eval.vllm_backend import VLLMGenerator
+        model = VLLMGenerator(model)
     new = generate_part(bench, items, model, audio_root=args.audio_root, folder=folder, part=part,
                         num_parts=num_parts, batch_size=args.batch_size, prompt_style=args.prompt_style,
                         system_prompt=system_prompt, gen_kwargs=gen_kwargs, progress=not args.no_progress)
