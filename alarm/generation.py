@@ -204,23 +204,25 @@ def generate_with_thinking_budget(model, tokenizer, *, input_ids=None, inputs_em
 
 
 def two_pass(run, batch: int, *, max_thinking_tokens: Optional[int], max_new_tokens: int, suffix: List[int],
-             think_ids: tuple, starts_in_thinking: bool, eos_ids: Sequence[int], pad_token_id: int,
+             think_ids: tuple, starts_in_thinking, eos_ids: Sequence[int], pad_token_id: int,
              device="cpu") -> ThinkingGeneration:
     """The budget protocol (module docstring) over any backend.
 
     ``run(rows, continuations, max_tokens) -> [(new token ids, ended with EOS)]`` generates for the batch rows
     ``rows``: from their prompts when ``continuations`` is None (pass 1, all rows), else from prompt +
     ``continuations[i]`` (pass 2). Token lists end at the first EOS (kept). ``think_ids``: (``<think>`` id,
-    ``</think>`` id). Returns a ``ThinkingGeneration`` on ``device``.
+    ``</think>`` id). ``starts_in_thinking``: one bool, or one per row. Returns a ``ThinkingGeneration`` on
+    ``device``.
     """
     start_id, end_id = think_ids
+    inside = [starts_in_thinking] * batch if isinstance(starts_in_thinking, bool) else list(starts_in_thinking)
     first = max_new_tokens if max_thinking_tokens is None else max_thinking_tokens
     rows = run(list(range(batch)), None, first) if first > 0 else [([], False)] * batch
     hit = [False] * batch
     forced: List[List[int]] = [[] for _ in range(batch)]
     todo = [b for b in range(batch) if max_thinking_tokens is not None and not rows[b][1]]
     for b in todo:
-        if still_thinking(rows[b][0], start_id, end_id, starts_in_thinking):
+        if still_thinking(rows[b][0], start_id, end_id, inside[b]):
             forced[b], hit[b] = list(suffix), True
     more = dict(zip(todo, run(todo, [rows[b][0] + forced[b] for b in todo], max_new_tokens), strict=True)) \
         if todo else {}
@@ -232,8 +234,7 @@ def two_pass(run, batch: int, *, max_thinking_tokens: Optional[int], max_new_tok
             toks = toks + forced[b] + extra
         tokens.append(toks)
         finished.append(done)
-        thinking.append(len(rows[b][0]) if hit[b] else
-                        _thinking_length(toks, start_id, end_id, starts_in_thinking, eos_ids))
+        thinking.append(len(rows[b][0]) if hit[b] else _thinking_length(toks, start_id, end_id, inside[b], eos_ids))
     lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long, device=device)
     seqs = torch.full((batch, int(lengths.max()) if batch else 0), pad_token_id, dtype=torch.long, device=device)
     for b, t in enumerate(tokens):
