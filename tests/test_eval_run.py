@@ -172,3 +172,16 @@ def test_prompt_layouts_follow_the_published_evaluation(bench):
         pieces.append(_ids(tok, "\n"))
     pieces[-1] += _ids(tok, "Q?" + ASSISTANT_SUFFIX)
     assert torch.equal(row[pos:], text(pieces[-1]))
+
+
+def test_generate_cli_options(bench, capsys):
+    wav = str(bench / "audio" / "test-mini-audios" / "c2.wav")  # 8 kHz stereo
+    base = ["generate", "--model", str(bench / "ckpt"), "--audio", wav, "--prompt", "What?"]
+    assert main([*base, "--ensemble", str(bench / "ckpt-r"), "--greedy", "--max-thinking-tokens", "-1",
+                 "--max-new-tokens", "3", "--no-system-prompt"]) == 0
+    greedy = capsys.readouterr().out
+    assert main([*base, "--ensemble", str(bench / "ckpt-r"), "--greedy", "--max-thinking-tokens", "-1",
+                 "--max-new-tokens", "3", "--no-system-prompt"]) == 0
+    assert capsys.readouterr().out == greedy and greedy.strip()
+    assert main([*base, "--max-thinking-tokens", "-2"]) == 2
+    assert "--max-thinking-tokens must be >= -1" in capsys.readouterr().err
