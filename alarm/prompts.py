@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Sequence
 
 __all__ = ["SYSTEM_PROMPT", "MCQA_SYSTEM_PROMPT", "mcqa_user_prompt", "LEGACY_MCQA_SYSTEM_PROMPT",
-           "legacy_mcqa_user_prompt", "PROMPT_STYLES", "mcqa_prompts", "ensemble_intro", "ensemble_header",
-           "BUDGET_SENTENCE", "BUDGET_BEFORE_END", "BUDGET_AFTER_END", "system_turn"]
+           "legacy_mcqa_user_prompt", "PROMPT_STYLES", "mcqa_system_prompt", "mcqa_prompts", "ensemble_intro",
+           "ensemble_header", "BUDGET_SENTENCE", "BUDGET_BEFORE_END", "BUDGET_AFTER_END", "system_turn"]
 
 SYSTEM_PROMPT = "You are an audio-understanding model. Listen to the audio and respond to the query."
 
@@ -77,13 +77,18 @@ def legacy_mcqa_user_prompt(question: str, options: Sequence[str]) -> str:
 PROMPT_STYLES = ("published", "legacy")
 
 
+def mcqa_system_prompt(style: str = "published") -> str:
+    """The MCQA system prompt of a prompt style (``published`` or ``legacy``)."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
+    return MCQA_SYSTEM_PROMPT if style == "published" else LEGACY_MCQA_SYSTEM_PROMPT
+
+
 def mcqa_prompts(question: str, options: Sequence[str], style: str = "published") -> tuple[str, str]:
     """(system prompt, user prompt) of one MCQA item in the given style (``published`` or ``legacy``)."""
-    if style == "published":
-        return MCQA_SYSTEM_PROMPT, mcqa_user_prompt(question, options)
-    if style == "legacy":
-        return LEGACY_MCQA_SYSTEM_PROMPT, legacy_mcqa_user_prompt(question, options)
-    raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
+    system = mcqa_system_prompt(style)
+    user = mcqa_user_prompt if style == "published" else legacy_mcqa_user_prompt
+    return system, user(question, options)
 
 
 def ensemble_intro(n: int) -> str:

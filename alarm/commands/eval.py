@@ -105,7 +105,7 @@ def _part(args) -> tuple[int, int, str]:
 def _run(args) -> int:
     from alarm.eval.benchmarks import get_benchmark, load_items
     from alarm.eval.run import check_config, file_sha256, finish, generate_part, summary_text, work_dir
-    from alarm.prompts import mcqa_prompts
+    from alarm.prompts import mcqa_system_prompt
 
     bench = get_benchmark(args.benchmark)
     items = load_items(args.data, bench)
@@ -120,7 +120,7 @@ def _run(args) -> int:
         raise ValueError(f"--audio-root is not a folder: {args.audio_root}")
     part, num_parts, device = _part(args)
     gen_kwargs = generation_kwargs(args)
-    system_prompt = mcqa_prompts("q", ["o"], args.prompt_style)[0]
+    system_prompt = mcqa_system_prompt(args.prompt_style)
     models = [os.path.abspath(args.model)] + [os.path.abspath(m) for m in args.ensemble or []]
     config = {"benchmark": bench.name, "models": models, "data": os.path.abspath(args.data),
               "data_sha256": file_sha256(args.data), "limit": args.limit, "prompt_style": args.prompt_style,
