@@ -209,8 +209,8 @@ class ALARMModel(nn.Module):
     def prompt_embeddings(self, audio, sampling_rate, prompts, system_prompt: Optional[str] = SYSTEM_PROMPT) -> dict:
         """Left-padded generation inputs: inputs_embeds [B, L, H] (LLM dtype) and attention_mask [B, L].
 
-        Each row: [system turn (``system_prompt``; None: no system turn)] ``<|im_start|>user\n`` audio_start
-        | audio tokens | audio_end, the prompt, then ``<|im_end|>\n<|im_start|>assistant\n<think>\n``
+        Each row: [system turn (``system_prompt``; None: no system turn)] ``<|im_start|>user\\n`` audio_start
+        | audio tokens | audio_end, the prompt, then ``<|im_end|>\\n<|im_start|>assistant\\n<think>\\n``
         (never truncated)."""
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -289,9 +289,9 @@ class ALARMEnsemble:
     """ALARM-E (inference only): the prompt holds the audio once per model, as the published evaluation builds it.
 
     The models must share one frozen LLM and tokenizer (build the second with ``llm=first.llm,
-    tokenizer=first.tokenizer``). Sequence for N models: [system turn] ``<|im_start|>user\n``, the
+    tokenizer=first.tokenizer``). Sequence for N models: [system turn] ``<|im_start|>user\\n``, the
     introduction ``ensemble_intro(N)``, then for model i: ``ensemble_header(i, N)`` | audio_start_i |
-    tokens_i | audio_end_i | ``"\n"``, then the prompt and ``<|im_end|>\n<|im_start|>assistant\n<think>\n``
+    tokens_i | audio_end_i | ``"\\n"``, then the prompt and ``<|im_end|>\\n<|im_start|>assistant\\n<think>\\n``
     (texts in ``alarm.prompts``; each piece is tokenized on its own, as published).
     """
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from alarm_kernels.varlen import cu_seqlens_to_seqlens, seqlens_to_cu_seqlens
 
+from ..prompts import system_turn
 from .fusion import segment_gather_index
 
 __all__ = ["USER_PREFIX", "ASSISTANT_SUFFIX", "TextBatch", "tokenize_batch", "splice_packed", "splice_padded"]
@@ -44,7 +45,7 @@ def _pack_ids(rows: Sequence[Sequence[int]], device) -> tuple:
 def tokenize_batch(tokenizer, prompts: Sequence[str], targets: Optional[Sequence] = None, device="cpu",
                    system: Optional[str] = None) -> TextBatch:
     """Tokenise prompts (wrapped in the chat template pieces) and targets (strings or id lists; None for
-    generation). ``system`` (optional) puts a system turn ``<|im_start|>system\n...<|im_end|>\n`` before
+    generation). ``system`` (optional) puts a system turn ``<|im_start|>system\\n...<|im_end|>\\n`` before
     the user turn of every example (it becomes part of the shared prefix). The special tokens
     (``<|im_start|>`` ...) must be single tokens of ``tokenizer``."""
     if targets is not None and len(targets) != len(prompts):
@@ -52,9 +53,8 @@ def tokenize_batch(tokenizer, prompts: Sequence[str], targets: Optional[Sequence
     for name in ("<|im_start|>", "<|im_end|>", "<think>"):
         if len(tokenizer.encode(name, add_special_tokens=False)) != 1:
             raise ValueError(f"the tokenizer does not know the special token {name!r}")
-    head = "" if system is None else f"<|im_start|>system\n{system}<|im_end|>\n"
-    prefix = torch.tensor(tokenizer.encode(head + USER_PREFIX, add_special_tokens=False), dtype=torch.long,
-                          device=device)
+    prefix = torch.tensor(tokenizer.encode(system_turn(system) + USER_PREFIX, add_special_tokens=False),
+                          dtype=torch.long, device=device)
     suffix_rows = tokenizer([p + ASSISTANT_SUFFIX for p in prompts], add_special_tokens=False)["input_ids"]
     if targets is None:
         target_rows: List[List[int]] = [[] for _ in prompts]
