@@ -237,6 +237,7 @@ def _mmau_item(i, **kw):
      r"missing field\(s\) \['answer'\]"),
     ("mmau", json.dumps([_mmau_item(0, choices=["dog barking", 3])]), "options must be non-empty strings"),
     ("mmau", json.dumps([_mmau_item(0), "text"]), "item 1: expected a JSON object"),
+    ("mmau", json.dumps([_mmau_item(0, difficulty="tricky")]), "difficulty 'tricky' is not one of"),
     ("mmsu", json.dumps({"id": 1, **LETTERED, "answer_gt": None, "audio_path": "a.wav"}) + "\n",
      r"mmsu.jsonl:1: answer_gt must be a non-empty string, got None"),
     ("airbench", json.dumps([{"uniq_id": 1, **LETTERED, "answer_gt": "sad", "path": "a", "task_name": "Dance_Steps",
@@ -259,7 +260,7 @@ def test_fill_writes_the_official_keys(tmp_path, capsys):
     responses = ["<think>hmm</think><answer>1</answer>", "<answer>9</answer>", "no idea", None]
     cases = {
         "mmau": (lambda i: _mmau_item(i, answer="cat meowing"), "model_output", ["cat meowing", "", "", ""]),
-        "mmar": (lambda i: {**_mmau_item(i, answer="cat meowing"), "modality": "sound", "category": "c",
+        "mmar": (lambda i: {**_mmau_item(i, answer="cat meowing"), "modality": "sound", "category": "Signal Layer",
                             "audio_path": "a.wav"}, "answer_prediction", ["cat meowing", "", "", ""]),
         "mmsu": (lambda i: {"id": i, **LETTERED, "answer_gt": "sad", "audio_path": "a.wav"}, "response",
                  ["B", "?", "?", "?"]),

@@ -29,7 +29,8 @@ AIR-Bench is also reported per task+dataset (the rows the official script prints
 
 A malformed benchmark file is a ValueError naming the item: not a list of objects, empty, a duplicate or
 missing id, options not a list of strings, a missing answer, an answer that is not one of the options, an
-unknown AIR-Bench task.
+unknown AIR-Bench task, an MMAU task/difficulty or MMAR modality/category that its official script does not
+know.
 """
 from __future__ import annotations
 
@@ -65,6 +66,13 @@ AIRBENCH_TASKS = {
                      "music_question_answering", "music_mood_recognition", "music_emotion_detection"], "music"),
 }
 AIRBENCH_CATEGORIES = ("speech", "sound", "music")
+# grouping values the MMAU and MMAR official scripts hard-code (any other value makes them raise)
+_FIXED_VALUES = {
+    "mmau": {"task": {"sound", "music", "speech"}, "difficulty": {"easy", "medium", "hard"}},
+    "mmar": {"modality": {"sound", "music", "speech", "mix-sound-music", "mix-sound-speech", "mix-music-speech",
+                          "mix-sound-music-speech"},
+             "category": {"Signal Layer", "Perception Layer", "Semantic Layer", "Cultural Layer"}},
+}
 
 
 def words(text: str) -> set[str]:
@@ -205,6 +213,10 @@ def validate_items(bench: Benchmark, items: list, where: list[str]) -> None:
             raise ValueError(f"{loc}: {bench.answer_key()} {ans!r} is not one of the options {opts}")
         if bench.name == "airbench" and str(item["task_name"]).lower() not in AIRBENCH_TASKS:
             raise ValueError(f"{loc}: unknown AIR-Bench task {item['task_name']!r}")
+        for field, allowed in _FIXED_VALUES.get(bench.name, {}).items():
+            if item[field] not in allowed:
+                raise ValueError(f"{loc}: {field} {item[field]!r} is not one of {sorted(allowed)} (the official "
+                                 f"{bench.name} script only knows these)")
 
 
 def read_items(path: str | Path) -> tuple[list, list[str]]:
