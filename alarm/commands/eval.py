@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from alarm.commands.generate import add_generation_args, generation_kwargs, load_models
 
@@ -135,7 +136,7 @@ def _run(args) -> int:
     new = generate_part(bench, items, model, audio_root=args.audio_root, folder=folder, part=part,
                         num_parts=num_parts, batch_size=args.batch_size, prompt_style=args.prompt_style,
                         system_prompt=system_prompt, gen_kwargs=gen_kwargs, progress=not args.no_progress)
-    report_path = args.report or (str(args.output).rsplit(".", 1)[0] + ".report.json")
+    report_path = args.report or str(Path(args.output).with_suffix(".report.json"))
     report = finish(bench, items, folder, args.output, report_path)
     if report is None:
         print(f"part {part}/{num_parts}: {new} item(s) answered; other parts still running")
