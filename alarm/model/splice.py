@@ -1,4 +1,4 @@
-"""Splicing audio tokens into the LLM input embeddings (ALARM_SPEC section 5).
+"""Splicing audio tokens into the LLM input embeddings.
 
 Per example: ``embed("<|im_start|>user\\n") | audio_start | audio tokens | audio_end |
 embed(prompt + "<|im_end|>\\n<|im_start|>assistant\\n<think>\\n") | embed(target)``, truncated at
