@@ -1,23 +1,38 @@
-"""Generation with a thinking budget (docs/model.md, "Inference and evaluation").
+"""Generation with a thinking budget, as the published ALARM evaluation runs it.
 
-A reasoning LM thinks between ``<think>`` and ``</think>`` and then answers. With a budget of N tokens, a
-sequence that has generated N thinking tokens without closing its thinking is forced to emit
-``BUDGET_SENTENCE`` followed by ``</think>``, and then generates its answer freely. The forcing is done by
-a logits processor inside ``model.generate`` (all other ``generate`` options keep working; greedy and
-sampling alike), so it works for any transformers causal LM, from token ids or from input embeddings.
+A reasoning LM thinks between ``<think>`` and ``</think>`` and then answers. With a budget of N tokens:
+
+1. pass 1 generates at most N new tokens;
+2. a row that ended (EOS) in pass 1 is done. A row cut at N tokens while still inside its thinking gets the
+   forced text ``"\\n\\n" + BUDGET_SENTENCE + "\\n" + "</think>" + "\\n\\n"`` (``alarm.prompts``); a row cut
+   after closing its thinking gets nothing forced;
+3. pass 2 continues every cut row from prompt + pass-1 tokens (+ the forced text), with its own budget of
+   ``max_new_tokens`` new tokens.
+
+The reply is pass 1 + forced text + pass 2. Without a budget (``None``) there is one pass of
+``max_new_tokens``. Pass 2 is fed the pass-1 token ids themselves (the published code decodes pass 1 to
+text and tokenizes it again, which can merge tokens differently at the seams).
+
+Sampling follows Qwen3's recommendation by default in the callers (``SAMPLING_DEFAULTS``: T=0.6, top-p 0.95,
+top-k 20) with a seed; ``do_sample=False`` decodes greedily. Works for any transformers causal LM, from
+token ids or from input embeddings.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import List, Optional, Sequence
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
 
-BUDGET_SENTENCE = "\n\nI have thought about this long enough, so I will stop here and answer directly now.\n"
+from alarm.prompts import BUDGET_AFTER_END, BUDGET_BEFORE_END
+
 THINK_START = "<think>"
 THINK_END = "</think>"
+SAMPLING_DEFAULTS = dict(do_sample=True, temperature=0.6, top_p=0.95, top_k=20, seed=0)
 
-_BEFORE, _THINKING, _FORCING, _AFTER, _ENDED = 0, 1, 2, 3, 4
+__all__ = ["THINK_START", "THINK_END", "SAMPLING_DEFAULTS", "token_id", "budget_suffix_ids", "still_thinking",
+           "ThinkingGeneration", "generate_with_thinking_budget", "two_pass"]
 
 
 def token_id(tokenizer, token: str) -> int:
@@ -28,96 +43,36 @@ def token_id(tokenizer, token: str) -> int:
     return int(tid)
 
 
-def budget_suffix_ids(tokenizer, think_end: str = THINK_END, sentence: str = BUDGET_SENTENCE) -> list[int]:
-    """The token ids forced when the budget is hit: ``sentence`` then the ``think_end`` token."""
-    return list(tokenizer.encode(sentence, add_special_tokens=False)) + [token_id(tokenizer, think_end)]
+def budget_suffix_ids(tokenizer, think_end: str = THINK_END) -> list[int]:
+    """Token ids forced when the budget cuts a row inside its thinking: sentence, ``</think>``, blank line."""
+    return (list(tokenizer.encode(BUDGET_BEFORE_END, add_special_tokens=False)) + [token_id(tokenizer, think_end)]
+            + list(tokenizer.encode(BUDGET_AFTER_END, add_special_tokens=False)))
 
 
-class ThinkingBudgetProcessor(LogitsProcessor):
-    """Logits processor enforcing a thinking budget, one state machine per row.
+def still_thinking(tokens: Sequence[int], think_start_id: int, think_end_id: int, starts_in_thinking: bool) -> bool:
+    """Whether a generation (new tokens) is inside its thinking at its end."""
+    inside = starts_in_thinking
+    for t in tokens:
+        if t == think_start_id:
+            inside = True
+        elif t == think_end_id:
+            inside = False
+    return inside
 
-    Row states: before thinking (waits for ``think_start_id``), thinking (counts every generated token
-    other than ``think_end_id`` and EOS), forcing (emits ``suffix_ids`` one per step), after thinking
-    (free), ended (an ``eos_ids`` token was generated; later padding is ignored).
-    When a thinking row has counted ``budget`` tokens, the next ``len(suffix_ids)`` tokens are forced
-    (the last of them must be ``think_end_id``). ``budget=None`` never forces (counting only).
 
-    The processor must see every step of one generation in order (greedy or sampling; no beam search).
-    Tokens are read from the ``input_ids`` passed by ``generate``; the first call fixes the batch size
-    and the prompt length. After generation, ``thinking_tokens`` and ``budget_hit`` describe each row.
-    """
-
-    def __init__(self, budget: int | None, suffix_ids: list[int], think_start_id: int, think_end_id: int,
-                 starts_in_thinking: bool = True, eos_ids: list[int] | tuple = ()):
-        if budget is not None and budget < 0:
-            raise ValueError(f"max_thinking_tokens must be >= 0 or None, got {budget}")
-        if not suffix_ids or suffix_ids[-1] != think_end_id:
-            raise ValueError("suffix_ids must end with think_end_id")
-        self.budget = budget
-        self.suffix = torch.tensor(suffix_ids, dtype=torch.long)
-        self.think_start_id = think_start_id
-        self.think_end_id = think_end_id
-        self.starts_in_thinking = starts_in_thinking
-        self.eos = torch.tensor(list(eos_ids), dtype=torch.long)
-        self.seen = None  # number of columns of input_ids already consumed
-        self.state = self.count = self.pos = None
-
-    def _init(self, input_ids: torch.LongTensor) -> None:
-        b, dev = input_ids.shape[0], input_ids.device
-        self.seen = input_ids.shape[1]
-        self.state = torch.full((b,), _THINKING if self.starts_in_thinking else _BEFORE, dtype=torch.long, device=dev)
-        self.count = torch.zeros(b, dtype=torch.long, device=dev)
-        self.pos = torch.zeros(b, dtype=torch.long, device=dev)
-        self.hit = torch.zeros(b, dtype=torch.bool, device=dev)
-        self.suffix = self.suffix.to(dev)
-        self.eos = self.eos.to(dev)
-
-    def _consume(self, tok: torch.LongTensor) -> None:
-        s = self.state
-        ends = (s != _ENDED) & torch.isin(tok, self.eos)
-        before, thinking, forcing = s == _BEFORE, s == _THINKING, s == _FORCING
-        opens = before & (tok == self.think_start_id)
-        closes = thinking & (tok == self.think_end_id)
-        self.count += (thinking & ~closes & ~ends).long()
-        self.pos += forcing.long()
-        done_forcing = forcing & (self.pos >= self.suffix.numel())
-        s = torch.where(opens, _THINKING, s)
-        s = torch.where(closes | done_forcing, _AFTER, s)
-        self.state = torch.where(ends, _ENDED, s)
-
-    def consume(self, input_ids: torch.LongTensor) -> None:
-        """Update the row states with the columns of ``input_ids`` not seen yet."""
-        if self.state is None:
-            self._init(input_ids)
-        elif input_ids.shape[0] != self.state.shape[0]:
-            raise RuntimeError("ThinkingBudgetProcessor: batch size changed during generation (beam search?)")
-        for col in range(self.seen, input_ids.shape[1]):
-            self._consume(input_ids[:, col])
-        self.seen = input_ids.shape[1]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.consume(input_ids)
-        if self.budget is None:
-            return scores
-        start = (self.state == _THINKING) & (self.count >= self.budget)
-        self.state = torch.where(start, _FORCING, self.state)
-        self.pos = torch.where(start, 0, self.pos)
-        self.hit |= start
-        forcing = self.state == _FORCING
-        if bool(forcing.any()):
-            forced_tok = self.suffix[self.pos.clamp(max=self.suffix.numel() - 1)]
-            mask = torch.full_like(scores, float("-inf"))
-            mask.scatter_(1, forced_tok[:, None], 0.0)
-            scores = torch.where(forcing[:, None], mask, scores)
-        return scores
-
-    @property
-    def thinking_tokens(self) -> torch.LongTensor:
-        return self.count
-
-    @property
-    def budget_hit(self) -> torch.BoolTensor:
-        return self.hit
+def _thinking_length(tokens: Sequence[int], think_start_id: int, think_end_id: int, starts_in_thinking: bool,
+                     eos_ids: Sequence[int]) -> int:
+    inside, count = starts_in_thinking, 0
+    for t in tokens:
+        if t == think_end_id and inside:
+            break
+        if t in eos_ids:
+            break
+        if inside:
+            count += 1
+        elif t == think_start_id:
+            inside = True
+    return count
 
 
 @dataclass
@@ -127,7 +82,7 @@ class ThinkingGeneration:
     sequences: [B, T] new tokens only (prompt excluded; forced tokens included), right-padded with
         ``pad_token_id`` after a row's end.
     lengths: [B] number of real tokens per row (up to and including the EOS token if one was generated).
-    thinking_tokens: [B] tokens generated freely inside thinking (forced tokens and ``</think>`` excluded).
+    thinking_tokens: [B] tokens generated inside thinking before it was closed or cut (forced tokens excluded).
     budget_hit: [B] whether the budget forced the sentence into that row.
     finished: [B] whether the row ended with an EOS token (False: cut off by ``max_new_tokens``).
     """
@@ -139,12 +94,32 @@ class ThinkingGeneration:
     finished: torch.BoolTensor
 
 
+def _rows(new: torch.Tensor, eos_ids: Sequence[int]) -> List[tuple]:
+    """Per row: (token list up to and including the first EOS, ended with EOS)."""
+    rows = []
+    for r in new.tolist():
+        cut = next((i for i, t in enumerate(r) if t in eos_ids), None)
+        rows.append((r, False) if cut is None else (r[: cut + 1], True))
+    return rows
+
+
+def _left_pad(rows: List[torch.Tensor], pad_value) -> tuple:
+    """Left-pad B tensors [L_i, ...] -> ([B, L, ...], attention_mask [B, L])."""
+    longest = max(r.shape[0] for r in rows)
+    out = rows[0].new_full((len(rows), longest, *rows[0].shape[1:]), pad_value)
+    mask = torch.zeros(len(rows), longest, dtype=torch.long, device=rows[0].device)
+    for b, r in enumerate(rows):
+        out[b, longest - r.shape[0]:] = r
+        mask[b, longest - r.shape[0]:] = 1
+    return out, mask
+
+
 @torch.no_grad()
 def generate_with_thinking_budget(model, tokenizer, *, input_ids=None, inputs_embeds=None, attention_mask=None,
-                                  max_thinking_tokens: int | None, max_new_tokens: int, do_sample: bool = False,
+                                  max_thinking_tokens: Optional[int], max_new_tokens: int, do_sample: bool = False,
                                   temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                                  starts_in_thinking: bool = True, budget_sentence: str = BUDGET_SENTENCE,
-                                  eos_token_id=None, pad_token_id: int | None = None,
+                                  seed: Optional[int] = None, starts_in_thinking: bool = True,
+                                  eos_token_id=None, pad_token_id: Optional[int] = None,
                                   think_start: str = THINK_START, think_end: str = THINK_END,
                                   **generate_kwargs) -> ThinkingGeneration:
     """Generate from ``input_ids`` [B, T] or ``inputs_embeds`` [B, T, H] (exactly one) under a thinking budget.
@@ -152,23 +127,23 @@ def generate_with_thinking_budget(model, tokenizer, *, input_ids=None, inputs_em
     Contract:
     - Batches are left-padded; ``attention_mask`` [B, T] (1 = real) is required when B > 1 and its last
       column must be all ones (right padding raises ValueError).
-    - ``starts_in_thinking=True`` (default) means every prompt already ends inside thinking, as Qwen3
-      thinking templates do (``...<|im_start|>assistant\\n<think>\\n``); otherwise thinking starts when the
-      model emits ``<think>``.
-    - Budget: a row generates at most ``max_thinking_tokens`` tokens inside thinking; at that point the
-      tokens of ``budget_sentence`` and ``</think>`` are forced and generation continues freely (the answer).
-      Rows that close thinking themselves are untouched. ``None`` disables the budget.
-    - ``max_new_tokens`` caps all new tokens, forced ones included; EOS ends a row (default: the model's
-      generation_config EOS ids, else the tokenizer's).
+    - ``starts_in_thinking=True`` (default): every prompt already ends inside thinking, as Qwen3 thinking
+      templates do (``...<|im_start|>assistant\\n<think>\\n``); otherwise thinking starts at ``<think>``.
+    - Budget (module docstring): pass 1 of at most ``max_thinking_tokens`` tokens, then pass 2 of at most
+      ``max_new_tokens`` for rows cut in pass 1; ``None`` means one pass of ``max_new_tokens``.
+    - EOS ends a row (default: the model's generation_config EOS ids, else the tokenizer's).
     - The tokenizer must have ``<think>`` and ``</think>`` as single tokens (ValueError otherwise).
-    - Greedy by default; ``do_sample=True`` samples with ``temperature``/``top_p``/``top_k``. Extra keyword
-      arguments go to ``model.generate`` (beam search is not supported).
+    - Greedy by default; ``do_sample=True`` samples with ``temperature``/``top_p``/``top_k``; ``seed`` (int)
+      seeds torch's RNG for this call only (the caller's RNG state is restored). Extra keyword arguments go
+      to ``model.generate`` (beam search is not supported).
     Returns a ``ThinkingGeneration`` (new tokens only).
     """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if max_thinking_tokens is not None and max_thinking_tokens < 0:
+        raise ValueError(f"max_thinking_tokens must be >= 0 or None, got {max_thinking_tokens}")
     if generate_kwargs.get("num_beams", 1) != 1:
         raise ValueError("beam search is not supported with a thinking budget")
     inputs = input_ids if input_ids is not None else inputs_embeds
@@ -191,35 +166,79 @@ def generate_with_thinking_budget(model, tokenizer, *, input_ids=None, inputs_em
     eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
     if pad_token_id is None:
         pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [0])[0]
-
-    processor = ThinkingBudgetProcessor(
-        max_thinking_tokens, budget_suffix_ids(tokenizer, think_end, budget_sentence),
-        token_id(tokenizer, think_start), token_id(tokenizer, think_end), starts_in_thinking, eos_ids)
+    start_id, end_id = token_id(tokenizer, think_start), token_id(tokenizer, think_end)
+    suffix = budget_suffix_ids(tokenizer, think_end)
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else \
         dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-    out = model.generate(
-        **({"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}),
-        attention_mask=attention_mask, max_new_tokens=max_new_tokens, min_new_tokens=None,
-        logits_processor=LogitsProcessorList([processor]), eos_token_id=eos_ids or None,
-        pad_token_id=pad_token_id, return_dict_in_generate=False, **sampling, **generate_kwargs)
-    seqs = out[:, input_ids.shape[1]:] if input_ids is not None else out
-    if processor.state is not None:  # generate does not call the processor after the last step
-        processor.consume(out)
-    return _finish(seqs, processor, eos_ids, pad_token_id)
+
+    def generate(ids, embeds, mask, n: int) -> List[tuple]:
+        out = model.generate(**({"input_ids": ids} if ids is not None else {"inputs_embeds": embeds}),
+                             attention_mask=mask, max_new_tokens=n, min_new_tokens=None,
+                             eos_token_id=eos_ids or None, pad_token_id=pad_token_id, return_dict_in_generate=False,
+                             **sampling, **generate_kwargs)
+        return _rows(out[:, ids.shape[1]:] if ids is not None else out, eos_ids)
+
+    def run(rows: List[int], conts: Optional[List[List[int]]], n: int) -> List[tuple]:
+        if conts is None:
+            return generate(input_ids, inputs_embeds, attention_mask, n)
+        dev = inputs.device
+        conts = [torch.tensor(c, dtype=torch.long, device=dev) for c in conts]
+        keep = [attention_mask[b].bool() for b in rows]
+        if input_ids is not None:
+            ids2, mask2 = _left_pad([torch.cat([input_ids[b][k], c])
+                                     for b, k, c in zip(rows, keep, conts, strict=True)], pad_token_id)
+            return generate(ids2, None, mask2, n)
+        embed = model.get_input_embeddings()
+        emb2, mask2 = _left_pad([torch.cat([inputs_embeds[b][k], embed(c).to(inputs_embeds.dtype)])
+                                 for b, k, c in zip(rows, keep, conts, strict=True)], 0.0)
+        return generate(None, emb2, mask2, n)
+
+    devices = [inputs.device] if inputs.device.type == "cuda" else []
+    rng = torch.random.fork_rng(devices=devices) if seed is not None else nullcontext()
+    with rng:
+        if seed is not None:
+            torch.manual_seed(seed)
+        return two_pass(run, batch, max_thinking_tokens=max_thinking_tokens, max_new_tokens=max_new_tokens,
+                        suffix=suffix, think_ids=(start_id, end_id), starts_in_thinking=starts_in_thinking,
+                        eos_ids=eos_ids, pad_token_id=pad_token_id, device=inputs.device)
 
 
-def _finish(seqs, processor, eos_ids, pad_token_id) -> ThinkingGeneration:
-    b, t = seqs.shape
-    is_eos = torch.zeros_like(seqs, dtype=torch.bool)
-    for e in eos_ids:
-        is_eos |= seqs == e
-    finished = is_eos.any(dim=1)
-    first_eos = torch.where(finished, is_eos.long().argmax(dim=1), torch.full((b,), t, device=seqs.device))
-    lengths = torch.where(finished, first_eos + 1, first_eos)
-    keep = torch.arange(t, device=seqs.device)[None, :] < lengths[:, None]
-    seqs = torch.where(keep, seqs, torch.full_like(seqs, pad_token_id))
-    if processor.state is None:  # nothing was generated
-        zeros = torch.zeros(b, dtype=torch.long, device=seqs.device)
-        return ThinkingGeneration(seqs, lengths, zeros, zeros.bool(), finished)
-    return ThinkingGeneration(seqs, lengths, processor.thinking_tokens.clone(), processor.budget_hit.clone(),
-                              finished)
+def two_pass(run, batch: int, *, max_thinking_tokens: Optional[int], max_new_tokens: int, suffix: List[int],
+             think_ids: tuple, starts_in_thinking, eos_ids: Sequence[int], pad_token_id: int,
+             device="cpu") -> ThinkingGeneration:
+    """The budget protocol (module docstring) over any backend.
+
+    ``run(rows, continuations, max_tokens) -> [(new token ids, ended with EOS)]`` generates for the batch rows
+    ``rows``: from their prompts when ``continuations`` is None (pass 1, all rows), else from prompt +
+    ``continuations[i]`` (pass 2). Token lists end at the first EOS (kept). ``think_ids``: (``<think>`` id,
+    ``</think>`` id). ``starts_in_thinking``: one bool, or one per row. Returns a ``ThinkingGeneration`` on
+    ``device``.
+    """
+    start_id, end_id = think_ids
+    inside = [starts_in_thinking] * batch if isinstance(starts_in_thinking, bool) else list(starts_in_thinking)
+    first = max_new_tokens if max_thinking_tokens is None else max_thinking_tokens
+    rows = run(list(range(batch)), None, first) if first > 0 else [([], False)] * batch
+    hit = [False] * batch
+    forced: List[List[int]] = [[] for _ in range(batch)]
+    todo = [b for b in range(batch) if max_thinking_tokens is not None and not rows[b][1]]
+    for b in todo:
+        if still_thinking(rows[b][0], start_id, end_id, inside[b]):
+            forced[b], hit[b] = list(suffix), True
+    more = dict(zip(todo, run(todo, [rows[b][0] + forced[b] for b in todo], max_new_tokens), strict=True)) \
+        if todo else {}
+    tokens, finished, thinking = [], [], []
+    for b in range(batch):
+        toks, done = rows[b]
+        if b in more:
+            extra, done = more[b]
+            toks = toks + forced[b] + extra
+        tokens.append(toks)
+        finished.append(done)
+        thinking.append(len(rows[b][0]) if hit[b] else _thinking_length(toks, start_id, end_id, inside[b], eos_ids))
+    lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long, device=device)
+    seqs = torch.full((batch, int(lengths.max()) if batch else 0), pad_token_id, dtype=torch.long, device=device)
+    for b, t in enumerate(tokens):
+        seqs[b, : len(t)] = torch.tensor(t, dtype=torch.long, device=device)
+    return ThinkingGeneration(seqs, lengths, torch.tensor(thinking, dtype=torch.long, device=device),
+                              torch.tensor(hit, dtype=torch.bool, device=device),
+                              torch.tensor(finished, dtype=torch.bool, device=device))

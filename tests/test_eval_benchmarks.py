@@ -1,178 +1,304 @@
-"""Benchmark loaders/scorers (alarm/eval/benchmarks.py) and ``alarm eval`` on hand-made prediction files."""
-import argparse
+"""Benchmark scoring (alarm/eval/benchmarks.py): adversarial prediction sets whose expected outcomes were worked
+out by hand from each official script's published rule, file validation, ``fill`` keys, and the CLI."""
 import json
 
 import pytest
 
-from alarm.commands import eval as eval_cmd
-from alarm.eval.benchmarks import exact_match, get_benchmark, load_items, score, string_match
+from alarm.cli import main
+from alarm.eval.benchmarks import fill_item, get_benchmark, load_items, score, string_match
 
+MISSING = object()  # the item has no prediction key at all
 DOGS = ["dog barking", "cat meowing", "dog growling", "bird singing"]
 PEOPLE = ["man", "woman", "man and woman"]
-NUMBERS = ["2", "3", "12", "23"]
+DUP = ["dog", "dog", "cat"]
+NUM = ["2", "3", "12", "23"]
+
+# (choices, answer, prediction, official outcome). MMAU and MMAR share the rule: a prediction is right when it
+# holds every word of the answer and no word that only a wrong choice has; items without the key are skipped;
+# a non-string prediction makes the official script raise. Strict: the same rule, every item counts.
+STRING_CASES = [
+    (DOGS, "dog barking", "dog barking", 1),
+    (DOGS, "dog barking", "Dog Barking.", 1),                # case and punctuation
+    (DOGS, "dog barking", "DOG BARKING!!!", 1),
+    (DOGS, "dog barking", "I hear a barking dog", 1),        # order and extra words
+    (DOGS, "dog barking", "The answer is: dog barking", 1),
+    (DOGS, "dog barking", "dog-barking", 1),
+    (DOGS, "dog barking", "dog barking\n", 1),
+    (DOGS, "dog barking", "(A) dog barking", 1),             # a letter prefix is one more harmless word
+    (DOGS, "dog barking", "dog", 0),
+    (DOGS, "dog barking", "barking", 0),
+    (DOGS, "dog barking", "dog barking or dog growling", 0),  # two options named
+    (DOGS, "dog barking", "dog barking, not cat", 0),
+    (DOGS, "dog barking", "cat meowing", 0),
+    (DOGS, "dog barking", "dog growling", 0),
+    (DOGS, "dog barking", "A", 0),                           # letter only
+    (DOGS, "dog barking", "0", 0),                           # index only
+    (DOGS, "dog barking", "dog_barking", 0),                 # "_" is a word character: one unknown token
+    (DOGS, "dog barking", "\uff44\uff4f\uff47 \uff42\uff41\uff52\uff4b\uff49\uff4e\uff47", 0),  # full-width
+    (DOGS, "dog barking", "", 0),                            # empty: counted, wrong
+    (DOGS, "dog barking", "   ", 0),
+    (DOGS, "dog barking", "...", 0),
+    (DOGS, "dog barking", None, "error"),                    # null: the official script raises
+    (DOGS, "dog barking", 0, "error"),                       # non-strings are never turned into strings
+    (DOGS, "dog barking", ["dog barking"], "error"),
+    (DOGS, "dog barking", {"text": "dog barking"}, "error"),
+    (DOGS, "dog barking", MISSING, "skip"),
+    (PEOPLE, "man", "man", 1),
+    (PEOPLE, "man", "a man", 1),
+    (PEOPLE, "man", "woman", 0),                             # options that contain each other
+    (PEOPLE, "man", "man and woman", 0),
+    (PEOPLE, "man and woman", "man and woman", 1),
+    (PEOPLE, "man and woman", "woman and man", 1),
+    (PEOPLE, "man and woman", "man", 0),
+    (DUP, "dog", "dog", 1),                                  # duplicated options
+    (DUP, "dog", "cat", 0),
+    (NUM, "3", "3", 1),
+    (NUM, "3", "three", 0),                                  # numbers as words
+    (NUM, "3", "13", 0),
+    (NUM, "3", "3 or 2", 0),
+    (NUM, "3", "There are 3 speakers", 1),
+    (NUM, "3", "Option 3", 1),
+    (NUM, "12", "1 2", 0),
+    (NUM, "12", "12", 1),
+]
+
+# MMSU (in this order: its script reuses the last parsed letter for an empty or "None" response):
+# (response, answer_gt, official, strict). Options A-D: happy, sad, angry, neutral.
+MMSU_CASES = [
+    ("", "sad", "error", 0),         # empty before any parsed letter: the script's variable is unset (NameError)
+    ("B", "sad", 1, 1),
+    ("", "sad", 1, 0),               # empty: scored with the previous letter B
+    ("None", "happy", 0, 0),         # "None" too: B against A
+    (MISSING, "sad", 1, 0),          # no key: read as "", previous letter B
+    ("A", "sad", 0, 0),
+    ("", "happy", 1, 0),             # previous letter is now A
+    ("b", "sad", "skip", 0),         # lower case is no letter
+    ("(B)", "sad", 1, 1),            # second-to-last character
+    ("The answer is B.", "sad", 1, 1),
+    ("The answer is B", "sad", "skip", 0),
+    ("B. sad", "sad", 1, 1),
+    ("Answer: B", "sad", 0, 0),      # first character "A"
+    ("Answer: B", "happy", 1, 1),    # ... right by accident
+    ("A dog", "happy", 1, 1),
+    ("sad", "sad", "skip", 0),       # option text instead of a letter
+    (None, "sad", "skip", 0),        # null and other non-strings: skipped by the script's try/except
+    (1, "sad", "skip", 0),
+    (["B"], "sad", "skip", 0),
+    ("\uff22", "sad", "skip", 0),     # full-width B
+    (" B ", "sad", 1, 1),
+    ("B\n", "sad", 1, 1),
+    ("\nB", "sad", 1, 1),
+    ("C", "sad", 0, 0),
+    ("D", "neutral", 1, 1),
+    ("BA", "sad", 1, 1),             # two letters: the first
+    ("A or B", "sad", 0, 0),         # two options named
+    ("xB.", "sad", 1, 1),
+    ("<answer>1</answer>", "sad", "skip", 0),
+    ("B)", "sad", 1, 1),
+    ("(b)", "sad", "skip", 0),
+    ("option B", "sad", "skip", 0),
+    ("The correct option is (B).", "sad", "skip", 0),
+    ("Both", "sad", 1, 1),           # any text starting with B reads as B
+    ("Definitely A", "happy", 0, 0),  # ... and with D as D
+    ("CB.", "sad", 0, 0),
+    ("", "angry", 1, 0),             # previous letter C
+    ("A", "happy", 1, 1),
+    ("None", "sad", 0, 0),           # previous letter A
+    ("D.", "neutral", 1, 1),
+    ("  ", "sad", 0, 0),             # previous letter D
+]
+
+# AIR-Bench foundation: the same letter rule; empty, "None" and unparseable responses are skipped (fail_num);
+# a missing or non-string response makes the script raise. (response, answer_gt, official, strict, two_options)
+AIR_CASES = [
+    ("B", "sad", 1, 1), ("A", "sad", 0, 0), ("", "sad", "skip", 0), ("None", "sad", "skip", 0),
+    (MISSING, "sad", "error", 0), (None, "sad", "error", 0), (2, "sad", "error", 0), (["B"], "sad", "error", 0),
+    ("b", "sad", "skip", 0), ("(B)", "sad", 1, 1), ("The answer is B.", "sad", 1, 1),
+    ("The answer is B", "sad", "skip", 0), ("B. sad", "sad", 1, 1), ("Answer: B", "sad", 0, 0),
+    ("Answer: B", "happy", 1, 1), ("sad", "sad", "skip", 0), ("\uff22", "sad", "skip", 0), (" B ", "sad", 1, 1),
+    ("B\n", "sad", 1, 1), ("C", "sad", 0, 0), ("D", "neutral", 1, 1), ("BA", "sad", 1, 1),
+    ("A or B", "sad", 0, 0), ("xB.", "sad", 1, 1), ("<answer>1</answer>", "sad", "skip", 0), ("B)", "sad", 1, 1),
+    ("(b)", "sad", "skip", 0), ("option B", "sad", "skip", 0), ("Both", "sad", 1, 1),
+    ("Definitely A", "happy", 0, 0), ("CB.", "sad", 0, 0), ("  ", "sad", "skip", 0), ("\n", "sad", "skip", 0),
+    ("1", "sad", "skip", 0), ("A.", "happy", 1, 1), ("(D)", "neutral", 1, 1), ("E", "sad", "skip", 0),
+    ("ABCD", "sad", 0, 0),
+]
+AIR_TWO_OPTION_CASES = [("B", "no", 1, 1), ("C", "no", 0, 0), ("A", "yes", 1, 1)]  # choice_c/choice_d are null
+
+LETTERED = {"choice_a": "happy", "choice_b": "sad", "choice_c": "angry", "choice_d": "neutral"}
+OFFICIAL = {1: 1, 0: 0, "skip": "skipped", "error": "script_error"}
 
 
-@pytest.mark.parametrize("answer, pred, choices, ok", [
-    ("dog barking", "dog barking", DOGS, True),
-    ("dog barking", "Dog Barking.", DOGS, True),                  # case and punctuation
-    ("dog barking", "I hear a barking dog", DOGS, True),          # order and extra words
-    ("dog barking", "dog", DOGS, False),                          # missing answer word
-    ("dog barking", "dog barking, maybe growling", DOGS, False),  # word unique to a wrong choice
-    ("dog barking", "", DOGS, False),                             # empty prediction
-    ("dog barking", "...", DOGS, False),                          # no words at all
-    ("man", "man", PEOPLE, True),
-    ("man", "man and woman", PEOPLE, False),                      # answer words all inside a wrong choice
-    ("man and woman", "man", PEOPLE, False),
-    ("man and woman", "a man and a woman", PEOPLE, True),
-    ("3", "3", NUMBERS, True),
-    ("3", "There are 3 speakers", NUMBERS, True),
-    ("3", "13", NUMBERS, False),                                  # numbers are whole tokens
-    ("3", "3 or 2", NUMBERS, False),
-    ("12", "12", NUMBERS, True),
-    ("12", "1 2", NUMBERS, False),
-])
-def test_string_match(answer, pred, choices, ok):
-    assert string_match(answer, pred, choices) is ok
+def _put(item, key, value):
+    if value is not MISSING:
+        item[key] = value
+    return item
 
 
-def test_exact_match():
-    assert exact_match("Happy", " happy. ")
-    assert exact_match("New  York", "new york")
-    assert not exact_match("happy", "happy sad")
-    assert not exact_match("happy", "")
-    assert not exact_match("", "")
-
-
-def _write(tmp_path, name, items, jsonl=False):
+def _write(tmp_path, name, items):
     p = tmp_path / name
-    p.write_text("\n".join(json.dumps(i) for i in items) if jsonl else json.dumps(items))
+    if name.endswith(".jsonl"):
+        p.write_text("".join(json.dumps(i) + "\n" for i in items))
+    else:
+        p.write_text(json.dumps(items))
     return p
 
 
-def _mmau(pred, answer="dog barking", task="sound", diff="easy", sub="Event", choices=DOGS):
-    item = {"id": pred, "audio_id": "a.wav", "question": "What?", "choices": choices, "answer": answer,
-            "task": task, "difficulty": diff, "category": "Perception", "sub-category": sub, "split": "test-mini"}
-    if pred is not None:
-        item["model_prediction"] = pred
-    return item
+def _check(bench_name, items, expected, tmp_path, name):
+    """Score ``items`` (after a round trip through a file) and compare every item with its expected outcome."""
+    bench = get_benchmark(bench_name)
+    items = load_items(_write(tmp_path, name, items), bench)
+    report = score(bench, items)
+    got = [(it["official_match"], it["match"]) for it in items]
+    assert got == [(OFFICIAL[o], s) for o, s in expected]
+    counted = [o for o, _ in expected if o in (0, 1)]
+    assert report["official"]["total"]["count"] == len(counted)
+    assert report["official"]["total"]["correct"] == sum(counted)
+    assert len(report["official"]["script_errors"]) == sum(o == "error" for o, _ in expected)
+    assert sum(report["official"]["skipped"].values()) == sum(o == "skip" for o, _ in expected)
+    assert report["strict"]["total"] == {"correct": sum(s for _, s in expected), "count": len(expected),
+                                         "accuracy": round(100 * sum(s for _, s in expected) / len(expected), 4)}
+    return report
 
 
-def test_mmau_scores(tmp_path):
-    items = [_mmau("dog barking"), _mmau("dog", diff="hard"), _mmau("3", "3", "speech", "medium", "Count", NUMBERS),
-             _mmau("13", "3", "speech", "hard", "Count", NUMBERS), _mmau(None, task="music", sub="Genre"),
-             _mmau("man", "man", "speech", "easy", "Gender", PEOPLE)]
-    bench = get_benchmark("MMAU")
-    report = score(bench, load_items(_write(tmp_path, "mmau.json", items), bench))
-    assert report["total"] == {"correct": 3, "count": 6, "accuracy": 50.0}
-    assert report["missing_predictions"] == 1
-    g = report["groups"]
-    assert g["task"]["sound"]["correct"] == 1 and g["task"]["sound"]["count"] == 2
-    assert g["task"]["speech"] == {"correct": 2, "count": 3, "accuracy": round(200 / 3, 4)}
-    assert g["task"]["music"] == {"correct": 0, "count": 1, "accuracy": 0.0}
-    assert g["difficulty"]["hard"]["correct"] == 0 and g["difficulty"]["hard"]["count"] == 2
-    assert g["sub-category"]["Count"]["correct"] == 1
+@pytest.mark.parametrize("bench_name", ["mmau", "mmar"])
+def test_string_match_benchmarks_adversarial(tmp_path, bench_name):
+    assert len(STRING_CASES) >= 40
+    key = get_benchmark(bench_name).official_key
+    items = []
+    for i, (choices, answer, pred, _) in enumerate(STRING_CASES):
+        base = {"id": f"i{i}", "question": "What?", "choices": choices, "answer": answer}
+        base.update({"task": "sound", "difficulty": "easy", "audio_id": "a.wav"} if bench_name == "mmau" else
+                    {"modality": "sound", "category": "Signal Layer", "audio_path": "a.wav"})
+        items.append(_put(base, key, pred))
+    expected = [(o, int(o == 1)) for *_, o in STRING_CASES]
+    report = _check(bench_name, items, expected, tmp_path, f"{bench_name}.json")
+    assert report["strict"]["malformed"] == {"missing": 1, "non_string": 4, "unparseable": 3}
+    for choices, answer, pred, o in STRING_CASES:  # the rule itself, item by item
+        if isinstance(pred, str):
+            assert string_match(answer, pred, choices) is (o == 1), pred
 
 
-def test_mmar_scores_jsonl(tmp_path):
-    def it(pred, modality, cat, sub, ok_answer="man"):
-        return {"id": pred, "audio_path": "x.wav", "question": "Who?", "choices": PEOPLE, "answer": ok_answer,
-                "modality": modality, "category": cat, "sub-category": sub, "model_prediction": pred}
-    items = [it("man", "speech", "Semantic Layer", "Speaker"), it("woman", "speech", "Semantic Layer", "Speaker"),
-             it("the man", "mix-sound-speech", "Perception Layer", "Counting"),
-             it("", "mix-sound-speech", "Perception Layer", "Counting")]
-    bench = get_benchmark("mmar")
-    report = score(bench, load_items(_write(tmp_path, "mmar.jsonl", items, jsonl=True), bench))
-    assert report["total"]["correct"] == 2 and report["total"]["accuracy"] == 50.0
-    assert report["groups"]["modality"]["speech"]["correct"] == 1
-    assert report["groups"]["category"]["Perception Layer"] == {"correct": 1, "count": 2, "accuracy": 50.0}
+def test_mmsu_adversarial(tmp_path):
+    assert len(MMSU_CASES) >= 40
+    items = [_put({"id": i, "question": "Q?", **LETTERED, "answer_gt": ans, "audio_path": "/a.wav",
+                   "category": "perception", "sub-category": "emotion"}, "response", resp)
+             for i, (resp, ans, _, _) in enumerate(MMSU_CASES)]
+    report = _check("mmsu", items, [(o, s) for _, _, o, s in MMSU_CASES], tmp_path, "mmsu.jsonl")
+    assert report["official"]["script_errors"] == [0]
 
 
-def _lettered(pred, answer, task, **extra):
-    item = {"question": "Q?", "choice_a": "happy", "choice_b": "sad", "choice_c": "angry", "choice_d": "neutral",
-            "answer_gt": answer, "task_name": task, **extra}
-    if pred is not None:
-        item["model_prediction"] = pred
-    return item
+def test_airbench_adversarial(tmp_path):
+    assert len(AIR_CASES) + len(AIR_TWO_OPTION_CASES) >= 40
+    items = [_put({"uniq_id": i, "question": "Q?", **LETTERED, "answer_gt": ans, "path": "a.wav",
+                   "task_name": "Speaker_Emotion_Recontion", "dataset_name": "iemocap"}, "response", resp)
+             for i, (resp, ans, _, _) in enumerate(AIR_CASES)]
+    two = {"choice_a": "yes", "choice_b": "no", "choice_c": None, "choice_d": None}
+    items += [{"uniq_id": 100 + i, "question": "Q?", **two, "answer_gt": ans, "path": "b.wav", "response": resp,
+               "task_name": "Speaker_Number_Verification", "dataset_name": "voxceleb1"}
+              for i, (resp, ans, _, _) in enumerate(AIR_TWO_OPTION_CASES)]
+    expected = [(o, s) for _, _, o, s in AIR_CASES + AIR_TWO_OPTION_CASES]
+    report = _check("airbench", items, expected, tmp_path, "air.jsonl")
+    rows = report["official"]["groups"]["task_name+dataset_name"]
+    assert rows["Speaker_Number_Verification_voxceleb1"] == {"correct": 2, "count": 3, "accuracy": round(200 / 3, 4)}
 
 
-def test_mmsu_exact_match(tmp_path):
-    items = [_lettered("Happy.", "happy", "emotion", category="perception", **{"sub-category": "paralinguistics"}),
-             _lettered("happy sad", "happy", "emotion", category="perception", **{"sub-category": "paralinguistics"}),
-             _lettered("sad", "sad", "sarcasm", category="reasoning", **{"sub-category": "semantics"}),
-             _lettered("", "angry", "sarcasm", category="reasoning", **{"sub-category": "semantics"})]
-    bench = get_benchmark("mmsu")
-    report = score(bench, load_items(_write(tmp_path, "mmsu.jsonl", items, jsonl=True), bench))
-    assert report["total"]["correct"] == 2
-    assert report["groups"]["category"]["perception"]["correct"] == 1
-    assert report["groups"]["category"]["reasoning"]["correct"] == 1
-    assert report["groups"]["task_name"]["emotion"]["count"] == 2
-    # answers given as a letter are mapped to that choice's text
-    letter = {k: v for k, v in _lettered("sad", "x", "t").items() if k != "answer_gt"}
-    assert bench.is_correct({**letter, "answer": "B"}) and not bench.is_correct({**letter, "answer": "A"})
-
-
-def test_airbench_categories(tmp_path):
-    items = [_lettered("happy", "happy", "Speaker_Emotion_Recontion", dataset_name="iemocap"),
-             _lettered("sad", "happy", "Speaker_Emotion_Recontion", dataset_name="iemocap"),
-             _lettered("angry", "angry", "Music_Genre_Classification", dataset_name="gtzan"),
-             _lettered("neutral", "neutral", "Acoustic_Scene_Classification", dataset_name="tut")]
-    bench = get_benchmark("air-bench")
+def test_airbench_leaderboard_average(tmp_path):
+    """Per-task accuracies pool the task's datasets; a category is the mean of its tasks; the average is the mean
+    of the speech, sound and music means (not the mean over items)."""
+    plan = [("Speaker_Emotion_Recontion", "iemocap", "BA"), ("Speaker_Emotion_Recontion", "meld", "BB"),
+            ("Speech_Grounding", "librispeech", "B"), ("SOUND_AQA", "avqa", "BA"),  # task names: any case
+            ("vocal_sound_classification", "VocalSound", "A"), ("Music_AQA", "music_avqa", "B")]
+    items = [{"uniq_id": f"{t}{d}{k}", "question": "Q?", **LETTERED, "answer_gt": "sad", "path": "x.wav",
+              "task_name": t, "dataset_name": d, "response": r}
+             for t, d, responses in plan for k, r in enumerate(responses)]
+    bench = get_benchmark("airbench")
     report = score(bench, load_items(_write(tmp_path, "air.json", items), bench))
-    assert report["total"] == {"correct": 3, "count": 4, "accuracy": 75.0}
-    assert report["groups"]["category"] == {
-        "music": {"correct": 1, "count": 1, "accuracy": 100.0},
-        "sound": {"correct": 1, "count": 1, "accuracy": 100.0},
-        "speech": {"correct": 1, "count": 2, "accuracy": 50.0}}
+    off = report["official"]
+    assert off["groups"]["task_name+dataset_name"]["Speaker_Emotion_Recontion_iemocap"]["accuracy"] == 50.0
+    assert off["groups"]["task_name"]["Speaker_Emotion_Recontion"]["accuracy"] == 75.0
+    assert off["category_means"] == {"speech": 87.5, "sound": 25.0, "music": 100.0}
+    assert off["average"] == round((87.5 + 25.0 + 100.0) / 3, 4)
+    assert off["total"]["accuracy"] == round(100 * 6 / 9, 4)  # the micro average differs
 
 
-def test_bad_inputs(tmp_path):
-    bench = get_benchmark("mmau")
-    with pytest.raises(ValueError, match="unknown benchmark"):
-        get_benchmark("nope")
-    with pytest.raises(FileNotFoundError):
-        load_items(tmp_path / "none.json", bench)
-    p = tmp_path / "bad.jsonl"
-    p.write_text(json.dumps(_mmau("x")) + "\n{oops\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON"):
-        load_items(p, bench)
-    p.write_text(json.dumps([_mmau("x"), {"question": "no choices"}]))
-    with pytest.raises(ValueError, match=r"item 1: missing field"):
-        load_items(p, bench)
+def _mmau_item(i, **kw):
+    return {"id": f"x{i}", "question": "What?", "choices": DOGS, "answer": "dog barking", "task": "sound",
+            "difficulty": "easy", "audio_id": "a.wav", **kw}
 
 
-def _cli(argv):
-    parser = argparse.ArgumentParser()
-    eval_cmd.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-def test_cli_fill_then_score(tmp_path, capsys):
-    items = [_mmau(None) for _ in range(4)]
-    for item, out in zip(items, ["<think>hmm</think><answer>0</answer>", "<answer>2</answer>",
-                                 "<answer>9</answer>", "no idea"]):
-        item["model_output"] = out
-    raw = _write(tmp_path, "raw.json", items)
-    filled = tmp_path / "filled.json"
-    assert _cli(["eval", "fill", "--benchmark", "mmau", "--input", str(raw), "--output", str(filled)]) == 0
-    got = json.loads(filled.read_text())
-    assert [g["model_prediction"] for g in got] == ["dog barking", "dog growling", "", ""]
-    assert [g["answer_status"] for g in got] == ["ok", "ok", "out_of_range", "no_answer_tag"]
-    report_path = tmp_path / "report.json"
+@pytest.mark.parametrize("bench_name, content, message", [
+    ("mmau", "", "empty file"),
+    ("mmau", "[]", "no items"),
+    ("mmau", json.dumps([_mmau_item(0), _mmau_item(0)]), r"item 1: duplicate id 'x0' \(first at .*item 0\)"),
+    ("mmau", json.dumps([_mmau_item(0, choices="dog barking")]), "item 0: choices must be a list"),
+    ("mmau", json.dumps([_mmau_item(0, answer="dog")]), r"item 0: answer 'dog' is not one of the options"),
+    ("mmau", json.dumps([{k: v for k, v in _mmau_item(0).items() if k != "answer"}]),
+     r"missing field\(s\) \['answer'\]"),
+    ("mmau", json.dumps([_mmau_item(0, choices=["dog barking", 3])]), "options must be non-empty strings"),
+    ("mmau", json.dumps([_mmau_item(0), "text"]), "item 1: expected a JSON object"),
+    ("mmau", json.dumps([_mmau_item(0, difficulty="tricky")]), "difficulty 'tricky' is not one of"),
+    ("mmsu", json.dumps({"id": 1, **LETTERED, "answer_gt": None, "audio_path": "a.wav"}) + "\n",
+     r"mmsu.jsonl:1: answer_gt must be a non-empty string, got None"),
+    ("airbench", json.dumps([{"uniq_id": 1, **LETTERED, "answer_gt": "sad", "path": "a", "task_name": "Dance_Steps",
+                              "dataset_name": "d"}]), "unknown AIR-Bench task 'Dance_Steps'"),
+])
+def test_malformed_benchmark_files_are_errors(tmp_path, capsys, bench_name, content, message):
+    name = "mmsu.jsonl" if bench_name == "mmsu" else "bench.json"
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_items(tmp_path / name, get_benchmark(bench_name))
     capsys.readouterr()
-    assert _cli(["eval", "score", "--benchmark", "mmau", "--input", str(filled), "--output", str(report_path)]) == 0
-    report = json.loads(report_path.read_text())
-    assert report["total"] == {"correct": 1, "count": 4, "accuracy": 25.0}
-    table = capsys.readouterr().out
-    assert "| task | sound | 25.00 | 1 / 4 |" in table and "**25.00**" in table
+    rc = main(["eval", "score", "--benchmark", bench_name, "--input", str(tmp_path / name),
+               "--output", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("alarm: error: ") and "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()
 
 
-def test_alarm_cli_main(tmp_path, capsys):
-    from alarm.cli import main
+def test_fill_writes_the_official_keys(tmp_path, capsys):
+    responses = ["<think>hmm</think><answer>1</answer>", "<answer>9</answer>", "no idea", None]
+    cases = {
+        "mmau": (lambda i: _mmau_item(i, answer="cat meowing"), "model_output", ["cat meowing", "", "", ""]),
+        "mmar": (lambda i: {**_mmau_item(i, answer="cat meowing"), "modality": "sound", "category": "Signal Layer",
+                            "audio_path": "a.wav"}, "answer_prediction", ["cat meowing", "", "", ""]),
+        "mmsu": (lambda i: {"id": i, **LETTERED, "answer_gt": "sad", "audio_path": "a.wav"}, "response",
+                 ["B", "?", "?", "?"]),
+        "airbench": (lambda i: {"uniq_id": i, **LETTERED, "answer_gt": "sad", "path": "a", "task_name": "Sound_AQA",
+                                "dataset_name": "avqa"}, "response", ["B", "?", "?", "?"]),
+    }
+    for name, (make, key, expected) in cases.items():
+        items = [{**make(i), "model_response": r} for i, r in enumerate(responses)]
+        out = tmp_path / f"{name}-filled.jsonl"
+        assert main(["eval", "fill", "--benchmark", name, "--input", str(_write(tmp_path, f"{name}.json", items)),
+                     "--output", str(out)]) == 0
+        got = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [g[key] for g in got] == expected
+        assert [g["model_response"] for g in got] == responses  # the raw response has its own key
+        assert [g["answer_status"] for g in got] == ["ok", "out_of_range", "no_answer_tag", "empty"]
+        report = score(get_benchmark(name), got)
+        assert report["official"]["total"]["correct"] == report["strict"]["total"]["correct"] == 1
+        assert report["strict"]["total"]["count"] == 4
+    capsys.readouterr()
+    items = [{**_mmau_item(0), "model_response": "<answer>0</answer>"}, _mmau_item(1)]
+    rc = main(["eval", "fill", "--benchmark", "mmau", "--input", str(_write(tmp_path, "m.json", items)),
+               "--output", str(tmp_path / "o.json")])
+    assert rc == 2 and "item 1 ('x1') has no 'model_response'" in capsys.readouterr().err
 
-    items = [_lettered("happy", "happy", "Speaker_Emotion_Recontion", dataset_name="iemocap")]
-    out = tmp_path / "r.json"
-    assert main(["eval", "score", "--benchmark", "airbench", "--input", str(_write(tmp_path, "a.json", items)),
-                 "--output", str(out)]) == 0
-    assert json.loads(out.read_text())["total"]["accuracy"] == 100.0
-    assert "| category | speech | 100.00 | 1 / 1 |" in capsys.readouterr().out
+
+def test_letter_fill_on_a_two_option_airbench_item():
+    bench = get_benchmark("airbench")
+    item = {"uniq_id": 1, "choice_a": "yes", "choice_b": "no", "choice_c": None, "choice_d": None,
+            "answer_gt": "no", "path": "a", "task_name": "Speaker_Number_Verification", "dataset_name": "v"}
+    assert fill_item(bench, item, "<answer>1</answer>") == "ok" and item["response"] == "B"
+    assert fill_item(bench, item, "<answer>2</answer>") == "out_of_range" and item["response"] == "?"
+
+
+def test_score_cli_prints_both_columns(tmp_path, capsys):
+    items = [_mmau_item(0, model_output="dog barking"), _mmau_item(1, model_output="cat"), _mmau_item(2)]
+    assert main(["eval", "score", "--benchmark", "mmau", "--input", str(_write(tmp_path, "p.json", items)),
+                 "--output", str(tmp_path / "r.json"), "--scored-items", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| **total** | mmau | **50.00 (1/2)** | **33.33 (1/3)** |" in out
+    assert "skipped 1 item(s)" in out
+    assert [it["match"] for it in json.loads((tmp_path / "s.json").read_text())] == [1, 0, 0]

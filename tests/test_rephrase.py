@@ -268,7 +268,7 @@ def test_vllm_two_phase_budget_logic(tok):
     from alarm.rephrase.backends import VLLMBackend
 
     end, eos = token_id(tok, "</think>"), tok.eos_token_id
-    scripts = {1: [7] * 200, 2: [7, end, 8, 8, eos]}  # keeps thinking / closes thinking by itself
+    scripts = {1: [7] * 400, 2: [7, end, 8, 8, eos]}  # keeps thinking / closes thinking by itself
 
     def fake_run(prompt_ids, sampling, max_tokens):
         outs = []
@@ -284,14 +284,15 @@ def test_vllm_two_phase_budget_logic(tok):
         return outs
 
     be = object.__new__(VLLMBackend)
-    be.think_end, be.suffix = end, budget_suffix_ids(tok)
+    be.think_start, be.think_end, be.suffix = token_id(tok, "<think>"), end, budget_suffix_ids(tok)
     be.special = set(tok.all_special_ids)
     be._run = fake_run
     be.tokenizer = type("T", (), {"encode": lambda self, p, add_special_tokens: [int(p[0])],
                                   "decode": lambda self, ids, skip_special_tokens: tok.decode(ids)})()
     think = "<think>\n"
     outs = be.generate(["1" + think, "2" + think], max_new_tokens=100, max_thinking_tokens=3)
-    assert outs[0].budget_hit and not outs[0].finished and outs[0].num_tokens == 100
-    assert outs[0].text == tok.decode([7] * 3 + be.suffix + [7] * (97 - len(be.suffix)))
+    # cut at the budget inside its thinking: the forced text, then a second pass with its own 100 tokens
+    assert outs[0].budget_hit and not outs[0].finished and outs[0].num_tokens == 3 + len(be.suffix) + 100
+    assert outs[0].text == tok.decode([7] * 3 + be.suffix + [7] * 100)
     assert not outs[1].budget_hit and outs[1].finished and outs[1].num_tokens == 5
     assert outs[1].text == tok.decode([7, end, 8, 8])

@@ -1,71 +1,150 @@
-"""``alarm eval``: score MCQA benchmark predictions (MMAU, MMSU, MMAR, AIR-Bench foundation).
+"""``alarm eval``: MCQA benchmarks (MMAU, MMAR, MMSU, AIR-Bench foundation), from a checkpoint to a score.
 
-``alarm eval fill`` turns raw model responses (``--response-key``, default ``model_output``) into
-``model_prediction`` option texts; ``alarm eval score`` scores a file whose ``model_prediction`` is filled.
+- ``alarm eval run``: generate an answer for every item with a saved model (resumable, one process per
+  GPU with ``--part``/``--num-parts`` or under ``torchrun``), then fill and score;
+- ``alarm eval fill``: raw responses (``--response-key``, default ``model_response``) -> the benchmark's
+  official prediction key;
+- ``alarm eval score``: official and strict accuracies of a filled file.
 """
 from __future__ import annotations
 
-import json
+import argparse
+import os
+from pathlib import Path
 
 from alarm.commands.checks import check_input_file
 from alarm.fileio import atomic_write_json
+from alarm.commands.generate import add_generation_args, generation_kwargs, load_models
 
 
 def register(subparsers) -> None:
     from alarm.eval.benchmarks import BENCHMARKS
+    from alarm.prompts import PROMPT_STYLES
 
-    p = subparsers.add_parser("eval", help="score MCQA benchmark predictions")
+    names = ", ".join(sorted(BENCHMARKS))
+    p = subparsers.add_parser("eval", help="evaluate on MCQA benchmarks (run, fill, score)", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="eval_command", required=True)
-    s = sub.add_parser("score", help="score a predictions file in the benchmark's own format")
-    s.add_argument("--benchmark", required=True, help=f"one of: {', '.join(sorted(BENCHMARKS))}")
-    s.add_argument("--input", required=True, help="JSON list or JSONL of items with model_prediction filled")
-    s.add_argument("--output", required=True, help="report JSON (total, per task/category/sub-category)")
-    s.add_argument("--scored-items", help="optionally also write the items with a 0/1 'match' field")
+
+    r = sub.add_parser("run", help="generate answers with a saved model, then fill and score")
+    r.add_argument("--benchmark", required=True, help=f"one of: {names}")
+    r.add_argument("--model", required=True, help="folder written by ALARMModel.save_pretrained")
+    r.add_argument("--ensemble", action="append", help="another model folder: ALARM-E (repeatable)")
+    r.add_argument("--data", required=True, help="the benchmark's metadata file (JSON list or JSONL)")
+    r.add_argument("--audio-root", required=True, help="folder the metadata's audio paths are relative to")
+    r.add_argument("--output", required=True, help="predictions in the benchmark's format (.json or .jsonl)")
+    r.add_argument("--report", help="report JSON (default: OUTPUT with .report.json)")
+    r.add_argument("--prompt-style", choices=PROMPT_STYLES, default="published",
+                   help="MCQA prompt: the published ALARM evaluation's (default) or this project's earlier one")
+    r.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                   help="LLM generation: transformers generate (default) or vLLM from prompt embeddings")
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--limit", type=int, default=None, help="only the first N items")
+    r.add_argument("--part", type=int, default=None, help="this process's part (default: RANK or 0)")
+    r.add_argument("--num-parts", type=int, default=None, help="number of parts (default: WORLD_SIZE or 1)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_generation_args(r)
+    r.set_defaults(func=_run)
+
+    s = sub.add_parser("score", help="official and strict accuracies of a filled predictions file")
+    s.add_argument("--benchmark", required=True, help=f"one of: {names}")
+    s.add_argument("--input", required=True, help="JSON list or JSONL of items with the official key filled")
+    s.add_argument("--output", required=True, help="report JSON")
+    s.add_argument("--scored-items", help="also write the items with a strict 0/1 'match' field")
     s.set_defaults(func=_score)
-    f = sub.add_parser("fill", help="parse raw responses into model_prediction (option text)")
-    f.add_argument("--benchmark", required=True)
+
+    f = sub.add_parser("fill", help="parse raw responses into the benchmark's official prediction key")
+    f.add_argument("--benchmark", required=True, help=f"one of: {names}")
     f.add_argument("--input", required=True)
-    f.add_argument("--output", required=True, help="JSON list with model_prediction and answer_status")
-    f.add_argument("--response-key", default="model_output")
+    f.add_argument("--output", required=True, help="filled items (.jsonl: JSON Lines, else a JSON list)")
+    f.add_argument("--response-key", default="model_response", help="where the raw responses are")
     f.set_defaults(func=_fill)
-
-
-def _write_json(path, obj) -> None:
-    atomic_write_json(path, obj)
 
 
 def _score(args) -> int:
     from alarm.eval.benchmarks import get_benchmark, load_items, markdown_table, score
+    from alarm.eval.run import write_items
+    from alarm.fileio import atomic_write_json
 
     bench = get_benchmark(args.benchmark)
     check_input_file("--input", args.input)
     items = load_items(args.input, bench)
     report = score(bench, items)
     report["input"] = str(args.input)
-    _write_json(args.output, report)
+    atomic_write_json(args.output, report)
     if args.scored_items:
-        _write_json(args.scored_items, items)
+        write_items(args.scored_items, items)
     print(markdown_table(report))
-    if report["missing_predictions"]:
-        print(f"\n{report['missing_predictions']} item(s) had no model_prediction (counted as wrong)")
     return 0
 
 
 def _fill(args) -> int:
-    from alarm.eval.benchmarks import PREDICTION_KEY, get_benchmark, load_items
-    from alarm.eval.mcqa import OK, parse_answer
+    from alarm.eval.benchmarks import fill_item, get_benchmark, load_items
+    from alarm.eval.mcqa import OK
+    from alarm.eval.run import write_items
 
     bench = get_benchmark(args.benchmark)
     check_input_file("--input", args.input)
     items = load_items(args.input, bench)
-    bad = 0
     for i, item in enumerate(items):
         if args.response_key not in item:
-            raise ValueError(f"{args.input}: item {i} has no {args.response_key!r} field")
-        parsed = parse_answer(item[args.response_key], [str(o) for o in bench.options(item)])
-        item[PREDICTION_KEY] = parsed.prediction
-        item["answer_status"] = parsed.status
-        bad += parsed.status != OK
-    _write_json(args.output, items)
-    print(f"{len(items)} items, {bad} malformed answers (empty model_prediction)")
+            raise ValueError(f"{args.input}: item {i} ({item[bench.id_key]!r}) has no {args.response_key!r} field")
+    bad = sum(fill_item(bench, item, item[args.response_key]) != OK for item in items)
+    write_items(args.output, items)
+    print(f"{len(items)} items, {bad} malformed answers (empty {bench.official_key!r}; see answer_status)")
+    return 0
+
+
+def _part(args) -> tuple[int, int, str]:
+    """(part, num_parts, device) from the options or the torchrun environment."""
+    num = args.num_parts if args.num_parts is not None else int(os.environ.get("WORLD_SIZE", 1))
+    part = args.part if args.part is not None else int(os.environ.get("RANK", 0))
+    if num < 1 or not 0 <= part < num:
+        raise ValueError(f"--part must be in [0, --num-parts), got part {part} of {num}")
+    device = args.device
+    if "LOCAL_RANK" in os.environ and device == "cuda":
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return part, num, device
+
+
+def _run(args) -> int:
+    from alarm.eval.benchmarks import get_benchmark, load_items
+    from alarm.eval.run import check_config, file_sha256, finish, generate_part, summary_text, work_dir
+    from alarm.prompts import mcqa_system_prompt
+
+    bench = get_benchmark(args.benchmark)
+    items = load_items(args.data, bench)
+    if args.limit is not None:
+        items = items[: args.limit]
+    for item in items:
+        if not isinstance(item.get("question"), str):
+            raise ValueError(f"{args.data}: item {item[bench.id_key]!r} has no question text")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not os.path.isdir(args.audio_root):
+        raise ValueError(f"--audio-root is not a folder: {args.audio_root}")
+    part, num_parts, device = _part(args)
+    gen_kwargs = generation_kwargs(args)
+    system_prompt = mcqa_system_prompt(args.prompt_style)
+    models = [os.path.abspath(args.model)] + [os.path.abspath(m) for m in args.ensemble or []]
+    config = {"benchmark": bench.name, "models": models, "data": os.path.abspath(args.data),
+              "data_sha256": file_sha256(args.data), "limit": args.limit, "prompt_style": args.prompt_style,
+              "system_prompt": system_prompt, "generation": gen_kwargs, "backend": args.backend,
+              "batch_size": args.batch_size, "num_parts": num_parts}
+    folder = work_dir(args.output)
+    check_config(folder, config)
+    model = load_models(args.model, args.ensemble, device)
+    if args.backend == "vllm":
+        from alarm.eval.vllm_backend import VLLMGenerator
+        model = VLLMGenerator(model)
+    new = generate_part(bench, items, model, audio_root=args.audio_root, folder=folder, part=part,
+                        num_parts=num_parts, batch_size=args.batch_size, prompt_style=args.prompt_style,
+                        system_prompt=system_prompt, gen_kwargs=gen_kwargs, progress=not args.no_progress)
+    report_path = args.report or str(Path(args.output).with_suffix(".report.json"))
+    report = finish(bench, items, folder, args.output, report_path)
+    if report is None:
+        print(f"part {part}/{num_parts}: {new} item(s) answered; other parts still running")
+        return 0
+    print(f"{new} item(s) answered in this run; predictions: {args.output}; report: {report_path}")
+    print(summary_text(report))
     return 0

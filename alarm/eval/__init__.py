@@ -1,1 +1,2 @@
-"""Evaluation: MCQA prompting/parsing (``mcqa``) and benchmark loaders/scorers (``benchmarks``)."""
+"""Evaluation on MCQA benchmarks: answer parsing (``mcqa``), benchmark files and scoring (``benchmarks``),
+whole-benchmark generation with resume (``run``), and the optional vLLM backend (``vllm_backend``)."""

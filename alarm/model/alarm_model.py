@@ -30,7 +30,8 @@ from alarm_kernels.varlen import pad_packed, unpack
 
 from ..fileio import atomic_write_folder, atomic_write_text
 from ..audio import resample_batch, validate_audio_batch
-from ..generation import generate_with_thinking_budget
+from ..generation import SAMPLING_DEFAULTS, generate_with_thinking_budget
+from ..prompts import SYSTEM_PROMPT, ensemble_header, ensemble_intro, system_turn
 from .adapters import Adapter
 from .config import ALARMConfig
 from .encoders import build_encoder
@@ -76,9 +77,11 @@ class AudioSide(nn.Module):
 
 
 def _generate(llm, tokenizer, inputs: dict, max_thinking_tokens, max_new_tokens: int, **kwargs) -> dict:
-    """Thinking-budget generation from prompt embeddings; dict(text: B decoded strings, generation)."""
+    """Thinking-budget generation from prompt embeddings (sampling defaults: ``SAMPLING_DEFAULTS``; greedy
+    when ``do_sample=False``); dict(text: B decoded strings, generation)."""
+    sampling = dict(SAMPLING_DEFAULTS) if kwargs.get("do_sample", True) else {}
     gen = generate_with_thinking_budget(llm.model, tokenizer, **inputs, max_thinking_tokens=max_thinking_tokens,
-                                        max_new_tokens=max_new_tokens, **kwargs)
+                                        max_new_tokens=max_new_tokens, **{**sampling, **kwargs})
     text = [tokenizer.decode(gen.sequences[i, : int(gen.lengths[i])], skip_special_tokens=False)
             for i in range(gen.sequences.shape[0])]
     return dict(text=text, generation=gen)
@@ -251,25 +254,37 @@ class ALARMModel(nn.Module):
         return self.forward_batch(ModelBatch(text, waves=waves, rates=rates), path)
 
     # ---- inference -----------------------------------------------------------------------------
-    def prompt_embeddings(self, audio, sampling_rate, prompts) -> dict:
-        """Left-padded generation inputs: inputs_embeds [B, L, H] (LLM dtype) and attention_mask [B, L]."""
+    def prompt_embeddings(self, audio, sampling_rate, prompts, system_prompt: Optional[str] = SYSTEM_PROMPT) -> dict:
+        """Left-padded generation inputs: inputs_embeds [B, L, H] (LLM dtype) and attention_mask [B, L].
+
+        Each row: [system turn (``system_prompt``; None: no system turn)] ``<|im_start|>user\\n`` audio_start
+        | audio tokens | audio_end, the prompt, then ``<|im_end|>\\n<|im_start|>assistant\\n<think>\\n``
+        (never truncated)."""
         if isinstance(prompts, str):
             prompts = [prompts]
         waves, rates = self._check(audio, sampling_rate, ("prompts", prompts))
         a = self.audio_embeddings(waves, rates)
-        text = tokenize_batch(self.tokenizer, prompts, None, device=self.audio.audio_start.device)
+        text = tokenize_batch(self.tokenizer, prompts, None, device=self.audio.audio_start.device,
+                              system=system_prompt)
+        # no truncation: config.max_length bounds training sequences, not prompts
         batch = splice_padded(self.llm.embed(), text, a, self.audio.audio_start, self.audio.audio_end,
-                              self.config.max_length, left_pad=True)
+                              1 << 62, left_pad=True)
         return dict(inputs_embeds=batch["inputs_embeds"].to(self.llm.dtype), attention_mask=batch["attention_mask"])
 
     @torch.no_grad()
     def generate(self, audio, prompt, sampling_rate: int | Sequence[int] = 16000,
-                 max_thinking_tokens: Optional[int] = None, max_new_tokens: int = 512, **kwargs) -> dict:
-        """Answer ``prompt`` (str or B strs) about ``audio`` (one clip or B clips) under a thinking budget.
+                 max_thinking_tokens: Optional[int] = 1024, max_new_tokens: int = 8192,
+                 system_prompt: Optional[str] = SYSTEM_PROMPT, **kwargs) -> dict:
+        """Answer ``prompt`` (str or B strs) about ``audio`` (one clip or B clips) with the published protocol.
 
+        Defaults: the published system prompt, a 1024-token thinking budget then up to 8192 answer tokens
+        (``alarm.generation``), Qwen3's recommended sampling with seed 0 (``SAMPLING_DEFAULTS``); pass
+        ``do_sample=False`` for greedy decoding, ``seed=...`` for another seed. Extra keyword arguments go to
+        ``alarm.generation.generate_with_thinking_budget``.
         Returns dict(text: B decoded strings, generation: ``alarm.generation.ThinkingGeneration``).
         """
-        return _generate(self.llm, self.tokenizer, self.prompt_embeddings(audio, sampling_rate, prompt),
+        return _generate(self.llm, self.tokenizer,
+                         self.prompt_embeddings(audio, sampling_rate, prompt, system_prompt=system_prompt),
                          max_thinking_tokens, max_new_tokens, **kwargs)
 
     # ---- persistence ---------------------------------------------------------------------------
@@ -359,28 +374,28 @@ def _load_weights(path: str) -> Dict[str, Tensor]:
 
 
 class ALARMEnsemble:
-    """ALARM-E (inference only): the prompt holds the audio once per model, each under a text header.
+    """ALARM-E (inference only): the prompt holds the audio once per model, as the published evaluation builds it.
 
     The models must share one frozen LLM and tokenizer (build the second with ``llm=first.llm,
-    tokenizer=first.tokenizer``). Sequence: ``<|im_start|>user\\n`` then, for model i of N,
-    ``header(i, N) | audio_start_i | tokens_i | audio_end_i``, then the prompt and the assistant prefix.
+    tokenizer=first.tokenizer``). Sequence for N models: [system turn] ``<|im_start|>user\\n``, the
+    introduction ``ensemble_intro(N)``, then for model i: ``ensemble_header(i, N)`` | audio_start_i |
+    tokens_i | audio_end_i | ``"\\n"``, then the prompt and ``<|im_end|>\\n<|im_start|>assistant\\n<think>\\n``
+    (texts in ``alarm.prompts``; each piece is tokenized on its own, as published).
     """
 
-    HEADER = "What you hear (time {i} of {n}):\n"
-
-    def __init__(self, models: Sequence[ALARMModel], header: str = HEADER):
+    def __init__(self, models: Sequence[ALARMModel]):
         if len(models) < 2:
             raise ValueError("an ensemble needs at least two models")
         if any(m.llm is not models[0].llm for m in models[1:]):
             raise ValueError("ensemble members must share one LLM (pass llm=first.llm when building them)")
-        self.models, self.header = list(models), header
+        self.models = list(models)
         self.llm, self.tokenizer = models[0].llm, models[0].tokenizer
 
     def _ids(self, text: str, dev) -> Tensor:
         return torch.tensor(self.tokenizer.encode(text, add_special_tokens=False), dtype=torch.long, device=dev)
 
     @torch.no_grad()
-    def prompt_embeddings(self, audio, sampling_rate, prompts) -> dict:
+    def prompt_embeddings(self, audio, sampling_rate, prompts, system_prompt: Optional[str] = SYSTEM_PROMPT) -> dict:
         """Left-padded inputs_embeds [B, L, H] and attention_mask [B, L] holding every model's audio."""
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -388,12 +403,14 @@ class ALARMEnsemble:
         waves, rates = first._check(audio, sampling_rate, ("prompts", prompts))
         per_model = [m.audio_embeddings(waves, rates) for m in self.models]
         embed, dev, n = self.llm.embed(), first.audio.audio_start.device, len(self.models)
+        head = [self._ids(system_turn(system_prompt), dev), self._ids(USER_PREFIX, dev),
+                self._ids(ensemble_intro(n), dev)]
         rows = []
         for b, prompt in enumerate(prompts):
-            parts = [embed(self._ids(USER_PREFIX, dev))]
-            for i, (m, toks) in enumerate(zip(self.models, per_model), start=1):
-                parts += [embed(self._ids(self.header.format(i=i, n=n), dev)), m.audio.audio_start[None],
-                          toks[b], m.audio.audio_end[None]]
+            parts = [embed(torch.cat(head))]
+            for i, (m, toks) in enumerate(zip(self.models, per_model, strict=True), start=1):
+                parts += [embed(self._ids(ensemble_header(i, n), dev)), m.audio.audio_start[None], toks[b],
+                          m.audio.audio_end[None], embed(self._ids("\n", dev))]
             parts.append(embed(self._ids(prompt + ASSISTANT_SUFFIX, dev)))
             rows.append(torch.cat([p.to(self.llm.dtype) for p in parts]))
         longest = max(r.shape[0] for r in rows)
@@ -404,8 +421,9 @@ class ALARMEnsemble:
         return dict(inputs_embeds=x, attention_mask=mask)
 
     @torch.no_grad()
-    def generate(self, audio, prompt, sampling_rate=16000, max_thinking_tokens: Optional[int] = None,
-                 max_new_tokens: int = 512, **kwargs) -> dict:
-        """Same contract as ``ALARMModel.generate``."""
-        return _generate(self.llm, self.tokenizer, self.prompt_embeddings(audio, sampling_rate, prompt),
+    def generate(self, audio, prompt, sampling_rate=16000, max_thinking_tokens: Optional[int] = 1024,
+                 max_new_tokens: int = 8192, system_prompt: Optional[str] = SYSTEM_PROMPT, **kwargs) -> dict:
+        """Same contract and defaults as ``ALARMModel.generate``."""
+        return _generate(self.llm, self.tokenizer,
+                         self.prompt_embeddings(audio, sampling_rate, prompt, system_prompt=system_prompt),
                          max_thinking_tokens, max_new_tokens, **kwargs)

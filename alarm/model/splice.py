@@ -1,4 +1,4 @@
-"""Splicing audio tokens into the LLM input embeddings (docs/model.md, "Splicing into the LLM").
+"""Splicing audio tokens into the LLM input embeddings.
 
 Per example: ``embed("<|im_start|>user\\n") | audio_start | audio tokens | audio_end |
 embed(prompt + "<|im_end|>\\n<|im_start|>assistant\\n<think>\\n") | embed(target)``, truncated at
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from alarm_kernels.varlen import cu_seqlens_to_seqlens, seqlens_to_cu_seqlens
 
+from ..prompts import system_turn
 from .fusion import segment_gather_index
 
 __all__ = ["USER_PREFIX", "ASSISTANT_SUFFIX", "TextBatch", "tokenize_batch", "encode_example", "text_batch_from_ids",
@@ -68,15 +69,19 @@ def text_batch_from_ids(prefix: Sequence[int], suffix_rows: Sequence[Sequence[in
                      header_len)
 
 
-def tokenize_batch(tokenizer, prompts: Sequence[str], targets: Optional[Sequence] = None, device="cpu") -> TextBatch:
+def tokenize_batch(tokenizer, prompts: Sequence[str], targets: Optional[Sequence] = None, device="cpu",
+                   system: Optional[str] = None) -> TextBatch:
     """Tokenise prompts (wrapped in the chat template pieces) and targets (strings or id lists; None for
-    generation). The special tokens (``<|im_start|>`` ...) must be single tokens of ``tokenizer``."""
+    generation). ``system`` (optional) puts a system turn ``<|im_start|>system\\n...<|im_end|>\\n`` before
+    the user turn of every example (it becomes part of the shared prefix). The special tokens
+    (``<|im_start|>`` ...) must be single tokens of ``tokenizer``."""
     if targets is not None and len(targets) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets")
     for name in ("<|im_start|>", "<|im_end|>", "<think>"):
         if len(tokenizer.encode(name, add_special_tokens=False)) != 1:
             raise ValueError(f"the tokenizer does not know the special token {name!r}")
-    prefix = torch.tensor(tokenizer.encode(USER_PREFIX, add_special_tokens=False), dtype=torch.long, device=device)
+    prefix = torch.tensor(tokenizer.encode(system_turn(system) + USER_PREFIX, add_special_tokens=False),
+                          dtype=torch.long, device=device)
     suffix_rows = tokenizer([p + ASSISTANT_SUFFIX for p in prompts], add_special_tokens=False)["input_ids"]
     if targets is None:
         target_rows: List[List[int]] = [[] for _ in prompts]

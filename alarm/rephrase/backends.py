@@ -1,8 +1,8 @@
 """Text-generation backends of the pipeline: HF ``generate`` (always available) and vLLM (when installed).
 
 Both take chat-formatted prompt strings and return, per prompt, the generated text (EOS removed), its token
-count, whether it ended by itself, and whether the thinking budget was hit. The budget is enforced as in
-``alarm.generation``: after N thinking tokens, ``BUDGET_SENTENCE`` and ``</think>`` are forced.
+count, whether it ended by itself, and whether the thinking budget was hit. The budget protocol is the one of
+``alarm.generation`` (two passes; the budget sentence and ``</think>`` forced into rows cut while thinking).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from alarm.generation import budget_suffix_ids, generate_with_thinking_budget, token_id
+from alarm.generation import budget_suffix_ids, generate_with_thinking_budget, token_id, two_pass
 
 THINK_OPEN = "<think>\n"
 
@@ -108,8 +108,9 @@ class HFBackend:
 
 
 class VLLMBackend:
-    """vLLM generation (imported lazily). The budget runs in two phases: up to N tokens; rows still
-    thinking get the forced sentence + ``</think>``; unfinished rows continue up to ``max_new_tokens``.
+    """vLLM generation (imported lazily) with the thinking-budget protocol of ``alarm.generation.two_pass``:
+    up to N tokens; rows still thinking get the forced sentence + ``</think>``; cut rows get a second pass of
+    up to ``max_new_tokens``.
     ``desc`` is accepted for interface parity (vLLM batches the whole list itself)."""
 
     name = "vllm"
@@ -122,6 +123,7 @@ class VLLMBackend:
         self.llm = LLM(model=name, dtype=dtype, seed=seed, **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.special = set(self.tokenizer.all_special_ids)  # a stop token ends a finished row
+        self.think_start = token_id(self.tokenizer, "<think>")
         self.think_end = token_id(self.tokenizer, "</think>")
         self.suffix = budget_suffix_ids(self.tokenizer)
 
@@ -142,28 +144,21 @@ class VLLMBackend:
                  sampling: Sampling | None = None, desc: str | None = None) -> list[Generation]:
         sampling = sampling or Sampling(do_sample=False)
         ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-        thinking = [p.endswith(THINK_OPEN) for p in prompts]
-        first = max_new_tokens if max_thinking_tokens is None else min(max_thinking_tokens, max_new_tokens)
-        gen = self._run(ids, sampling, first)
-        tokens = [g[0] for g in gen]
-        done = [g[1] for g in gen]
-        hit = [False] * len(prompts)
-        for i, toks in enumerate(tokens):
-            if (max_thinking_tokens is not None and not done[i] and thinking[i] and self.think_end not in toks
-                    and len(toks) >= max_thinking_tokens):
-                tokens[i] = (toks + self.suffix)[:max_new_tokens]
-                hit[i] = True
-        todo = [i for i in range(len(prompts)) if not done[i] and len(tokens[i]) < max_new_tokens]
-        if todo:
-            remaining = [max_new_tokens - len(tokens[i]) for i in todo]
-            more = self._run([ids[i] + tokens[i] for i in todo], sampling, max(remaining))
-            for i, budget_left, (extra, stopped) in zip(todo, remaining, more):
-                tokens[i] += extra[:budget_left]
-                done[i] = stopped and len(extra) <= budget_left
+
+        def run(rows, conts, max_tokens):
+            return self._run([ids[b] + (conts[i] if conts is not None else []) for i, b in enumerate(rows)],
+                             sampling, max_tokens)
+
+        out = two_pass(run, len(prompts), max_thinking_tokens=max_thinking_tokens, max_new_tokens=max_new_tokens,
+                       suffix=self.suffix, think_ids=(self.think_start, self.think_end),
+                       starts_in_thinking=[p.endswith(THINK_OPEN) for p in prompts], eos_ids=sorted(self.special),
+                       pad_token_id=0)
         results = []
-        for i, toks in enumerate(tokens):
-            n = len(toks)
-            if done[i] and toks and toks[-1] in self.special:
+        for i in range(len(prompts)):
+            n = int(out.lengths[i])
+            toks = out.sequences[i, :n].tolist()
+            if out.finished[i] and toks and toks[-1] in self.special:
                 toks = toks[:-1]
-            results.append(Generation(self.tokenizer.decode(toks, skip_special_tokens=False), n, done[i], hit[i]))
+            results.append(Generation(self.tokenizer.decode(toks, skip_special_tokens=False), n,
+                                      bool(out.finished[i]), bool(out.budget_hit[i])))
         return results
