@@ -51,7 +51,8 @@ def files(tmp_path_factory):
     (d / "labels.jsonl").write_text(json.dumps(labels) + "\n")
     (d / "events_str.jsonl").write_text(json.dumps({**labels, "schema": "sound", "labels": {"events": "dog"}}) + "\n")
     (d / "bad_line.jsonl").write_text(json.dumps(labels) + "\n{oops\n")
-    (d / "mmau.json").write_text(json.dumps([{"question": "q", "choices": ["a", "b"], "answer": "a", "task": "t"}]))
+    (d / "mmau.json").write_text(json.dumps([{"id": "q0", "audio_id": "a.wav", "question": "q", "choices": ["a", "b"],
+                                            "answer": "a", "task": "sound", "difficulty": "easy"}]))
     (d / "lm").mkdir()
     (d / "lm" / "config.json").write_text("{}")  # passes the cheap model-folder check; never loaded
     (d / "old_run").mkdir()
@@ -87,7 +88,7 @@ TABLE = [
     ("gen-device-banana", lambda f: _gen(f, "--device", "banana"), "--device 'banana' is not a torch device"),
     ("gen-device-cuda", lambda f: _gen(f, "--device", "cuda"), "--device cuda: CUDA requested but", GPU_VISIBLE),
     ("gen-max-new-tokens", lambda f: _gen(f, "--max-new-tokens", "0"), "--max-new-tokens must be >= 1, got 0"),
-    ("gen-thinking-negative", lambda f: _gen(f, "--max-thinking-tokens", "-5"), "--max-thinking-tokens must be >= 0"),
+    ("gen-thinking-negative", lambda f: _gen(f, "--max-thinking-tokens", "-5"), "--max-thinking-tokens must be >= -1"),
     ("eval-unknown-benchmark", lambda f: ["eval", "score", "--benchmark", "nope", "--input", f"{f}/mmau.json",
                                           "--output", f"{f}/out_eval.json"], "unknown benchmark 'nope'"),
     ("eval-missing-input", lambda f: ["eval", "score", "--benchmark", "mmau", "--input", f"{f}/nope.json",
@@ -97,7 +98,7 @@ TABLE = [
     ("eval-broken-json", lambda f: ["eval", "fill", "--benchmark", "mmau", "--input", f"{f}/broken.json",
                                     "--output", f"{f}/out_eval.json"], "broken.json: invalid JSON at line 1"),
     ("eval-no-response", lambda f: ["eval", "fill", "--benchmark", "mmau", "--input", f"{f}/mmau.json",
-                                    "--output", f"{f}/out_eval.json"], "item 0 has no 'model_output' field"),
+                                    "--output", f"{f}/out_eval.json"], "item 0 ('q0') has no 'model_response' field"),
     ("describe-missing", lambda f: ["rephrase", "describe", "--input", f"{f}/nope.jsonl", "--output",
                                     f"{f}/out_desc.jsonl"], "--input: file not found"),
     ("describe-not-utf8", lambda f: ["rephrase", "describe", "--input", f"{f}/latin1.jsonl", "--output",
