@@ -7,11 +7,14 @@ Two execution paths with the same parameters:
   length), ``nn.Conv1d`` on the padded batch as the published code does; padded frames are zeroed
   between the convolutions and BatchNorm statistics (train mode) use valid frames only, so both paths
   compute the same function.
-Output lengths: conv ``ceil(len / 2)`` (one zero frame appended when ``len`` is odd), MLP ``len``.
+Output lengths: conv ``len // 2`` (floor, as published: with an odd length the last input frame only
+feeds the dropped half-frame), MLP ``len``. The conv adapter sees zeros past each sequence's end, which
+is what the published code computes for the longest clip of its batch (so for every clip at batch size 1).
 
 ``fold_batchnorm()`` (frozen inference): BatchNorm is applied after GELU, so each one folds into the next
 linear op: norm2 into ``llm_proj`` (exact) and norm1 into ``conv2``, whose zero padding at the sequence
-edges then needs a bias correction on each sequence's first and last output frame (exact too).
+edges then needs a bias correction on each sequence's first output frame and, for even lengths (whose
+last output frame reads the right zero pad), on its last output frame (exact too).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import alarm_kernels as ak
-from alarm_kernels.varlen import cu_seqlens_to_seqlens, seqlens_to_cu_seqlens
+from alarm_kernels.varlen import cu_seqlens_to_seqlens
 
 from .config import EncoderSpec
 
@@ -78,8 +81,8 @@ class Adapter(nn.Module):
 
     @staticmethod
     def out_lengths(lengths: Tensor, kind: str) -> Tensor:
-        """Output tokens per example: conv ``ceil(len / 2)``, mlp ``len``."""
-        return (lengths + 1) // 2 if kind == "conv" else lengths
+        """Output tokens per example: conv ``len // 2``, mlp ``len``."""
+        return lengths // 2 if kind == "conv" else lengths
 
     # ---- packed (fast) path --------------------------------------------------------------------
     def forward_packed(self, layers: List[Tensor], cu_seqlens: Tensor) -> Tuple[Tensor, Tensor]:
@@ -89,20 +92,18 @@ class Adapter(nn.Module):
             return self.llm_proj(F.gelu(self.fc2(F.gelu(self.fc1(x))))), cu_seqlens
         if self.in_proj is not None:
             x = self.in_proj(x)
-        lengths = cu_seqlens_to_seqlens(cu_seqlens)
-        even = lengths + lengths % 2
-        cu_even = seqlens_to_cu_seqlens(even, device=x.device)
-        ex = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths, output_size=x.shape[0])
-        dest = torch.arange(x.shape[0], device=x.device) + (cu_even[:-1] - cu_seqlens[:-1]).long()[ex]
-        x = x.new_zeros(int(even.sum()), x.shape[1]).index_copy(0, dest, x)  # zero frame after odd sequences
-        h, cu_h = ak.varlen_conv1d(x, cu_even, self.conv1.weight.to(x.dtype), self.conv1.bias.to(x.dtype), stride=1,
-                                   padding=1, activation="gelu")
+        h, cu_h = ak.varlen_conv1d(x, cu_seqlens, self.conv1.weight.to(x.dtype), self.conv1.bias.to(x.dtype),
+                                   stride=1, padding=1, activation="gelu")
         h = self.norm1(h)
         w2, b2 = self.conv2.weight.to(h.dtype), self.conv2.bias.to(h.dtype)
         if self.folded:
             y, cu_y = ak.varlen_conv1d(h, cu_h, w2, b2, stride=2, padding=1)
-            y = y.index_add(0, cu_y[:-1].long(), -self.edge_first.to(y.dtype).expand(cu_y.numel() - 1, -1))
-            y = F.gelu(y.index_add(0, cu_y[1:].long() - 1, -self.edge_last.to(y.dtype).expand(cu_y.numel() - 1, -1)))
+            n_out, even = cu_y[1:] - cu_y[:-1], cu_seqlens_to_seqlens(cu_seqlens) % 2 == 0
+            seq = torch.nonzero(n_out > 0).squeeze(1)  # tap 0 of the first output frame reads the left zero pad
+            y = y.index_add(0, cu_y[seq].long(), -self.edge_first.to(y.dtype).expand(seq.numel(), -1))
+            seq = torch.nonzero((n_out > 0) & even).squeeze(1)  # tap 3 of the last one reads the right pad
+            y = y.index_add(0, cu_y[seq + 1].long() - 1, -self.edge_last.to(y.dtype).expand(seq.numel(), -1))
+            y = F.gelu(y)
         else:
             y, cu_y = ak.varlen_conv1d(h, cu_h, w2, b2, stride=2, padding=1, activation="gelu")
         return self.llm_proj(self.norm2(y)), cu_y
@@ -124,15 +125,16 @@ class Adapter(nn.Module):
         if self.in_proj is not None:
             x = self.in_proj(x)
         x = x * valid_mask(lengths, x.shape[1])[..., None]
-        if x.shape[1] % 2:
-            x = F.pad(x, (0, 0, 0, 1))
+        if x.shape[1] < 2:  # nn.Conv1d refuses an empty output: no example has an output token
+            return x.new_zeros(x.shape[0], 0, self.llm_proj.out_features), out_len
         h = F.gelu(self.conv1(x.transpose(1, 2))).transpose(1, 2)
-        h = self._norm_valid(self.norm1, h, valid_mask(lengths + lengths % 2, h.shape[1]))
+        h = self._norm_valid(self.norm1, h, valid_mask(lengths, h.shape[1]))
         y = self.conv2(h.transpose(1, 2)).transpose(1, 2)
         if self.folded:
-            rows = torch.arange(y.shape[0], device=y.device)
-            y = y.index_put((rows, torch.zeros_like(rows)), -self.edge_first, accumulate=True)
-            y = y.index_put((rows, out_len - 1), -self.edge_last, accumulate=True)
+            rows = torch.nonzero(out_len > 0).squeeze(1)
+            y = y.index_put((rows, torch.zeros_like(rows)), -self.edge_first.expand(rows.numel(), -1), accumulate=True)
+            rows = torch.nonzero((out_len > 0) & (lengths % 2 == 0)).squeeze(1)
+            y = y.index_put((rows, out_len[rows] - 1), -self.edge_last.expand(rows.numel(), -1), accumulate=True)
         y = F.gelu(y)
         m = valid_mask(out_len, y.shape[1])
         y = self._norm_valid(self.norm2, y, m)

@@ -31,6 +31,8 @@ class EncoderSpec:
     layers: hidden-state indices kept (0 = embeddings, i = output of block i); dim: encoder width;
     adapter: "conv" (downsample x2) or "mlp"; norm: "batch" or "layer" (conv adapters);
     sample_rate: Hz the encoder expects; chunk_seconds: longest piece run at once (clips are split).
+    clip_length (Whisper only): False (default, published) pads every 30 s piece to the full window;
+    True runs each piece at its own length with masked keys (faster, different features; opt-in).
     """
     name: str
     kind: str
@@ -40,6 +42,7 @@ class EncoderSpec:
     norm: str = "layer"
     sample_rate: int = 16000
     chunk_seconds: float = 30.0
+    clip_length: bool = False
     path: Optional[str] = None
     hf_config: Optional[Dict[str, Any]] = None
     dtype: str = "float32"
@@ -158,14 +161,14 @@ class ALARMConfig:
 
     @classmethod
     def tiny(cls, fusion: str = "CA", stage: Optional[str] = None, n_encoders: int = 2, **kw) -> "ALARMConfig":
-        """Random tiny Whisper (+ tiny w2v-BERT) and tiny Qwen3 (head dims 32, widths 64); CPU in seconds.
+        """Random tiny Whisper (3 s window) (+ tiny w2v-BERT) and tiny Qwen3 (head dims 32, widths 64); CPU in seconds.
 
         ``stage`` defaults to "A" for sum/concat and "B" for CA/P.
         """
-        whisper = EncoderSpec(
-            name="whisper", kind="whisper", layers=[1, 2], dim=32, norm="batch",
+        whisper = EncoderSpec(  # a 3 s window (150 positions) keeps CPU tests fast; real Whisper's is 30 s
+            name="whisper", kind="whisper", layers=[1, 2], dim=32, norm="batch", chunk_seconds=3.0,
             hf_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                           num_mel_bins=128, max_source_positions=1500, decoder_layers=1,
+                           num_mel_bins=128, max_source_positions=150, decoder_layers=1,
                            decoder_attention_heads=2, decoder_ffn_dim=64, vocab_size=64, pad_token_id=0,
                            bos_token_id=0, eos_token_id=0, decoder_start_token_id=0))
         w2v = EncoderSpec(

@@ -5,19 +5,24 @@ the *selected* hidden states only, packed: ``k`` tensors ``[total_frames, D]`` p
 ``[B+1]`` (``k = len(spec.layers)``; index 0 = the input of the first block, i = the output of block i).
 Encoders always run frozen, in eval mode, under ``torch.no_grad()``. Blocks above the highest selected
 index are dropped at construction and the selected states are captured by forward hooks, so the full
-stack of hidden states never exists. Clips longer than ``spec.chunk_seconds`` are cut into chunks, all
-chunks of a batch run as one padded batch at the length of the longest chunk (a 2 s clip costs 2 s, not
-30 s) and only real chunks exist (no all-padding chunk is ever run).
+stack of hidden states never exists. Clips longer than ``spec.chunk_seconds`` are cut into chunks and all
+chunks of a batch run as one batch; each chunk's result does not depend on the other chunks.
 
-Shipped kinds: ``"whisper"`` (transformers ``WhisperEncoder``) and ``"w2v-bert"`` (``Wav2Vec2BertModel``).
+Shipped kinds: ``"whisper"`` (transformers ``WhisperEncoder``) and ``"w2v-bert"`` (``Wav2Vec2BertModel``),
+both computing what the published ALARM computes:
 
-Whisper and short clips, honestly: the stock encoder insists on 3000 mel frames (30 s) because its
-positional embedding has 1500 rows. We run it on ``T`` frames by adding the first ``T`` rows of that
-embedding (``embed_positions.weight[:T]``) and masking padded keys in self-attention. For clips shorter
-than 30 s the features therefore differ from stock Whisper's (which attends to 30 s of padded silence);
-the adapters are trained on what we compute, so train and inference agree. Within a batch, each chunk's
-result does not depend on the other chunks (keys beyond its length are masked; its mel frames are computed
-with the same trailing zero padding whatever the batch).
+- Whisper (default, ``spec.clip_length=False``): every clip is cut into 30 s pieces; each piece is
+  zero-padded to 30 s (3000 mel frames, log-mel clamped per piece as transformers'
+  ``WhisperFeatureExtractor`` does) and encoded whole, without a mask. Frames kept per piece:
+  ``ceil(samples / 160) // 2`` (floor division, as published), so a clip gives
+  ``sum_pieces(ceil(n_i / 160)) // 2`` frames at 50 Hz. ``spec.clip_length=True`` (opt-in, faster for short
+  clips, *not* the published features): each piece runs at its own length (the first ``T`` rows of the
+  positional embedding, padded keys masked), ``ceil(mel_frames / 2)`` frames; adapters trained on one
+  setting do not transfer to the other.
+- w2v-BERT 2.0: each whole clip gets 160 zero samples on each side and its fbank features are normalized
+  over the whole clip (``SeamlessM4TFeatureExtractor``: 100 frames/s stacked by 2, so
+  ``(1 + (n - 80) // 160) // 2`` frames at 50 Hz); the feature frames are then cut into 30 s (1500-frame)
+  chunks that run as one padded batch with an attention mask.
 
 Adding an encoder (MuQ, SSLAM, any model returning hidden states)::
 
@@ -80,9 +85,11 @@ class AudioEncoder(nn.Module, abc.ABC):
         """Frozen: always stays in eval mode."""
         return super().train(False)
 
-    @torch.no_grad()
-    def forward(self, waves: List[Tensor]) -> Tuple[List[Tensor], Tensor]:
-        """B waveforms (1-D float32, ``spec.sample_rate`` Hz) -> (k x [total, D] packed, cu_seqlens [B+1])."""
+    def chunk_inputs(self, waves: List[Tensor]) -> Tuple[Dict[str, Tensor], Tensor, List[int]]:
+        """B clips -> (batched model inputs for C chunks, int64 output frames per chunk [C], chunks per clip).
+
+        Default: cut each waveform into ``spec.chunk_seconds`` pieces and call ``features`` on the pieces.
+        """
         chunk = max(1, int(round(self.spec.chunk_seconds * self.spec.sample_rate)))
         pieces, per_clip = [], []
         for w in waves:
@@ -91,6 +98,12 @@ class AudioEncoder(nn.Module, abc.ABC):
             per_clip.append(len(parts))
         with torch.autocast("cpu", enabled=False):  # host-side feature extraction stays fp32
             inputs, lengths = self.features(pieces)
+        return inputs, lengths, per_clip
+
+    @torch.no_grad()
+    def forward(self, waves: List[Tensor]) -> Tuple[List[Tensor], Tensor]:
+        """B waveforms (1-D float32, ``spec.sample_rate`` Hz) -> (k x [total, D] packed, cu_seqlens [B+1])."""
+        inputs, lengths, per_clip = self.chunk_inputs(waves)
         states = self.hidden(inputs, lengths)
         t = states[0].shape[1]
         valid = torch.arange(t, device=states[0].device)[None, :] < lengths.to(states[0].device)[:, None]
@@ -110,8 +123,9 @@ def _load_hf(spec: EncoderSpec, model_cls, config_cls):
 
 
 class WhisperAudioEncoder(AudioEncoder):
-    """Whisper encoder at the clip's own length (see the module docstring); log-mel from transformers'
-    ``WhisperFeatureExtractor`` (batched torch STFT), ``num_mel_bins`` bins, 100 frames/s, 50 Hz output."""
+    """Whisper encoder on 30 s windows as published, or at the clip's length with ``spec.clip_length`` (see the
+    module docstring); log-mel from transformers' ``WhisperFeatureExtractor``, ``num_mel_bins`` bins,
+    100 frames/s, 50 Hz output."""
 
     def __init__(self, spec: EncoderSpec):
         super().__init__(spec)
@@ -127,17 +141,23 @@ class WhisperAudioEncoder(AudioEncoder):
         n_blocks = len(enc.layers)
         if max(spec.layers) > n_blocks or min(spec.layers) < 0:
             raise ValueError(f"encoder {spec.name}: layers {spec.layers} outside 0..{n_blocks}")
-        max_seconds = enc.config.max_source_positions * 2 * 160 / 16000
-        if spec.chunk_seconds > max_seconds:
-            raise ValueError(f"encoder {spec.name}: chunk_seconds {spec.chunk_seconds} > Whisper's {max_seconds} s")
+        window_seconds = enc.config.max_source_positions * 2 * 160 / 16000
+        if spec.chunk_seconds > window_seconds or (not spec.clip_length and spec.chunk_seconds != window_seconds):
+            raise ValueError(f"encoder {spec.name}: chunk_seconds {spec.chunk_seconds} must be Whisper's window "
+                             f"({window_seconds} s) unless clip_length=True (then at most that)")
         self.n_blocks = n_blocks
         enc.layers = nn.ModuleList(list(enc.layers)[: max(spec.layers)])
         self.encoder = enc.requires_grad_(False).eval()
-        self.extractor = WhisperFeatureExtractor(feature_size=enc.config.num_mel_bins, sampling_rate=16000)
+        self.extractor = WhisperFeatureExtractor(feature_size=enc.config.num_mel_bins, sampling_rate=16000,
+                                                 chunk_length=int(window_seconds))
 
     def features(self, chunks):
-        hop, n_fft = self.extractor.hop_length, self.extractor.n_fft
+        hop = self.extractor.hop_length
         n = torch.tensor([len(c) for c in chunks])
+        if not self.spec.clip_length:  # published: every piece zero-padded to the full window, no mask
+            mel = self.extractor([c.numpy() for c in chunks], sampling_rate=16000, return_tensors="pt")
+            return {"mel": mel["input_features"]}, (-(-n // hop)) // 2
+        n_fft = self.extractor.n_fft
         longest = int(n.max()) + n_fft  # every chunk gets >= n_fft trailing zeros: batch-independent frames
         batch = torch.zeros(len(chunks), longest)
         for i, c in enumerate(chunks):
@@ -157,9 +177,11 @@ class WhisperAudioEncoder(AudioEncoder):
         x = nn.functional.gelu(enc.conv2(x)).transpose(1, 2)
         t = x.shape[1]
         x = x + enc.embed_positions.weight[:t]
-        keep = torch.arange(t, device=x.device)[None, :] < lengths.to(x.device)[:, None]
-        mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
-        mask = mask[:, None, None, :].expand(-1, 1, t, -1)
+        mask = None
+        if self.spec.clip_length:
+            keep = torch.arange(t, device=x.device)[None, :] < lengths.to(x.device)[:, None]
+            mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
+            mask = mask[:, None, None, :].expand(-1, 1, t, -1)
         want = set(self.spec.layers)
         got = {0: x} if 0 in want else {}
         for i, block in enumerate(enc.layers, start=1):

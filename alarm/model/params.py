@@ -6,7 +6,6 @@ writes it as Markdown (python -m alarm.model.params [PATH]).
 """
 from __future__ import annotations
 
-import math
 import sys
 from typing import Dict, List
 
@@ -27,8 +26,8 @@ def trainable_params(cfg: ALARMConfig) -> int:
 
 def audio_tokens(cfg: ALARMConfig, seconds: float) -> int:
     """Audio tokens between the separators for one clip: encoders at 50 frames/s (conv adapters halve
-    them: ``ceil(frames / 2)``) or 25 frames/s (MLP adapters keep them)."""
-    per = [math.ceil(round(50 * seconds) / 2) if e.adapter == "conv" else round(25 * seconds) for e in cfg.encoders]
+    them: ``frames // 2``) or 25 frames/s (MLP adapters keep them)."""
+    per = [round(50 * seconds) // 2 if e.adapter == "conv" else round(25 * seconds) for e in cfg.encoders]
     if cfg.fusion == "CA":
         return per[0]
     if cfg.fusion == "P":

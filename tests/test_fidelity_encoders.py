@@ -1,0 +1,51 @@
+"""The encoders compute what the published ALARM computes: stock transformers modules run the way its
+code runs them (Whisper on zero-padded 30 s windows, w2v-BERT on whole-clip features split into 1500-frame
+chunks), output lengths by its formulas (tiny random weights, CPU)."""
+import pytest
+import torch
+
+from alarm.model import ALARMConfig
+from alarm.model.adapters import Adapter
+from alarm.model.encoders import build_encoder
+from alarm.model.tiny import synthetic_audio
+
+WINDOW = 480000  # 30 s at 16 kHz
+
+
+def published_whisper_frames(n: int) -> int:
+    """Published: 30 s pieces, attention-mask frames ceil(n_i / 160) summed over pieces, then // 2."""
+    pieces = [min(WINDOW, n - s) for s in range(0, n, WINDOW)]
+    return sum(-(-p // 160) for p in pieces) // 2
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    """Tiny random Whisper with the real 30 s window (1500 positions)."""
+    spec = ALARMConfig.tiny("sum", n_encoders=1).encoders[0]
+    spec.chunk_seconds, spec.hf_config = 30.0, {**spec.hf_config, "max_source_positions": 1500}
+    return build_encoder(spec)
+
+
+@pytest.mark.parametrize("seconds,frames,tokens", [(1, 50, 25), (29.9, 1495, 747), (30, 1500, 750),
+                                                   (30.1, 1505, 752), (59, 2950, 1475), (61, 3050, 1525)])
+def test_whisper_window_lengths(whisper, seconds, frames, tokens):
+    n = int(round(seconds * 16000))
+    assert published_whisper_frames(n) == frames
+    _, cu = whisper([torch.zeros(n)])
+    assert int(cu[-1]) == frames
+    assert int(Adapter.out_lengths(cu[1:] - cu[:-1], "conv")[0]) == tokens
+
+
+def test_whisper_window_features_equal_stock_encoder(whisper):
+    """Each piece is the stock encoder's output on the feature extractor's 3000 padded frames, trimmed."""
+    clips = [torch.from_numpy(c) for c in synthetic_audio([1.3, 30.4], seed=7)]
+    layers, cu = whisper(clips)
+    enc, spec = whisper.encoder, whisper.spec
+    for i, clip in enumerate(clips):
+        pieces = list(torch.split(clip, WINDOW))
+        mel = whisper.extractor([p.numpy() for p in pieces], sampling_rate=16000, return_tensors="pt")
+        states = enc(mel["input_features"], output_hidden_states=True).hidden_states  # stock HF forward
+        keep = [-(-len(p) // 160) // 2 for p in pieces]
+        for j, idx in enumerate(spec.layers):
+            expect = torch.cat([states[idx][k, :n] for k, n in enumerate(keep)])
+            torch.testing.assert_close(layers[j][cu[i]:cu[i + 1]], expect, rtol=1e-4, atol=1e-5)
