@@ -49,3 +49,32 @@ def test_whisper_window_features_equal_stock_encoder(whisper):
         for j, idx in enumerate(spec.layers):
             expect = torch.cat([states[idx][k, :n] for k, n in enumerate(keep)])
             torch.testing.assert_close(layers[j][cu[i]:cu[i + 1]], expect, rtol=1e-4, atol=1e-5)
+
+
+def test_w2v_bert_front_end_as_published():
+    """Published: 160 zero samples each side, whole-clip features, encoder on 1500-frame chunks of the padded
+    batch with the attention mask; hidden states trimmed to the mask's length."""
+    from transformers import SeamlessM4TFeatureExtractor
+
+    spec = ALARMConfig.tiny("CA").encoders[1]
+    enc = build_encoder(spec)
+    clips = [torch.from_numpy(c) for c in synthetic_audio([31.0, 2.01], seed=8)]
+    layers, cu = enc(clips)
+    extractor = SeamlessM4TFeatureExtractor(feature_size=80, num_mel_bins=80, padding_value=1, stride=2,
+                                            sampling_rate=16000)
+    feats, masks = [], []
+    for clip in clips:
+        out = extractor([torch.nn.functional.pad(clip, (160, 160)).numpy()], sampling_rate=16000,
+                        return_attention_mask=True, return_tensors="pt")
+        feats.append(out["input_features"][0])
+        masks.append(out["attention_mask"][0])
+    feats = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    masks = torch.nn.utils.rnn.pad_sequence(masks, batch_first=True)
+    lengths = masks.sum(1)
+    assert (cu[1:] - cu[:-1]).tolist() == lengths.tolist() == [(1 + (len(c) - 80) // 160) // 2 for c in clips]
+    chunks = [enc.model(input_features=f, attention_mask=m, output_hidden_states=True).hidden_states
+              for f, m in zip(feats.split(1500, dim=1), masks.split(1500, dim=1))]
+    for j, idx in enumerate(spec.layers):
+        full = torch.cat([c[idx] for c in chunks], dim=1)
+        for i in range(len(clips)):
+            torch.testing.assert_close(layers[j][cu[i]:cu[i + 1]], full[i, : int(lengths[i])], rtol=1e-4, atol=1e-5)

@@ -54,14 +54,15 @@ import functools
 from typing import Callable, Dict, List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alarm_kernels.varlen import seqlens_to_cu_seqlens
 
 from .config import EncoderSpec
 
-__all__ = ["AudioEncoder", "WhisperAudioEncoder", "HiddenStatesEncoder", "ENCODERS", "register_encoder",
-           "build_encoder"]
+__all__ = ["AudioEncoder", "WhisperAudioEncoder", "HiddenStatesEncoder", "W2VBertAudioEncoder", "ENCODERS",
+           "register_encoder", "build_encoder"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -194,11 +195,12 @@ class WhisperAudioEncoder(AudioEncoder):
 
 class HiddenStatesEncoder(AudioEncoder):
     """Any encoder module with a list of blocks: keeps blocks up to ``max(spec.layers)`` and captures the
-    selected indices with hooks. ``features(chunks) -> (model kwargs, int64 frames [C])``; the model is
-    called as ``model(**kwargs)`` unless ``call(model, kwargs)`` is given."""
+    selected indices with hooks. ``features(chunks) -> (model kwargs, int64 frames [C])`` (not needed by a
+    subclass that overrides ``chunk_inputs``); the model is called as ``model(**kwargs)`` unless
+    ``call(model, kwargs)`` is given."""
 
     def __init__(self, spec: EncoderSpec, model: nn.Module, blocks: str,
-                 features: Callable[[List[Tensor]], Tuple[Dict[str, Tensor], Tensor]],
+                 features: Callable[[List[Tensor]], Tuple[Dict[str, Tensor], Tensor]] | None = None,
                  call: Callable[[nn.Module, Dict[str, Tensor]], object] | None = None):
         super().__init__(spec)
         owner_path, _, attr = blocks.rpartition(".")
@@ -227,6 +229,8 @@ class HiddenStatesEncoder(AudioEncoder):
         self._captured[index] = output[0] if isinstance(output, tuple) else output
 
     def features(self, chunks):
+        if self._features is None:
+            raise ValueError(f"encoder {self.spec.name}: give features= or override chunk_inputs")
         return self._features(chunks)
 
     def hidden(self, inputs, lengths):
@@ -243,24 +247,42 @@ class HiddenStatesEncoder(AudioEncoder):
             self._captured = {}
 
 
-def _build_w2v_bert(spec: EncoderSpec) -> AudioEncoder:
-    from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
+class W2VBertAudioEncoder(HiddenStatesEncoder):
+    """w2v-BERT 2.0 with the published front end: 160 zero samples on each side of the whole clip, fbank
+    features normalized over the whole clip, then cut into ``chunk_seconds`` x 50-frame chunks that run as
+    one padded batch with an attention mask (see the module docstring)."""
 
-    model = _load_hf(spec, Wav2Vec2BertModel, Wav2Vec2BertConfig)
-    extractor = SeamlessM4TFeatureExtractor(feature_size=80, num_mel_bins=80, stride=2, sampling_rate=16000)
+    FRAMES_PER_SECOND = 50
+    EDGE_SAMPLES = 160
 
-    def features(chunks: List[Tensor]):
-        out = extractor([c.numpy() for c in chunks], sampling_rate=16000, return_tensors="pt", padding=True,
-                        return_attention_mask=True)
-        mask = out["attention_mask"]
-        return {"input_features": out["input_features"], "attention_mask": mask}, mask.sum(1).to(torch.int64)
+    def __init__(self, spec: EncoderSpec):
+        from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
 
-    return HiddenStatesEncoder(spec, model, "encoder.layers", features)
+        super().__init__(spec, _load_hf(spec, Wav2Vec2BertModel, Wav2Vec2BertConfig), "encoder.layers")
+        self.extractor = SeamlessM4TFeatureExtractor(feature_size=80, num_mel_bins=80, stride=2, sampling_rate=16000)
+
+    def clip_features(self, wave: Tensor) -> Tensor:
+        """One 1-D 16 kHz clip -> its valid feature frames [F, 160] (float32), ``(1 + (n - 80) // 160) // 2``."""
+        if wave.numel() + 2 * self.EDGE_SAMPLES < 400:
+            raise ValueError(f"encoder {self.spec.name}: a clip of {wave.numel()} samples is too short (needs >= 80)")
+        padded = F.pad(wave, (self.EDGE_SAMPLES, self.EDGE_SAMPLES)).numpy()
+        out = self.extractor(padded, sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
+        return out["input_features"][0, : int(out["attention_mask"].sum())]
+
+    def chunk_inputs(self, waves):
+        chunk = max(1, int(round(self.spec.chunk_seconds * self.FRAMES_PER_SECOND)))
+        with torch.autocast("cpu", enabled=False):
+            clips = [list(torch.split(self.clip_features(w), chunk)) for w in waves]
+        pieces = [p for parts in clips for p in parts]
+        lengths = torch.tensor([len(p) for p in pieces], dtype=torch.int64)
+        batch = nn.utils.rnn.pad_sequence(pieces, batch_first=True)
+        mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).to(torch.int64)
+        return {"input_features": batch, "attention_mask": mask}, lengths, [len(parts) for parts in clips]
 
 
 ENCODERS: Dict[str, Callable[[EncoderSpec], AudioEncoder]] = {
     "whisper": WhisperAudioEncoder,
-    "w2v-bert": _build_w2v_bert,
+    "w2v-bert": W2VBertAudioEncoder,
 }
 
 
