@@ -73,7 +73,7 @@ def test_w2v_bert_front_end_as_published():
     lengths = masks.sum(1)
     assert (cu[1:] - cu[:-1]).tolist() == lengths.tolist() == [(1 + (len(c) - 80) // 160) // 2 for c in clips]
     chunks = [enc.model(input_features=f, attention_mask=m, output_hidden_states=True).hidden_states
-              for f, m in zip(feats.split(1500, dim=1), masks.split(1500, dim=1))]
+              for f, m in zip(feats.split(1500, dim=1), masks.split(1500, dim=1), strict=True)]
     for j, idx in enumerate(spec.layers):
         full = torch.cat([c[idx] for c in chunks], dim=1)
         for i in range(len(clips)):

@@ -29,7 +29,18 @@ from alarm_kernels.varlen import cu_seqlens_to_seqlens
 
 from .config import EncoderSpec
 
-__all__ = ["Adapter", "valid_mask"]
+__all__ = ["Adapter", "valid_mask", "normal_init_"]
+
+
+def normal_init_(module: nn.Module, std: float = 0.02) -> nn.Module:
+    """Published initialization (transformers' ``post_init`` convention): every ``nn.Linear`` and
+    ``nn.Conv1d`` inside ``module`` gets weights N(0, std) and zero bias; norms keep ones / zeros."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
 
 
 def valid_mask(lengths: Tensor, t: int) -> Tensor:
@@ -38,7 +49,9 @@ def valid_mask(lengths: Tensor, t: int) -> Tensor:
 
 
 class Adapter(nn.Module):
-    """Layer mix + conv/MLP adapter + ``llm_proj`` for one encoder (dims from the spec and ALARMConfig)."""
+    """Layer mix + conv/MLP adapter + ``llm_proj`` for one encoder (dims from the spec and ALARMConfig).
+
+    Initialized as published: layer logits 0, Linear/Conv1d N(0, 0.02) with zero bias."""
 
     def __init__(self, spec: EncoderSpec, adapter_dim: int, adapter_hidden: int, mlp_hidden: int, llm_hidden: int):
         super().__init__()
@@ -56,6 +69,7 @@ class Adapter(nn.Module):
             out_dim = mlp_hidden
         self.llm_proj = nn.Linear(out_dim, llm_hidden)
         self.folded = False
+        normal_init_(self)
 
     @torch.no_grad()
     def fold_batchnorm(self) -> "Adapter":

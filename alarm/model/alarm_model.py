@@ -58,8 +58,8 @@ class AudioSide(nn.Module):
         self.adapters = nn.ModuleDict({e.name: Adapter(e, cfg.adapter_dim, cfg.adapter_hidden, cfg.mlp_hidden,
                                                        cfg.llm_hidden) for e in cfg.encoders})
         self.fusion = build_fusion(cfg)
-        self.audio_start = nn.Parameter(torch.randn(cfg.llm_hidden) * 0.02)
-        self.audio_end = nn.Parameter(torch.randn(cfg.llm_hidden) * 0.02)
+        self.audio_start = nn.Parameter(torch.randn(cfg.llm_hidden))  # published: standard normal
+        self.audio_end = nn.Parameter(torch.randn(cfg.llm_hidden))
         if cfg.stage == "B":
             self.adapters.requires_grad_(False)
 

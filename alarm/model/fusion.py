@@ -20,7 +20,7 @@ from torch import Tensor, nn
 import alarm_kernels as ak
 from alarm_kernels.varlen import cu_seqlens_to_seqlens, max_seqlen, seqlens_to_cu_seqlens
 
-from .adapters import valid_mask
+from .adapters import normal_init_, valid_mask
 
 __all__ = ["SumFusion", "ConcatFusion", "CrossAttentionFusion", "PerceiverFusion", "build_fusion",
            "segment_gather_index"]
@@ -87,7 +87,7 @@ class ConcatFusion(nn.Module):
 
     def __init__(self, n_streams: int, hidden: int):
         super().__init__()
-        self.proj = nn.Linear(n_streams * hidden, hidden)
+        self.proj = normal_init_(nn.Linear(n_streams * hidden, hidden))
 
     def forward_packed(self, streams, cus):
         dt = streams[0].dtype
@@ -110,6 +110,17 @@ class Attention(nn.Module):
         self.heads, self.head_dim = heads, d // heads
         self.q, self.o = nn.Linear(d, d), nn.Linear(d, d)
         self.k, self.v = nn.Linear(d_kv or d, d), nn.Linear(d_kv or d, d)
+
+    @torch.no_grad()
+    def init_like_torch_mha_(self) -> None:
+        """``nn.MultiheadAttention``'s own init (kept by the published CA): q/k/v weights drawn as one
+        xavier-uniform ``[3d, d]`` matrix, zero q/k/v and output biases (the output weight is left alone)."""
+        w = torch.empty(3 * self.q.out_features, self.q.in_features, device=self.q.weight.device)
+        nn.init.xavier_uniform_(w)
+        for lin, part in zip((self.q, self.k, self.v), w.chunk(3)):
+            lin.weight.copy_(part)
+            nn.init.zeros_(lin.bias)
+        nn.init.zeros_(self.o.bias)
 
     def packed(self, x: Tensor, mem: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int, max_k: int) -> Tensor:
         """x [tq, d], mem [tk, d_kv] packed -> [tq, d]."""
@@ -170,6 +181,10 @@ class CrossAttentionFusion(nn.Module):
         self.in_proj = nn.ModuleList(nn.Linear(hidden, d) for _ in range(n_streams))
         self.layers = nn.ModuleList(DecoderLayer(d, heads, ffn, dropout) for _ in range(n_streams - 1))
         self.out_proj = nn.Linear(d, hidden)
+        normal_init_(self)
+        for layer in self.layers:  # published: torch's TransformerDecoderLayer, whose attentions keep their init
+            layer.sa.init_like_torch_mha_()
+            layer.ca.init_like_torch_mha_()
 
     def forward_packed(self, streams, cus):
         x = self.in_proj[0](streams[0])
@@ -245,8 +260,9 @@ class PerceiverFusion(nn.Module):
         super().__init__()
         self.perceivers = nn.ModuleList(Perceiver(hidden, n, w, heads, self_layers, repeats, ffn_mult, dropout)
                                         for _ in range(n_streams - 1))
-        self.cond_start = nn.Parameter(torch.randn(hidden) * 0.02)
-        self.cond_end = nn.Parameter(torch.randn(hidden) * 0.02)
+        normal_init_(self)
+        self.cond_start = nn.Parameter(torch.randn(hidden))  # published: standard normal
+        self.cond_end = nn.Parameter(torch.randn(hidden))
 
     def forward_packed(self, streams, cus):
         lat = torch.cat([p.packed(s, c) for p, s, c in zip(self.perceivers, streams[1:], cus[1:])], 1)  # [B, m, H]
