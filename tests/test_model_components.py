@@ -208,6 +208,7 @@ def test_ca_trainable_params_full_size():
     assert abs(n - 63.5e6) < 0.1e6, n
     assert audio_tokens(cfg, 30.0) == 750
     assert audio_tokens(ALARMConfig.full("P"), 30.0) == 812  # + 2 separators = the spec's 814
+    assert abs(trainable_params(ALARMConfig.full("P")) - 81.23e6) < 0.01e6  # published ALARM-P
 
 
 # ---- generation ----------------------------------------------------------------------------------

@@ -90,7 +90,10 @@ def test_one_optimizer_step(model, clips, path):
     changed = [k for k, v in model.audio.state_dict().items() if not torch.equal(v, state[k])]
     assert changed
     if model.config.stage == "B":  # frozen adapters: weights and BatchNorm running stats untouched
-        assert not any(k.startswith("adapters.") for k in changed), changed
+        frozen_adapters = [f"adapters.{e.name}." for e in model.config.encoders if e.adapter != "identity"]
+        assert not any(k.startswith(tuple(frozen_adapters)) for k in changed), changed
+        identity = [f"adapters.{e.name}.layer_logits" for e in model.config.encoders if e.adapter == "identity"]
+        assert all(k in changed for k in identity), changed  # P's layer mixes train, as published
     for k, v in model.state_dict().items():
         if not k.startswith("audio."):
             assert torch.equal(v, frozen[k]), k

@@ -1,4 +1,5 @@
-"""Per-encoder adapters: softmax layer mix -> conv downsampler (x2) or MLP -> ``llm_proj``.
+"""Per-encoder adapters: softmax layer mix -> conv downsampler (x2) or MLP -> ``llm_proj``, or the layer mix
+alone (``identity``: native width and rate, what ALARM-P's perceivers read).
 
 Two execution paths with the same parameters:
 - ``forward_packed(layers, cu_seqlens)``: packed ``[total, D]`` in, packed ``[total_out, H]`` out, using
@@ -7,8 +8,8 @@ Two execution paths with the same parameters:
   length), ``nn.Conv1d`` on the padded batch as the published code does; padded frames are zeroed
   between the convolutions and BatchNorm statistics (train mode) use valid frames only, so both paths
   compute the same function.
-Output lengths: conv ``len // 2`` (floor, as published: with an odd length the last input frame only
-feeds the dropped half-frame), MLP ``len``. The conv adapter sees zeros past each sequence's end, which
+Output lengths: identity and MLP ``len``; conv ``len // 2`` (floor, as published: with an odd length the last input frame only
+feeds the dropped half-frame). The conv adapter sees zeros past each sequence's end, which
 is what the published code computes for the longest clip of its batch (so for every clip at batch size 1).
 
 ``fold_batchnorm()`` (frozen inference): BatchNorm is applied after GELU, so each one folds into the next
@@ -57,6 +58,10 @@ class Adapter(nn.Module):
         super().__init__()
         self.kind = spec.adapter
         self.layer_logits = nn.Parameter(torch.zeros(len(spec.layers), dtype=torch.float32))
+        self.folded = False
+        if spec.adapter == "identity":
+            self.out_dim = spec.dim
+            return
         if spec.adapter == "conv":
             self.in_proj = nn.Linear(spec.dim, adapter_dim) if spec.dim != adapter_dim else None
             self.conv1 = nn.Conv1d(adapter_dim, adapter_hidden, 3, stride=1, padding=1)
@@ -68,7 +73,7 @@ class Adapter(nn.Module):
             self.fc1, self.fc2 = nn.Linear(spec.dim, mlp_hidden), nn.Linear(mlp_hidden, mlp_hidden)
             out_dim = mlp_hidden
         self.llm_proj = nn.Linear(out_dim, llm_hidden)
-        self.folded = False
+        self.out_dim = llm_hidden
         normal_init_(self)
 
     @torch.no_grad()
@@ -95,13 +100,15 @@ class Adapter(nn.Module):
 
     @staticmethod
     def out_lengths(lengths: Tensor, kind: str) -> Tensor:
-        """Output tokens per example: conv ``len // 2``, mlp ``len``."""
+        """Output tokens per example: conv ``len // 2``, mlp and identity ``len``."""
         return lengths // 2 if kind == "conv" else lengths
 
     # ---- packed (fast) path --------------------------------------------------------------------
     def forward_packed(self, layers: List[Tensor], cu_seqlens: Tensor) -> Tuple[Tensor, Tensor]:
         """k x [total, D] selected hidden states -> ([total_out, H], int32 cu_out [B+1])."""
-        x = ak.weighted_layer_sum(layers, self.layer_logits).to(self.llm_proj.weight.dtype)
+        x = ak.weighted_layer_sum(layers, self.layer_logits).to(self.layer_logits.dtype)
+        if self.kind == "identity":
+            return x, cu_seqlens
         if self.kind == "mlp":
             return self.llm_proj(F.gelu(self.fc2(F.gelu(self.fc1(x))))), cu_seqlens
         if self.in_proj is not None:
@@ -131,8 +138,10 @@ class Adapter(nn.Module):
 
     def forward_padded(self, layers: List[Tensor], lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """k x [B, T, D] (zeros past ``lengths``) -> ([B, T_out, H] zeros past the out lengths, lengths_out)."""
-        x = ak.weighted_layer_sum(layers, self.layer_logits, backend="reference").to(self.llm_proj.weight.dtype)
+        x = ak.weighted_layer_sum(layers, self.layer_logits, backend="reference").to(self.layer_logits.dtype)
         out_len = self.out_lengths(lengths, self.kind)
+        if self.kind == "identity":
+            return x * valid_mask(lengths, x.shape[1])[..., None], out_len
         if self.kind == "mlp":
             y = self.llm_proj(F.gelu(self.fc2(F.gelu(self.fc1(x)))))
             return y * valid_mask(out_len, y.shape[1])[..., None], out_len

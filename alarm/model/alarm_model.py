@@ -51,7 +51,8 @@ class ALARMOutput:
 
 
 class AudioSide(nn.Module):
-    """The saved, non-LLM, non-encoder part: adapters, fusion and the two learned separators [H]."""
+    """The saved, non-LLM, non-encoder part: adapters, fusion and the two learned separators [H] (N(0, 1) at
+    init, as published)."""
 
     def __init__(self, cfg: ALARMConfig):
         super().__init__()
@@ -60,12 +61,18 @@ class AudioSide(nn.Module):
         self.fusion = build_fusion(cfg)
         self.audio_start = nn.Parameter(torch.randn(cfg.llm_hidden))  # published: standard normal
         self.audio_end = nn.Parameter(torch.randn(cfg.llm_hidden))
-        if cfg.stage == "B":
-            self.adapters.requires_grad_(False)
+        if cfg.stage == "B":  # identity adapters (P's layer mixes) stay trainable, as published
+            for ad in self.adapters.values():
+                if ad.kind != "identity":
+                    ad.requires_grad_(False)
 
     def train(self, mode: bool = True):
+        """Trainable parts follow ``mode``; frozen adapters stay in eval mode (BatchNorm keeps its statistics)."""
         super().train(mode)
-        if not next(iter(self.adapters.values())).layer_logits.requires_grad:
+        frozen = [ad for ad in self.adapters.values() if not ad.layer_logits.requires_grad]
+        for ad in frozen:
+            ad.eval()
+        if len(frozen) == len(self.adapters):
             self.adapters.eval()
         return self
 

@@ -1,8 +1,8 @@
 """``ALARMConfig``: everything needed to rebuild an ALARM model (JSON-serialisable dataclasses).
 
-Real dimensions are the defaults (ALARM_SPEC.md): adapters 1024 wide, Qwen3-4B hidden 2560, CA d=1024 with
-16 heads and FFN 4096, perceivers 20 x 768. ``ALARMConfig.tiny()`` gives random tiny encoders and LLM that
-run on CPU in seconds. Frozen pretrained parts (encoders, LLM) are referenced by ``path`` (a local folder or
+Real dimensions are the defaults (the published ALARM's): adapters 1024 wide, Qwen3-4B hidden 2560, CA d=1024
+with 16 heads and FFN 4096, perceivers 20 x 768 with FFN 1x. ``ALARMConfig.tiny()`` gives random tiny
+encoders and LLM that run on CPU in seconds. Frozen pretrained parts (encoders, LLM) are referenced by ``path`` (a local folder or
 hub id for ``from_pretrained``); with ``path=None`` they are built randomly from ``hf_config`` (a dict of
 transformers config kwargs) and ``init_seed``.
 """
@@ -29,7 +29,8 @@ class EncoderSpec:
 
     name: unique key ("whisper", "w2v-bert", ...); kind: encoder registry key (see ``encoders.ENCODERS``);
     layers: hidden-state indices kept (0 = embeddings, i = output of block i); dim: encoder width;
-    adapter: "conv" (downsample x2) or "mlp"; norm: "batch" or "layer" (conv adapters);
+    adapter: "conv" (downsample x2), "mlp" or "identity" (the layer mix alone, at the encoder's width and rate:
+    ALARM-P's auxiliary streams); norm: "batch" or "layer" (conv adapters);
     sample_rate: Hz the encoder expects; chunk_seconds: longest piece run at once (clips are split).
     clip_length (Whisper only): False (default, published) pads every 30 s piece to the full window;
     True runs each piece at its own length with masked keys (faster, different features; opt-in).
@@ -48,8 +49,8 @@ class EncoderSpec:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.adapter not in ("conv", "mlp"):
-            raise ValueError(f"encoder {self.name}: adapter must be 'conv' or 'mlp', got {self.adapter!r}")
+        if self.adapter not in ("conv", "mlp", "identity"):
+            raise ValueError(f"encoder {self.name}: adapter must be 'conv', 'mlp' or 'identity', got {self.adapter!r}")
         if self.norm not in ("batch", "layer"):
             raise ValueError(f"encoder {self.name}: norm must be 'batch' or 'layer', got {self.norm!r}")
         if not self.layers:
@@ -85,8 +86,10 @@ class ALARMConfig:
     """Model configuration. ``encoders[0]`` is the base stream (CA queries, P's appended tokens).
 
     fusion: "sum" (single-encoder AL-<enc>-R), "concat", "CA" or "P". stage: "A" trains adapters (+ fusion
-    and separators), "B" freezes adapters and trains fusion + separators. path: default execution path
-    ("fast" packed/fused, or "reference" padded as published).
+    and separators), "B" freezes the conv/MLP adapters and trains fusion + separators (+ the layer mix of
+    identity adapters, as published for ALARM-P). path: default execution path ("fast" packed/fused, or
+    "reference" padded). CA: ``dropout`` on residual branches and FFN. P (published): perceivers with FFN
+    ``p_ffn_mult`` x width, dropout ``p_dropout``, LayerNorm on the cross-attention's key/value input.
     """
     encoders: List[EncoderSpec]
     fusion: str = "sum"
@@ -108,7 +111,8 @@ class ALARMConfig:
     p_heads: int = 4
     p_self_layers: int = 6
     p_repeats: int = 3
-    p_ffn_mult: int = 4
+    p_ffn_mult: int = 1
+    p_dropout: float = 0.0
     max_length: int = 4096
     max_audio_seconds: float = 60.0
     lm_head_chunk: int = 1024
@@ -130,6 +134,10 @@ class ALARMConfig:
             raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
         if self.fusion in ("CA", "P") and len(self.encoders) < 2:
             raise ValueError(f"fusion {self.fusion} needs at least two encoders")
+        identity = [e.name for e in self.encoders if e.adapter == "identity"]
+        if identity and (self.fusion != "P" or self.encoders[0].adapter == "identity"):
+            raise ValueError(f"identity adapters ({identity}) only feed P's perceivers (not the base stream, not "
+                             f"fusion {self.fusion!r}): the LLM needs {self.llm_hidden}-d tokens")
         if self.llm_path is None and self.llm_config is None:
             raise ValueError("give llm_path (pretrained) or llm_config (random init)")
 
@@ -156,8 +164,11 @@ class ALARMConfig:
 
     @classmethod
     def full(cls, fusion: str, **kw) -> "ALARMConfig":
-        """Four-encoder model (Whisper, w2v-BERT, MuQ, SSLAM), stage B, with the given fusion."""
-        return cls(encoders=[whisper_large_v3(), w2v_bert_2(), muq_large(), sslam()], fusion=fusion, stage="B", **kw)
+        """Four-encoder model (Whisper, w2v-BERT, MuQ, SSLAM), stage B, with the given fusion. P (as published):
+        the auxiliary encoders feed their perceivers through identity adapters (layer mix only)."""
+        aux = dict(adapter="identity") if fusion == "P" else {}
+        return cls(encoders=[whisper_large_v3(), w2v_bert_2(**aux), muq_large(**aux), sslam(**aux)], fusion=fusion,
+                   stage="B", **kw)
 
     @classmethod
     def tiny(cls, fusion: str = "CA", stage: Optional[str] = None, n_encoders: int = 2, **kw) -> "ALARMConfig":
@@ -173,6 +184,7 @@ class ALARMConfig:
                            bos_token_id=0, eos_token_id=0, decoder_start_token_id=0))
         w2v = EncoderSpec(
             name="w2v-bert", kind="w2v-bert", layers=[0, 2], dim=32, norm="layer",
+            adapter="identity" if fusion == "P" else "conv",
             hf_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                            output_hidden_size=32, conv_depthwise_kernel_size=5, left_max_position_embeddings=16,
                            right_max_position_embeddings=4, feature_projection_input_dim=160))

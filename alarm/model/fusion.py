@@ -146,14 +146,16 @@ class FeedForward(nn.Sequential):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm decoder layer: x += SA(LN x); x += CA(LN x, memory); x += FFN(LN x) (memory not normalised;
-    dropout on each residual branch and inside the FFN)."""
+    """Pre-norm decoder layer: x += SA(LN x); x += CA(LN x, memory); x += FFN(LN x) (dropout on each residual
+    branch and inside the FFN). The memory is normalised by its own LayerNorm only with ``mem_norm``."""
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, d_mem: int | None = None, self_attn=True):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, d_mem: int | None = None, self_attn=True,
+                 mem_norm: bool = False):
         super().__init__()
         self.ln_sa = nn.LayerNorm(d) if self_attn else None
         self.sa = Attention(d, heads) if self_attn else None
         self.ln_ca, self.ca = nn.LayerNorm(d), Attention(d, heads, d_mem)
+        self.ln_mem = nn.LayerNorm(d_mem or d) if mem_norm else None
         self.ln_ff, self.ff = nn.LayerNorm(d), FeedForward(d, ffn, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -161,6 +163,8 @@ class DecoderLayer(nn.Module):
         if self.sa is not None:
             y = self.ln_sa(x)
             x = x + self.drop(self.sa.packed(y, y, cu_q, cu_q, max_q, max_q))
+        if self.ln_mem is not None:
+            mem = self.ln_mem(mem)
         x = x + self.drop(self.ca.packed(self.ln_ca(x), mem, cu_q, cu_k, max_q, max_k))
         return x + self.drop(self.ff(self.ln_ff(x)))
 
@@ -168,6 +172,8 @@ class DecoderLayer(nn.Module):
         if self.sa is not None:
             y = self.ln_sa(x)
             x = x + self.drop(self.sa.padded(y, y, q_valid))
+        if self.ln_mem is not None:
+            mem = self.ln_mem(mem)
         x = x + self.drop(self.ca.padded(self.ln_ca(x), mem, k_valid))
         return x + self.drop(self.ff(self.ln_ff(x)))
 
@@ -204,14 +210,15 @@ class CrossAttentionFusion(nn.Module):
 
 
 class Perceiver(nn.Module):
-    """``n`` learned latents (width w) read one stream with one cross-attention layer, then a block of
-    self-attention layers applied ``repeats`` times with shared weights; out_proj w -> H."""
+    """``n`` learned latents (width w) read one stream of width ``d_in`` with one cross-attention layer
+    (LayerNorm on latents and on the stream), then a block of self-attention layers applied ``repeats`` times
+    with shared weights; out_proj w -> H (the published ``PerceiverEncoder`` + ``out_proj``)."""
 
-    def __init__(self, hidden: int, n: int, w: int, heads: int, self_layers: int, repeats: int, ffn_mult: int,
-                 dropout: float):
+    def __init__(self, d_in: int, hidden: int, n: int, w: int, heads: int, self_layers: int, repeats: int,
+                 ffn_mult: int, dropout: float):
         super().__init__()
         self.latents = nn.Parameter(torch.randn(n, w) * 0.02)
-        self.cross = DecoderLayer(w, heads, ffn_mult * w, dropout, d_mem=hidden, self_attn=False)
+        self.cross = DecoderLayer(w, heads, ffn_mult * w, dropout, d_mem=d_in, self_attn=False, mem_norm=True)
         self.block = nn.ModuleList(_SelfLayer(w, heads, ffn_mult * w, dropout) for _ in range(self_layers))
         self.repeats = repeats
         self.out_proj = nn.Linear(w, hidden)
@@ -253,13 +260,14 @@ class _SelfLayer(nn.Module):
 
 
 class PerceiverFusion(nn.Module):
-    """ALARM-P: one perceiver per auxiliary stream; sequence ``[cond_start, latents..., cond_end, base]``."""
+    """ALARM-P: one perceiver per auxiliary stream (of width ``widths[e]``); sequence
+    ``[cond_start, latents..., cond_end, base]``."""
 
-    def __init__(self, n_streams: int, hidden: int, n: int, w: int, heads: int, self_layers: int, repeats: int,
+    def __init__(self, widths: List[int], hidden: int, n: int, w: int, heads: int, self_layers: int, repeats: int,
                  ffn_mult: int, dropout: float):
         super().__init__()
-        self.perceivers = nn.ModuleList(Perceiver(hidden, n, w, heads, self_layers, repeats, ffn_mult, dropout)
-                                        for _ in range(n_streams - 1))
+        self.perceivers = nn.ModuleList(Perceiver(d, hidden, n, w, heads, self_layers, repeats, ffn_mult, dropout)
+                                        for d in widths[1:])
         normal_init_(self)
         self.cond_start = nn.Parameter(torch.randn(hidden))  # published: standard normal
         self.cond_end = nn.Parameter(torch.randn(hidden))
@@ -296,5 +304,6 @@ def build_fusion(cfg) -> nn.Module:
         return ConcatFusion(n, cfg.llm_hidden)
     if cfg.fusion == "CA":
         return CrossAttentionFusion(n, cfg.llm_hidden, cfg.ca_dim, cfg.ca_heads, cfg.ca_ffn, cfg.dropout)
-    return PerceiverFusion(n, cfg.llm_hidden, cfg.p_latents, cfg.p_width, cfg.p_heads, cfg.p_self_layers,
-                           cfg.p_repeats, cfg.p_ffn_mult, cfg.dropout)
+    widths = [e.dim if e.adapter == "identity" else cfg.llm_hidden for e in cfg.encoders]
+    return PerceiverFusion(widths, cfg.llm_hidden, cfg.p_latents, cfg.p_width, cfg.p_heads, cfg.p_self_layers,
+                           cfg.p_repeats, cfg.p_ffn_mult, cfg.p_dropout)
