@@ -8,8 +8,8 @@ Two execution paths with the same parameters:
   length), ``nn.Conv1d`` on the padded batch as the published code does; padded frames are zeroed
   between the convolutions and BatchNorm statistics (train mode) use valid frames only, so both paths
   compute the same function.
-Output lengths: identity and MLP ``len``; conv ``len // 2`` (floor, as published: with an odd length the last input frame only
-feeds the dropped half-frame). The conv adapter sees zeros past each sequence's end, which
+Output lengths: identity and MLP ``len``; conv ``len // 2`` (floor, as published: with an odd length the
+last input frame only feeds the dropped half-frame). The conv adapter sees zeros past each sequence's end, which
 is what the published code computes for the longest clip of its batch (so for every clip at batch size 1).
 
 ``fold_batchnorm()`` (frozen inference): BatchNorm is applied after GELU, so each one folds into the next

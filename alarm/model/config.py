@@ -2,9 +2,9 @@
 
 Real dimensions are the defaults (the published ALARM's): adapters 1024 wide, Qwen3-4B hidden 2560, CA d=1024
 with 16 heads and FFN 4096, perceivers 20 x 768 with FFN 1x. ``ALARMConfig.tiny()`` gives random tiny
-encoders and LLM that run on CPU in seconds. Frozen pretrained parts (encoders, LLM) are referenced by ``path`` (a local folder or
-hub id for ``from_pretrained``); with ``path=None`` they are built randomly from ``hf_config`` (a dict of
-transformers config kwargs) and ``init_seed``.
+encoders and LLM that run on CPU in seconds. Frozen pretrained parts (encoders, LLM) are referenced by
+``path`` (a local folder or hub id for ``from_pretrained``); with ``path=None`` they are built randomly from
+``hf_config`` (a dict of transformers config kwargs) and ``init_seed``.
 """
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ class Attention(nn.Module):
         xavier-uniform ``[3d, d]`` matrix, zero q/k/v and output biases (the output weight is left alone)."""
         w = torch.empty(3 * self.q.out_features, self.q.in_features, device=self.q.weight.device)
         nn.init.xavier_uniform_(w)
-        for lin, part in zip((self.q, self.k, self.v), w.chunk(3)):
+        for lin, part in zip((self.q, self.k, self.v), w.chunk(3), strict=True):
             lin.weight.copy_(part)
             nn.init.zeros_(lin.bias)
         nn.init.zeros_(self.o.bias)
