@@ -78,3 +78,35 @@ def test_w2v_bert_front_end_as_published():
         full = torch.cat([c[idx] for c in chunks], dim=1)
         for i in range(len(clips)):
             torch.testing.assert_close(layers[j][cu[i]:cu[i + 1]], full[i, : int(lengths[i])], rtol=1e-4, atol=1e-5)
+
+
+def test_hidden_states_final_norm_and_cls_drop():
+    """MuQ/SSLAM recipes: index n_blocks goes through ``final_norm``, ``drop_tokens`` removes the CLS token;
+    the result equals a stock-style ``hidden_states`` list (embeddings, block outputs, last one normalized)."""
+    from alarm.model import EncoderSpec
+    from alarm.model.encoders import HiddenStatesEncoder
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh())
+                                              for _ in range(3))
+            self.norm = torch.nn.LayerNorm(8)
+
+        def forward(self, x):
+            states = [x]
+            for b in self.blocks:
+                x = b(x)
+                states.append(x)
+            states[-1] = self.norm(states[-1])
+            return states
+
+    torch.manual_seed(0)
+    toy = Toy()
+    x = torch.randn(2, 6, 8)
+    expect = toy(x)
+    spec = EncoderSpec(name="t", kind="toy", layers=[1, 3], dim=8)
+    enc = HiddenStatesEncoder(spec, toy, "blocks", final_norm="norm", drop_tokens=1)
+    got = enc.hidden({"x": x}, torch.tensor([5, 5]))
+    for g, i in zip(got, spec.layers, strict=True):
+        torch.testing.assert_close(g, expect[i][:, 1:])

@@ -70,14 +70,16 @@ def w2v_bert_2(**kw) -> EncoderSpec:
 
 
 def muq_large(**kw) -> EncoderSpec:
-    """MuQ-large spec (24 kHz, 25 Hz, layers 4, 8, 12; MLP adapter); needs a registered "muq" encoder."""
+    """MuQ-large spec (24 kHz, 25 Hz, layers 4, 8, 12 with 12 after the conformer's final LayerNorm, as
+    published; MLP adapter); needs a registered "muq" encoder (recipe in ``alarm.model.encoders``)."""
     return EncoderSpec(**{**dict(name="muq", kind="muq", layers=[4, 8, 12], dim=1024, adapter="mlp",
                                  sample_rate=24000, path="OpenMuQ/MuQ-large-msd-iter", dtype="bfloat16"), **kw})
 
 
 def sslam(**kw) -> EncoderSpec:
-    """SSLAM spec (layers 3, 7, 11; 10.24 s chunks; LayerNorm conv adapter); needs a registered "sslam" encoder."""
-    return EncoderSpec(**{**dict(name="sslam", kind="sslam", layers=[3, 7, 11], dim=768, chunk_seconds=10.24,
+    """SSLAM spec (outputs of blocks 4, 8, 12 without the CLS token = the published indices 3, 7, 11 of its
+    block-output list; 10.24 s chunks; LayerNorm conv adapter); needs a registered "sslam" encoder."""
+    return EncoderSpec(**{**dict(name="sslam", kind="sslam", layers=[4, 8, 12], dim=768, chunk_seconds=10.24,
                                  path="ta012/SSLAM_AS2M_Finetuned", dtype="bfloat16"), **kw})
 
 

@@ -32,20 +32,38 @@ Adding an encoder (MuQ, SSLAM, any model returning hidden states)::
     def build_muq(spec):                                  # spec: alarm.model.config.EncoderSpec
         from muq import MuQ                               # the encoder's own package
         model = MuQ.from_pretrained(spec.path)
+        window = 30 * 24000                               # published: 30 s pieces, each zero-padded to 30 s
 
         def features(chunks):                             # list of 1-D float32 tensors at spec.sample_rate
             lengths = torch.tensor([len(c) for c in chunks])
-            wav = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True)
-            frames = (lengths + 959) // 960               # output frames per chunk (25 Hz at 24 kHz)
-            return {"x": wav}, frames                     # model kwargs, int64 lengths [C] in output frames
+            wav = torch.stack([torch.nn.functional.pad(c, (0, window - len(c))) for c in chunks])
+            mask = (torch.arange(window)[None] < lengths[:, None]).long()
+            return {"x": wav, "attention_mask": mask}, lengths // 960   # 25 Hz frames, floor as published
 
-        return HiddenStatesEncoder(spec, model, blocks="model.conformer.layers", features=features)
+        return HiddenStatesEncoder(spec, model, blocks="model.conformer.layers", features=features,
+                                   final_norm="model.conformer.layer_norm",
+                                   call=lambda m, kw: m(kw["x"], attention_mask=kw["attention_mask"]))
 
     register_encoder("muq", build_muq)
-    # then: EncoderSpec(name="muq", kind="muq", layers=[4, 8, 12], dim=1024, adapter="mlp", sample_rate=24000)
+    # then: alarm.model.muq_large() (layers [4, 8, 12], MLP adapter, 24 kHz)
 
 ``blocks`` names the ``nn.ModuleList`` of transformer blocks (dotted path); each block's output (a tensor,
 or a tuple whose first item is the hidden states ``[C, T, D]``) is captured for the selected indices.
+``final_norm`` names a module applied to the output of the stack's last block when that index is selected,
+``drop_tokens`` removes leading tokens (a CLS token) from every captured state.
+
+Layer indices of the published recipes, in this project's convention (i = output of block i):
+
+- MuQ: published ``[4, 8, 12]`` index MuQ's ``hidden_states``, where 4 and 8 are block outputs and 12 (the
+  last of its 12 conformer blocks) is taken after the conformer's final LayerNorm: ``muq_large()`` with
+  ``final_norm`` as above selects the same tensors.
+- SSLAM: published ``[3, 7, 11]`` index a list holding only block outputs (its index 0 = block 1), each with
+  the CLS token removed: blocks 4, 8 and 12, so ``sslam()`` uses ``[4, 8, 12]`` with ``drop_tokens=1`` and
+  ``blocks="model.blocks"``. Its published front end: mean removed from the 16 kHz clip, 160 zero samples
+  on each side, 128-bin Kaldi fbank (Hanning window, 10 ms shift), padded to a multiple of 1024 frames,
+  ``(fbank + 4.268) / (2 * 4.569)``, 1024-frame (10.24 s) pieces run whole; ``frames // 2`` tokens kept per
+  clip (512 per piece, in the model's patch order). SSLAM ships only as remote code; load it with its own
+  code (this project never passes ``trust_remote_code``).
 """
 from __future__ import annotations
 
@@ -201,13 +219,16 @@ class HiddenStatesEncoder(AudioEncoder):
 
     def __init__(self, spec: EncoderSpec, model: nn.Module, blocks: str,
                  features: Callable[[List[Tensor]], Tuple[Dict[str, Tensor], Tensor]] | None = None,
-                 call: Callable[[nn.Module, Dict[str, Tensor]], object] | None = None):
+                 call: Callable[[nn.Module, Dict[str, Tensor]], object] | None = None,
+                 final_norm: str | None = None, drop_tokens: int = 0):
         super().__init__(spec)
         owner_path, _, attr = blocks.rpartition(".")
         owner = model.get_submodule(owner_path) if owner_path else model
         all_blocks = getattr(owner, attr)
         if max(spec.layers) > len(all_blocks) or min(spec.layers) < 0:
             raise ValueError(f"encoder {spec.name}: layers {spec.layers} outside 0..{len(all_blocks)}")
+        self.n_blocks, self.drop_tokens = len(all_blocks), drop_tokens
+        self.final_norm = model.get_submodule(final_norm) if final_norm else None
         kept = nn.ModuleList(list(all_blocks)[: max(1, max(spec.layers))])
         setattr(owner, attr, kept)
         self.model = model.requires_grad_(False).eval()
@@ -226,7 +247,10 @@ class HiddenStatesEncoder(AudioEncoder):
         self._captured[0] = x
 
     def _store_output(self, index: int, module, args, output):
-        self._captured[index] = output[0] if isinstance(output, tuple) else output
+        x = output[0] if isinstance(output, tuple) else output
+        if index == self.n_blocks and self.final_norm is not None:
+            x = self.final_norm(x)
+        self._captured[index] = x
 
     def features(self, chunks):
         if self._features is None:
@@ -242,7 +266,7 @@ class HiddenStatesEncoder(AudioEncoder):
                 self._call(self.model, inputs)
             else:
                 self.model(**inputs)
-            return [self._captured[i] for i in self.spec.layers]
+            return [self._captured[i][:, self.drop_tokens:] for i in self.spec.layers]
         finally:
             self._captured = {}
 
