@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "alarm.commands.eval",
     "alarm.commands.rephrase",
     "alarm.commands.generate",
+    "alarm.commands.convert",
 )
 
 
