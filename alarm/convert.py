@@ -157,7 +157,8 @@ def published_config(pub: dict, like: Optional[ALARMConfig] = None, llm_path: Op
         if any(n != 1 for n in fusion_cfg.get("num_hidden_layers", [1])) or fusion_cfg.get("use_skip_connection"):
             raise ValueError("published CA: only one decoder layer per encoder and no skip connection are supported")
         fields.update(ca_dim=fusion_cfg.get("hidden_dim", 1024), ca_heads=fusion_cfg.get("num_attention_heads", 16),
-                      ca_ffn=fusion_cfg.get("ffn_dims", 4096), dropout=fusion_cfg.get("dropout", 0.1))
+                      ca_ffn=fusion_cfg.get("ffn_dims", 4096), dropout=fusion_cfg.get("dropout", 0.1),
+                      ca_attention_dropout=fusion_cfg.get("dropout", 0.1))
     elif fusion == "P":
         g = fusion_cfg.get
         if _one(g("num_cross_attention_layers", [1]), "num_cross_attention_layers") != 1 or \

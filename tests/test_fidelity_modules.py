@@ -38,3 +38,21 @@ def test_initialization_as_published():
     per = p.fusion.perceivers[0]
     assert _std_ok(per.latents, 0.02, rel=0.3) and _std_ok(per.out_proj.weight, 0.02)
     assert all(torch.count_nonzero(m.bias) == 0 for m in p.fusion.modules() if isinstance(m, nn.Linear))
+
+
+def test_ca_attention_dropout_on_reference_path():
+    """Published CA drops attention probabilities (p = 0.1) in training; eval is deterministic."""
+    from alarm.model.fusion import Attention
+    torch.manual_seed(0)
+    att = Attention(64, 2, dropout_p=0.5)
+    x = torch.randn(2, 7, 64)
+    att.eval()
+    ref = att.padded(x, x, None)
+    att.dropout_p = 0.0
+    torch.testing.assert_close(att.padded(x, x, None), ref)
+    att.dropout_p = 0.5
+    att.train()
+    a, b = att.padded(x, x, None), att.padded(x, x, None)
+    assert not torch.allclose(a, b) and not torch.allclose(a, ref)
+    cfg = ALARMConfig.full("CA")
+    assert cfg.ca_attention_dropout == cfg.dropout == 0.1

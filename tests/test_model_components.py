@@ -179,6 +179,7 @@ def test_bad_inputs(ca_model):
         (([clip], [16000, 16000]), "sampling rates"),
         (([], 16000), "non-empty"),
         (([np.full(100, np.nan, np.float32)], 16000), "NaN"),
+        (([np.zeros(500, np.float32)], 16000), "too short"),
     ]
     for (audio, sr), msg in cases:
         with pytest.raises(ValueError, match=msg):

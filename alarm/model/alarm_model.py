@@ -133,13 +133,21 @@ class ALARMModel(nn.Module):
         return waves, rates
 
     def encode(self, waves: List[Tensor], rates: List[int]) -> Dict[str, tuple]:
-        """Frozen encoders -> {name: (k x [total, D] packed selected states, int32 cu_seqlens [B+1])}."""
+        """Frozen encoders -> {name: (k x [total, D] packed selected states, int32 cu_seqlens [B+1])}.
+
+        ValueError naming the clip when an encoder's frames give its adapter no token (a clip too short)."""
         out, resampled = {}, {}
         with nvtx_range("alarm/encoder"), torch.no_grad():
             for spec in self.config.encoders:
                 if spec.sample_rate not in resampled:  # CPU waveforms: feature extraction runs on the host
                     resampled[spec.sample_rate] = resample_batch(waves, rates, spec.sample_rate)
                 out[spec.name] = self.encoders[spec.name](resampled[spec.sample_rate])
+                cu = out[spec.name][1]
+                empty = torch.nonzero(Adapter.out_lengths(cu[1:] - cu[:-1], spec.adapter) == 0).flatten().tolist()
+                if empty:
+                    i = empty[0]
+                    raise ValueError(f"audio[{i}] ({waves[i].numel() / rates[i]:.3f} s) is too short: encoder "
+                                     f"{spec.name} gives its adapter no token")
         return out
 
     def audio_tokens_packed(self, feats: Dict[str, tuple]):

@@ -90,7 +90,8 @@ class ALARMConfig:
     fusion: "sum" (single-encoder AL-<enc>-R), "concat", "CA" or "P". stage: "A" trains adapters (+ fusion
     and separators), "B" freezes the conv/MLP adapters and trains fusion + separators (+ the layer mix of
     identity adapters, as published for ALARM-P). path: default execution path ("fast" packed/fused, or
-    "reference" padded). CA: ``dropout`` on residual branches and FFN. P (published): perceivers with FFN
+    "reference" padded). CA: ``dropout`` on residual branches and FFN, ``ca_attention_dropout`` on the
+    attention probabilities (published: 0.1 for both). P (published): perceivers with FFN
     ``p_ffn_mult`` x width, dropout ``p_dropout``, LayerNorm on the cross-attention's key/value input.
     """
     encoders: List[EncoderSpec]
@@ -108,6 +109,7 @@ class ALARMConfig:
     ca_heads: int = 16
     ca_ffn: int = 4096
     dropout: float = 0.1
+    ca_attention_dropout: float = 0.1
     p_latents: int = 20
     p_width: int = 768
     p_heads: int = 4
@@ -197,7 +199,7 @@ class ALARMConfig:
                                     num_attention_heads=2, num_key_value_heads=1, head_dim=32,
                                     max_position_embeddings=4096),
                     adapter_dim=48, adapter_hidden=64, mlp_hidden=48, ca_dim=64, ca_heads=2, ca_ffn=128,
-                    dropout=0.0, p_latents=4, p_width=64, p_heads=2, p_self_layers=2, p_repeats=2,
+                    dropout=0.0, ca_attention_dropout=0.0, p_latents=4, p_width=64, p_heads=2, p_self_layers=2, p_repeats=2,
                     max_length=512, max_audio_seconds=60.0, lm_head_chunk=16)
         base.update(kw)
         return cls(**base)

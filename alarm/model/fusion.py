@@ -101,13 +101,14 @@ class ConcatFusion(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with separate q/k/v/o projections (``d_kv`` may differ from ``d``)."""
+    """Multi-head attention with separate q/k/v/o projections (``d_kv`` may differ from ``d``); ``dropout_p``
+    on the attention probabilities in training (padded path)."""
 
-    def __init__(self, d: int, heads: int, d_kv: int | None = None):
+    def __init__(self, d: int, heads: int, d_kv: int | None = None, dropout_p: float = 0.0):
         super().__init__()
         if d % heads:
             raise ValueError(f"width {d} is not divisible by {heads} heads")
-        self.heads, self.head_dim = heads, d // heads
+        self.heads, self.head_dim, self.dropout_p = heads, d // heads, dropout_p
         self.q, self.o = nn.Linear(d, d), nn.Linear(d, d)
         self.k, self.v = nn.Linear(d_kv or d, d), nn.Linear(d_kv or d, d)
 
@@ -135,7 +136,9 @@ class Attention(nn.Module):
         k = self.k(mem).view(b, -1, h, dh).transpose(1, 2)
         v = self.v(mem).view(b, -1, h, dh).transpose(1, 2)
         mask = None if key_valid is None else key_valid[:, None, None, :]
-        return self.o(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, -1, h * dh))
+        p = self.dropout_p if self.training else 0.0  # dropout on the attention probabilities
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.o(y.transpose(1, 2).reshape(b, -1, h * dh))
 
 
 class FeedForward(nn.Sequential):
@@ -150,11 +153,11 @@ class DecoderLayer(nn.Module):
     branch and inside the FFN). The memory is normalised by its own LayerNorm only with ``mem_norm``."""
 
     def __init__(self, d: int, heads: int, ffn: int, dropout: float, d_mem: int | None = None, self_attn=True,
-                 mem_norm: bool = False):
+                 mem_norm: bool = False, attention_dropout: float = 0.0):
         super().__init__()
         self.ln_sa = nn.LayerNorm(d) if self_attn else None
-        self.sa = Attention(d, heads) if self_attn else None
-        self.ln_ca, self.ca = nn.LayerNorm(d), Attention(d, heads, d_mem)
+        self.sa = Attention(d, heads, dropout_p=attention_dropout) if self_attn else None
+        self.ln_ca, self.ca = nn.LayerNorm(d), Attention(d, heads, d_mem, dropout_p=attention_dropout)
         self.ln_mem = nn.LayerNorm(d_mem or d) if mem_norm else None
         self.ln_ff, self.ff = nn.LayerNorm(d), FeedForward(d, ffn, dropout)
         self.drop = nn.Dropout(dropout)
@@ -182,10 +185,12 @@ class CrossAttentionFusion(nn.Module):
     """ALARM-CA: per-stream in_proj H -> d; base-stream queries; one decoder layer per other stream, each
     attending to that stream with its own lengths; out_proj d -> H. Output on the base stream's time axis."""
 
-    def __init__(self, n_streams: int, hidden: int, d: int, heads: int, ffn: int, dropout: float):
+    def __init__(self, n_streams: int, hidden: int, d: int, heads: int, ffn: int, dropout: float,
+                 attention_dropout: float = 0.0):
         super().__init__()
         self.in_proj = nn.ModuleList(nn.Linear(hidden, d) for _ in range(n_streams))
-        self.layers = nn.ModuleList(DecoderLayer(d, heads, ffn, dropout) for _ in range(n_streams - 1))
+        self.layers = nn.ModuleList(DecoderLayer(d, heads, ffn, dropout, attention_dropout=attention_dropout)
+                                    for _ in range(n_streams - 1))
         self.out_proj = nn.Linear(d, hidden)
         normal_init_(self)
         for layer in self.layers:  # published: torch's TransformerDecoderLayer, whose attentions keep their init
@@ -303,7 +308,8 @@ def build_fusion(cfg) -> nn.Module:
     if cfg.fusion == "concat":
         return ConcatFusion(n, cfg.llm_hidden)
     if cfg.fusion == "CA":
-        return CrossAttentionFusion(n, cfg.llm_hidden, cfg.ca_dim, cfg.ca_heads, cfg.ca_ffn, cfg.dropout)
+        return CrossAttentionFusion(n, cfg.llm_hidden, cfg.ca_dim, cfg.ca_heads, cfg.ca_ffn, cfg.dropout,
+                                    cfg.ca_attention_dropout)
     widths = [e.dim if e.adapter == "identity" else cfg.llm_hidden for e in cfg.encoders]
     return PerceiverFusion(widths, cfg.llm_hidden, cfg.p_latents, cfg.p_width, cfg.p_heads, cfg.p_self_layers,
                            cfg.p_repeats, cfg.p_ffn_mult, cfg.p_dropout)
