@@ -199,7 +199,7 @@ class ALARMConfig:
                                     num_attention_heads=2, num_key_value_heads=1, head_dim=32,
                                     max_position_embeddings=4096),
                     adapter_dim=48, adapter_hidden=64, mlp_hidden=48, ca_dim=64, ca_heads=2, ca_ffn=128,
-                    dropout=0.0, ca_attention_dropout=0.0, p_latents=4, p_width=64, p_heads=2, p_self_layers=2, p_repeats=2,
-                    max_length=512, max_audio_seconds=60.0, lm_head_chunk=16)
+                    dropout=0.0, ca_attention_dropout=0.0, p_latents=4, p_width=64, p_heads=2, p_self_layers=2,
+                    p_repeats=2, max_length=512, max_audio_seconds=60.0, lm_head_chunk=16)
         base.update(kw)
         return cls(**base)

@@ -54,7 +54,7 @@ def _align_index(cus: List[Tensor]) -> Tuple[List[Tensor], Tensor, Tensor]:
     out_len = lens.max(0).values
     cu_out = seqlens_to_cu_seqlens(out_len, device=cus[0].device)
     dests = []
-    for cu, ln in zip(cus, lens):
+    for cu, ln in zip(cus, lens, strict=True):
         n = int(cu[-1])
         ex = torch.repeat_interleave(torch.arange(ln.numel(), device=cu.device), ln, output_size=n)
         dests.append(torch.arange(n, device=cu.device) + (cu_out[:-1] - cu[:-1]).long()[ex])
@@ -73,7 +73,7 @@ class SumFusion(nn.Module):
             return streams[0], cus[0]
         dests, out_len, cu_out = _align_index(cus)
         out = streams[0].new_zeros(int(out_len.sum()), streams[0].shape[1])
-        for s, d in zip(streams, dests):
+        for s, d in zip(streams, dests, strict=True):
             out = out.index_add(0, d, s)
         return out, cu_out
 
@@ -278,7 +278,8 @@ class PerceiverFusion(nn.Module):
         self.cond_end = nn.Parameter(torch.randn(hidden))
 
     def forward_packed(self, streams, cus):
-        lat = torch.cat([p.packed(s, c) for p, s, c in zip(self.perceivers, streams[1:], cus[1:])], 1)  # [B, m, H]
+        pairs = zip(self.perceivers, streams[1:], cus[1:], strict=True)
+        lat = torch.cat([p.packed(s, c) for p, s, c in pairs], 1)  # [B, m, H]
         b, m, hdim = lat.shape
         base, n_base = streams[0], int(cus[0][-1])
         table = torch.cat([base, lat.reshape(b * m, hdim), self.cond_start[None].to(base.dtype),
@@ -293,7 +294,8 @@ class PerceiverFusion(nn.Module):
         return table[idx], cu
 
     def forward_padded(self, streams, lengths):
-        lat = torch.cat([p.padded(s, ln) for p, s, ln in zip(self.perceivers, streams[1:], lengths[1:])], 1)
+        pairs = zip(self.perceivers, streams[1:], lengths[1:], strict=True)
+        lat = torch.cat([p.padded(s, ln) for p, s, ln in pairs], 1)
         b = lat.shape[0]
         start = self.cond_start.to(lat.dtype).expand(b, 1, -1)
         end = self.cond_end.to(lat.dtype).expand(b, 1, -1)
