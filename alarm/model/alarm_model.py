@@ -3,8 +3,9 @@
 Two execution paths share every parameter (``path="fast"`` or ``"reference"``; default ``config.path``):
 - fast: packed varlen tensors end to end (fused ``alarm_kernels`` ops, packed attention in the fusion and
   the LLM, LM head only at target positions);
-- reference: padded batches, ``nn.Conv1d``/SDPA with masks, per-example splicing and full fp32 logits,
-  as the published implementation computes (with its defects 1-3 fixed).
+- reference: padded batches, ``nn.Conv1d``/SDPA with masks, per-example splicing and full fp32 logits:
+  the published computation re-expressed, with the changes listed in the README ("Where this project
+  differs from the published code").
 NVTX ranges: ``alarm/encoder``, ``alarm/adapter``, ``alarm/fusion``, ``alarm/splice``, ``alarm/llm``
 and, nested in it, ``alarm/loss`` (LM head + cross-entropy on the fast path; cross-entropy on the reference
 path, whose HF forward computes the full logits inside ``alarm/llm``).
