@@ -12,7 +12,6 @@ differ for the pretrained model). Writes ``whisper_window.json`` into ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
