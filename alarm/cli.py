@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "alarm.commands.generate",
     "alarm.commands.train",
     "alarm.commands.cache",
+    "alarm.commands.convert",
 )
 
 

@@ -62,7 +62,7 @@ def test_load_audio(tmp_path):
 @pytest.mark.parametrize("idx", [0, 1])
 def test_encoder_lengths_chunks_and_batch_independence(idx):
     spec = ALARMConfig.tiny("CA").encoders[idx]
-    spec.chunk_seconds = 1.0
+    spec.chunk_seconds, spec.clip_length = 1.0, idx == 0  # Whisper: the opt-in clip-length mode
     enc = build_encoder(spec)
     blocks = enc.encoder.layers if idx == 0 else enc.model.encoder.layers
     assert len(blocks) == max(spec.layers)  # upper blocks dropped
@@ -99,7 +99,7 @@ def test_adapter_packed_equals_padded(kind, norm, training):
     yp, cu_y = ad.forward_packed(layers, cu)
     padded = [pad_packed(x, cu)[0] for x in layers]
     yr, n = ad.forward_padded(padded, lengths)
-    expect = (lengths + 1) // 2 if kind == "conv" else lengths
+    expect = lengths // 2 if kind == "conv" else lengths
     assert (cu_y[1:] - cu_y[:-1]).tolist() == expect.tolist() == n.tolist()
     for i, y in enumerate(unpack(yp, cu_y)):
         torch.testing.assert_close(y, yr[i, : int(n[i])], rtol=1e-4, atol=1e-5)
@@ -182,6 +182,7 @@ def test_bad_inputs(ca_model):
         (([clip], [16000, 16000]), "sampling rates"),
         (([], 16000), "non-empty"),
         (([np.full(100, np.nan, np.float32)], 16000), "NaN"),
+        (([np.zeros(500, np.float32)], 16000), "too short"),
     ]
     for (audio, sr), msg in cases:
         with pytest.raises(ValueError, match=msg):
@@ -211,6 +212,7 @@ def test_ca_trainable_params_full_size():
     assert abs(n - 63.5e6) < 0.1e6, n
     assert audio_tokens(cfg, 30.0) == 750
     assert audio_tokens(ALARMConfig.full("P"), 30.0) == 812  # + 2 separators = the spec's 814
+    assert abs(trainable_params(ALARMConfig.full("P")) - 81.23e6) < 0.01e6  # published ALARM-P
 
 
 # ---- generation ----------------------------------------------------------------------------------

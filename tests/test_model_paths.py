@@ -58,10 +58,10 @@ def test_output_lengths(model, clips):
     with torch.no_grad():
         fast = model.audio_embeddings(clips, 16000, path="fast")
         ref = model.audio_embeddings(clips, 16000, path="reference")
-    whisper = [-(-(len(c) // 160) // 2) for c in clips]          # 50 Hz encoder frames
-    w_tok = [-(-w // 2) for w in whisper]                        # conv adapter: ceil(len / 2)
-    fb = [((len(c) - 400) // 160 + 1) // 2 for c in clips]       # w2v-BERT: fbank frames / stride 2
-    b_tok = [-(-f // 2) for f in fb]
+    whisper = [-(-len(c) // 160) // 2 for c in clips]           # 50 Hz frames of a zero-padded 30 s window
+    w_tok = [w // 2 for w in whisper]                            # conv adapter: floor(len / 2)
+    fb = [(1 + (len(c) - 80) // 160) // 2 for c in clips]        # w2v-BERT: 160 samples padded each side, stride 2
+    b_tok = [f // 2 for f in fb]
     expect = {"sum": w_tok, "concat": [max(a, b) for a, b in zip(w_tok, b_tok)], "CA": w_tok,
               "P": [w + 2 + cfg.p_latents for w in w_tok]}[cfg.fusion]
     assert [x.shape[0] for x in fast] == expect
@@ -90,7 +90,10 @@ def test_one_optimizer_step(model, clips, path):
     changed = [k for k, v in model.audio.state_dict().items() if not torch.equal(v, state[k])]
     assert changed
     if model.config.stage == "B":  # frozen adapters: weights and BatchNorm running stats untouched
-        assert not any(k.startswith("adapters.") for k in changed), changed
+        frozen_adapters = [f"adapters.{e.name}." for e in model.config.encoders if e.adapter != "identity"]
+        assert not any(k.startswith(tuple(frozen_adapters)) for k in changed), changed
+        identity = [f"adapters.{e.name}.layer_logits" for e in model.config.encoders if e.adapter == "identity"]
+        assert all(k in changed for k in identity), changed  # P's layer mixes train, as published
     for k, v in model.state_dict().items():
         if not k.startswith("audio."):
             assert torch.equal(v, frozen[k]), k

@@ -1,4 +1,5 @@
-"""Per-encoder adapters: softmax layer mix -> conv downsampler (x2) or MLP -> ``llm_proj``.
+"""Per-encoder adapters: softmax layer mix -> conv downsampler (x2) or MLP -> ``llm_proj``, or the layer mix
+alone (``identity``: native width and rate, what ALARM-P's perceivers read).
 
 Two execution paths with the same parameters:
 - ``forward_packed(layers, cu_seqlens)``: packed ``[total, D]`` in, packed ``[total_out, H]`` out, using
@@ -7,7 +8,9 @@ Two execution paths with the same parameters:
   length), ``nn.Conv1d`` on the padded batch as the published code does; padded frames are zeroed
   between the convolutions and BatchNorm statistics (train mode) use valid frames only, so both paths
   compute the same function.
-Output lengths: conv ``ceil(len / 2)`` (one zero frame appended when ``len`` is odd), MLP ``len``.
+Output lengths: identity and MLP ``len``; conv ``len // 2`` (floor, as published: with an odd length the
+last input frame only feeds the dropped half-frame). The conv adapter sees zeros past each sequence's end, which
+is what the published code computes for the longest clip of its batch (so for every clip at batch size 1).
 
 Token compression: the "pool" kind pools the layer mix over windows of ``spec.pool_ratio`` frames (mean or
 max) before its MLP, giving ``ceil(len / pool_ratio)`` tokens. Any kind may pool its output once more by the
@@ -17,7 +20,8 @@ function on a padded batch) on the padded path; a ratio of 1 skips the stage.
 
 ``fold_batchnorm()`` (frozen inference): BatchNorm is applied after GELU, so each one folds into the next
 linear op: norm2 into ``llm_proj`` (exact) and norm1 into ``conv2``, whose zero padding at the sequence
-edges then needs a bias correction on each sequence's first and last output frame (exact too).
+edges then needs a bias correction on each sequence's first output frame and, for even lengths (whose
+last output frame reads the right zero pad), on its last output frame (exact too).
 """
 from __future__ import annotations
 
@@ -28,11 +32,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import alarm_kernels as ak
-from alarm_kernels.varlen import cu_seqlens_to_seqlens, seqlens_to_cu_seqlens
+from alarm_kernels.varlen import cu_seqlens_to_seqlens
 
 from .config import EncoderSpec
 
-__all__ = ["Adapter", "valid_mask", "pool_padded"]
+__all__ = ["Adapter", "valid_mask", "pool_padded", "normal_init_"]
+
+
+def normal_init_(module: nn.Module, std: float = 0.02) -> nn.Module:
+    """Published initialization (transformers' ``post_init`` convention): every ``nn.Linear`` and
+    ``nn.Conv1d`` inside ``module`` gets weights N(0, std) and zero bias; norms keep ones / zeros."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
 
 
 def valid_mask(lengths: Tensor, t: int) -> Tensor:
@@ -59,7 +74,8 @@ def pool_padded(x: Tensor, lengths: Tensor, ratio: int, mode: str) -> Tuple[Tens
 
 class Adapter(nn.Module):
     """Layer mix + conv/MLP/pool adapter + ``llm_proj`` for one encoder (dims from the spec and ALARMConfig),
-    then pooling by ``token_rate_ratio`` (``ALARMConfig.token_rate_ratio``; 1 = none)."""
+    then pooling by ``token_rate_ratio`` (``ALARMConfig.token_rate_ratio``; 1 = none), or the layer mix
+    alone (identity). Initialized as published: layer logits 0, Linear/Conv1d N(0, 0.02) with zero bias."""
 
     def __init__(self, spec: EncoderSpec, adapter_dim: int, adapter_hidden: int, mlp_hidden: int, llm_hidden: int,
                  token_rate_ratio: int = 1, token_rate_mode: str = "mean"):
@@ -68,6 +84,10 @@ class Adapter(nn.Module):
         self.pool_ratio, self.pool_mode = spec.pool_ratio, spec.pool_mode
         self.token_rate_ratio, self.token_rate_mode = token_rate_ratio, token_rate_mode
         self.layer_logits = nn.Parameter(torch.zeros(len(spec.layers), dtype=torch.float32))
+        self.folded = False
+        if spec.adapter == "identity":
+            self.out_dim = spec.dim
+            return
         if spec.adapter == "conv":
             self.in_proj = nn.Linear(spec.dim, adapter_dim) if spec.dim != adapter_dim else None
             self.conv1 = nn.Conv1d(adapter_dim, adapter_hidden, 3, stride=1, padding=1)
@@ -79,7 +99,8 @@ class Adapter(nn.Module):
             self.fc1, self.fc2 = nn.Linear(spec.dim, mlp_hidden), nn.Linear(mlp_hidden, mlp_hidden)
             out_dim = mlp_hidden
         self.llm_proj = nn.Linear(out_dim, llm_hidden)
-        self.folded = False
+        self.out_dim = llm_hidden
+        normal_init_(self)
 
     @torch.no_grad()
     def fold_batchnorm(self) -> "Adapter":
@@ -105,44 +126,47 @@ class Adapter(nn.Module):
 
     @staticmethod
     def out_lengths(lengths: Tensor, kind: str, pool_ratio: int = 1, token_rate_ratio: int = 1) -> Tensor:
-        """Output tokens per example: conv ``ceil(len / 2)``, mlp ``len``, pool ``ceil(len / pool_ratio)``;
-        then ``ceil(n / token_rate_ratio)``."""
+        """Output tokens per example: conv ``len // 2``, mlp and identity ``len``, pool
+        ``ceil(len / pool_ratio)``; then ``ceil(n / token_rate_ratio)`` (identity streams are not pooled)."""
+        if kind == "identity":
+            return lengths
         if kind == "pool":
             lengths = (lengths + pool_ratio - 1) // pool_ratio
-        n = (lengths + 1) // 2 if kind == "conv" else lengths
+        n = lengths // 2 if kind == "conv" else lengths
         return (n + token_rate_ratio - 1) // token_rate_ratio
 
     # ---- packed (fast) path --------------------------------------------------------------------
     def forward_packed(self, layers: List[Tensor], cu_seqlens: Tensor) -> Tuple[Tensor, Tensor]:
-        """k x [total, D] selected hidden states -> ([total_out, H], int32 cu_out [B+1]) at the token rate."""
+        """k x [total, D] selected hidden states -> ([total_out, H], int32 cu_out [B+1]) at the token rate
+        (identity: the layer mix [total, D] itself)."""
         y, cu_y = self._adapt_packed(layers, cu_seqlens)
-        if self.token_rate_ratio == 1:
+        if self.token_rate_ratio == 1 or self.kind == "identity":
             return y, cu_y
         return ak.varlen_pool(y, cu_y, self.token_rate_ratio, self.token_rate_mode)
 
     def _adapt_packed(self, layers: List[Tensor], cu_seqlens: Tensor) -> Tuple[Tensor, Tensor]:
         """``forward_packed`` before the token-rate pooling."""
-        x = ak.weighted_layer_sum(layers, self.layer_logits).to(self.llm_proj.weight.dtype)
+        x = ak.weighted_layer_sum(layers, self.layer_logits).to(self.layer_logits.dtype)
+        if self.kind == "identity":
+            return x, cu_seqlens
         if self.kind in ("mlp", "pool"):
             if self.kind == "pool":
                 x, cu_seqlens = ak.varlen_pool(x, cu_seqlens, self.pool_ratio, self.pool_mode)
             return self.llm_proj(F.gelu(self.fc2(F.gelu(self.fc1(x))))), cu_seqlens
         if self.in_proj is not None:
             x = self.in_proj(x)
-        lengths = cu_seqlens_to_seqlens(cu_seqlens)
-        even = lengths + lengths % 2
-        cu_even = seqlens_to_cu_seqlens(even, device=x.device)
-        ex = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths, output_size=x.shape[0])
-        dest = torch.arange(x.shape[0], device=x.device) + (cu_even[:-1] - cu_seqlens[:-1]).long()[ex]
-        x = x.new_zeros(int(even.sum()), x.shape[1]).index_copy(0, dest, x)  # zero frame after odd sequences
-        h, cu_h = ak.varlen_conv1d(x, cu_even, self.conv1.weight.to(x.dtype), self.conv1.bias.to(x.dtype), stride=1,
-                                   padding=1, activation="gelu")
+        h, cu_h = ak.varlen_conv1d(x, cu_seqlens, self.conv1.weight.to(x.dtype), self.conv1.bias.to(x.dtype),
+                                   stride=1, padding=1, activation="gelu")
         h = self.norm1(h)
         w2, b2 = self.conv2.weight.to(h.dtype), self.conv2.bias.to(h.dtype)
         if self.folded:
             y, cu_y = ak.varlen_conv1d(h, cu_h, w2, b2, stride=2, padding=1)
-            y = y.index_add(0, cu_y[:-1].long(), -self.edge_first.to(y.dtype).expand(cu_y.numel() - 1, -1))
-            y = F.gelu(y.index_add(0, cu_y[1:].long() - 1, -self.edge_last.to(y.dtype).expand(cu_y.numel() - 1, -1)))
+            n_out, even = cu_y[1:] - cu_y[:-1], cu_seqlens_to_seqlens(cu_seqlens) % 2 == 0
+            seq = torch.nonzero(n_out > 0).squeeze(1)  # tap 0 of the first output frame reads the left zero pad
+            y = y.index_add(0, cu_y[seq].long(), -self.edge_first.to(y.dtype).expand(seq.numel(), -1))
+            seq = torch.nonzero((n_out > 0) & even).squeeze(1)  # tap 3 of the last one reads the right pad
+            y = y.index_add(0, cu_y[seq + 1].long() - 1, -self.edge_last.to(y.dtype).expand(seq.numel(), -1))
+            y = F.gelu(y)
         else:
             y, cu_y = ak.varlen_conv1d(h, cu_h, w2, b2, stride=2, padding=1, activation="gelu")
         return self.llm_proj(self.norm2(y)), cu_y
@@ -156,16 +180,18 @@ class Adapter(nn.Module):
 
     def forward_padded(self, layers: List[Tensor], lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """k x [B, T, D] (zeros past ``lengths``) -> ([B, T_out, H] zeros past the out lengths, lengths_out),
-        at the token rate."""
+        at the token rate (identity: the layer mix itself)."""
         y, n = self._adapt_padded(layers, lengths)
-        if self.token_rate_ratio == 1:
+        if self.token_rate_ratio == 1 or self.kind == "identity":
             return y, n
         return pool_padded(y, n, self.token_rate_ratio, self.token_rate_mode)
 
     def _adapt_padded(self, layers: List[Tensor], lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """``forward_padded`` before the token-rate pooling."""
-        x = ak.weighted_layer_sum(layers, self.layer_logits, backend="reference").to(self.llm_proj.weight.dtype)
+        x = ak.weighted_layer_sum(layers, self.layer_logits, backend="reference").to(self.layer_logits.dtype)
         out_len = self.out_lengths(lengths, self.kind, self.pool_ratio)
+        if self.kind == "identity":
+            return x * valid_mask(lengths, x.shape[1])[..., None], out_len
         if self.kind in ("mlp", "pool"):
             if self.kind == "pool":
                 x = pool_padded(x, lengths, self.pool_ratio, self.pool_mode)[0]
@@ -174,15 +200,16 @@ class Adapter(nn.Module):
         if self.in_proj is not None:
             x = self.in_proj(x)
         x = x * valid_mask(lengths, x.shape[1])[..., None]
-        if x.shape[1] % 2:
-            x = F.pad(x, (0, 0, 0, 1))
+        if x.shape[1] < 2:  # nn.Conv1d refuses an empty output: no example has an output token
+            return x.new_zeros(x.shape[0], 0, self.llm_proj.out_features), out_len
         h = F.gelu(self.conv1(x.transpose(1, 2))).transpose(1, 2)
-        h = self._norm_valid(self.norm1, h, valid_mask(lengths + lengths % 2, h.shape[1]))
+        h = self._norm_valid(self.norm1, h, valid_mask(lengths, h.shape[1]))
         y = self.conv2(h.transpose(1, 2)).transpose(1, 2)
         if self.folded:
-            rows = torch.arange(y.shape[0], device=y.device)
-            y = y.index_put((rows, torch.zeros_like(rows)), -self.edge_first, accumulate=True)
-            y = y.index_put((rows, out_len - 1), -self.edge_last, accumulate=True)
+            rows = torch.nonzero(out_len > 0).squeeze(1)
+            y = y.index_put((rows, torch.zeros_like(rows)), -self.edge_first.expand(rows.numel(), -1), accumulate=True)
+            rows = torch.nonzero((out_len > 0) & (lengths % 2 == 0)).squeeze(1)
+            y = y.index_put((rows, out_len[rows] - 1), -self.edge_last.expand(rows.numel(), -1), accumulate=True)
         y = F.gelu(y)
         m = valid_mask(out_len, y.shape[1])
         y = self._norm_valid(self.norm2, y, m)

@@ -3,8 +3,9 @@
 Two execution paths share every parameter (``path="fast"`` or ``"reference"``; default ``config.path``):
 - fast: packed varlen tensors end to end (fused ``alarm_kernels`` ops, packed attention in the fusion and
   the LLM, LM head only at target positions);
-- reference: padded batches, ``nn.Conv1d``/SDPA with masks, per-example splicing and full fp32 logits,
-  as the published implementation computes (with its defects 1-3 fixed).
+- reference: padded batches, ``nn.Conv1d``/SDPA with masks, per-example splicing and full fp32 logits:
+  the published computation re-expressed, with the changes listed in the README ("Where this project
+  differs from the published code").
 NVTX ranges: ``alarm/encoder``, ``alarm/adapter``, ``alarm/fusion``, ``alarm/splice``, ``alarm/llm``
 and, nested in it, ``alarm/loss`` (LM head + cross-entropy on the fast path; cross-entropy on the reference
 path, whose HF forward computes the full logits inside ``alarm/llm``).
@@ -56,7 +57,8 @@ class ALARMOutput:
 
 
 class AudioSide(nn.Module):
-    """The saved, non-LLM, non-encoder part: adapters, fusion and the two learned separators [H]."""
+    """The saved, non-LLM, non-encoder part: adapters, fusion and the two learned separators [H] (N(0, 1) at
+    init, as published)."""
 
     def __init__(self, cfg: ALARMConfig):
         super().__init__()
@@ -64,14 +66,20 @@ class AudioSide(nn.Module):
                                                        cfg.llm_hidden, cfg.token_rate_ratio, cfg.token_rate_mode)
                                        for e in cfg.encoders})
         self.fusion = build_fusion(cfg)
-        self.audio_start = nn.Parameter(torch.randn(cfg.llm_hidden) * 0.02)
-        self.audio_end = nn.Parameter(torch.randn(cfg.llm_hidden) * 0.02)
-        if cfg.stage == "B":
-            self.adapters.requires_grad_(False)
+        self.audio_start = nn.Parameter(torch.randn(cfg.llm_hidden))  # published: standard normal
+        self.audio_end = nn.Parameter(torch.randn(cfg.llm_hidden))
+        if cfg.stage == "B":  # identity adapters (P's layer mixes) stay trainable, as published
+            for ad in self.adapters.values():
+                if ad.kind != "identity":
+                    ad.requires_grad_(False)
 
     def train(self, mode: bool = True):
+        """Trainable parts follow ``mode``; frozen adapters stay in eval mode (BatchNorm keeps its statistics)."""
         super().train(mode)
-        if not next(iter(self.adapters.values())).layer_logits.requires_grad:
+        frozen = [ad for ad in self.adapters.values() if not ad.layer_logits.requires_grad]
+        for ad in frozen:
+            ad.eval()
+        if len(frozen) == len(self.adapters):
             self.adapters.eval()
         return self
 
@@ -134,13 +142,21 @@ class ALARMModel(nn.Module):
         return waves, rates
 
     def encode(self, waves: List[Tensor], rates: List[int]) -> Dict[str, tuple]:
-        """Frozen encoders -> {name: (k x [total, D] packed selected states, int32 cu_seqlens [B+1])}."""
+        """Frozen encoders -> {name: (k x [total, D] packed selected states, int32 cu_seqlens [B+1])}.
+
+        ValueError naming the clip when an encoder's frames give its adapter no token (a clip too short)."""
         out, resampled = {}, {}
         with nvtx_range("alarm/encoder"), torch.no_grad():
             for spec in self.config.encoders:
                 if spec.sample_rate not in resampled:  # CPU waveforms: feature extraction runs on the host
                     resampled[spec.sample_rate] = resample_batch(waves, rates, spec.sample_rate)
                 out[spec.name] = self.encoders[spec.name](resampled[spec.sample_rate])
+                cu = out[spec.name][1]
+                empty = torch.nonzero(Adapter.out_lengths(cu[1:] - cu[:-1], spec.adapter) == 0).flatten().tolist()
+                if empty:
+                    i = empty[0]
+                    raise ValueError(f"audio[{i}] ({waves[i].numel() / rates[i]:.3f} s) is too short: encoder "
+                                     f"{spec.name} gives its adapter no token")
         return out
 
     def audio_tokens_packed(self, feats: Dict[str, tuple]):

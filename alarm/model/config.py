@@ -1,10 +1,10 @@
 """``ALARMConfig``: everything needed to rebuild an ALARM model (JSON-serialisable dataclasses).
 
-Real dimensions are the defaults (docs/model.md): adapters 1024 wide, Qwen3-4B hidden 2560, CA d=1024 with
-16 heads and FFN 4096, perceivers 20 x 768. ``ALARMConfig.tiny()`` gives random tiny encoders and LLM that
-run on CPU in seconds. Frozen pretrained parts (encoders, LLM) are referenced by ``path`` (a local folder or
-hub id for ``from_pretrained``); with ``path=None`` they are built randomly from ``hf_config`` (a dict of
-transformers config kwargs) and ``init_seed``.
+Real dimensions are the defaults (the published ALARM's): adapters 1024 wide, Qwen3-4B hidden 2560, CA d=1024
+with 16 heads and FFN 4096, perceivers 20 x 768 with FFN 1x. ``ALARMConfig.tiny()`` gives random tiny
+encoders and LLM that run on CPU in seconds. Frozen pretrained parts (encoders, LLM) are referenced by
+``path`` (a local folder or hub id for ``from_pretrained``); with ``path=None`` they are built randomly from
+``hf_config`` (a dict of transformers config kwargs) and ``init_seed``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 FUSIONS = ("sum", "concat", "CA", "P")
 STAGES = ("A", "B")
 PATHS = ("fast", "reference")
-ADAPTERS = ("conv", "mlp", "pool")
+ADAPTERS = ("conv", "mlp", "pool", "identity")
 POOL_MODES = ("mean", "max")
 
 QWEN3_4B = "Qwen/Qwen3-4B-Thinking-2507"
@@ -37,11 +37,14 @@ class EncoderSpec:
 
     name: unique key ("whisper", "w2v-bert", ...); kind: encoder registry key (see ``encoders.ENCODERS``);
     layers: hidden-state indices kept (0 = embeddings, i = output of block i); dim: encoder width;
-    adapter: "conv" (downsample x2), "mlp" or "pool" (below); norm: "batch" or "layer" (conv adapters);
+    adapter: "conv" (downsample x2), "mlp", "pool" (below) or "identity" (the layer mix alone, at the
+    encoder's width and rate: ALARM-P's auxiliary streams); norm: "batch" or "layer" (conv adapters);
     sample_rate: Hz the encoder expects; chunk_seconds: longest piece run at once (clips are split).
     adapter "pool": the layer mix is pooled over windows of ``pool_ratio`` frames (``pool_mode`` "mean" or
     "max", ``alarm_kernels.varlen_pool``), then the MLP and ``llm_proj``: ``ceil(frames / pool_ratio)`` tokens
     (a 50 Hz encoder with ratio 2 gives 25 Hz, like the conv adapter). Other adapters ignore both fields.
+    clip_length (Whisper only): False (default, published) pads every 30 s piece to the full window;
+    True runs each piece at its own length with masked keys (faster, different features; opt-in).
     """
     name: str
     kind: str
@@ -51,6 +54,7 @@ class EncoderSpec:
     norm: str = "layer"
     sample_rate: int = 16000
     chunk_seconds: float = 30.0
+    clip_length: bool = False
     path: Optional[str] = None
     hf_config: Optional[Dict[str, Any]] = None
     dtype: str = "float32"
@@ -82,14 +86,16 @@ def w2v_bert_2(**kw) -> EncoderSpec:
 
 
 def muq_large(**kw) -> EncoderSpec:
-    """MuQ-large spec (24 kHz, 25 Hz, layers 4, 8, 12; MLP adapter); needs a registered "muq" encoder."""
+    """MuQ-large spec (24 kHz, 25 Hz, layers 4, 8, 12 with 12 after the conformer's final LayerNorm, as
+    published; MLP adapter); needs a registered "muq" encoder (recipe in ``alarm.model.encoders``)."""
     return EncoderSpec(**{**dict(name="muq", kind="muq", layers=[4, 8, 12], dim=1024, adapter="mlp",
                                  sample_rate=24000, path="OpenMuQ/MuQ-large-msd-iter", dtype="bfloat16"), **kw})
 
 
 def sslam(**kw) -> EncoderSpec:
-    """SSLAM spec (layers 3, 7, 11; 10.24 s chunks; LayerNorm conv adapter); needs a registered "sslam" encoder."""
-    return EncoderSpec(**{**dict(name="sslam", kind="sslam", layers=[3, 7, 11], dim=768, chunk_seconds=10.24,
+    """SSLAM spec (outputs of blocks 4, 8, 12 without the CLS token = the published indices 3, 7, 11 of its
+    block-output list; 10.24 s chunks; LayerNorm conv adapter); needs a registered "sslam" encoder."""
+    return EncoderSpec(**{**dict(name="sslam", kind="sslam", layers=[4, 8, 12], dim=768, chunk_seconds=10.24,
                                  path="ta012/SSLAM_AS2M_Finetuned", dtype="bfloat16"), **kw})
 
 
@@ -98,13 +104,16 @@ class ALARMConfig:
     """Model configuration. ``encoders[0]`` is the base stream (CA queries, P's appended tokens).
 
     fusion: "sum" (single-encoder AL-<enc>-R), "concat", "CA" or "P". stage: "A" trains adapters (+ fusion
-    and separators), "B" freezes adapters and trains fusion + separators. path: default execution path
-    ("fast" packed/fused, or "reference" padded as published).
+    and separators), "B" freezes the conv/MLP adapters and trains fusion + separators (+ the layer mix of
+    identity adapters, as published for ALARM-P). path: default execution path ("fast" packed/fused, or
+    "reference" padded). CA: ``dropout`` on residual branches and FFN, ``ca_attention_dropout`` on the
+    attention probabilities (published: 0.1 for both). P (published): perceivers with FFN
+    ``p_ffn_mult`` x width, dropout ``p_dropout``, LayerNorm on the cross-attention's key/value input.
     token_rate_ratio: audio token rate divisor. Every adapter's output is pooled once more over windows of
     this many tokens (``token_rate_mode`` "mean" or "max"), so each stream yields ``ceil(n / ratio)``
     tokens: 1 keeps the adapters' 25 Hz, 2 gives 12.5 Hz, 4 gives 6.25 Hz. It adds no parameters, so a
     trained model can be reloaded at another rate (``ALARMModel.from_pretrained(folder, token_rate_ratio=2)``);
-    CA queries and P's base-stream tokens follow the pooled stream.
+    CA queries and P's base-stream tokens follow the pooled stream (identity streams are not pooled).
     """
     encoders: List[EncoderSpec]
     fusion: str = "sum"
@@ -121,12 +130,14 @@ class ALARMConfig:
     ca_heads: int = 16
     ca_ffn: int = 4096
     dropout: float = 0.1
+    ca_attention_dropout: float = 0.1
     p_latents: int = 20
     p_width: int = 768
     p_heads: int = 4
     p_self_layers: int = 6
     p_repeats: int = 3
-    p_ffn_mult: int = 4
+    p_ffn_mult: int = 1
+    p_dropout: float = 0.0
     max_length: int = 4096
     max_audio_seconds: float = 60.0
     lm_head_chunk: int = 1024
@@ -150,6 +161,10 @@ class ALARMConfig:
             raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
         if self.fusion in ("CA", "P") and len(self.encoders) < 2:
             raise ValueError(f"fusion {self.fusion} needs at least two encoders")
+        identity = [e.name for e in self.encoders if e.adapter == "identity"]
+        if identity and (self.fusion != "P" or self.encoders[0].adapter == "identity"):
+            raise ValueError(f"identity adapters ({identity}) only feed P's perceivers (not the base stream, not "
+                             f"fusion {self.fusion!r}): the LLM needs {self.llm_hidden}-d tokens")
         if self.llm_path is None and self.llm_config is None:
             raise ValueError("give llm_path (pretrained) or llm_config (random init)")
         _check_ratio("token_rate_ratio", self.token_rate_ratio)
@@ -179,23 +194,27 @@ class ALARMConfig:
 
     @classmethod
     def full(cls, fusion: str, **kw) -> "ALARMConfig":
-        """Four-encoder model (Whisper, w2v-BERT, MuQ, SSLAM), stage B, with the given fusion."""
-        return cls(encoders=[whisper_large_v3(), w2v_bert_2(), muq_large(), sslam()], fusion=fusion, stage="B", **kw)
+        """Four-encoder model (Whisper, w2v-BERT, MuQ, SSLAM), stage B, with the given fusion. P (as published):
+        the auxiliary encoders feed their perceivers through identity adapters (layer mix only)."""
+        aux = dict(adapter="identity") if fusion == "P" else {}
+        return cls(encoders=[whisper_large_v3(), w2v_bert_2(**aux), muq_large(**aux), sslam(**aux)], fusion=fusion,
+                   stage="B", **kw)
 
     @classmethod
     def tiny(cls, fusion: str = "CA", stage: Optional[str] = None, n_encoders: int = 2, **kw) -> "ALARMConfig":
-        """Random tiny Whisper (+ tiny w2v-BERT) and tiny Qwen3 (head dims 32, widths 64); CPU in seconds.
+        """Random tiny Whisper (3 s window) (+ tiny w2v-BERT) and tiny Qwen3 (head dims 32, widths 64); CPU in seconds.
 
         ``stage`` defaults to "A" for sum/concat and "B" for CA/P.
         """
-        whisper = EncoderSpec(
-            name="whisper", kind="whisper", layers=[1, 2], dim=32, norm="batch",
+        whisper = EncoderSpec(  # a 3 s window (150 positions) keeps CPU tests fast; real Whisper's is 30 s
+            name="whisper", kind="whisper", layers=[1, 2], dim=32, norm="batch", chunk_seconds=3.0,
             hf_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                           num_mel_bins=128, max_source_positions=1500, decoder_layers=1,
+                           num_mel_bins=128, max_source_positions=150, decoder_layers=1,
                            decoder_attention_heads=2, decoder_ffn_dim=64, vocab_size=64, pad_token_id=0,
                            bos_token_id=0, eos_token_id=0, decoder_start_token_id=0))
         w2v = EncoderSpec(
             name="w2v-bert", kind="w2v-bert", layers=[0, 2], dim=32, norm="layer",
+            adapter="identity" if fusion == "P" else "conv",
             hf_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                            output_hidden_size=32, conv_depthwise_kernel_size=5, left_max_position_embeddings=16,
                            right_max_position_embeddings=4, feature_projection_input_dim=160))
@@ -206,7 +225,7 @@ class ALARMConfig:
                                     num_attention_heads=2, num_key_value_heads=1, head_dim=32,
                                     max_position_embeddings=4096),
                     adapter_dim=48, adapter_hidden=64, mlp_hidden=48, ca_dim=64, ca_heads=2, ca_ffn=128,
-                    dropout=0.0, p_latents=4, p_width=64, p_heads=2, p_self_layers=2, p_repeats=2,
-                    max_length=512, max_audio_seconds=60.0, lm_head_chunk=16)
+                    dropout=0.0, ca_attention_dropout=0.0, p_latents=4, p_width=64, p_heads=2, p_self_layers=2,
+                    p_repeats=2, max_length=512, max_audio_seconds=60.0, lm_head_chunk=16)
         base.update(kw)
         return cls(**base)

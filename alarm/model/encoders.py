@@ -5,19 +5,24 @@ the *selected* hidden states only, packed: ``k`` tensors ``[total_frames, D]`` p
 ``[B+1]`` (``k = len(spec.layers)``; index 0 = the input of the first block, i = the output of block i).
 Encoders always run frozen, in eval mode, under ``torch.no_grad()``. Blocks above the highest selected
 index are dropped at construction and the selected states are captured by forward hooks, so the full
-stack of hidden states never exists. Clips longer than ``spec.chunk_seconds`` are cut into chunks, all
-chunks of a batch run as one padded batch at the length of the longest chunk (a 2 s clip costs 2 s, not
-30 s) and only real chunks exist (no all-padding chunk is ever run).
+stack of hidden states never exists. Clips longer than ``spec.chunk_seconds`` are cut into chunks and all
+chunks of a batch run as one batch; each chunk's result does not depend on the other chunks.
 
-Shipped kinds: ``"whisper"`` (transformers ``WhisperEncoder``) and ``"w2v-bert"`` (``Wav2Vec2BertModel``).
+Shipped kinds: ``"whisper"`` (transformers ``WhisperEncoder``) and ``"w2v-bert"`` (``Wav2Vec2BertModel``),
+both computing what the published ALARM computes:
 
-Whisper and short clips, honestly: the stock encoder insists on 3000 mel frames (30 s) because its
-positional embedding has 1500 rows. We run it on ``T`` frames by adding the first ``T`` rows of that
-embedding (``embed_positions.weight[:T]``) and masking padded keys in self-attention. For clips shorter
-than 30 s the features therefore differ from stock Whisper's (which attends to 30 s of padded silence);
-the adapters are trained on what we compute, so train and inference agree. Within a batch, each chunk's
-result does not depend on the other chunks (keys beyond its length are masked; its mel frames are computed
-with the same trailing zero padding whatever the batch).
+- Whisper (default, ``spec.clip_length=False``): every clip is cut into 30 s pieces; each piece is
+  zero-padded to 30 s (3000 mel frames, log-mel clamped per piece as transformers'
+  ``WhisperFeatureExtractor`` does) and encoded whole, without a mask. Frames kept per piece:
+  ``ceil(samples / 160) // 2`` (floor division, as published), so a clip gives
+  ``sum_pieces(ceil(n_i / 160)) // 2`` frames at 50 Hz. ``spec.clip_length=True`` (opt-in, faster for short
+  clips, *not* the published features): each piece runs at its own length (the first ``T`` rows of the
+  positional embedding, padded keys masked), ``ceil(mel_frames / 2)`` frames; adapters trained on one
+  setting do not transfer to the other.
+- w2v-BERT 2.0: each whole clip gets 160 zero samples on each side and its fbank features are normalized
+  over the whole clip (``SeamlessM4TFeatureExtractor``: 100 frames/s stacked by 2, so
+  ``(1 + (n - 80) // 160) // 2`` frames at 50 Hz); the feature frames are then cut into 30 s (1500-frame)
+  chunks that run as one padded batch with an attention mask.
 
 Adding an encoder (MuQ, SSLAM, any model returning hidden states)::
 
@@ -27,20 +32,38 @@ Adding an encoder (MuQ, SSLAM, any model returning hidden states)::
     def build_muq(spec):                                  # spec: alarm.model.config.EncoderSpec
         from muq import MuQ                               # the encoder's own package
         model = MuQ.from_pretrained(spec.path)
+        window = 30 * 24000                               # published: 30 s pieces, each zero-padded to 30 s
 
         def features(chunks):                             # list of 1-D float32 tensors at spec.sample_rate
             lengths = torch.tensor([len(c) for c in chunks])
-            wav = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True)
-            frames = (lengths + 959) // 960               # output frames per chunk (25 Hz at 24 kHz)
-            return {"x": wav}, frames                     # model kwargs, int64 lengths [C] in output frames
+            wav = torch.stack([torch.nn.functional.pad(c, (0, window - len(c))) for c in chunks])
+            mask = (torch.arange(window)[None] < lengths[:, None]).long()
+            return {"x": wav, "attention_mask": mask}, lengths // 960   # 25 Hz frames, floor as published
 
-        return HiddenStatesEncoder(spec, model, blocks="model.conformer.layers", features=features)
+        return HiddenStatesEncoder(spec, model, blocks="model.conformer.layers", features=features,
+                                   final_norm="model.conformer.layer_norm",
+                                   call=lambda m, kw: m(kw["x"], attention_mask=kw["attention_mask"]))
 
     register_encoder("muq", build_muq)
-    # then: EncoderSpec(name="muq", kind="muq", layers=[4, 8, 12], dim=1024, adapter="mlp", sample_rate=24000)
+    # then: alarm.model.muq_large() (layers [4, 8, 12], MLP adapter, 24 kHz)
 
 ``blocks`` names the ``nn.ModuleList`` of transformer blocks (dotted path); each block's output (a tensor,
 or a tuple whose first item is the hidden states ``[C, T, D]``) is captured for the selected indices.
+``final_norm`` names a module applied to the output of the stack's last block when that index is selected,
+``drop_tokens`` removes leading tokens (a CLS token) from every captured state.
+
+Layer indices of the published recipes, in this project's convention (i = output of block i):
+
+- MuQ: published ``[4, 8, 12]`` index MuQ's ``hidden_states``, where 4 and 8 are block outputs and 12 (the
+  last of its 12 conformer blocks) is taken after the conformer's final LayerNorm: ``muq_large()`` with
+  ``final_norm`` as above selects the same tensors.
+- SSLAM: published ``[3, 7, 11]`` index a list holding only block outputs (its index 0 = block 1), each with
+  the CLS token removed: blocks 4, 8 and 12, so ``sslam()`` uses ``[4, 8, 12]`` with ``drop_tokens=1`` and
+  ``blocks="model.blocks"``. Its published front end: mean removed from the 16 kHz clip, 160 zero samples
+  on each side, 128-bin Kaldi fbank (Hanning window, 10 ms shift), padded to a multiple of 1024 frames,
+  ``(fbank + 4.268) / (2 * 4.569)``, 1024-frame (10.24 s) pieces run whole; ``frames // 2`` tokens kept per
+  clip (512 per piece, in the model's patch order). SSLAM ships only as remote code; load it with its own
+  code (this project never passes ``trust_remote_code``).
 """
 from __future__ import annotations
 
@@ -49,14 +72,15 @@ import functools
 from typing import Callable, Dict, List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alarm_kernels.varlen import seqlens_to_cu_seqlens
 
 from .config import EncoderSpec
 
-__all__ = ["AudioEncoder", "WhisperAudioEncoder", "HiddenStatesEncoder", "ENCODERS", "register_encoder",
-           "build_encoder"]
+__all__ = ["AudioEncoder", "WhisperAudioEncoder", "HiddenStatesEncoder", "W2VBertAudioEncoder", "ENCODERS",
+           "register_encoder", "build_encoder"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -80,9 +104,11 @@ class AudioEncoder(nn.Module, abc.ABC):
         """Frozen: always stays in eval mode."""
         return super().train(False)
 
-    @torch.no_grad()
-    def forward(self, waves: List[Tensor]) -> Tuple[List[Tensor], Tensor]:
-        """B waveforms (1-D float32, ``spec.sample_rate`` Hz) -> (k x [total, D] packed, cu_seqlens [B+1])."""
+    def chunk_inputs(self, waves: List[Tensor]) -> Tuple[Dict[str, Tensor], Tensor, List[int]]:
+        """B clips -> (batched model inputs for C chunks, int64 output frames per chunk [C], chunks per clip).
+
+        Default: cut each waveform into ``spec.chunk_seconds`` pieces and call ``features`` on the pieces.
+        """
         chunk = max(1, int(round(self.spec.chunk_seconds * self.spec.sample_rate)))
         pieces, per_clip = [], []
         for w in waves:
@@ -91,6 +117,12 @@ class AudioEncoder(nn.Module, abc.ABC):
             per_clip.append(len(parts))
         with torch.autocast("cpu", enabled=False):  # host-side feature extraction stays fp32
             inputs, lengths = self.features(pieces)
+        return inputs, lengths, per_clip
+
+    @torch.no_grad()
+    def forward(self, waves: List[Tensor]) -> Tuple[List[Tensor], Tensor]:
+        """B waveforms (1-D float32, ``spec.sample_rate`` Hz) -> (k x [total, D] packed, cu_seqlens [B+1])."""
+        inputs, lengths, per_clip = self.chunk_inputs(waves)
         states = self.hidden(inputs, lengths)
         t = states[0].shape[1]
         valid = torch.arange(t, device=states[0].device)[None, :] < lengths.to(states[0].device)[:, None]
@@ -110,8 +142,9 @@ def _load_hf(spec: EncoderSpec, model_cls, config_cls):
 
 
 class WhisperAudioEncoder(AudioEncoder):
-    """Whisper encoder at the clip's own length (see the module docstring); log-mel from transformers'
-    ``WhisperFeatureExtractor`` (batched torch STFT), ``num_mel_bins`` bins, 100 frames/s, 50 Hz output."""
+    """Whisper encoder on 30 s windows as published, or at the clip's length with ``spec.clip_length`` (see the
+    module docstring); log-mel from transformers' ``WhisperFeatureExtractor``, ``num_mel_bins`` bins,
+    100 frames/s, 50 Hz output."""
 
     def __init__(self, spec: EncoderSpec):
         super().__init__(spec)
@@ -127,17 +160,23 @@ class WhisperAudioEncoder(AudioEncoder):
         n_blocks = len(enc.layers)
         if max(spec.layers) > n_blocks or min(spec.layers) < 0:
             raise ValueError(f"encoder {spec.name}: layers {spec.layers} outside 0..{n_blocks}")
-        max_seconds = enc.config.max_source_positions * 2 * 160 / 16000
-        if spec.chunk_seconds > max_seconds:
-            raise ValueError(f"encoder {spec.name}: chunk_seconds {spec.chunk_seconds} > Whisper's {max_seconds} s")
+        window_seconds = enc.config.max_source_positions * 2 * 160 / 16000
+        if spec.chunk_seconds > window_seconds or (not spec.clip_length and spec.chunk_seconds != window_seconds):
+            raise ValueError(f"encoder {spec.name}: chunk_seconds {spec.chunk_seconds} must be Whisper's window "
+                             f"({window_seconds} s) unless clip_length=True (then at most that)")
         self.n_blocks = n_blocks
         enc.layers = nn.ModuleList(list(enc.layers)[: max(spec.layers)])
         self.encoder = enc.requires_grad_(False).eval()
-        self.extractor = WhisperFeatureExtractor(feature_size=enc.config.num_mel_bins, sampling_rate=16000)
+        self.extractor = WhisperFeatureExtractor(feature_size=enc.config.num_mel_bins, sampling_rate=16000,
+                                                 chunk_length=int(window_seconds))
 
     def features(self, chunks):
-        hop, n_fft = self.extractor.hop_length, self.extractor.n_fft
+        hop = self.extractor.hop_length
         n = torch.tensor([len(c) for c in chunks])
+        if not self.spec.clip_length:  # published: every piece zero-padded to the full window, no mask
+            mel = self.extractor([c.numpy() for c in chunks], sampling_rate=16000, return_tensors="pt")
+            return {"mel": mel["input_features"]}, (-(-n // hop)) // 2
+        n_fft = self.extractor.n_fft
         longest = int(n.max()) + n_fft  # every chunk gets >= n_fft trailing zeros: batch-independent frames
         batch = torch.zeros(len(chunks), longest)
         for i, c in enumerate(chunks):
@@ -157,9 +196,11 @@ class WhisperAudioEncoder(AudioEncoder):
         x = nn.functional.gelu(enc.conv2(x)).transpose(1, 2)
         t = x.shape[1]
         x = x + enc.embed_positions.weight[:t]
-        keep = torch.arange(t, device=x.device)[None, :] < lengths.to(x.device)[:, None]
-        mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
-        mask = mask[:, None, None, :].expand(-1, 1, t, -1)
+        mask = None
+        if self.spec.clip_length:
+            keep = torch.arange(t, device=x.device)[None, :] < lengths.to(x.device)[:, None]
+            mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
+            mask = mask[:, None, None, :].expand(-1, 1, t, -1)
         want = set(self.spec.layers)
         got = {0: x} if 0 in want else {}
         for i, block in enumerate(enc.layers, start=1):
@@ -172,18 +213,22 @@ class WhisperAudioEncoder(AudioEncoder):
 
 class HiddenStatesEncoder(AudioEncoder):
     """Any encoder module with a list of blocks: keeps blocks up to ``max(spec.layers)`` and captures the
-    selected indices with hooks. ``features(chunks) -> (model kwargs, int64 frames [C])``; the model is
-    called as ``model(**kwargs)`` unless ``call(model, kwargs)`` is given."""
+    selected indices with hooks. ``features(chunks) -> (model kwargs, int64 frames [C])`` (not needed by a
+    subclass that overrides ``chunk_inputs``); the model is called as ``model(**kwargs)`` unless
+    ``call(model, kwargs)`` is given."""
 
     def __init__(self, spec: EncoderSpec, model: nn.Module, blocks: str,
-                 features: Callable[[List[Tensor]], Tuple[Dict[str, Tensor], Tensor]],
-                 call: Callable[[nn.Module, Dict[str, Tensor]], object] | None = None):
+                 features: Callable[[List[Tensor]], Tuple[Dict[str, Tensor], Tensor]] | None = None,
+                 call: Callable[[nn.Module, Dict[str, Tensor]], object] | None = None,
+                 final_norm: str | None = None, drop_tokens: int = 0):
         super().__init__(spec)
         owner_path, _, attr = blocks.rpartition(".")
         owner = model.get_submodule(owner_path) if owner_path else model
         all_blocks = getattr(owner, attr)
         if max(spec.layers) > len(all_blocks) or min(spec.layers) < 0:
             raise ValueError(f"encoder {spec.name}: layers {spec.layers} outside 0..{len(all_blocks)}")
+        self.n_blocks, self.drop_tokens = len(all_blocks), drop_tokens
+        self.final_norm = model.get_submodule(final_norm) if final_norm else None
         kept = nn.ModuleList(list(all_blocks)[: max(1, max(spec.layers))])
         setattr(owner, attr, kept)
         self.model = model.requires_grad_(False).eval()
@@ -202,9 +247,14 @@ class HiddenStatesEncoder(AudioEncoder):
         self._captured[0] = x
 
     def _store_output(self, index: int, module, args, output):
-        self._captured[index] = output[0] if isinstance(output, tuple) else output
+        x = output[0] if isinstance(output, tuple) else output
+        if index == self.n_blocks and self.final_norm is not None:
+            x = self.final_norm(x)
+        self._captured[index] = x
 
     def features(self, chunks):
+        if self._features is None:
+            raise ValueError(f"encoder {self.spec.name}: give features= or override chunk_inputs")
         return self._features(chunks)
 
     def hidden(self, inputs, lengths):
@@ -216,29 +266,47 @@ class HiddenStatesEncoder(AudioEncoder):
                 self._call(self.model, inputs)
             else:
                 self.model(**inputs)
-            return [self._captured[i] for i in self.spec.layers]
+            return [self._captured[i][:, self.drop_tokens:] for i in self.spec.layers]
         finally:
             self._captured = {}
 
 
-def _build_w2v_bert(spec: EncoderSpec) -> AudioEncoder:
-    from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
+class W2VBertAudioEncoder(HiddenStatesEncoder):
+    """w2v-BERT 2.0 with the published front end: 160 zero samples on each side of the whole clip, fbank
+    features normalized over the whole clip, then cut into ``chunk_seconds`` x 50-frame chunks that run as
+    one padded batch with an attention mask (see the module docstring)."""
 
-    model = _load_hf(spec, Wav2Vec2BertModel, Wav2Vec2BertConfig)
-    extractor = SeamlessM4TFeatureExtractor(feature_size=80, num_mel_bins=80, stride=2, sampling_rate=16000)
+    FRAMES_PER_SECOND = 50
+    EDGE_SAMPLES = 160
 
-    def features(chunks: List[Tensor]):
-        out = extractor([c.numpy() for c in chunks], sampling_rate=16000, return_tensors="pt", padding=True,
-                        return_attention_mask=True)
-        mask = out["attention_mask"]
-        return {"input_features": out["input_features"], "attention_mask": mask}, mask.sum(1).to(torch.int64)
+    def __init__(self, spec: EncoderSpec):
+        from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
 
-    return HiddenStatesEncoder(spec, model, "encoder.layers", features)
+        super().__init__(spec, _load_hf(spec, Wav2Vec2BertModel, Wav2Vec2BertConfig), "encoder.layers")
+        self.extractor = SeamlessM4TFeatureExtractor(feature_size=80, num_mel_bins=80, stride=2, sampling_rate=16000)
+
+    def clip_features(self, wave: Tensor) -> Tensor:
+        """One 1-D 16 kHz clip -> its valid feature frames [F, 160] (float32), ``(1 + (n - 80) // 160) // 2``."""
+        if wave.numel() + 2 * self.EDGE_SAMPLES < 400:
+            raise ValueError(f"encoder {self.spec.name}: a clip of {wave.numel()} samples is too short (needs >= 80)")
+        padded = F.pad(wave, (self.EDGE_SAMPLES, self.EDGE_SAMPLES)).numpy()
+        out = self.extractor(padded, sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
+        return out["input_features"][0, : int(out["attention_mask"].sum())]
+
+    def chunk_inputs(self, waves):
+        chunk = max(1, int(round(self.spec.chunk_seconds * self.FRAMES_PER_SECOND)))
+        with torch.autocast("cpu", enabled=False):
+            clips = [list(torch.split(self.clip_features(w), chunk)) for w in waves]
+        pieces = [p for parts in clips for p in parts]
+        lengths = torch.tensor([len(p) for p in pieces], dtype=torch.int64)
+        batch = nn.utils.rnn.pad_sequence(pieces, batch_first=True)
+        mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).to(torch.int64)
+        return {"input_features": batch, "attention_mask": mask}, lengths, [len(parts) for parts in clips]
 
 
 ENCODERS: Dict[str, Callable[[EncoderSpec], AudioEncoder]] = {
     "whisper": WhisperAudioEncoder,
-    "w2v-bert": _build_w2v_bert,
+    "w2v-bert": W2VBertAudioEncoder,
 }
 
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 import alarm_kernels as ak
 from alarm_kernels.varlen import cu_seqlens_to_seqlens, max_seqlen, seqlens_to_cu_seqlens
 
-from .adapters import valid_mask
+from .adapters import normal_init_, valid_mask
 
 __all__ = ["SumFusion", "ConcatFusion", "CrossAttentionFusion", "PerceiverFusion", "build_fusion",
            "segment_gather_index"]
@@ -54,7 +54,7 @@ def _align_index(cus: List[Tensor]) -> Tuple[List[Tensor], Tensor, Tensor]:
     out_len = lens.max(0).values
     cu_out = seqlens_to_cu_seqlens(out_len, device=cus[0].device)
     dests = []
-    for cu, ln in zip(cus, lens):
+    for cu, ln in zip(cus, lens, strict=True):
         n = int(cu[-1])
         ex = torch.repeat_interleave(torch.arange(ln.numel(), device=cu.device), ln, output_size=n)
         dests.append(torch.arange(n, device=cu.device) + (cu_out[:-1] - cu[:-1]).long()[ex])
@@ -73,7 +73,7 @@ class SumFusion(nn.Module):
             return streams[0], cus[0]
         dests, out_len, cu_out = _align_index(cus)
         out = streams[0].new_zeros(int(out_len.sum()), streams[0].shape[1])
-        for s, d in zip(streams, dests):
+        for s, d in zip(streams, dests, strict=True):
             out = out.index_add(0, d, s)
         return out, cu_out
 
@@ -87,7 +87,7 @@ class ConcatFusion(nn.Module):
 
     def __init__(self, n_streams: int, hidden: int):
         super().__init__()
-        self.proj = nn.Linear(n_streams * hidden, hidden)
+        self.proj = normal_init_(nn.Linear(n_streams * hidden, hidden))
 
     def forward_packed(self, streams, cus):
         dt = streams[0].dtype
@@ -101,15 +101,27 @@ class ConcatFusion(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with separate q/k/v/o projections (``d_kv`` may differ from ``d``)."""
+    """Multi-head attention with separate q/k/v/o projections (``d_kv`` may differ from ``d``); ``dropout_p``
+    on the attention probabilities in training (padded path)."""
 
-    def __init__(self, d: int, heads: int, d_kv: int | None = None):
+    def __init__(self, d: int, heads: int, d_kv: int | None = None, dropout_p: float = 0.0):
         super().__init__()
         if d % heads:
             raise ValueError(f"width {d} is not divisible by {heads} heads")
-        self.heads, self.head_dim = heads, d // heads
+        self.heads, self.head_dim, self.dropout_p = heads, d // heads, dropout_p
         self.q, self.o = nn.Linear(d, d), nn.Linear(d, d)
         self.k, self.v = nn.Linear(d_kv or d, d), nn.Linear(d_kv or d, d)
+
+    @torch.no_grad()
+    def init_like_torch_mha_(self) -> None:
+        """``nn.MultiheadAttention``'s own init (kept by the published CA): q/k/v weights drawn as one
+        xavier-uniform ``[3d, d]`` matrix, zero q/k/v and output biases (the output weight is left alone)."""
+        w = torch.empty(3 * self.q.out_features, self.q.in_features, device=self.q.weight.device)
+        nn.init.xavier_uniform_(w)
+        for lin, part in zip((self.q, self.k, self.v), w.chunk(3), strict=True):
+            lin.weight.copy_(part)
+            nn.init.zeros_(lin.bias)
+        nn.init.zeros_(self.o.bias)
 
     def packed(self, x: Tensor, mem: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int, max_k: int) -> Tensor:
         """x [tq, d], mem [tk, d_kv] packed -> [tq, d]."""
@@ -124,7 +136,9 @@ class Attention(nn.Module):
         k = self.k(mem).view(b, -1, h, dh).transpose(1, 2)
         v = self.v(mem).view(b, -1, h, dh).transpose(1, 2)
         mask = None if key_valid is None else key_valid[:, None, None, :]
-        return self.o(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, -1, h * dh))
+        p = self.dropout_p if self.training else 0.0  # dropout on the attention probabilities
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.o(y.transpose(1, 2).reshape(b, -1, h * dh))
 
 
 class FeedForward(nn.Sequential):
@@ -135,14 +149,16 @@ class FeedForward(nn.Sequential):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm decoder layer: x += SA(LN x); x += CA(LN x, memory); x += FFN(LN x) (memory not normalised;
-    dropout on each residual branch and inside the FFN)."""
+    """Pre-norm decoder layer: x += SA(LN x); x += CA(LN x, memory); x += FFN(LN x) (dropout on each residual
+    branch and inside the FFN). The memory is normalised by its own LayerNorm only with ``mem_norm``."""
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, d_mem: int | None = None, self_attn=True):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, d_mem: int | None = None, self_attn=True,
+                 mem_norm: bool = False, attention_dropout: float = 0.0):
         super().__init__()
         self.ln_sa = nn.LayerNorm(d) if self_attn else None
-        self.sa = Attention(d, heads) if self_attn else None
-        self.ln_ca, self.ca = nn.LayerNorm(d), Attention(d, heads, d_mem)
+        self.sa = Attention(d, heads, dropout_p=attention_dropout) if self_attn else None
+        self.ln_ca, self.ca = nn.LayerNorm(d), Attention(d, heads, d_mem, dropout_p=attention_dropout)
+        self.ln_mem = nn.LayerNorm(d_mem or d) if mem_norm else None
         self.ln_ff, self.ff = nn.LayerNorm(d), FeedForward(d, ffn, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -150,6 +166,8 @@ class DecoderLayer(nn.Module):
         if self.sa is not None:
             y = self.ln_sa(x)
             x = x + self.drop(self.sa.packed(y, y, cu_q, cu_q, max_q, max_q))
+        if self.ln_mem is not None:
+            mem = self.ln_mem(mem)
         x = x + self.drop(self.ca.packed(self.ln_ca(x), mem, cu_q, cu_k, max_q, max_k))
         return x + self.drop(self.ff(self.ln_ff(x)))
 
@@ -157,6 +175,8 @@ class DecoderLayer(nn.Module):
         if self.sa is not None:
             y = self.ln_sa(x)
             x = x + self.drop(self.sa.padded(y, y, q_valid))
+        if self.ln_mem is not None:
+            mem = self.ln_mem(mem)
         x = x + self.drop(self.ca.padded(self.ln_ca(x), mem, k_valid))
         return x + self.drop(self.ff(self.ln_ff(x)))
 
@@ -165,11 +185,17 @@ class CrossAttentionFusion(nn.Module):
     """ALARM-CA: per-stream in_proj H -> d; base-stream queries; one decoder layer per other stream, each
     attending to that stream with its own lengths; out_proj d -> H. Output on the base stream's time axis."""
 
-    def __init__(self, n_streams: int, hidden: int, d: int, heads: int, ffn: int, dropout: float):
+    def __init__(self, n_streams: int, hidden: int, d: int, heads: int, ffn: int, dropout: float,
+                 attention_dropout: float = 0.0):
         super().__init__()
         self.in_proj = nn.ModuleList(nn.Linear(hidden, d) for _ in range(n_streams))
-        self.layers = nn.ModuleList(DecoderLayer(d, heads, ffn, dropout) for _ in range(n_streams - 1))
+        self.layers = nn.ModuleList(DecoderLayer(d, heads, ffn, dropout, attention_dropout=attention_dropout)
+                                    for _ in range(n_streams - 1))
         self.out_proj = nn.Linear(d, hidden)
+        normal_init_(self)
+        for layer in self.layers:  # published: torch's TransformerDecoderLayer, whose attentions keep their init
+            layer.sa.init_like_torch_mha_()
+            layer.ca.init_like_torch_mha_()
 
     def forward_packed(self, streams, cus):
         x = self.in_proj[0](streams[0])
@@ -189,14 +215,15 @@ class CrossAttentionFusion(nn.Module):
 
 
 class Perceiver(nn.Module):
-    """``n`` learned latents (width w) read one stream with one cross-attention layer, then a block of
-    self-attention layers applied ``repeats`` times with shared weights; out_proj w -> H."""
+    """``n`` learned latents (width w) read one stream of width ``d_in`` with one cross-attention layer
+    (LayerNorm on latents and on the stream), then a block of self-attention layers applied ``repeats`` times
+    with shared weights; out_proj w -> H (the published ``PerceiverEncoder`` + ``out_proj``)."""
 
-    def __init__(self, hidden: int, n: int, w: int, heads: int, self_layers: int, repeats: int, ffn_mult: int,
-                 dropout: float):
+    def __init__(self, d_in: int, hidden: int, n: int, w: int, heads: int, self_layers: int, repeats: int,
+                 ffn_mult: int, dropout: float):
         super().__init__()
         self.latents = nn.Parameter(torch.randn(n, w) * 0.02)
-        self.cross = DecoderLayer(w, heads, ffn_mult * w, dropout, d_mem=hidden, self_attn=False)
+        self.cross = DecoderLayer(w, heads, ffn_mult * w, dropout, d_mem=d_in, self_attn=False, mem_norm=True)
         self.block = nn.ModuleList(_SelfLayer(w, heads, ffn_mult * w, dropout) for _ in range(self_layers))
         self.repeats = repeats
         self.out_proj = nn.Linear(w, hidden)
@@ -238,18 +265,21 @@ class _SelfLayer(nn.Module):
 
 
 class PerceiverFusion(nn.Module):
-    """ALARM-P: one perceiver per auxiliary stream; sequence ``[cond_start, latents..., cond_end, base]``."""
+    """ALARM-P: one perceiver per auxiliary stream (of width ``widths[e]``); sequence
+    ``[cond_start, latents..., cond_end, base]``."""
 
-    def __init__(self, n_streams: int, hidden: int, n: int, w: int, heads: int, self_layers: int, repeats: int,
+    def __init__(self, widths: List[int], hidden: int, n: int, w: int, heads: int, self_layers: int, repeats: int,
                  ffn_mult: int, dropout: float):
         super().__init__()
-        self.perceivers = nn.ModuleList(Perceiver(hidden, n, w, heads, self_layers, repeats, ffn_mult, dropout)
-                                        for _ in range(n_streams - 1))
-        self.cond_start = nn.Parameter(torch.randn(hidden) * 0.02)
-        self.cond_end = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.perceivers = nn.ModuleList(Perceiver(d, hidden, n, w, heads, self_layers, repeats, ffn_mult, dropout)
+                                        for d in widths[1:])
+        normal_init_(self)
+        self.cond_start = nn.Parameter(torch.randn(hidden))  # published: standard normal
+        self.cond_end = nn.Parameter(torch.randn(hidden))
 
     def forward_packed(self, streams, cus):
-        lat = torch.cat([p.packed(s, c) for p, s, c in zip(self.perceivers, streams[1:], cus[1:])], 1)  # [B, m, H]
+        pairs = zip(self.perceivers, streams[1:], cus[1:], strict=True)
+        lat = torch.cat([p.packed(s, c) for p, s, c in pairs], 1)  # [B, m, H]
         b, m, hdim = lat.shape
         base, n_base = streams[0], int(cus[0][-1])
         table = torch.cat([base, lat.reshape(b * m, hdim), self.cond_start[None].to(base.dtype),
@@ -264,7 +294,8 @@ class PerceiverFusion(nn.Module):
         return table[idx], cu
 
     def forward_padded(self, streams, lengths):
-        lat = torch.cat([p.padded(s, ln) for p, s, ln in zip(self.perceivers, streams[1:], lengths[1:])], 1)
+        pairs = zip(self.perceivers, streams[1:], lengths[1:], strict=True)
+        lat = torch.cat([p.padded(s, ln) for p, s, ln in pairs], 1)
         b = lat.shape[0]
         start = self.cond_start.to(lat.dtype).expand(b, 1, -1)
         end = self.cond_end.to(lat.dtype).expand(b, 1, -1)
@@ -279,6 +310,8 @@ def build_fusion(cfg) -> nn.Module:
     if cfg.fusion == "concat":
         return ConcatFusion(n, cfg.llm_hidden)
     if cfg.fusion == "CA":
-        return CrossAttentionFusion(n, cfg.llm_hidden, cfg.ca_dim, cfg.ca_heads, cfg.ca_ffn, cfg.dropout)
-    return PerceiverFusion(n, cfg.llm_hidden, cfg.p_latents, cfg.p_width, cfg.p_heads, cfg.p_self_layers,
-                           cfg.p_repeats, cfg.p_ffn_mult, cfg.dropout)
+        return CrossAttentionFusion(n, cfg.llm_hidden, cfg.ca_dim, cfg.ca_heads, cfg.ca_ffn, cfg.dropout,
+                                    cfg.ca_attention_dropout)
+    widths = [e.dim if e.adapter == "identity" else cfg.llm_hidden for e in cfg.encoders]
+    return PerceiverFusion(widths, cfg.llm_hidden, cfg.p_latents, cfg.p_width, cfg.p_heads, cfg.p_self_layers,
+                           cfg.p_repeats, cfg.p_ffn_mult, cfg.p_dropout)

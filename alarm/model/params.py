@@ -33,7 +33,7 @@ ENCODER_FRAME_RATE = {"muq": 25}  # frames/s of each encoder kind; the others ru
 
 def audio_tokens(cfg: ALARMConfig, seconds: float) -> int:
     """Audio tokens between the separators for one clip at ``cfg.token_rate_ratio``: encoder frames (MuQ
-    25/s, the others 50/s) through ``Adapter.out_lengths`` (conv ``ceil(frames / 2)``, MLP ``frames``, pool
+    25/s, the others 50/s) through ``Adapter.out_lengths`` (conv ``frames // 2``, MLP ``frames``, pool
     ``ceil(frames / pool_ratio)``, then ``ceil(n / token_rate_ratio)``), combined as the fusion does."""
     per = [int(Adapter.out_lengths(torch.tensor(round(ENCODER_FRAME_RATE.get(e.kind, 50) * seconds)), e.adapter,
                                    e.pool_ratio, cfg.token_rate_ratio)) for e in cfg.encoders]
@@ -97,7 +97,7 @@ def write_params_md(path: str, seconds: float = 30.0) -> str:
         f"Frozen LLM Qwen3-4B-Thinking-2507: {llm_params() / 1e9:.3f} B parameters (hidden 2560, 36 layers, "
         "32 q / 8 kv heads, head_dim 128, FFN 9728, vocab 151936, tied embeddings). Encoders are frozen and "
         "not counted. Trainable = adapters (stage A) or fusion (stage B) + the two 2560-d separators "
-        "(+ P's cond_start/cond_end).",
+        "(+ P's cond_start/cond_end and layer weights).",
         f"Audio tokens for {seconds:g} s of audio, between the separators (LLM tokens add 2 separators per "
         "audio block; E also adds its text headers), at token_rate_ratio 1 (25 Hz), 2 (12.5 Hz) and 4 (6.25 Hz).",
         "",
@@ -111,10 +111,12 @@ def write_params_md(path: str, seconds: float = 30.0) -> str:
     lines += [
         "",
         "Notes: CA = per-stream in_proj 2560->1024 (4 x 2.62 M) + 3 decoder layers (16.80 M each) + out_proj "
-        "(2.62 M) + separators = the spec's ~63.5 M. P = 3 perceivers (20 x 768 latents, 1 cross-attention "
-        "layer with 4 heads reading the 2560-d stream, 6 self-attention layers shared over 3 passes, FFN 4 x 768, "
-        "768->2560 out_proj) + cond_start/cond_end + separators; its FFN width and self-attention heads (4) are "
-        "our choice (the spec does not fix them). The spec's 814 tokens for P = 750 + 62 + the 2 separators.",
+        "(2.62 M) + separators (~63.5 M). P (as published) = 3 perceivers (20 x 768 latents; 1 cross-attention "
+        "layer with 4 heads and LayerNorm on its key/value input, reading the layer-mixed encoder features at "
+        "their own width: w2v-BERT 1024, MuQ 1024, SSLAM 768; 6 self-attention layers with 4 heads shared over "
+        "3 passes; FFN 1 x 768; no dropout; 768->2560 out_proj) + the identity adapters' layer weights + "
+        "cond_start/cond_end + separators; the Whisper adapter is frozen. P's 814 LLM tokens = 750 + 62 + the 2 "
+        "separators.",
         "",
     ]
     text = "\n".join(lines)
