@@ -78,7 +78,7 @@ def test_adapter_paths_and_lengths(kind, pool_mode, rate, rate_mode):
     padded = [pad_packed(x, cu)[0] for x in layers]
     yr, n = ad.forward_padded(padded, lengths)
 
-    per_kind = {"pool": lambda k: ceil_div(k, 3), "conv": lambda k: ceil_div(k, 2), "mlp": lambda k: k}[kind]
+    per_kind = {"pool": lambda k: ceil_div(k, 3), "conv": lambda k: k // 2, "mlp": lambda k: k}[kind]
     expect = [ceil_div(per_kind(k), rate) for k in LENGTHS]
     assert (cu_y[1:] - cu_y[:-1]).tolist() == n.tolist() == expect
     assert Adapter.out_lengths(lengths, kind, 3, rate).tolist() == expect
@@ -146,12 +146,12 @@ def model(request, tokenizer):
 
 def _expected_lengths(cfg, clips):
     """Closed-form audio tokens per clip: encoder frames -> adapter -> token rate -> fusion."""
-    frames = {"whisper": [ceil_div(len(c) // 160, 2) for c in clips],                # 50 Hz
+    frames = {"whisper": [ceil_div(len(c), 160) // 2 for c in clips],                # 50 Hz
               "w2v-bert": [((len(c) - 400) // 160 + 1) // 2 for c in clips]}         # fbank frames / 2
     per = []
     for e in cfg.encoders:
-        adapt = {"pool": lambda f, e=e: ceil_div(f, e.pool_ratio), "conv": lambda f: ceil_div(f, 2),
-                 "mlp": lambda f: f}[e.adapter]
+        adapt = {"pool": lambda f, e=e: ceil_div(f, e.pool_ratio), "conv": lambda f: f // 2,
+                 "mlp": lambda f: f, "identity": lambda f: f}[e.adapter]
         per.append([ceil_div(adapt(f), cfg.token_rate_ratio) for f in frames[e.name]])
     if cfg.fusion in ("sum", "concat"):
         return [max(col) for col in zip(*per, strict=True)]

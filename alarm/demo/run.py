@@ -21,11 +21,11 @@ import torch
 
 from alarm.data.manifest import ManifestRecord, write_manifest
 from alarm.fileio import atomic_write, atomic_write_json
-from alarm.model import ALARMConfig, ALARMModel, ModelBatch
+from alarm.model import ALARMModel, ModelBatch
 from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX, text_batch_from_ids
 from alarm.model.tiny import tiny_tokenizer
 from alarm.train.cache import build_cache
-from alarm.train.config import load_config
+from alarm.train.config import build_model_config, load_config
 from alarm.train.data import load_examples
 from alarm.train.loop import train
 
@@ -38,7 +38,7 @@ RECIPE = Path(__file__).resolve().parent.parent / "train" / "recipes" / "demo.ya
 
 
 def _write_corpus(folder: Path, n_clips: int, seed: int) -> Tuple[Path, List[Tuple[str, Question]]]:
-    """WAV clips + a manifest (one record per question); returns (manifest path, [(wav path, question)])."""
+    """WAV clips + ``folder/manifest.jsonl`` (one record per question); returns (manifest, [(wav, question)])."""
     rng = np.random.default_rng(seed)
     audio = folder / "audio"
     audio.mkdir(parents=True, exist_ok=True)
@@ -93,40 +93,39 @@ def run_demo(out_dir: str = "out/demo", text_steps: int = 800, train_clips: int 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
+    manifest, lm_dir, cache_dir = out / "train" / "manifest.jsonl", out / "text-lm", out / "cache"
+    cfg = load_config(str(RECIPE), [f"data.train_manifest={manifest}", f"run.out_dir={out / 'run'}",
+                                    f"model.llm_path={lm_dir}", f"data.cache={cache_dir}", *overrides])
+    model_cfg = build_model_config(cfg.model)
+
     print("== 1. a tiny reasoning LM learns the sound world from text ==", flush=True)
-    base = ALARMConfig.tiny("CA", stage="A")
-    tokenizer = tiny_tokenizer(base.tiny_tokenizer_vocab)
+    tokenizer = tiny_tokenizer(model_cfg.tiny_tokenizer_vocab)
     from transformers import Qwen3Config, Qwen3ForCausalLM
-    lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), attention_dropout=0.0, **base.llm_config))
+    lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), attention_dropout=0.0, **model_cfg.llm_config))
     train_text_lm(lm, tokenizer, steps=text_steps, seed=seed)
     text_acc = text_accuracy(lm, tokenizer, n_clips=eval_clips)
-    lm_dir = out / "text-lm"
     lm.save_pretrained(str(lm_dir))
     print(f"text-form accuracy: {text_acc:.1%}; LM frozen and saved to {lm_dir}", flush=True)
 
     print("\n== 2. synthetic audio corpus ==", flush=True)
-    manifest, _ = _write_corpus(out / "train", train_clips, seed + 1)
+    _write_corpus(manifest.parent, train_clips, seed + 1)
     _, eval_items = _write_corpus(out / "eval", eval_clips, seed + 2)
     print(f"{train_clips} training clips ({3 * train_clips} questions) in {manifest}; "
           f"{len(eval_items)} held-out questions", flush=True)
 
     print("\n== 3. ALARM audio side trained with alarm.train (the LM stays frozen) ==", flush=True)
-    cfg = load_config(str(RECIPE), [f"data.train_manifest={manifest}", f"run.out_dir={out / 'run'}",
-                                    f"model.llm_path={lm_dir}", *overrides])
-    model = ALARMModel(ALARMConfig.from_dict({**base.to_dict(), **{k: v for k, v in cfg.model.items()
-                                                                   if k != "preset"}}), tokenizer=tokenizer)
+    model = ALARMModel(model_cfg, tokenizer=tokenizer)
     before = audio_accuracy(model, eval_items)
     print(f"accuracy from audio before training: {before['all']:.1%}", flush=True)
     examples, _ = load_examples(str(manifest), tokenizer, cfg.data.max_seconds)
-    build_cache(model, examples, str(out / "cache"), level="encoder", progress=False)
-    cfg = load_config(str(RECIPE), [f"data.train_manifest={manifest}", f"run.out_dir={out / 'run'}",
-                                    f"model.llm_path={lm_dir}", f"data.cache={out / 'cache'}", *overrides])
-    summary = train(cfg, resume="never" if not (out / "run").exists() else "auto", model=model)
+    build_cache(model, examples, str(cache_dir), level="encoder", progress=False)
+    summary = train(cfg, resume="never", model=model)
     after = audio_accuracy(model, eval_items)
     result = {"text_accuracy": text_acc, "audio_accuracy_before": before, "audio_accuracy_after": after,
               "train": summary, "seconds": time.perf_counter() - t0}
     atomic_write_json(out / "demo.json", result)
-    print(f"\nper question type after training: " + ", ".join(f"{k} {v:.0%}" for k, v in after.items() if k != "all"))
+    topics = ", ".join(f"{k} {v:.0%}" for k, v in after.items() if k != "all")
+    print(f"\nper question type after training: {topics}")
     print(f"loss curve: {summary.get('plot')}; run folder: {out / 'run'}; {result['seconds']:.0f} s in all")
     print(f"accuracy from audio: {after['all']:.0%} (before training {before['all']:.0%}, chance 25%, "
           f"text ceiling {text_acc:.0%})", flush=True)

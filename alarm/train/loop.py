@@ -230,7 +230,8 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     if world.is_main:
         n_train = sum(p.numel() for p in params)
         print(f"alarm train: {len(train_ex)} examples ({len(skips)} skipped), {len(eval_ex)} held out, "
-              f"{world.world_size} rank(s) x {cfg.batch.accumulation} micro-batches/step, {sampler.steps_per_epoch()} steps/epoch, "
+              f"{world.world_size} rank(s) x {cfg.batch.accumulation} micro-batches/step, "
+              f"{sampler.steps_per_epoch()} steps/epoch, "
               f"{total_steps} steps, {n_train:,} trainable parameters"
               + (f", resuming at step {state['step']} from {start}" if start is not None else ""), flush=True)
         for s in skips:
