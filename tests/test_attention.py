@@ -227,7 +227,7 @@ def test_bad_softmax_scale_and_backend_names():
 def test_custom_op_registration():
     (q, k, v, _), cu_q, cu_k = _inputs([3, 2], [4, 1], 4, 2, 32, seed=0, device="cpu")
     args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), cu_q.cpu(), cu_k.cpu(), 3, 4, True, 0.2,
-            False, "reference")
+            False, "reference", 0.0, 0, 0)
     torch.library.opcheck(torch.ops.alarm_kernels.packed_attention.default, args)
 
 

@@ -167,9 +167,9 @@ def _shape_cases(label, device, dtype, lens_q, lens_k, hq, hkv, d, causal, seed)
     max_q, max_k = max(lens_q), max(lens_k)
 
     variants: Dict[str, Dict[str, Callable]] = {}
+    pairs = sum(a * b for a, b in zip(lens_q, lens_k, strict=True))
     notes = {"tokens_q": str(tq), "tokens_k": str(tk), "sequences": str(len(lens_q)),
-             "cu_seqlens_build_ms": f"{cu_ms:.3f}",
-             "padded_waste": f"{1 - sum(a * b for a, b in zip(lens_q, lens_k)) / (len(lens_q) * max_q * max_k):.2f}"}
+             "cu_seqlens_build_ms": f"{cu_ms:.3f}", "padded_waste": f"{1 - pairs / (len(lens_q) * max_q * max_k):.2f}"}
     variants["reference"], mask_ms = _padded_sdpa(q, k, v, dout, cu_q, cu_k, causal, device)
     notes["padded_mask_build_ms"] = f"{mask_ms:.3f}"
     if device.type != "cuda":  # the CPU route; on GPU the reference is a plain per-sequence loop (the oracle)
@@ -187,7 +187,7 @@ def _shape_cases(label, device, dtype, lens_q, lens_k, hq, hkv, d, causal, seed)
             notes["flash_attn"] = "not installed"
         variants["triton"] = _ours(q, k, v, dout, cu_q, cu_k, max_q, max_k, causal, "triton")
 
-    useful = sum(a * b for a, b in zip(lens_q, lens_k)) * 4 * d * hq * (0.5 if causal else 1.0)
+    useful = pairs * 4 * d * hq * (0.5 if causal else 1.0)
     dt = str(dtype).replace("torch.", "")
     name = f"{label} N={len(lens_q)} Tq={tq} Tk={tk} H={hq}/{hkv} D={d} {'causal' if causal else 'full'} {dt}"
     return [

@@ -11,13 +11,19 @@ Two routes compute the same function:
       delta = rowsum(dO * O)                     dS = P * (dP - delta)
       dQ = scale * dS K                          dK = scale * dS^T Q
 
-* **Fused CPU route** (fp32 / fp16 / bf16 CPU tensors): PyTorch's fused CPU attention kernels
+* **Fused CPU route** (fp32 / fp16 / bf16 CPU tensors, no dropout): PyTorch's fused CPU attention kernels
   (``aten::_scaled_dot_product_flash_attention_for_cpu`` and its backward, which take the same saved
   ``out`` / ``lse``), either once per run of consecutive sequences with equal lengths (such a run is a
   strided ``[n, H, L, D]`` view of the packed tensor: no copies), or, when that would mean many small
   calls, once for all sequences padded to the longest with an additive key mask (whichever a simple
   cost model, :func:`_use_padded`, finds cheaper). Sequences it does not take (causal with
   ``Lq != Lk``: bottom-right alignment and rows without keys) use the plain formula.
+
+Dropout on the attention probabilities (``dropout_p > 0``; always the plain formula here): the kept
+entries are scaled by ``1 / (1 - p)`` (inverted dropout, as flash-attn), so with ``Z = keep / (1 - p)``:
+``O = (P * Z) V``, ``dV = (P * Z)^T dO``, ``dP = Z * (dO V^T)``, and ``delta = rowsum(dO * O)`` still holds.
+The mask is a pure function of ``(seed, offset, query head, global query row, global key row)``:
+:func:`dropout_keep_mask` is a bit-exact twin of the Triton kernels' Philox draw.
 
 GQA: query head ``h`` reads key/value head ``h // (Hq // Hkv)``; dK/dV sum over the heads of a group.
 Causal masks are aligned bottom-right: query ``i`` of a sequence with ``Lq`` queries and ``Lk`` keys sees
@@ -51,6 +57,57 @@ def visible_mask(lq: int, lk: int, causal: bool, device: torch.device) -> Option
     rows = torch.arange(lq, device=device)[:, None]
     cols = torch.arange(lk, device=device)[None, :]
     return cols <= rows + (lk - lq)
+
+
+# Philox-4x32-10 constants (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3"), as in triton.language
+_PHILOX_MUL = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_KEY_STEP = (0x9E3779B9, 0xBB67AE85)
+_WORD = 0xFFFFFFFF
+SEED_BITS = 62  # seeds are split into two 31-bit key words (they travel to the kernels as int32 scalars)
+OFFSET_LIMIT = 2**31
+
+
+def _mul_words(a: Tensor, b: int) -> Tuple[Tensor, Tensor]:
+    """High and low 32-bit words of ``a * b`` (``a`` int64 in [0, 2^32), ``b`` < 2^32) without int64 overflow."""
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    t_hi, t_lo = a_hi * b, a_lo * b
+    return (t_hi + (t_lo >> 16)) >> 16, (((t_hi & 0xFFFF) << 16) + t_lo) & _WORD
+
+
+def philox_word(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: int, k1: int) -> Tensor:
+    """First output word of Philox-4x32-10 for counters ``(c0, c1, c2, c3)`` (int64 tensors holding uint32
+    values, broadcastable) and key ``(k0, k1)``; bit-identical to ``tl.philox(...)[0]`` with uint32 counters."""
+    for _ in range(10):
+        hi_b, lo_b = _mul_words(c2, _PHILOX_MUL[1])
+        hi_a, lo_a = _mul_words(c0, _PHILOX_MUL[0])
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + _PHILOX_KEY_STEP[0]) & _WORD
+        k1 = (k1 + _PHILOX_KEY_STEP[1]) & _WORD
+    return c0
+
+
+def seed_words(seed: int) -> Tuple[int, int]:
+    """The two 31-bit Philox key words of a dropout seed in ``[0, 2^62)``."""
+    return seed & (2**31 - 1), seed >> 31
+
+
+def dropout_threshold(dropout_p: float) -> int:
+    """An entry is dropped iff the top 24 bits of its Philox word are below this (drop rate = threshold / 2^24)."""
+    return round(dropout_p * 2**24)
+
+
+def dropout_keep_mask(seed: int, offset: int, dropout_p: float, heads: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """bool ``[len(heads), len(rows), len(cols)]``: True where dropout keeps the probability of query head
+    ``heads[a]``, packed query row ``rows[b]`` and packed key row ``cols[c]`` (global indices in q and k).
+
+    Philox counters ``(key row, query row, head, offset)``, key = :func:`seed_words`; the Triton kernels draw
+    the same words, so both backends drop exactly the same entries for the same ``(seed, offset)``.
+    """
+    k0, k1 = seed_words(seed)
+    as_word = dict(dtype=torch.int64, device=rows.device)
+    word = philox_word(cols.to(**as_word)[None, None, :], rows.to(**as_word)[None, :, None],
+                       heads.to(**as_word)[:, None, None], torch.tensor(offset, **as_word), k0, k1)
+    return (word >> 8) >= dropout_threshold(dropout_p)
 
 
 def uses_fused_cpu_route(q: Tensor) -> bool:
@@ -186,15 +243,29 @@ def _probs(qi: Tensor, ki: Tensor, causal: bool, scale: float) -> Tuple[Tensor, 
     return p, lse.squeeze(-1)
 
 
-def _plain_forward(q, k, v, out, lse, q0, q1, k0, k1, causal, scale) -> None:
-    """Plain formula for one sequence with at least one query and one key, written into out / lse."""
+def _dropout_factor(dropout, hkv: int, g: int, q0: int, q1: int, k0: int, k1: int, like: Tensor) -> Optional[Tensor]:
+    """``Z = keep / (1 - p)`` as ``[Hkv, G, lq, lk]`` in ``like``'s dtype, or None without dropout."""
+    if dropout is None:
+        return None
+    p, seed, offset = dropout
+    arange = functools.partial(torch.arange, device=like.device)
+    keep = dropout_keep_mask(seed, offset, p, arange(hkv * g), arange(q0, q1), arange(k0, k1))
+    return (keep.to(like.dtype) / (1.0 - p)).view(hkv, g, q1 - q0, k1 - k0)
+
+
+def _plain_forward(q, k, v, out, lse, q0, q1, k0, k1, causal, scale, dropout) -> None:
+    """Plain formula for one sequence with at least one query and one key, written into out / lse;
+    ``dropout`` = None or ``(p, seed, offset)``."""
     lq, (hq, d), hkv = q1 - q0, q.shape[1:], k.shape[1]
     p, lse_i = _probs(q[q0:q1].view(lq, hkv, hq // hkv, d), k[k0:k1], causal, scale)
+    z = _dropout_factor(dropout, hkv, hq // hkv, q0, q1, k0, k1, q)
+    if z is not None:
+        p = p * z
     out[q0:q1] = torch.einsum("hgqk,khd->qhgd", p, v[k0:k1]).reshape(lq, hq, d)
     lse[:, q0:q1] = lse_i.reshape(hq, lq).to(lse.dtype)
 
 
-def _plain_backward(grad_out, q, k, v, out, dq, dk, dv, q0, q1, k0, k1, causal, scale) -> None:
+def _plain_backward(grad_out, q, k, v, out, dq, dk, dv, q0, q1, k0, k1, causal, scale, dropout) -> None:
     """Explicit backward formulas for one sequence with at least one query and one key."""
     lq, (hq, d), hkv = q1 - q0, q.shape[1:], k.shape[1]
     g = hq // hkv
@@ -203,8 +274,11 @@ def _plain_backward(grad_out, q, k, v, out, dq, dk, dv, q0, q1, k0, k1, causal, 
     oi = out[q0:q1].view(lq, hkv, g, d)
     ki, vi = k[k0:k1], v[k0:k1]
     p, _ = _probs(qi, ki, causal, scale)
-    dv[k0:k1] = torch.einsum("hgqk,qhgd->khd", p, doi)
+    z = _dropout_factor(dropout, hkv, g, q0, q1, k0, k1, q)
+    dv[k0:k1] = torch.einsum("hgqk,qhgd->khd", p if z is None else p * z, doi)
     dp = torch.einsum("qhgd,khd->hgqk", doi, vi)
+    if z is not None:
+        dp = dp * z
     delta = (doi * oi).sum(-1).permute(1, 2, 0).unsqueeze(-1)
     ds = p * (dp - delta)
     dq[q0:q1] = (torch.einsum("hgqk,khd->qhgd", ds, ki) * scale).reshape(lq, hq, d)
@@ -213,7 +287,8 @@ def _plain_backward(grad_out, q, k, v, out, dq, dk, dv, q0, q1, k0, k1, causal, 
 
 def forward(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, *, plain: bool = False,
+    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, dropout_p: float = 0.0,
+    dropout_seed: int = 0, dropout_offset: int = 0, *, plain: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """Packed attention forward.
 
@@ -222,13 +297,16 @@ def forward(
         cu_seqlens_q, cu_seqlens_k: int32 ``[N+1]`` offsets. max_seqlen_*: unused here (kept for the
             common backend signature).
         causal: bottom-right aligned causal mask. softmax_scale: multiplies ``Q K^T``.
+        dropout_p, dropout_seed, dropout_offset: attention dropout rate in [0, 1) and its mask's Philox seed
+            (``[0, 2^62)``) and offset (``[0, 2^31)``); see :func:`dropout_keep_mask`.
         plain: force the plain formula (tests use it in low precision to size error budgets).
     Returns:
         ``(out [total_q, Hq, D] in q's dtype, lse [Hq, total_q] float32 (float64 for float64 inputs))``.
     """
     out = empty_output(q.shape, q.dtype, q.device)
     lse = empty_output((q.shape[1], q.shape[0]), lse_dtype(q.dtype), q.device)
-    runs, padded = _plan_for(q, cu_seqlens_q, cu_seqlens_k, causal, plain)
+    dropout = (dropout_p, dropout_seed, dropout_offset) if dropout_p > 0 else None
+    runs, padded = _plan_for(q, cu_seqlens_q, cu_seqlens_k, causal, plain or dropout is not None)
     fused_fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     if padded is not None:
         o, lse_pad = fused_fwd(padded.pad(q, False), padded.pad(k, True), padded.pad(v, True), 0.0, False,
@@ -248,28 +326,30 @@ def forward(
         elif how == "plain":
             for s in range(n):
                 _plain_forward(q, k, v, out, lse, q0 + s * lq, q0 + (s + 1) * lq, k0 + s * lk, k0 + (s + 1) * lk,
-                               causal, softmax_scale)
+                               causal, softmax_scale, dropout)
     return out, lse
 
 
 def backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
-    causal: bool, softmax_scale: float, deterministic: bool, *, plain: bool = False,
+    causal: bool, softmax_scale: float, deterministic: bool, dropout_p: float = 0.0, dropout_seed: int = 0,
+    dropout_offset: int = 0, *, plain: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Packed attention backward (always deterministic).
 
     Args:
         grad_out: ``[total_q, Hq, D]``; q, k, v, out, lse as given to / returned by :func:`forward`
             (the plain formula recomputes the probabilities instead of reading ``lse``).
-        plain: force the plain formula, as for :func:`forward`.
+        dropout_p, dropout_seed, dropout_offset, plain: as for :func:`forward` (the same mask is regenerated).
     Returns:
         ``(dq [total_q, Hq, D], dk [total_k, Hkv, D], dv [total_k, Hkv, D])`` in the input dtype.
     """
     dq = empty_output(q.shape, q.dtype, q.device)
     dk = empty_output(k.shape, k.dtype, k.device)
     dv = empty_output(v.shape, v.dtype, v.device)
-    runs, padded = _plan_for(q, cu_seqlens_q, cu_seqlens_k, causal, plain)
+    dropout = (dropout_p, dropout_seed, dropout_offset) if dropout_p > 0 else None
+    runs, padded = _plan_for(q, cu_seqlens_q, cu_seqlens_k, causal, plain or dropout is not None)
     fused_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
     if padded is not None:
         grads = fused_bwd(padded.pad(grad_out, False), padded.pad(q, False), padded.pad(k, True), padded.pad(v, True),
@@ -294,5 +374,5 @@ def backward(
         else:
             for s in range(n):
                 _plain_backward(grad_out, q, k, v, out, dq, dk, dv, q0 + s * lq, q0 + (s + 1) * lq, k0 + s * lk,
-                                k0 + (s + 1) * lk, causal, softmax_scale)
+                                k0 + (s + 1) * lk, causal, softmax_scale, dropout)
     return dq, dk, dv
