@@ -108,25 +108,27 @@ def _multi_encoder_concat(m, dt):
     yield m._column_sum_kernel, (_ptr(torch.float32), x, 63, d_out, 63), dict(BLOCK_R=32, BLOCK_C=128)
 
 
-# (head dim, q heads per kv head, causal): a power-of-two and a padded head dim, MHA and GQA, both masks
+# (head dim, q heads per kv head, causal, dropout): a power-of-two and a padded head dim, MHA and GQA, both masks
 _ATTENTION_SHAPES = {
-    torch.float16: [(72, 4, False), (64, 1, True)],
-    torch.bfloat16: [(128, 2, True)],
-    torch.float32: [(64, 2, False)],
+    torch.float16: [(72, 4, False, False), (64, 1, True, True)],
+    torch.bfloat16: [(128, 2, True, False)],
+    torch.float32: [(64, 2, False, False)],
 }
 
 
 def _attention(m, dt):
-    for head_dim, group, causal in _ATTENTION_SHAPES[dt]:
+    for head_dim, group, causal, dropout in _ATTENTION_SHAPES[dt]:
         q, k = _ptr(dt, 16, 8 * group, head_dim), _ptr(dt, 16, 8, head_dim)
         _, hq, hkv, d, block_d, prec = m._common(q, k)
         lse, cu, sq, sk = _ptr(torch.float32), _i32(), q.stride(), k.stride()
-        shape = dict(GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec)
-        yield m._fwd_kernel, (q, k, k, q, lse, cu, cu, 0.18, *sq[:2], *sk[:2], 4000), shape
+        drop_args, dropout = m._dropout_args(0.1 if dropout else 0.0, 2**40 + 3, 5)
+        shape = dict(GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec, DROPOUT=dropout)
+        yield m._fwd_kernel, (q, k, k, q, lse, cu, cu, 0.18, *drop_args, *sq[:2], *sk[:2], 4000), shape
         yield m._bwd_preprocess_kernel, (q, q, lse, 4000, *sq[:2], 4000), dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=64)
-        yield m._bwd_dkdv_kernel, (q, k, k, q, lse, k, k, lse, lse, cu, cu, 0.18, 0.12, *sq[:2], *sk[:2], *sq[:2],
-                                   4000), dict(shape, ATOMIC_DQ=not causal)
-        yield m._bwd_dq_kernel, (q, k, k, q, q, lse, lse, cu, cu, 0.18, 0.12, *sq[:2], *sk[:2], 4000), shape
+        yield m._bwd_dkdv_kernel, (q, k, k, q, lse, k, k, lse, lse, cu, cu, 0.18, 0.12, *drop_args, *sq[:2], *sk[:2],
+                                   *sq[:2], 4000), dict(shape, ATOMIC_DQ=not causal)
+        yield m._bwd_dq_kernel, (q, k, k, q, q, lse, lse, cu, cu, 0.18, 0.12, *drop_args, *sq[:2], *sk[:2], 4000), \
+            shape
 
 
 SPECS = {
@@ -154,7 +156,7 @@ def _configs(kernel, args, consts):
     if not configs:
         return [None]
     if kernel.early_config_prune:
-        configs = kernel.early_config_prune(configs, dict(zip(kernel.arg_names, args)), **consts)
+        configs = kernel.early_config_prune(configs, dict(zip(kernel.arg_names, args, strict=False)), **consts)
     if "ieee" in consts.values():
         return configs[:1]
 

@@ -120,7 +120,7 @@ def test_deterministic_backward_is_bitwise_reproducible(backend):
     (q, k, v, dout), cu_q, cu_k = _inputs([63, 5, 40], [63, 5, 40], 4, 1, 40, seed=11)
     runs = [_run(q, k, v, dout, cu_q, cu_k, 63, 63, torch.float32, backend, causal=True, deterministic=True)
             for _ in range(2)]
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
 
 
@@ -227,7 +227,7 @@ def test_bad_softmax_scale_and_backend_names():
 def test_custom_op_registration():
     (q, k, v, _), cu_q, cu_k = _inputs([3, 2], [4, 1], 4, 2, 32, seed=0, device="cpu")
     args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), cu_q.cpu(), cu_k.cpu(), 3, 4, True, 0.2,
-            False, "reference")
+            False, "reference", 0.0, 0, 0)
     torch.library.opcheck(torch.ops.alarm_kernels.packed_attention.default, args)
 
 
@@ -242,3 +242,44 @@ def test_bench_cases_run_on_cpu():
             result = fn()
             tensors = result if isinstance(result, (tuple, list)) else [result]
             assert all(torch.isfinite(t).all() for t in tensors), (case.name, case.direction, name)
+
+
+FUSED_CPU_CASES = [
+    # lens_q, lens_k, hq, hkv, d, causal: runs of equal lengths (one fused call each), empty runs, GQA,
+    # cross-attention, and causal Lq != Lk (the plain formula inside the fused route)
+    ([5, 5, 5, 0, 0, 7, 7, 3], [5, 5, 5, 0, 0, 7, 7, 3], 4, 2, 40, True),
+    ([9, 9, 1, 30, 30], [9, 9, 1, 30, 30], 2, 2, 64, False),
+    ([4, 4, 6, 0, 2], [11, 11, 3, 5, 0], 8, 2, 32, False),
+    ([4, 4, 6, 2, 3], [11, 11, 3, 2, 3], 4, 1, 72, True),
+]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("route", ["runs", "padded"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("lens_q,lens_k,hq,hkv,d,causal", FUSED_CPU_CASES)
+def test_reference_fused_cpu_route_matches_oracle(lens_q, lens_k, hq, hkv, d, causal, dtype, route, monkeypatch,
+                                                  request):
+    # the CPU reference in fp32/fp16/bf16 runs PyTorch's fused attention once per run of equal-length sequences or
+    # once over all sequences padded (the call cost decides: 0 never pads, a huge one always does); its error budget
+    # is the plain formula's in the same dtype (the plain formula in float64 is the oracle)
+    from alarm_kernels.attention import reference
+
+    assert reference.uses_fused_cpu_route(torch.empty(0, dtype=dtype))
+    monkeypatch.setattr(reference, "_CALL_COST", 0 if route == "runs" else 2**40)
+    reference._plan.cache_clear()  # plans are cached per offsets; this test changes how they are made
+    request.addfinalizer(reference._plan.cache_clear)
+    padded_calls = []
+    monkeypatch.setattr(reference._Padded, "pad_lse", lambda self, lse, f=reference._Padded.pad_lse: (
+        padded_calls.append(1), f(self, lse))[1])
+    (q, k, v, dout), cu_q, cu_k = _inputs(lens_q, lens_k, hq, hkv, d, seed=sum(lens_q) + d, device="cpu")
+    args = (cu_q, cu_k, max(lens_q), max(lens_k), causal, 0.7 / math.sqrt(d))
+    fused = _run(q, k, v, dout, *args[:4], dtype, "reference", causal=causal, softmax_scale=args[5])
+    oracle = _run(q, k, v, dout, *args[:4], torch.float64, "reference", causal=causal, softmax_scale=args[5])
+    low_in = [t.to(dtype) for t in (q, k, v, dout)]
+    with nan_prefill():
+        out, lse = reference.forward(*low_in[:3], *args, plain=True)
+        plain = (out,) + reference.backward(low_in[3], *low_in[:3], out, lse, *args, False, plain=True)
+    for i, name in enumerate(("out", "dq", "dk", "dv")):
+        assert_parity(fused[i], plain[i], oracle[i], k=2.0 if i == 0 else 3.0, dtype=dtype, name=name)
+    assert bool(padded_calls) == (route == "padded")

@@ -119,3 +119,29 @@ def test_generation_with_cache_matches_eager(models):
 def test_register_is_idempotent():
     assert register_hf_attention() == register_hf_attention() == ATTENTION_NAME
     assert ATTENTION_NAME in AttentionInterface()
+
+
+def test_attention_dropout_follows_the_model_and_its_seed(monkeypatch):
+    # train mode with attention_dropout > 0: the op gets the rate, the forward's dropout_seed and each layer's index as
+    # the mask offset (so a seed reproduces a step and layers differ); eval mode passes no dropout
+    from alarm_kernels.attention import hf
+
+    register_hf_attention(backend="reference")
+    config = _config()
+    config.attention_dropout = 0.3
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM._from_config(config, attn_implementation=ATTENTION_NAME).float().to(DEVICE)
+    calls = []
+    real = hf.packed_attention
+    monkeypatch.setattr(hf, "packed_attention", lambda *a, **kw: (calls.append(kw), real(*a, **kw))[1])
+    batch = _packed_batch(_documents(seed=5))
+    model.train()
+    first = model(**batch, use_cache=False, dropout_seed=11).logits
+    again = model(**batch, use_cache=False, dropout_seed=11).logits
+    other = model(**batch, use_cache=False, dropout_seed=12).logits
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert [(c["dropout_p"], c["dropout_seed"], c["dropout_offset"]) for c in calls[:2]] == [(0.3, 11, 0), (0.3, 11, 1)]
+    model.eval()
+    calls.clear()
+    evaluated = model(**batch, use_cache=False, dropout_seed=11).logits
+    assert {c["dropout_p"] for c in calls} == {0.0} and not torch.equal(first, evaluated)

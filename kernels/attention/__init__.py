@@ -19,6 +19,7 @@ from torch import Tensor
 from .._utils import check_tensor
 from ..backend import select_backend
 from ..varlen import cu_seqlens_to_seqlens, validate_cu_seqlens
+from .reference import OFFSET_LIMIT, SEED_BITS
 
 __all__ = ["packed_attention", "MIN_HEAD_DIM", "MAX_HEAD_DIM"]
 
@@ -34,15 +35,18 @@ def _impl(backend: str):
 @torch.library.custom_op("alarm_kernels::packed_attention", mutates_args=())
 def _packed_attention_op(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
-    max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool, backend: str,
+    max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool, backend: str, dropout_p: float,
+    dropout_seed: int, dropout_offset: int,
 ) -> Tuple[Tensor, Tensor]:
     return _impl(backend).forward(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, dropout_p,
+        dropout_seed, dropout_offset,
     )
 
 
 @_packed_attention_op.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, deterministic, backend):
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, deterministic, backend,
+      dropout_p, dropout_seed, dropout_offset):
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=lse_dtype)
 
@@ -51,35 +55,31 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, s
 def _packed_attention_backward_op(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_seqlens_q: Tensor,
     cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
-    deterministic: bool, backend: str,
+    deterministic: bool, backend: str, dropout_p: float, dropout_seed: int, dropout_offset: int,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     return _impl(backend).backward(
         grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-        softmax_scale, deterministic,
+        softmax_scale, deterministic, dropout_p, dropout_seed, dropout_offset,
     )
 
 
 @_packed_attention_backward_op.register_fake
 def _(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
-      deterministic, backend):
+      deterministic, backend, dropout_p, dropout_seed, dropout_offset):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, deterministic, backend = inputs
+    q, k, v, cu_q, cu_k = inputs[:5]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
     ctx.mark_non_differentiable(lse)
-    ctx.args = (max_q, max_k, causal, scale, deterministic, backend)
+    ctx.args = inputs[5:]  # max_q, max_k, causal, scale, deterministic, backend, dropout_p, seed, offset
 
 
 def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
-    max_q, max_k, causal, scale, deterministic, backend = ctx.args
-    dq, dk, dv = _packed_attention_backward_op(
-        grad_out.contiguous(), q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale, deterministic, backend
-    )
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+    dq, dk, dv = _packed_attention_backward_op(grad_out.contiguous(), *ctx.saved_tensors, *ctx.args)
+    return (dq, dk, dv) + (None,) * (len(ctx.args) + 2)
 
 
 _packed_attention_op.register_autograd(_backward, setup_context=_setup_context)
@@ -113,10 +113,28 @@ def _check_max_seqlen(value, longest: Optional[int], name: str) -> None:
         raise ValueError(f"{name}={value} is smaller than the longest sequence ({longest})")
 
 
-def _input_reasons(q: Tensor) -> dict:
+def _input_reasons(q: Tensor, dropout_p: float) -> dict:
     fast_dtype = None if q.dtype != torch.float64 else "float64 is reference-only"
     fa = fast_dtype or (None if q.dtype in (torch.float16, torch.bfloat16) else "flash-attn needs fp16/bf16 inputs")
+    if fa is None and dropout_p > 0:
+        fa = "flash-attn draws its own dropout mask (not this op's seeded Philox mask)"
     return {"triton": fast_dtype, "flash_attn": fa}
+
+
+def _check_dropout(dropout_p, dropout_seed, dropout_offset) -> Tuple[float, int, int]:
+    """Validated ``(p, seed, offset)``; a missing seed is drawn from torch's default CPU generator (so
+    ``torch.manual_seed`` makes runs reproducible; no device sync)."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    for name, value, limit in (("dropout_seed", dropout_seed, 2**SEED_BITS), ("dropout_offset", dropout_offset,
+                                                                                OFFSET_LIMIT)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit):
+            raise ValueError(f"{name} must be an int in [0, 2^{limit.bit_length() - 1}), got {value!r}")
+    if dropout_p == 0:
+        return 0.0, 0, 0
+    if dropout_seed is None:
+        dropout_seed = int(torch.randint(0, 2**SEED_BITS, ()))
+    return float(dropout_p), dropout_seed, dropout_offset
 
 
 def packed_attention(
@@ -131,6 +149,9 @@ def packed_attention(
     softmax_scale: Optional[float] = None,
     backend: str = "auto",
     deterministic: bool = False,
+    dropout_p: float = 0.0,
+    dropout_seed: Optional[int] = None,
+    dropout_offset: int = 0,
 ) -> Tensor:
     """Attention over packed sequences (flash-attn's varlen API; differentiable in q, k, v).
 
@@ -145,6 +166,13 @@ def packed_attention(
         softmax_scale: multiplies ``Q K^T`` before the softmax; default ``1 / sqrt(D)``.
         backend: "auto", "reference", "triton" or "flash_attn".
         deterministic: the backward runs without atomics (bitwise reproducible); slower on GPU.
+        dropout_p: attention dropout rate in [0, 1) (training); kept probabilities are scaled by
+            ``1 / (1 - dropout_p)``. The mask is a function of ``(dropout_seed, dropout_offset, head, query row,
+            key row)`` only (Philox, identical on the reference and Triton backends, regenerated in the
+            backward); flash-attn is skipped (its own RNG).
+        dropout_seed: int in ``[0, 2^62)``; None draws one from torch's default generator (``torch.manual_seed``
+            makes it reproducible). dropout_offset: int in ``[0, 2^31)``, e.g. the layer index, so that one
+            seed gives every call its own mask.
     Returns:
         ``out [total_q, Hq, D]`` in q's dtype. A query row that sees no key (empty key sequence, or
         causal with ``i + Lk - Lq < 0``) outputs 0 and receives zero gradients.
@@ -175,9 +203,10 @@ def packed_attention(
     if (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float))
             or not math.isfinite(softmax_scale)):
         raise ValueError(f"softmax_scale must be a finite float or None, got {softmax_scale!r}")
-    name = select_backend("packed_attention", backend, q.device, IMPLEMENTED, _input_reasons(q))
+    dropout = _check_dropout(dropout_p, dropout_seed, dropout_offset)
+    name = select_backend("packed_attention", backend, q.device, IMPLEMENTED, _input_reasons(q, dropout[0]))
     out, _lse = _packed_attention_op(
         q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
-        max_seqlen_q, max_seqlen_k, bool(causal), float(softmax_scale), bool(deterministic), name,
+        max_seqlen_q, max_seqlen_k, bool(causal), float(softmax_scale), bool(deterministic), name, *dropout,
     )
     return out

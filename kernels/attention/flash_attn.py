@@ -17,9 +17,13 @@ from . import reference
 
 def forward(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
+    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, dropout_p: float = 0.0,
+    dropout_seed: int = 0, dropout_offset: int = 0,
 ) -> Tuple[Tensor, Tensor]:
-    """Same contract as :func:`alarm_kernels.attention.reference.forward` (fp16/bf16 CUDA tensors)."""
+    """Same contract as :func:`alarm_kernels.attention.reference.forward` (fp16/bf16 CUDA tensors, no dropout:
+    the op's front end never selects this backend with ``dropout_p > 0``)."""
+    if dropout_p:
+        raise RuntimeError("the flash_attn backend runs without dropout (flash-attn draws its own mask)")
     if q.shape[0] == 0 or k.shape[0] == 0:
         return reference.forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
     from flash_attn import flash_attn_varlen_func
@@ -39,12 +43,13 @@ def forward(
 def backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
-    causal: bool, softmax_scale: float, deterministic: bool,
+    causal: bool, softmax_scale: float, deterministic: bool, dropout_p: float = 0.0, dropout_seed: int = 0,
+    dropout_offset: int = 0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`alarm_kernels.attention.triton.backward` (which it calls)."""
     from . import triton as triton_backend
 
     return triton_backend.backward(
         grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-        softmax_scale, deterministic,
+        softmax_scale, deterministic, dropout_p, dropout_seed, dropout_offset,
     )

@@ -18,9 +18,12 @@ Call :func:`register_hf_attention` once (idempotent), then build the model with
    If the ``position_ids`` restart inside a row (a packed batch whose boundaries were not passed), this
    raises ``ValueError`` instead of guessing the boundaries from the position ids.
 
-Dropout, sliding windows, soft-capping, attention sinks and ``output_attentions`` are not supported
-(ValueError). The kernel backend follows ``ALARM_KERNELS_BACKEND`` (default "auto"), or the one given to
-:func:`register_hf_attention`.
+Attention dropout: the ``dropout`` transformers passes (the model's ``attention_dropout`` in training mode,
+0 otherwise) goes to the op's seeded Philox dropout. A ``dropout_seed`` forward kwarg makes it reproducible
+(each layer uses its ``layer_idx`` as the mask offset, so layers differ); without one, every call draws a
+seed from torch's default generator. Sliding windows, soft-capping, attention sinks and
+``output_attentions`` are not supported (ValueError). The kernel backend follows ``ALARM_KERNELS_BACKEND``
+(default "auto"), or the one given to :func:`register_hf_attention`.
 """
 from __future__ import annotations
 
@@ -52,19 +55,19 @@ def _as_max_length(value, cu: Tensor) -> int:
     return int(value)
 
 
-def _packed(query, key, value, cu_q, cu_k, max_q, max_k, causal, scaling) -> Tensor:
+def _packed(query, key, value, cu_q, cu_k, max_q, max_k, causal, scaling, dropout: dict) -> Tensor:
     b, hq, s, d = query.shape
     q = query.transpose(1, 2).reshape(b * s, hq, d)
     k = key.transpose(1, 2).reshape(b * key.shape[2], key.shape[1], d)
     v = value.transpose(1, 2).reshape(b * value.shape[2], value.shape[1], d)
     out = packed_attention(
         q, k, v, cu_q, cu_k, max_q, max_k, causal=causal, softmax_scale=scaling,
-        backend=_settings["backend"], deterministic=_settings["deterministic"],
+        backend=_settings["backend"], deterministic=_settings["deterministic"], **dropout,
     )
     return out.view(b, s, hq, d)
 
 
-def _unpadded(query, key, value, attention_mask: Tensor, causal, scaling) -> Tensor:
+def _unpadded(query, key, value, attention_mask: Tensor, causal, scaling, dropout: dict) -> Tensor:
     b, hq, s, d = query.shape
     kv_valid = attention_mask.to(device=query.device, dtype=torch.bool)
     q_valid = kv_valid[:, -s:]
@@ -73,7 +76,7 @@ def _unpadded(query, key, value, attention_mask: Tensor, causal, scaling) -> Ten
     out_flat = packed_attention(
         query.transpose(1, 2)[q_valid], key.transpose(1, 2)[kv_valid], value.transpose(1, 2)[kv_valid],
         cu_q, cu_k, int(lens_q.max()), int(lens_k.max()), causal=causal, softmax_scale=scaling,
-        backend=_settings["backend"], deterministic=_settings["deterministic"],
+        backend=_settings["backend"], deterministic=_settings["deterministic"], **dropout,
     )
     out = query.new_zeros(b, s, hq, d)
     out[q_valid] = out_flat
@@ -112,13 +115,18 @@ def alarm_packed_attention_forward(
         query: ``[B, Hq, S, D]``; key, value: ``[B, Hkv, S_kv, D]``.
         attention_mask: None or a 2-D bool/int padding mask ``[B, S_kv]`` (what the "alarm_packed" mask
             function, transformers' flash-attention one, hands over; None when there is no padding).
+        dropout: attention dropout rate (transformers passes the config's rate in training, else 0).
         scaling: softmax scale (default ``1/sqrt(D)``).
-        kwargs: ``cu_seq_lens_q``, ``cu_seq_lens_k``, ``max_length_q``, ``max_length_k``, ``position_ids``.
+        kwargs: ``cu_seq_lens_q``, ``cu_seq_lens_k``, ``max_length_q``, ``max_length_k``, ``position_ids``,
+            ``dropout_seed`` (int; with ``module.layer_idx`` as the offset).
     Returns:
         ``(out [B, S, Hq, D], None)``.
     """
+    dropout_args = {"dropout_p": float(dropout)}
     if dropout:
-        raise ValueError(f"alarm_packed attention has no dropout; got dropout={dropout} (set attention_dropout=0)")
+        layer = getattr(module, "layer_idx", None)
+        dropout_args.update(dropout_seed=kwargs.get("dropout_seed"), dropout_offset=layer if isinstance(layer, int)
+                            else 0)
     if sliding_window is not None or softcap is not None or kwargs.get("s_aux") is not None:
         raise ValueError("alarm_packed attention supports neither sliding windows, soft-capping nor attention sinks")
     if kwargs.get("output_attentions", False):
@@ -141,14 +149,14 @@ def alarm_packed_attention_forward(
         cu_k = cu_q if cu_k is None else _as_cu_seqlens(cu_k, "cu_seq_lens_k", query.device)
         max_q = _as_max_length(kwargs.get("max_length_q"), cu_q)
         max_k = _as_max_length(kwargs.get("max_length_k"), cu_k)
-        out = _packed(query, key, value, cu_q, cu_k, max_q, max_k, causal, scaling)
+        out = _packed(query, key, value, cu_q, cu_k, max_q, max_k, causal, scaling, dropout_args)
     elif attention_mask is not None:
-        out = _unpadded(query, key, value, attention_mask, causal, scaling)
+        out = _unpadded(query, key, value, attention_mask, causal, scaling, dropout_args)
     else:
         _check_not_packed(kwargs.get("position_ids"))
         b, s, s_kv = query.shape[0], query.shape[2], key.shape[2]
         rows = torch.arange(b + 1, device=query.device, dtype=torch.int32)
-        out = _packed(query, key, value, rows * s, rows * s_kv, s, s_kv, causal, scaling)
+        out = _packed(query, key, value, rows * s, rows * s_kv, s, s_kv, causal, scaling, dropout_args)
     return out, None
 
 

@@ -38,6 +38,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._utils import empty_output, triton_autotune
+from .reference import dropout_threshold, seed_words
 
 LOG2E = 1.4426950408889634
 
@@ -107,9 +108,22 @@ def _key_range(m0, len_q, len_k, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BL
 
 
 @triton.jit
+def _keep(drop, head, q_idx, k_idx):
+    """Dropout keep mask of one tile: ``q_idx`` / ``k_idx`` are int32 global query / key rows shaped to broadcast
+    to the tile (either orientation); ``drop = (seed_lo, seed_hi, offset, threshold)`` int32 scalars. Philox
+    counters (key row, query row, head, offset): the reference's ``dropout_keep_mask`` draws the same words."""
+    seed_lo, seed_hi, offset, threshold = drop
+    zero = q_idx * 0 + k_idx * 0
+    seed = (seed_hi.to(tl.uint64) << 32) | seed_lo.to(tl.uint64)
+    word, _, _, _ = tl.philox(seed, k_idx + zero, q_idx + zero, zero + head, zero + offset)
+    return (word >> 8).to(tl.int32) >= threshold
+
+
+@triton.jit
 def _fwd_inner(
     acc, l_i, m_i, q, K, V, len_k, diag, rows, start, stop, stride_kt, offs_d, d_mask, qk_scale,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+    drop, head, q_glob, k_glob,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(start, stop, BLOCK_N):
@@ -134,18 +148,24 @@ def _fwd_inner(
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:  # the normalizer sums every probability; only the values see the dropped ones as 0
+            p = tl.where(_keep(drop, head, (q_glob + rows)[:, None], (k_glob + cols)[None, :]), p, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
     return acc, l_i, m_i
 
 
-@triton_autotune(configs=_FWD_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP"], prune_configs_by=_PRUNE)
-@triton.jit
+# the dropout seed words / offset / threshold change every call: never specialize on their values
+_DROPOUT_ARGS = ["seed_lo", "seed_hi", "drop_offset", "drop_threshold"]
+
+
+@triton_autotune(configs=_FWD_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_PRUNE)
+@triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _fwd_kernel(
-    Q, K, V, O, LSE, CU_Q, CU_K, qk_scale,
+    Q, K, V, OUT, LSE, CU_Q, CU_K, qk_scale, keep_scale, seed_lo, seed_hi, drop_offset, drop_threshold,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     if CAUSAL:  # causal tiles further down the diagonal do more work: launch them first
@@ -158,7 +178,7 @@ def _fwd_kernel(
         return
     # scalar int64 bases per (sequence, head); tile offsets below are small int32 (sequence-local)
     Q += q_start * stride_qt + head * stride_qh
-    O += q_start * stride_qt + head * stride_qh
+    OUT += q_start * stride_qt + head * stride_qh
     LSE += head * stride_lh + q_start
     K += k_start * stride_kt + (head // GROUP) * stride_kh
     V += k_start * stride_kt + (head // GROUP) * stride_kh
@@ -173,30 +193,32 @@ def _fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    drop = (seed_lo, seed_hi, drop_offset, drop_threshold)
+    q_glob, k_glob = q_start.to(tl.int32), k_start.to(tl.int32)
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, K, V, len_k, diag, rows, 0, full, stride_kt, offs_d, d_mask, qk_scale,
-        False, CAUSAL, PREC, BLOCK_N,
+        drop, head, q_glob, k_glob, False, CAUSAL, PREC, DROPOUT, BLOCK_N,
     )
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, K, V, len_k, diag, rows, full, hi, stride_kt, offs_d, d_mask, qk_scale,
-        True, CAUSAL, PREC, BLOCK_N,
+        drop, head, q_glob, k_glob, True, CAUSAL, PREC, DROPOUT, BLOCK_N,
     )
     seen = l_i > 0.0
     l_safe = tl.where(seen, l_i, 1.0)
-    out = acc / l_safe[:, None]
+    out = acc * (keep_scale / l_safe)[:, None]
     lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("inf"))
     # store offsets rebuilt here (not reused from the q load) so no [BLOCK_M, BLOCK_D] offset tensor stays
     # live in registers across the key loops
     o_rows = m0 + tl.arange(0, BLOCK_M)
     o_cols = tl.arange(0, BLOCK_D)
     o_mask = (o_rows < len_q)[:, None] & (o_cols < HEAD_DIM)[None, :]
-    tl.store(O + o_rows[:, None] * stride_qt + o_cols[None, :], out.to(O.dtype.element_ty), mask=o_mask)
+    tl.store(OUT + o_rows[:, None] * stride_qt + o_cols[None, :], out.to(OUT.dtype.element_ty), mask=o_mask)
     tl.store(LSE + o_rows, lse, mask=o_rows < len_q)
 
 
 @triton.jit
 def _bwd_preprocess_kernel(
-    O, DO, DELTA, total_q, stride_qt, stride_qh, stride_lh,
+    OUT, DO, DELTA, total_q, stride_qt, stride_qh, stride_lh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     row0 = tl.program_id(0) * BLOCK_M
@@ -206,7 +228,7 @@ def _bwd_preprocess_kernel(
     base = row0.to(tl.int64) * stride_qt + head * stride_qh
     mask = (row0 + rows < total_q)[:, None] & (offs_d < HEAD_DIM)[None, :]
     off = rows[:, None] * stride_qt + offs_d[None, :]
-    o = tl.load(O + base + off, mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(OUT + base + off, mask=mask, other=0.0).to(tl.float32)
     do = tl.load(DO + base + off, mask=mask, other=0.0).to(tl.float32)
     tl.store(DELTA + head * stride_lh + row0 + rows, tl.sum(o * do, 1), mask=row0 + rows < total_q)
 
@@ -214,8 +236,9 @@ def _bwd_preprocess_kernel(
 @triton.jit
 def _dkdv_inner(
     dk, dv, k, v, Q, DO, DQ, LSE, DELTA, len_q, diag, cols, col_ok, start, stop,
-    stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale,
-    MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+    stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale, keep_scale, drop, head, q_glob, k_glob,
+    MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     # computed transposed (keys on the M side of every product: [BLOCK_N, BLOCK_M] score tiles), so the
     # large key block is the tensor-core M dimension
@@ -234,8 +257,13 @@ def _dkdv_inner(
         if MASKED:
             visible = visible & (cols[:, None] <= rows[None, :] + diag)
         pT = tl.where(visible, pT, 0.0)
-        dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
         dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
+        if DROPOUT:  # Z = keep / (1 - p): dV = (P Z)^T dO, dP = Z (dO V^T)
+            keepT = _keep(drop, head, (q_glob + rows)[None, :], (k_glob + cols)[:, None])
+            dv += tl.dot(tl.where(keepT, pT * keep_scale, 0.0).to(do.dtype), do, input_precision=PREC)
+            dpT = tl.where(keepT, dpT * keep_scale, 0.0)
+        else:
+            dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
         dsT = pT * (dpT - delta[None, :])
         dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT), input_precision=PREC)
         if ATOMIC_DQ:
@@ -246,15 +274,17 @@ def _dkdv_inner(
 
 
 @triton_autotune(
-    configs=_DKDV_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "ATOMIC_DQ"], reset_to_zero=["DQ"],
+    configs=_DKDV_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "ATOMIC_DQ", "DROPOUT"], reset_to_zero=["DQ"],
     prune_configs_by=_PRUNE,
 )
-@triton.jit
+@triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, DQ, DK, DV, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale,
+    Q, K, V, DO, DQ, DK, DV, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale, keep_scale,
+    seed_lo, seed_hi, drop_offset, drop_threshold,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_dqt, stride_dqh, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     seq = tl.program_id(1)
@@ -283,6 +313,8 @@ def _bwd_dkdv_kernel(
         lo = 0
         full = 0
         masked_stop = 0
+    drop = (seed_lo, seed_hi, drop_offset, drop_threshold)
+    q_glob, k_glob = q_start.to(tl.int32), k_start.to(tl.int32)
     for g in range(GROUP):
         head = kv_head * GROUP + g
         q_base = q_start * stride_qt + head * stride_qh
@@ -290,13 +322,13 @@ def _bwd_dkdv_kernel(
         l_base = head * stride_lh + q_start
         dk, dv = _dkdv_inner(
             dk, dv, k, v, Q + q_base, DO + q_base, DQ + dq_base, LSE + l_base, DELTA + l_base, len_q, diag, cols,
-            col_ok, lo, masked_stop, stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale,
-            True, ATOMIC_DQ, PREC, BLOCK_M,
+            col_ok, lo, masked_stop, stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale, keep_scale,
+            drop, head, q_glob, k_glob, True, ATOMIC_DQ, PREC, DROPOUT, BLOCK_M,
         )
         dk, dv = _dkdv_inner(
             dk, dv, k, v, Q + q_base, DO + q_base, DQ + dq_base, LSE + l_base, DELTA + l_base, len_q, diag, cols,
-            col_ok, full, len_q, stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale,
-            False, ATOMIC_DQ, PREC, BLOCK_M,
+            col_ok, full, len_q, stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale, keep_scale,
+            drop, head, q_glob, k_glob, False, ATOMIC_DQ, PREC, DROPOUT, BLOCK_M,
         )
     # store offsets rebuilt (see _fwd_kernel)
     s_cols = n0 + tl.arange(0, BLOCK_N)
@@ -310,7 +342,8 @@ def _bwd_dkdv_kernel(
 @triton.jit
 def _dq_inner(
     dq, q, do, lse2, delta, K, V, len_k, diag, rows, start, stop, stride_kt, offs_d, d_mask, qk_scale,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+    keep_scale, drop, head, q_glob, k_glob,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(start, stop, BLOCK_N):
@@ -330,18 +363,22 @@ def _dq_inner(
                 visible = visible & (cols[None, :] <= rows[:, None] + diag)
             p = tl.where(visible, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        if DROPOUT:
+            keep = _keep(drop, head, (q_glob + rows)[:, None], (k_glob + cols)[None, :])
+            dp = tl.where(keep, dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     return dq
 
 
-@triton_autotune(configs=_DQ_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP"], prune_configs_by=_PRUNE)
-@triton.jit
+@triton_autotune(configs=_DQ_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_PRUNE)
+@triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _bwd_dq_kernel(
-    Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale,
+    Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale, keep_scale,
+    seed_lo, seed_hi, drop_offset, drop_threshold,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     if CAUSAL:  # causal tiles further down the diagonal do more work: launch them first
@@ -369,13 +406,15 @@ def _bwd_dq_kernel(
     diag = len_k - len_q
     full, hi = _key_range(m0, len_q, len_k, CAUSAL, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    drop = (seed_lo, seed_hi, drop_offset, drop_threshold)
+    q_glob, k_glob = q_start.to(tl.int32), k_start.to(tl.int32)
     dq = _dq_inner(
         dq, q, do, lse2, delta, K, V, len_k, diag, rows, 0, full, stride_kt, offs_d, d_mask, qk_scale,
-        False, CAUSAL, PREC, BLOCK_N,
+        keep_scale, drop, head, q_glob, k_glob, False, CAUSAL, PREC, DROPOUT, BLOCK_N,
     )
     dq = _dq_inner(
         dq, q, do, lse2, delta, K, V, len_k, diag, rows, full, hi, stride_kt, offs_d, d_mask, qk_scale,
-        True, CAUSAL, PREC, BLOCK_N,
+        keep_scale, drop, head, q_glob, k_glob, True, CAUSAL, PREC, DROPOUT, BLOCK_N,
     )
     # store offsets rebuilt (see _fwd_kernel)
     s_rows = m0 + tl.arange(0, BLOCK_M)
@@ -393,9 +432,16 @@ def _common(q: Tensor, k: Tensor):
     return total_q, hq, hkv, d, block_d, prec
 
 
+def _dropout_args(dropout_p: float, dropout_seed: int, dropout_offset: int):
+    """Kernel arguments ``(keep_scale, seed_lo, seed_hi, offset, threshold)`` and the DROPOUT constexpr."""
+    seed_lo, seed_hi = seed_words(dropout_seed)
+    return (1.0 / (1.0 - dropout_p), seed_lo, seed_hi, dropout_offset, dropout_threshold(dropout_p)), dropout_p > 0
+
+
 def forward(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
+    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, dropout_p: float = 0.0,
+    dropout_seed: int = 0, dropout_offset: int = 0,
 ) -> Tuple[Tensor, Tensor]:
     """Packed attention forward on Triton.
 
@@ -403,6 +449,7 @@ def forward(
         q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]`` (contiguous, fp32/fp16/bf16).
         cu_seqlens_q, cu_seqlens_k: int32 ``[N+1]``; max_seqlen_q: sizes the grid (``>=`` longest query).
         causal: bottom-right aligned causal mask. softmax_scale: multiplies ``Q K^T``.
+        dropout_p, dropout_seed, dropout_offset: attention dropout (the reference's mask, bit for bit).
     Returns:
         ``(out [total_q, Hq, D] in q's dtype, lse [Hq, total_q] float32)``.
     """
@@ -413,10 +460,11 @@ def forward(
     if total_q == 0 or n == 0 or max_seqlen_q == 0:
         return out, lse
     grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), n, hq)  # noqa: E731
+    drop_args, dropout = _dropout_args(dropout_p, dropout_seed, dropout_offset)
     _fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale * LOG2E,
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale * LOG2E, *drop_args,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
-        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec,
+        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec, DROPOUT=dropout,
     )
     return out, lse
 
@@ -424,7 +472,8 @@ def forward(
 def backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
-    causal: bool, softmax_scale: float, deterministic: bool,
+    causal: bool, softmax_scale: float, deterministic: bool, dropout_p: float = 0.0, dropout_seed: int = 0,
+    dropout_offset: int = 0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Packed attention backward on Triton.
 
@@ -432,6 +481,7 @@ def backward(
         grad_out: ``[total_q, Hq, D]`` contiguous; q, k, v, out, lse as for / from :func:`forward` (``lse``
             may also come from flash-attn: same layout and convention).
         deterministic: dQ by a separate kernel (bitwise reproducible) instead of fp32 atomics.
+        dropout_p, dropout_seed, dropout_offset: as given to :func:`forward` (the mask is regenerated).
     Returns:
         ``(dq [total_q, Hq, D], dk [total_k, Hkv, D], dv [total_k, Hkv, D])`` in the input dtype.
     """
@@ -460,10 +510,12 @@ def backward(
         dq_acc = empty_output(q.shape, q.dtype, q.device)
     qk_scale = softmax_scale * LOG2E
     grid_kv = lambda meta: (triton.cdiv(max_seqlen_k, meta["BLOCK_N"]), n, hkv)  # noqa: E731
+    drop_args, dropout = _dropout_args(dropout_p, dropout_seed, dropout_offset)
     _bwd_dkdv_kernel[grid_kv](
         q, k, v, grad_out, dq_acc, dk, dv, lse, delta, cu_seqlens_q, cu_seqlens_k, qk_scale, softmax_scale,
+        *drop_args,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), dq_acc.stride(0), dq_acc.stride(1), lse.stride(0),
-        GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, ATOMIC_DQ=atomic, PREC=prec,
+        GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, ATOMIC_DQ=atomic, PREC=prec, DROPOUT=dropout,
     )
     if atomic:
         dq = dq_acc if q.dtype == torch.float32 else dq_acc.to(q.dtype)
@@ -471,8 +523,9 @@ def backward(
         grid_q = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), n, hq)  # noqa: E731
         _bwd_dq_kernel[grid_q](
             q, k, v, grad_out, dq_acc, lse, delta, cu_seqlens_q, cu_seqlens_k, qk_scale, softmax_scale,
+            *drop_args,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
-            GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec,
+            GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec, DROPOUT=dropout,
         )
         dq = dq_acc
     return dq, dk, dv
