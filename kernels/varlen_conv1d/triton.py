@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._utils import empty_output, triton_autotune
+from .._utils import DefaultConfig, empty_output, triton_autotune
 from .reference import conv_cu_seqlens, phase_offsets
 
 _SQRT_HALF = tl.constexpr(0.7071067811865476)
@@ -29,6 +29,21 @@ def _gemm_configs(names):
     bm, bn, bk = names
     shapes = [(64, 64, 64, 4, 3), (128, 128, 32, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 3)]
     return [triton.Config({bm: m, bn: n, bk: k}, num_warps=w, num_stages=s) for m, n, k, w, s in shapes]
+
+
+# fixed configs (ALARM_KERNELS_AUTOTUNE=0): the largest tiles (128 x 128, 8 warps; 96 KiB of shared memory)
+# for fp16/bf16 on sm_80+ with at least 128 output channels, else the smallest (fp32 "ieee" dots unroll
+# into FMA chains; small channel counts would leave most of a large tile masked)
+_GEMM_DEFAULTS = (
+    DefaultConfig(0, max_width=127),
+    DefaultConfig(4, dtypes=(torch.float16, torch.bfloat16), min_capability=80),
+    DefaultConfig(0),
+)
+_DW_DEFAULTS = (
+    DefaultConfig(0, max_width=127),
+    DefaultConfig(3, dtypes=(torch.float16, torch.bfloat16), min_capability=80),
+    DefaultConfig(0),
+)
 
 
 @triton.jit
@@ -44,7 +59,10 @@ def _find_seq(cu, idx, n_seq, N_ITER: tl.constexpr):
     return lo
 
 
-@triton_autotune(configs=_gemm_configs(("BLOCK_M", "BLOCK_N", "BLOCK_K")), key=["C_IN", "C_OUT"])
+@triton_autotune(
+    configs=_gemm_configs(("BLOCK_M", "BLOCK_N", "BLOCK_K")), key=["C_IN", "C_OUT"], defaults=_GEMM_DEFAULTS,
+    width_arg="C_OUT",
+)
 @triton.jit
 def _fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, pre_ptr, cu_x_ptr, cu_y_ptr, total_y, n_seq, C_IN, C_OUT,
@@ -85,7 +103,10 @@ def _fwd_kernel(
     tl.store(y_ptr + out_off, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton_autotune(configs=_gemm_configs(("BLOCK_M", "BLOCK_N", "BLOCK_K")), key=["C_IN", "C_OUT"])
+@triton_autotune(
+    configs=_gemm_configs(("BLOCK_M", "BLOCK_N", "BLOCK_K")), key=["C_IN", "C_OUT"], defaults=_GEMM_DEFAULTS,
+    width_arg="C_IN",
+)
 @triton.jit
 def _dx_kernel(
     g_ptr, w_ptr, dx_ptr, cu_x_ptr, cu_y_ptr, cu_ph_ptr, n_seq, C_IN, C_OUT,
@@ -144,6 +165,8 @@ def _dx_kernel(
         triton.Config({"BLOCK_CO": 128, "BLOCK_CI": 128, "BLOCK_T": 32}, num_warps=8, num_stages=3),
     ],
     key=["C_IN", "C_OUT"],
+    defaults=_DW_DEFAULTS,
+    width_arg="C_OUT",
 )
 @triton.jit
 def _dw_kernel(

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._utils import empty_output, triton_autotune
+from .._utils import DefaultConfig, empty_output, triton_autotune
 from .reference import pooled_cu_seqlens
 
 _CONFIGS = [
@@ -22,6 +22,9 @@ _CONFIGS = [
     triton.Config({"BLOCK_T": 2, "BLOCK_D": 1024}, num_warps=4),
     triton.Config({"BLOCK_T": 8, "BLOCK_D": 1024}, num_warps=8),
 ]
+# fixed configs (ALARM_KERNELS_AUTOTUNE=0): narrow features take tall tiles; otherwise 256-wide column tiles,
+# which divide the model's widths (768, 1024, 1280, 2560) without a masked remainder
+_DEFAULTS = (DefaultConfig(0, max_width=128), DefaultConfig(2))
 
 
 @triton.jit
@@ -43,7 +46,7 @@ def _windows(cu_x_ptr, cu_y_ptr, total_y, n_seq, RATIO: tl.constexpr, N_ITER: tl
     return rows, row_ok, x_start + local, count
 
 
-@triton_autotune(configs=_CONFIGS, key=["D", "RATIO", "MAX"])
+@triton_autotune(configs=_CONFIGS, key=["D", "RATIO", "MAX"], defaults=_DEFAULTS, width_arg="D")
 @triton.jit
 def _pool_fwd_kernel(
     x_ptr, y_ptr, cu_x_ptr, cu_y_ptr, total_y, n_seq, D,
@@ -70,7 +73,7 @@ def _pool_fwd_kernel(
     tl.store(y_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton_autotune(configs=_CONFIGS, key=["D", "RATIO", "MAX"])
+@triton_autotune(configs=_CONFIGS, key=["D", "RATIO", "MAX"], defaults=_DEFAULTS, width_arg="D")
 @triton.jit
 def _pool_bwd_kernel(
     gy_ptr, x_ptr, y_ptr, gx_ptr, cu_x_ptr, cu_y_ptr, total_y, n_seq, D,
