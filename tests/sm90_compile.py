@@ -67,19 +67,19 @@ _POOL_MAX = {torch.float16: (False,), torch.bfloat16: (False, True), torch.float
 def _varlen_pool(m, dt):
     x = _ptr(dt)
     for is_max in _POOL_MAX[dt]:
-        consts = dict(RATIO=3, MAX=is_max, N_ITER=4)
-        yield m._pool_fwd_kernel, (x, x, _i32(), _i32(), 4000, 12, 1024), consts
-        yield m._pool_bwd_kernel, (x, x, x, x, _i32(), _i32(), 4000, 12, 1024), consts
+        consts = dict(MAX=is_max)
+        yield m._pool_fwd_kernel, (x, x, _i32(), _i32(), 4000, 12, 1024, 3, 4), consts
+        yield m._pool_bwd_kernel, (x, x, x, x, _i32(), _i32(), 4000, 12, 1024, 3, 4), consts
 
 
 def _varlen_conv1d(m, dt):
     x, cu = _ptr(dt), _i32()
     prec = m._dot_prec(dt)
-    yield m._fwd_kernel, (x, x, x, x, x, cu, cu, 4000, 12, 1024, 1024), dict(
-        K=3, STRIDE=1, PAD=1, N_ITER=4, HAS_BIAS=True, GELU=True, DOT_PREC=prec)
-    yield m._dx_kernel, (x, x, x, cu, cu, cu, 12, 1024, 1024), dict(K=4, STRIDE=2, PAD=1, N_ITER=4, DOT_PREC=prec)
-    yield m._dw_kernel, (x, x, x, x, cu, cu, 4000, 12, 1024, 1024), dict(
-        K=4, STRIDE=2, PAD=1, N_ITER=4, DOT_PREC=prec)
+    yield m._fwd_kernel, (x, x, x, x, x, cu, cu, 4000, 12, 4, 1024, 1024), dict(
+        K=3, STRIDE=1, PAD=1, HAS_BIAS=True, GELU=True, DOT_PREC=prec)
+    yield m._dx_kernel, (x, x, x, cu, cu, cu, 12, 4, 1024, 1024), dict(K=4, STRIDE=2, PAD=1, DOT_PREC=prec)
+    f32 = _ptr(torch.float32)
+    yield m._dw_kernel, (x, x, f32, f32, cu, 4000, 1024, 1024, 1024), dict(K=4, DOT_PREC=prec)
     yield m._gelu_grad_kernel, (x, x, x, 4096000), dict(BLOCK=1024)
 
 

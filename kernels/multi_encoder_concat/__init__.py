@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._utils import check_tensor, is_compiling
 from ..backend import select_backend
-from ..varlen import validate_cu_seqlens
+from ..varlen import check_host_int, validate_cu_seqlens
 
 __all__ = ["multi_encoder_concat"]
 
@@ -114,6 +114,9 @@ def multi_encoder_concat(
     weight: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
     backend: str = "auto",
+    *,
+    total_out: Optional[int] = None,
+    validate: bool = True,
 ):
     """Concatenate E packed encoder streams along features, optionally projecting them in the same pass.
 
@@ -124,6 +127,10 @@ def multi_encoder_concat(
         weight: optional ``[D_out, sum D_e]`` (nn.Linear layout), streams' dtype.
         bias: optional ``[D_out]`` (needs ``weight``), streams' dtype.
         backend: "auto", "reference", "triton" or "cuda".
+        total_out: ``sum_i max_e len_{e,i}`` when the caller knows it on the host.
+        validate: check the values of every ``cu_seqlens[e]`` (one device read for all streams). With
+            ``validate=False`` and ``total_out`` given the op reads nothing back from the device (no host sync);
+            wrong offsets or sizes then give wrong results, not an error.
     Returns:
         ``(y, cu_y)``: cu_y int32 ``[N+1]`` with ``L_i = max_e len_{e,i}``; y ``[sum L_i, sum D_e]`` (the
         concatenation, zeros where a stream is shorter) or ``F.linear(concat, weight, bias)``
@@ -146,12 +153,17 @@ def multi_encoder_concat(
                 f"cu_seqlens[{e}] describes {cu_seqlens[e].shape[0] - 1} sequences but cu_seqlens[0] "
                 f"describes {cu_seqlens[0].shape[0] - 1} (every stream needs the same N)"
             )
-    total_y = -1  # unknown while tracing: the backend computes it
-    if not is_compiling():
+    if total_out is not None:
+        check_host_int(total_out, "total_out")
+    total_y = -1 if total_out is None else total_out  # -1: unknown (e.g. while tracing), the backend reads it
+    if validate and not is_compiling():
         host = torch.stack(cu_seqlens).cpu()  # one device sync validates every stream's offsets
         for e, x in enumerate(streams):
             validate_cu_seqlens(host[e], x.shape[0], name=f"cu_seqlens[{e}]")
-        total_y = int(host.diff(dim=1).amax(0).sum()) if host.shape[1] > 1 else 0
+        longest = int(host.diff(dim=1).amax(0).sum()) if host.shape[1] > 1 else 0
+        if total_out is not None and total_out != longest:
+            raise ValueError(f"total_out={total_out} but the offsets give {longest} output rows")
+        total_y = longest
     total_width = sum(x.shape[1] for x in streams)
     if weight is not None:
         check_tensor(weight, "weight", ndim=2, dtypes=(first.dtype,), device=first.device)

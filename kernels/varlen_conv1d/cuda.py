@@ -18,12 +18,14 @@ from .reference import conv_cu_seqlens, phase_offsets
 
 
 def forward(
-    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, activation: str
+    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, activation: str,
+    total_y: int = -1, max_len: int = -1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(y [total_y, C_out], cu_y, pre)``; pre is the GELU pre-activation or an empty ``[0, C_out]``."""
+    """``(y [total_y, C_out], cu_y, pre)``; pre is the GELU pre-activation or an empty ``[0, C_out]``.
+    ``total_y``: the output token count when known on the host (-1: read it); ``max_len`` is unused."""
     c_out, _, k = weight.shape
     cu_y = conv_cu_seqlens(cu_seqlens, k, stride, padding)
-    total_y = int(cu_y[-1])
+    total_y = int(cu_y[-1]) if total_y < 0 else total_y
     gelu = activation == "gelu"
     y = empty_output((total_y, c_out), x.dtype, x.device)
     pre = empty_output((total_y if gelu else 0, c_out), x.dtype, x.device)
@@ -45,6 +47,7 @@ def backward(
     activation: str,
     need_dx: bool,
     need_dw: bool,
+    max_len: int = -1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """``(grad_x, grad_w, grad_b)`` as :func:`reference.backward` (grad_x / grad_w empty when not needed)."""
     c_out, c_in, k = weight.shape
