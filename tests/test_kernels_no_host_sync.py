@@ -70,3 +70,19 @@ def test_counter_sees_the_validating_path():
             run()
         if name != "weighted_layer_sum":
             assert _inside_kernels(counts), f"{name}: the counter saw no transfer on the validating path"
+
+
+def test_host_sizes_checked_against_validated_offsets():
+    """With validation on, a host size that disagrees with the offsets is refused (never a silent wrong shape)."""
+    cu = ak.seqlens_to_cu_seqlens(LENGTHS)
+    x = torch.randn(sum(LENGTHS), 4)
+    with pytest.raises(ValueError, match="total_out=3 but"):
+        ak.varlen_pool(x, cu, 3, total_out=3)
+    with pytest.raises(ValueError, match="total_out=1 but"):
+        ak.varlen_conv1d(x, cu, torch.randn(4, 4, 3), None, total_out=1)
+    with pytest.raises(ValueError, match="max_seqlen=5 is below the longest sequence"):
+        ak.varlen_conv1d(x, cu, torch.randn(4, 4, 3), None, max_seqlen=5)
+    with pytest.raises(ValueError, match="total_out=7 but"):
+        ak.multi_encoder_concat([x], [cu], total_out=7)
+    with pytest.raises(ValueError, match="total_out must be an int >= 0"):
+        ak.varlen_pool(x, cu, 3, total_out=-1, validate=False)
