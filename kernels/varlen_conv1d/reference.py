@@ -40,7 +40,7 @@ def phase_offsets(cu_seqlens: Tensor, stride: int, padding: int) -> Tensor:
     """int32 ``[stride, N+1]``: per phase ph, offsets of the sequences' input frames i (local index) with
     ``(i + padding) % stride == ph``, i.e. i = first_ph, first_ph + stride, ... with
     ``first_ph = (ph - padding) mod stride``. The fast backends' grad_x splits frames by phase: a frame of
-    phase ph is reached only by taps ph, ph + stride, ... (used by the Triton and CUDA backends)."""
+    phase ph is reached only by taps ph, ph + stride, ... (used by the Triton backend)."""
     lengths = cu_seqlens_to_seqlens(cu_seqlens)
     first = torch.remainder(torch.arange(stride, device=cu_seqlens.device) - padding, stride)
     counts = torch.div(lengths[None, :] - first[:, None] + stride - 1, stride, rounding_mode="floor").clamp(min=0)
