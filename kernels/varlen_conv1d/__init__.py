@@ -3,7 +3,8 @@ every sequence edge and an optional fused exact-GELU epilogue (ALARM's conv down
 
 Layering as in ``varlen_pool``: ``reference.py`` / ``triton.py`` / ``cuda.py`` implement ``forward`` and
 ``backward``; this file validates inputs, resolves the backend and calls the ``torch.library`` custom op
-``alarm_kernels::varlen_conv1d`` (fake shapes + registered autograd, so ``torch.compile`` traces it).
+``alarm_kernels::varlen_conv1d`` (registered by :func:`alarm_kernels._opdef.define_op` with fake shapes and
+autograd, so ``torch.compile`` traces it).
 
 With ``activation="gelu"`` the forward also returns the pre-activation ``[total_y, C_out]`` (one extra
 store in the fused epilogue) and the backward uses it (``grad_pre = grad_y * gelu'(pre)``): saved, not
@@ -11,12 +12,12 @@ recomputed, so the backward costs two GEMMs rather than three.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from .._opdef import OpSpec, define_op
 from .._utils import check_tensor
 from ..backend import select_backend
 from ..varlen import check_host_int, validate_cu_seqlens
@@ -27,38 +28,14 @@ IMPLEMENTED = ("triton", "cuda", "reference")  # triton first: the CUDA kernels 
 ACTIVATIONS = (None, "gelu")
 
 
-def _impl(backend: str):
-    return importlib.import_module(f"{__name__}.{backend}")
-
-
-@torch.library.custom_op("alarm_kernels::varlen_conv1d", mutates_args=())
-def _varlen_conv1d_op(
-    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int,
-    activation: str, total_out: int, max_len: int, backend: str,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    return _impl(backend).forward(x, cu_seqlens, weight, bias, stride, padding, activation, total_out, max_len)
-
-
-@_varlen_conv1d_op.register_fake
-def _(x, cu_seqlens, weight, bias, stride, padding, activation, total_out, max_len, backend):
+def _fake(x, cu_seqlens, weight, bias, stride, padding, activation, total_out, max_len):
     total_y = total_out if total_out >= 0 else torch.library.get_ctx().new_dynamic_size()
     c_out = weight.shape[0]
     pre = x.new_empty(total_y if activation == "gelu" else 0, c_out)
     return x.new_empty(total_y, c_out), torch.empty_like(cu_seqlens), pre
 
 
-@torch.library.custom_op("alarm_kernels::varlen_conv1d_backward", mutates_args=())
-def _varlen_conv1d_backward_op(
-    grad_y: Tensor, x: Tensor, cu_seqlens: Tensor, cu_y: Tensor, weight: Tensor, pre: Tensor, stride: int,
-    padding: int, activation: str, need_dx: bool, need_dw: bool, max_len: int, backend: str,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    return _impl(backend).backward(
-        grad_y, x, cu_seqlens, cu_y, weight, pre, stride, padding, activation, need_dx, need_dw, max_len
-    )
-
-
-@_varlen_conv1d_backward_op.register_fake
-def _(grad_y, x, cu_seqlens, cu_y, weight, pre, stride, padding, activation, need_dx, need_dw, max_len, backend):
+def _backward_fake(grad_y, x, cu_seqlens, cu_y, weight, pre, stride, padding, activation, need_dx, need_dw, max_len):
     c_out, c_in, k = weight.shape
     return (
         x.new_empty(x.shape[0] if need_dx else 0, c_in),
@@ -67,27 +44,39 @@ def _(grad_y, x, cu_seqlens, cu_y, weight, pre, stride, padding, activation, nee
     )
 
 
-def _setup_context(ctx, inputs, output):
-    x, cu_seqlens, weight, bias, stride, padding, activation, _total_out, max_len, backend = inputs
+def _save(ctx, inputs, output):
+    x, cu_seqlens, weight, bias, stride, padding, activation, _total_out, max_len = inputs
     _, cu_y, pre = output
     ctx.save_for_backward(x, cu_seqlens, cu_y, weight, pre)
-    ctx.stride, ctx.padding, ctx.activation, ctx.max_len, ctx.backend = stride, padding, activation, max_len, backend
+    ctx.stride, ctx.padding, ctx.activation, ctx.max_len = stride, padding, activation, max_len
 
 
-def _backward(ctx, grad_y, _grad_cu_y, _grad_pre):
+def _gradients(ctx, backward, grad_y, _grad_cu_y, _grad_pre):
     x, cu_seqlens, cu_y, weight, pre = ctx.saved_tensors
     need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-    grad_x, grad_w, grad_b = _varlen_conv1d_backward_op(
+    grad_x, grad_w, grad_b = backward(
         grad_y.contiguous(), x, cu_seqlens, cu_y, weight, pre, ctx.stride, ctx.padding, ctx.activation,
-        need_dx, need_dw, ctx.max_len, ctx.backend,
+        need_dx, need_dw, ctx.max_len,
     )
     return (
         grad_x if need_dx else None, None, grad_w if need_dw else None, grad_b if need_db else None,
-        None, None, None, None, None, None,
+        None, None, None, None, None,
     )
 
 
-_varlen_conv1d_op.register_autograd(_backward, setup_context=_setup_context)
+_varlen_conv1d_op = define_op(OpSpec(
+    name="varlen_conv1d",
+    package=__name__,
+    schema="(Tensor x, Tensor cu_seqlens, Tensor weight, Tensor? bias, int stride, int padding, str activation, "
+           "int total_out, int max_len) -> (Tensor, Tensor, Tensor)",
+    backward_schema="(Tensor grad_y, Tensor x, Tensor cu_seqlens, Tensor cu_y, Tensor weight, Tensor pre, "
+                    "int stride, int padding, str activation, bool need_dx, bool need_dw, int max_len) "
+                    "-> (Tensor, Tensor, Tensor)",
+    fake=_fake,
+    backward_fake=_backward_fake,
+    save=_save,
+    gradients=_gradients,
+))
 
 
 def varlen_conv1d(

@@ -3,16 +3,17 @@
 Layering (the pattern every op follows):
 ``reference.py`` / ``triton.py`` / ``cuda.py`` implement ``forward`` and ``backward`` per backend;
 this file validates inputs, resolves the backend and calls the ``torch.library`` custom op
-``alarm_kernels::varlen_pool`` (with fake shapes and registered autograd, so ``torch.compile`` traces it).
+``alarm_kernels::varlen_pool``, registered from a small spec by :func:`alarm_kernels._opdef.define_op` (fake
+shapes and autograd included, so ``torch.compile`` traces it).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .._opdef import OpSpec, define_op
 from .._utils import check_tensor
 from ..backend import select_backend
 from ..varlen import check_host_int, validate_cu_seqlens
@@ -23,49 +24,34 @@ IMPLEMENTED = ("triton", "cuda", "reference")  # triton first: the CUDA kernels 
 MODES = ("mean", "max")
 
 
-def _impl(backend: str):
-    return importlib.import_module(f"{__name__}.{backend}")
-
-
-@torch.library.custom_op("alarm_kernels::varlen_pool", mutates_args=())
-def _varlen_pool_op(
-    x: Tensor, cu_seqlens: Tensor, ratio: int, mode: str, total_out: int, backend: str
-) -> Tuple[Tensor, Tensor]:
-    return _impl(backend).forward(x, cu_seqlens, ratio, mode, total_out)
-
-
-@_varlen_pool_op.register_fake
-def _(x, cu_seqlens, ratio, mode, total_out, backend):
+def _fake(x, cu_seqlens, ratio, mode, total_out):
     total_y = total_out if total_out >= 0 else torch.library.get_ctx().new_dynamic_size()
     return x.new_empty(total_y, x.shape[1]), torch.empty_like(cu_seqlens)
 
 
-@torch.library.custom_op("alarm_kernels::varlen_pool_backward", mutates_args=())
-def _varlen_pool_backward_op(
-    grad_y: Tensor, x: Tensor, y: Tensor, cu_seqlens: Tensor, cu_y: Tensor, ratio: int, mode: str, backend: str
-) -> Tensor:
-    return _impl(backend).backward(grad_y, x, y, cu_seqlens, cu_y, ratio, mode)
-
-
-@_varlen_pool_backward_op.register_fake
-def _(grad_y, x, y, cu_seqlens, cu_y, ratio, mode, backend):
-    return torch.empty_like(x)
-
-
-def _setup_context(ctx, inputs, output):
-    x, cu_seqlens, ratio, mode, _total_out, backend = inputs
+def _save(ctx, inputs, output):
+    x, cu_seqlens, ratio, mode, _total_out = inputs
     y, cu_y = output
     ctx.save_for_backward(x, y, cu_seqlens, cu_y)
-    ctx.ratio, ctx.mode, ctx.backend = ratio, mode, backend
+    ctx.ratio, ctx.mode = ratio, mode
 
 
-def _backward(ctx, grad_y, _grad_cu_y):
+def _gradients(ctx, backward, grad_y, _grad_cu_y):
     x, y, cu_seqlens, cu_y = ctx.saved_tensors
-    grad_x = _varlen_pool_backward_op(grad_y.contiguous(), x, y, cu_seqlens, cu_y, ctx.ratio, ctx.mode, ctx.backend)
-    return grad_x, None, None, None, None, None
+    return backward(grad_y.contiguous(), x, y, cu_seqlens, cu_y, ctx.ratio, ctx.mode), None, None, None, None
 
 
-_varlen_pool_op.register_autograd(_backward, setup_context=_setup_context)
+_varlen_pool_op = define_op(OpSpec(
+    name="varlen_pool",
+    package=__name__,
+    schema="(Tensor x, Tensor cu_seqlens, int ratio, str mode, int total_out) -> (Tensor, Tensor)",
+    backward_schema="(Tensor grad_y, Tensor x, Tensor y, Tensor cu_seqlens, Tensor cu_y, int ratio, str mode) "
+                    "-> Tensor",
+    fake=_fake,
+    backward_fake=lambda grad_y, x, y, cu_seqlens, cu_y, ratio, mode: torch.empty_like(x),
+    save=_save,
+    gradients=_gradients,
+))
 
 
 def varlen_pool(
