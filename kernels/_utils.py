@@ -119,10 +119,13 @@ def launch_properties(named_args: Mapping[str, object]) -> Tuple[Optional[torch.
 
 
 def fixed_config_index(
-    table: Sequence[DefaultConfig], named_args: Mapping[str, object], width_arg: Optional[str] = None
+    table: Sequence[DefaultConfig], named_args: Mapping[str, object], width_arg: Optional[str] = None,
+    capability: Optional[int] = None,
 ) -> int:
-    """Index of the config that ``table`` picks for a launch (0 when no row matches)."""
-    dtype, capability = launch_properties(named_args)
+    """Index of the config that ``table`` picks for a launch (0 when no row matches); ``capability`` replaces
+    the device's (e.g. to ask what an sm_90 launch would run on a machine without a GPU)."""
+    dtype, device_capability = launch_properties(named_args)
+    capability = device_capability if capability is None else capability
     width = named_args.get(width_arg) if width_arg else None
     width = int(width) if isinstance(width, int) else None
     for row in table:
@@ -172,6 +175,7 @@ def triton_autotune(
                 return [saved]
             return [candidates[fixed_config_index(defaults, named_args, width_arg)]]
 
+        prune.defaults, prune.width_arg = tuple(defaults), width_arg  # the table, for static checks
         return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune}, **kwargs)(fn)
 
     return decorate

@@ -23,6 +23,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
 
+from alarm_kernels._utils import fixed_config_index
+
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -146,7 +148,8 @@ def _jit(kernel):
 
 def _configs(kernel, args, consts):
     """The first and the largest (tile elements, then warps x stages) of the autotune configs the kernel's own
-    ``early_config_prune`` keeps for these arguments; [None] if not autotuned.
+    ``early_config_prune`` keeps for these arguments, plus the config its fixed-config table picks for an sm_90
+    launch (what runs with ``ALARM_KERNELS_AUTOTUNE=0``); [None] if not autotuned.
 
     Kernels with fp32 ``"ieee"`` dots get the first config only: their dots unroll into FMA chains, so a large tile
     costs ptxas 5-50 s, and the largest fp32 attention tiles exceed sm_90's shared memory (never launchable)."""
@@ -165,7 +168,13 @@ def _configs(kernel, args, consts):
         return tile, c.num_warps * c.num_stages
 
     largest = max(configs, key=size)
-    return [configs[0]] + ([largest] if largest is not configs[0] else [])
+    chosen = [configs[0]] + ([largest] if largest is not configs[0] else [])
+    table = getattr(kernel.early_config_prune, "defaults", None)
+    if table is not None:
+        named = dict(zip(kernel.arg_names, args, strict=False))
+        default = kernel.configs[fixed_config_index(table, named, kernel.early_config_prune.width_arg, capability=90)]
+        chosen += [default] if all(default is not c for c in chosen) else []
+    return chosen
 
 
 def _describe(config):
