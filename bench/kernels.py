@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import pkgutil
@@ -168,14 +169,15 @@ def environment(device: torch.device) -> dict:
 
 def format_table(rows: List[dict]) -> str:
     """Markdown table of the rows."""
-    lines = ["| op | case | dir | variant | median ms | p20-p80 ms | GB/s | %copy BW | TFLOP/s | %peak | x ref | peak MiB |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| op | case | dir | variant | median ms | p20-p80 ms | GB/s | %copy BW | TFLOP/s | %peak | x ref "
+             "| peak MiB |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda row, k, spec: format(row[k], spec) if k in row and row[k] == row[k] else ""  # noqa: E731
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['op']} | {r['case']} | {r['direction']} | {r['variant']} | n/a: {r['error'][:60]} |||||||")
+            lines.append(f"| {r['op']} | {r['case']} | {r['direction']} | {r['variant']} | "
+                         f"n/a: {r['error'][:60]} |||||||")
             continue
-        pct = lambda k: f"{100 * r[k]:.0f}%" if k in r else ""  # noqa: E731
+        pct = lambda k, r=r: f"{100 * r[k]:.0f}%" if k in r else ""  # noqa: E731
         variant = f"{r['variant']}: {r['label']}" if "label" in r else r["variant"]
         lines.append(
             f"| {r['op']} | {r['case']} | {r['direction']} | {variant} | {r['ms']:.3f} | "
@@ -184,6 +186,28 @@ def format_table(rows: List[dict]) -> str:
             f"{fmt(r, 'peak_mib', '.0f')} |"
         )
     return "\n".join(lines)
+
+
+def triton_configs() -> Dict[str, dict]:
+    """Per autotuned Triton kernel of the package: the config chosen for each shape key so far and the seconds
+    its last tuning took (empty under the interpreter, where nothing is autotuned)."""
+    from triton.runtime.autotuner import Autotuner
+
+    import alarm_kernels
+
+    chosen: Dict[str, dict] = {}
+    for info in pkgutil.iter_modules(alarm_kernels.__path__):
+        try:
+            module = importlib.import_module(f"alarm_kernels.{info.name}.triton")
+        except ImportError:
+            continue
+        for obj in vars(module).values():
+            if isinstance(obj, Autotuner) and obj.cache:
+                chosen[f"{info.name}.{obj.base_fn.__name__}"] = {
+                    "configs": {json.dumps(list(k), default=str): str(c) for k, c in obj.cache.items()},
+                    "last_tuning_s": getattr(obj, "bench_time", None),
+                }
+    return chosen
 
 
 def collect_cases(device: torch.device, quick: bool, ops: Optional[List[str]] = None,
@@ -200,8 +224,9 @@ def collect_cases(device: torch.device, quick: bool, ops: Optional[List[str]] = 
 
 def run_suite(device: torch.device, quick: bool, budget_s: float, ops: Optional[List[str]] = None,
               variants: Optional[List[str]] = None, out: Optional[str] = None, progress: bool = True) -> dict:
-    """Measure the ceilings, then time every case; the result (environment, ceilings, rows) is rewritten to
-    ``out`` after every case with ``"complete": false`` (a run cut short keeps what it measured)."""
+    """Measure the ceilings, then time every case; the result (environment, ceilings, rows; at the end the Triton
+    configs chosen and their tuning time, :func:`triton_configs`) is rewritten to ``out`` after every case with
+    ``"complete": false`` (a run cut short keeps what it measured)."""
     torch._logging.set_logs(dynamo=logging.ERROR)
     cases = collect_cases(device, quick, ops, variants)
     result = {"environment": environment(device), "ceilings": measure_ceilings(device, quick), "rows": [],
@@ -215,6 +240,7 @@ def run_suite(device: torch.device, quick: bool, budget_s: float, ops: Optional[
             atomic_write_json(out, result)
 
     save(run_cases(cases, device, result["ceilings"], budget_s, progress=progress, on_case=save))
+    result["triton_configs"] = triton_configs()
     result["complete"] = True
     save(result["rows"])
     return result

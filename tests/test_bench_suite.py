@@ -50,3 +50,27 @@ def test_compare_prints_ratio_per_common_row(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="bad.json"):
         suite.compare(str(tmp_path / "a.json"), str(tmp_path / "bad.json"))
+
+
+def test_results_record_the_chosen_triton_configs(monkeypatch):
+    """``triton_configs`` reports, per autotuned kernel of the package, the config chosen for each shape key."""
+    import importlib
+
+    import triton
+    import triton.language as tl
+
+    from alarm_kernels import _utils
+
+    monkeypatch.setattr(_utils, "triton_interpreting", lambda: False)
+
+    @_utils.triton_autotune(configs=[triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 128})], key=["n"])
+    @triton.jit
+    def _copy_kernel(src, n, BLOCK: tl.constexpr):
+        tl.store(src + tl.arange(0, BLOCK), tl.load(src + tl.arange(0, BLOCK)))
+
+    _copy_kernel.cache[(4096, "torch.float32")] = _copy_kernel.configs[1]
+    monkeypatch.setattr(importlib.import_module("alarm_kernels.varlen_pool.triton"), "_copy_kernel", _copy_kernel,
+                        raising=False)
+    recorded = runner.triton_configs()["varlen_pool._copy_kernel"]
+    assert list(recorded["configs"]) == ['[4096, "torch.float32"]']
+    assert "BLOCK: 128" in recorded["configs"]['[4096, "torch.float32"]']
