@@ -84,7 +84,7 @@ if [ "$DRY" = 0 ]; then
   BUILD_PID=$!
 fi
 
-stage correctness-triton 150 $PY -m bench.gpu_correctness "${QUICK[@]}" "${CORRECT_OPS[@]}" --backends triton \
+stage correctness-triton 150 $PY -m bench.gpu_correctness ${QUICK[@]+"${QUICK[@]}"} ${CORRECT_OPS[@]+"${CORRECT_OPS[@]}"} --backends triton \
   --out "$OUT/correctness-triton.json"
 
 if [ -n "$BUILD_PID" ]; then
@@ -98,10 +98,10 @@ if [ -n "$BUILD_PID" ]; then
   fi
 fi
 
-ALARM_KERNELS_AUTOTUNE=1 stage attention 120 $PY -m bench.kernels "${BENCH[@]}" --ops "$ATTN_OPS" \
+ALARM_KERNELS_AUTOTUNE=1 stage attention 120 $PY -m bench.kernels ${BENCH[@]+"${BENCH[@]}"} --ops "$ATTN_OPS" \
   --out "$OUT/attention.json"
-stage memory_bound 60 $PY -m bench.kernels "${BENCH[@]}" --ops "$MEM_OPS" --out "$OUT/memory_bound.json"
-stage gemm 90 $PY -m bench.kernels "${BENCH[@]}" --ops "$GEMM_OPS" --out "$OUT/gemm.json"
+stage memory_bound 60 $PY -m bench.kernels ${BENCH[@]+"${BENCH[@]}"} --ops "$MEM_OPS" --out "$OUT/memory_bound.json"
+stage gemm 90 $PY -m bench.kernels ${BENCH[@]+"${BENCH[@]}"} --ops "$GEMM_OPS" --out "$OUT/gemm.json"
 stage syncs 45 $PY -m bench.sync_count --out "$OUT/syncs.json"
 if [ "$DRY" = 0 ]; then
   stage e2e_step "$(left)" $PY bench/e2e_step.py --steps 2 --out "$OUT"
