@@ -1,6 +1,6 @@
 """Kernel micro-benchmarks: every case of ``bench/cases/*.py``, all variants side by side in one run.
 
-    python -m bench.kernels [--quick] [--ops varlen_pool,attention] [--out bench/results/NAME.json]
+    python -m bench.kernels [--quick] [--ops varlen_pool,attention] [--variants triton] [--out bench/results/NAME.json]
 
 Reports per op and shape: median time and spread (p20-p80), achieved GB/s or TFLOP/s, fraction of the
 device's measured ceiling (copy bandwidth, or dense bf16/fp32 matmul throughput), speedup over the
@@ -27,7 +27,8 @@ import torch
 
 from bench.harness import BenchCase
 
-__all__ = ["time_fn", "measure_ceilings", "run_cases", "environment", "format_table", "main"]
+__all__ = ["time_fn", "measure_ceilings", "run_cases", "collect_cases", "run_suite", "environment", "format_table",
+           "main"]
 
 
 def _sync(device: torch.device) -> None:
@@ -88,10 +89,19 @@ def discover_case_modules(only: Optional[List[str]] = None) -> List[str]:
     return names
 
 
+INTERPRETER_LABEL = "interpreter (correctness only)"
+
+
+def interpreted(variant: str, device: torch.device) -> bool:
+    """True for a Triton variant running under the CPU interpreter: its time says nothing about the kernel."""
+    return device.type == "cpu" and variant == "triton"
+
+
 def run_cases(cases: List[BenchCase], device: torch.device, ceilings: Dict[str, float], budget_s: float,
-              progress: bool = True) -> List[dict]:
-    """Time every variant of every case; returns one row per (case, variant)."""
-    rows = []
+              progress: bool = True, on_case: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
+    """Time every variant of every case; returns one row per (case, variant). Triton rows on CPU are labelled
+    :data:`INTERPRETER_LABEL` and get no speedup. ``on_case(rows so far)`` runs after each case."""
+    rows: List[dict] = []
     iterator = cases
     if progress:
         from tqdm import tqdm
@@ -110,6 +120,8 @@ def run_cases(cases: List[BenchCase], device: torch.device, ceilings: Dict[str, 
         for label, res in results.items():
             row = {"op": case.op, "case": case.name, "direction": case.direction, "variant": label, **case.notes}
             row.update(res)
+            if interpreted(label, device):
+                row["label"] = INTERPRETER_LABEL
             if "ms" in res:
                 seconds = res["ms"] * 1e-3
                 if case.bytes_moved:
@@ -118,9 +130,11 @@ def run_cases(cases: List[BenchCase], device: torch.device, ceilings: Dict[str, 
                 if case.flops:
                     row["TFLOPs"] = case.flops / seconds / 1e12
                     row["frac_matmul_peak"] = row["TFLOPs"] / ceilings["matmul_TFLOPs"]
-                if baseline_ms:
+                if baseline_ms and "label" not in row:
                     row["speedup_vs_reference"] = baseline_ms / res["ms"]
             rows.append(row)
+        if on_case is not None:
+            on_case(rows)
     return rows
 
 
@@ -155,16 +169,18 @@ def environment(device: torch.device) -> dict:
 
 def format_table(rows: List[dict]) -> str:
     """Markdown table of the rows."""
-    lines = ["| op | case | dir | variant | median ms | p20-p80 ms | GB/s | %copy BW | TFLOP/s | %peak | x ref | peak MiB |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| op | case | dir | variant | median ms | p20-p80 ms | GB/s | %copy BW | TFLOP/s | %peak | x ref "
+             "| peak MiB |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda row, k, spec: format(row[k], spec) if k in row and row[k] == row[k] else ""  # noqa: E731
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['op']} | {r['case']} | {r['direction']} | {r['variant']} | n/a: {r['error'][:60]} |||||||")
+            lines.append(f"| {r['op']} | {r['case']} | {r['direction']} | {r['variant']} | "
+                         f"n/a: {r['error'][:60]} |||||||")
             continue
-        pct = lambda k: f"{100 * r[k]:.0f}%" if k in r else ""  # noqa: E731
+        pct = lambda k, r=r: f"{100 * r[k]:.0f}%" if k in r else ""  # noqa: E731
+        variant = f"{r['variant']}: {r['label']}" if "label" in r else r["variant"]
         lines.append(
-            f"| {r['op']} | {r['case']} | {r['direction']} | {r['variant']} | {r['ms']:.3f} | "
+            f"| {r['op']} | {r['case']} | {r['direction']} | {variant} | {r['ms']:.3f} | "
             f"{r['p20_ms']:.3f}-{r['p80_ms']:.3f} | {fmt(r, 'GBps', '.0f')} | {pct('frac_copy_bw')} | "
             f"{fmt(r, 'TFLOPs', '.1f')} | {pct('frac_matmul_peak')} | {fmt(r, 'speedup_vs_reference', '.2f')} | "
             f"{fmt(r, 'peak_mib', '.0f')} |"
@@ -172,37 +188,91 @@ def format_table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def triton_configs() -> Dict[str, dict]:
+    """Per autotuned Triton kernel of the package: the config chosen for each shape key so far and the seconds
+    its last tuning took (empty under the interpreter, where nothing is autotuned)."""
+    from triton.runtime.autotuner import Autotuner
+
+    import alarm_kernels
+
+    chosen: Dict[str, dict] = {}
+    for info in pkgutil.iter_modules(alarm_kernels.__path__):
+        try:
+            module = importlib.import_module(f"alarm_kernels.{info.name}.triton")
+        except ImportError:
+            continue
+        for obj in vars(module).values():
+            if isinstance(obj, Autotuner) and obj.cache:
+                chosen[f"{info.name}.{obj.base_fn.__name__}"] = {
+                    "configs": {json.dumps(list(k), default=str): str(c) for k, c in obj.cache.items()},
+                    "last_tuning_s": getattr(obj, "bench_time", None),
+                }
+    return chosen
+
+
+def collect_cases(device: torch.device, quick: bool, ops: Optional[List[str]] = None,
+                  variants: Optional[List[str]] = None) -> List[BenchCase]:
+    """The cases of the selected case modules; with ``variants``, only those variants (and "reference")."""
+    cases: List[BenchCase] = []
+    for name in discover_case_modules(ops):
+        cases.extend(importlib.import_module(f"bench.cases.{name}").cases(device, quick))
+    if variants:
+        for case in cases:
+            case.variants = {k: v for k, v in case.variants.items() if k in variants or k == "reference"}
+    return cases
+
+
+def run_suite(device: torch.device, quick: bool, budget_s: float, ops: Optional[List[str]] = None,
+              variants: Optional[List[str]] = None, out: Optional[str] = None, progress: bool = True) -> dict:
+    """Measure the ceilings, then time every case; the result (environment, ceilings, rows; at the end the Triton
+    configs chosen and their tuning time, :func:`triton_configs`) is rewritten to ``out`` after every case with
+    ``"complete": false`` (a run cut short keeps what it measured)."""
+    torch._logging.set_logs(dynamo=logging.ERROR)
+    cases = collect_cases(device, quick, ops, variants)
+    result = {"environment": environment(device), "ceilings": measure_ceilings(device, quick), "rows": [],
+              "complete": False}
+
+    def save(rows: List[dict]) -> None:
+        result["rows"] = rows
+        if out:
+            from alarm.fileio import atomic_write_json
+
+            atomic_write_json(out, result)
+
+    save(run_cases(cases, device, result["ceilings"], budget_s, progress=progress, on_case=save))
+    result["triton_configs"] = triton_configs()
+    result["complete"] = True
+    save(result["rows"])
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (seconds on CPU)")
     parser.add_argument("--ops", default="", help="comma-separated case modules (default: all)")
+    parser.add_argument("--variants", default="", help="comma-separated variants to time (default: all; "
+                        "'reference' is always kept)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--budget", type=float, default=None, help="seconds of timing per variant")
-    parser.add_argument("--out", default=None, help="write JSON results here")
+    parser.add_argument("--out", default=None, help="write JSON results here (and a PNG next to it)")
     args = parser.parse_args(argv)
     # torch.compile variants of the padded baselines graph-break on data-dependent shapes by nature;
     # that is part of what is measured, not something to print pages of warnings about.
-    torch._logging.set_logs(dynamo=logging.ERROR)
     warnings.filterwarnings("ignore", message="Error detected in", category=UserWarning)  # same fallbacks, backward
     device = torch.device(args.device)
     budget = args.budget if args.budget is not None else (0.2 if args.quick else 0.5)
-    cases: List[BenchCase] = []
-    for name in discover_case_modules([o for o in args.ops.split(",") if o]):
-        cases.extend(importlib.import_module(f"bench.cases.{name}").cases(device, args.quick))
-    ceilings = measure_ceilings(device, args.quick)
-    rows = run_cases(cases, device, ceilings, budget)
-    env = environment(device)
+    result = run_suite(device, args.quick, budget, [o for o in args.ops.split(",") if o],
+                       [v for v in args.variants.split(",") if v], args.out)
+    env, ceilings = result["environment"], result["ceilings"]
     print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | sha {env['git_sha'][:10]}")
     print(f"ceilings: copy {ceilings['copy_GBps']:.0f} GB/s, matmul {ceilings['matmul_TFLOPs']:.1f} TFLOP/s "
           f"({ceilings['matmul_dtype']})")
-    print(format_table(rows))
+    print(format_table(result["rows"]))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"environment": env, "ceilings": ceilings, "rows": rows}, f, indent=1)
-        os.replace(tmp, args.out)
-        print(f"wrote {args.out}")
+        from bench.plot import plot_speedups
+
+        png = plot_speedups(result["rows"], os.path.splitext(args.out)[0] + ".png", env["device"])
+        print(f"wrote {args.out} and {png}")
     return 0
 
 

@@ -1,34 +1,14 @@
 // Torch wrappers for csrc/multi_encoder_concat.cu (included only from bindings.cpp).
 // Outputs (cu_y included) are allocated by the Python side (alarm_kernels.multi_encoder_concat.cuda) and
-// passed in.
+// passed in. The projection's GEMMs run through cuBLAS (at::mm / at::addmm) on operands gathered by the custom
+// kernels: the forward materializes the concatenation once, the backward gathers each stream's rows of grad_y.
 #pragma once
 #include <optional>
 #include <vector>
 
 #include "binding_utils.h"
 
-extern "C" {
-int ak_multi_encoder_concat_max_streams();
-cudaError_t ak_multi_encoder_concat_output_offsets(const int32_t* const* cus, int n_streams, int n_seq, int32_t* cu_y,
-                                                   cudaStream_t stream);
-cudaError_t ak_multi_encoder_concat_fwd(const void* const* streams, const int32_t* const* cus, const int* widths,
-                                        int n_streams, const int32_t* cu_y, int n_seq, int64_t total_y, void* out,
-                                        int dtype, cudaStream_t stream);
-cudaError_t ak_multi_encoder_concat_linear_fwd(const void* const* streams, const int32_t* const* cus,
-                                               const int* widths, int n_streams, const int32_t* cu_y, int n_seq,
-                                               int64_t total_y, const void* weight, const void* bias, int d_out,
-                                               void* out, int dtype, cudaStream_t stream);
-cudaError_t ak_multi_encoder_concat_bwd_stream(const void* grad_y, const int32_t* cu_e, const int32_t* cu_y, int n_seq,
-                                               int64_t total_e, int width, int d_total, int col_offset,
-                                               const void* weight, int d_out, void* grad_x, int dtype,
-                                               cudaStream_t stream);
-cudaError_t ak_multi_encoder_concat_bwd_weight(const void* grad_y, const void* x, const int32_t* cu_e,
-                                               const int32_t* cu_y, int n_seq, int64_t total_e, int width, int d_out,
-                                               int d_total, int col_offset, void* grad_w, int dtype,
-                                               cudaStream_t stream);
-cudaError_t ak_multi_encoder_concat_bwd_bias(const void* grad_y, int64_t rows, int cols, void* grad_b, int dtype,
-                                             cudaStream_t stream);
-}
+#include "multi_encoder_concat.h"
 
 namespace akb {
 namespace mec {
@@ -107,17 +87,30 @@ inline void fwd(const std::vector<at::Tensor>& streams, const std::vector<at::Te
   TORCH_CHECK(w.scalar_type() == out.scalar_type() && w.dim() == 2 && w.size(1) == p.d_total &&
                   w.size(0) == out.size(1),
               "multi_encoder_concat: weight must be [D_out, sum D_e] in the output dtype");
-  const void* bias_ptr = nullptr;
+  at::Tensor cat = at::empty({total_y, p.d_total}, out.options());
+  check_launch(ak_multi_encoder_concat_fwd(p.ptrs.data(), p.cus.data(), p.widths.data(), n,
+                                           cu_y.data_ptr<int32_t>(), n_seq, total_y, cat.data_ptr(), dt, stream()),
+               "multi_encoder_concat_fwd");
   if (bias.has_value()) {
     check_cuda(*bias, "bias");
     TORCH_CHECK(bias->scalar_type() == out.scalar_type() && bias->numel() == w.size(0),
                 "multi_encoder_concat: bias must be [D_out] in the output dtype");
-    bias_ptr = bias->data_ptr();
+    at::addmm_out(out, *bias, cat, w.t());
+  } else {
+    at::mm_out(out, cat, w.t());
   }
-  check_launch(ak_multi_encoder_concat_linear_fwd(p.ptrs.data(), p.cus.data(), p.widths.data(), n,
-                                                  cu_y.data_ptr<int32_t>(), n_seq, total_y, w.data_ptr(), bias_ptr,
-                                                  static_cast<int>(w.size(0)), out.data_ptr(), dt, stream()),
-               "multi_encoder_concat_linear_fwd");
+}
+
+// dst [total_e, src.size(1)] = the rows of src (laid out in output rows) that stream e's rows map to
+inline at::Tensor gather_rows(const at::Tensor& src, const at::Tensor& cu_e, const at::Tensor& cu_y, int64_t total_e) {
+  at::Tensor dst = at::empty({total_e, src.size(1)}, src.options());
+  const int n_seq = static_cast<int>(cu_y.numel()) - 1;
+  check_launch(ak_multi_encoder_concat_gather_rows(src.data_ptr(), cu_e.data_ptr<int32_t>(), cu_y.data_ptr<int32_t>(),
+                                                   n_seq, total_e, static_cast<int>(src.size(1)),
+                                                   static_cast<int>(src.size(1)), 0, dst.data_ptr(),
+                                                   dtype_code(src, "grad_y"), stream()),
+               "multi_encoder_concat_gather_rows");
+  return dst;
 }
 
 // grad_x [total_e, width] of the stream at feature offset col_offset (d_total = sum D_e)
@@ -131,22 +124,19 @@ inline void bwd_stream(const at::Tensor& grad_y, const at::Tensor& cu_e, const a
   TORCH_CHECK(grad_x.scalar_type() == grad_y.scalar_type() && grad_x.dim() == 2, "multi_encoder_concat: grad_x dtype");
   const int n_seq = static_cast<int>(cu_y.numel()) - 1;
   if (n_seq < 1 || grad_x.numel() == 0) return;
-  const void* w_ptr = nullptr;
-  int d_out = 0;
-  if (weight.has_value()) {
+  if (weight.has_value()) {  // grad_x = gathered(grad_y) @ W[:, seg_e] (cuBLAS)
     check_cuda(*weight, "weight");
     TORCH_CHECK(weight->size(1) == d_total && weight->size(0) == grad_y.size(1), "multi_encoder_concat: weight shape");
-    w_ptr = weight->data_ptr();
-    d_out = static_cast<int>(weight->size(0));
-  } else {
-    TORCH_CHECK(grad_y.size(1) == d_total, "multi_encoder_concat: grad_y must be [total_y, sum D_e]");
+    at::mm_out(grad_x, gather_rows(grad_y, cu_e, cu_y, grad_x.size(0)), weight->narrow(1, col_offset, grad_x.size(1)));
+    return;
   }
-  check_launch(ak_multi_encoder_concat_bwd_stream(grad_y.data_ptr(), cu_e.data_ptr<int32_t>(),
-                                                  cu_y.data_ptr<int32_t>(), n_seq, grad_x.size(0),
-                                                  static_cast<int>(grad_x.size(1)), static_cast<int>(d_total),
-                                                  static_cast<int>(col_offset), w_ptr, d_out, grad_x.data_ptr(),
-                                                  dtype_code(grad_x, "grad_x"), stream()),
-               "multi_encoder_concat_bwd_stream");
+  TORCH_CHECK(grad_y.size(1) == d_total, "multi_encoder_concat: grad_y must be [total_y, sum D_e]");
+  check_launch(ak_multi_encoder_concat_gather_rows(grad_y.data_ptr(), cu_e.data_ptr<int32_t>(),
+                                                   cu_y.data_ptr<int32_t>(), n_seq, grad_x.size(0),
+                                                   static_cast<int>(grad_x.size(1)), static_cast<int>(d_total),
+                                                   static_cast<int>(col_offset), grad_x.data_ptr(),
+                                                   dtype_code(grad_x, "grad_x"), stream()),
+               "multi_encoder_concat_gather_rows");
 }
 
 // grad_w[:, col_offset : col_offset + D_e] = gathered(grad_y)^T @ x
@@ -168,12 +158,8 @@ inline void bwd_weight(const at::Tensor& grad_y, const at::Tensor& x, const at::
     grad_w.narrow(1, col_offset, x.size(1)).zero_();
     return;
   }
-  check_launch(ak_multi_encoder_concat_bwd_weight(grad_y.data_ptr(), x.data_ptr(), cu_e.data_ptr<int32_t>(),
-                                                  cu_y.data_ptr<int32_t>(), n_seq, x.size(0),
-                                                  static_cast<int>(x.size(1)), static_cast<int>(grad_w.size(0)),
-                                                  static_cast<int>(grad_w.size(1)), static_cast<int>(col_offset),
-                                                  grad_w.data_ptr(), dtype_code(grad_w, "grad_w"), stream()),
-               "multi_encoder_concat_bwd_weight");
+  // cuBLAS on the gathered rows of grad_y: [D_out, total_e] @ [total_e, D_e]
+  grad_w.narrow(1, col_offset, x.size(1)).copy_(at::mm(gather_rows(grad_y, cu_e, cu_y, x.size(0)).t(), x));
 }
 
 // grad_b [D_out] = column sums of grad_y
@@ -183,9 +169,13 @@ inline void bwd_bias(const at::Tensor& grad_y, at::Tensor grad_b) {
   c10::cuda::CUDAGuard guard(grad_y.device());
   TORCH_CHECK(grad_b.numel() == grad_y.size(1) && grad_b.scalar_type() == grad_y.scalar_type(),
               "multi_encoder_concat: grad_b must be [D_out] in grad_y's dtype");
-  check_launch(ak_multi_encoder_concat_bwd_bias(grad_y.data_ptr(), grad_y.size(0), static_cast<int>(grad_y.size(1)),
-                                                grad_b.data_ptr(), dtype_code(grad_y, "grad_y"), stream()),
-               "multi_encoder_concat_bwd_bias");
+  const int64_t rows = grad_y.size(0);
+  const int cols = static_cast<int>(grad_y.size(1));
+  const int splits = ak_multi_encoder_concat_column_sum_splits(rows, cols);
+  at::Tensor partials = at::empty({splits, cols}, grad_y.options().dtype(at::kFloat));
+  check_launch(ak_multi_encoder_concat_column_sum(grad_y.data_ptr(), rows, cols, partials.data_ptr<float>(), splits,
+                                                  grad_b.data_ptr(), dtype_code(grad_y, "grad_y"), stream()),
+               "multi_encoder_concat_column_sum");
 }
 
 }  // namespace mec

@@ -6,23 +6,23 @@
 #include "binding_utils.h"
 #include "bind_varlen_pool.h"  // akb::check_offsets, akb::check_like
 
-extern "C" cudaError_t ak_varlen_conv1d_fwd(const void* x, const void* w_t, const void* bias, void* y, void* pre,
-                                            const int32_t* cu_x, const int32_t* cu_y, int64_t total_y,
-                                            int32_t n_seq, int32_t c_in, int32_t c_out, int32_t k, int32_t stride,
-                                            int32_t padding, int32_t gelu, int32_t dtype, cudaStream_t stream);
-extern "C" cudaError_t ak_varlen_conv1d_dx(const void* grad_pre, const void* w_t, void* grad_x, const int32_t* cu_x,
-                                           const int32_t* cu_y, const int32_t* cu_ph, int64_t total, int32_t n_seq,
-                                           int32_t c_in, int32_t c_out, int32_t k, int32_t stride, int32_t padding,
-                                           int32_t dtype, cudaStream_t stream);
-extern "C" cudaError_t ak_varlen_conv1d_dw(const void* grad_pre, const void* x, void* grad_w, void* grad_b,
-                                           const int32_t* cu_x, const int32_t* cu_y, int64_t total_y, int32_t n_seq,
-                                           int32_t c_in, int32_t c_out, int32_t k, int32_t stride, int32_t padding,
-                                           int32_t dtype, cudaStream_t stream);
-extern "C" cudaError_t ak_varlen_conv1d_gelu_grad(const void* grad_y, const void* pre, void* out, int64_t n,
-                                                  int32_t dtype, cudaStream_t stream);
+#include "varlen_conv1d.h"
 
 namespace akb {
-// y [total_y, C_out] (and pre, when gelu) <- conv of x [total, C_in] with w_t [k, C_in, C_out] (+ bias).
+// col [total_y, k * C_in]: the taps of every output token (ak_varlen_conv1d_im2col)
+inline at::Tensor conv_im2col(const at::Tensor& x, const at::Tensor& cu_x, const at::Tensor& cu_y, int64_t total_y,
+                              int64_t k, int64_t stride, int64_t padding) {
+  at::Tensor col = at::empty({total_y, k * x.size(1)}, x.options());
+  check_launch(ak_varlen_conv1d_im2col(x.data_ptr(), cu_x.data_ptr<int32_t>(), cu_y.data_ptr<int32_t>(),
+                                       static_cast<int32_t>(cu_x.numel() - 1), total_y, static_cast<int32_t>(x.size(1)),
+                                       static_cast<int32_t>(k), static_cast<int32_t>(stride),
+                                       static_cast<int32_t>(padding), col.data_ptr(), dtype_code(x, "x"), stream()),
+               "varlen_conv1d_im2col");
+  return col;
+}
+
+// y [total_y, C_out] (and pre, when gelu) <- conv of x [total, C_in] with w_t [k, C_in, C_out] (+ bias):
+// im2col, then one cuBLAS GEMM (bias fused by addmm), then GELU.
 inline void varlen_conv1d_fwd(const at::Tensor& x, const at::Tensor& w_t, const std::optional<at::Tensor>& bias,
                               at::Tensor y, at::Tensor pre, const at::Tensor& cu_x, const at::Tensor& cu_y,
                               int64_t stride, int64_t padding, bool gelu) {
@@ -39,42 +39,39 @@ inline void varlen_conv1d_fwd(const at::Tensor& x, const at::Tensor& w_t, const 
     TORCH_CHECK(pre.sizes() == y.sizes(), "varlen_conv1d_fwd: pre must match y");
   }
   const c10::cuda::CUDAGuard guard(x.device());
-  check_launch(ak_varlen_conv1d_fwd(x.data_ptr(), w_t.data_ptr(), bias ? bias->data_ptr() : nullptr, y.data_ptr(),
-                                    gelu ? pre.data_ptr() : nullptr, cu_x.data_ptr<int32_t>(),
-                                    cu_y.data_ptr<int32_t>(), y.size(0), static_cast<int32_t>(cu_x.numel() - 1),
-                                    static_cast<int32_t>(x.size(1)), static_cast<int32_t>(y.size(1)),
-                                    static_cast<int32_t>(w_t.size(0)), static_cast<int32_t>(stride),
-                                    static_cast<int32_t>(padding), gelu ? 1 : 0, dtype_code(x, "x"), stream()),
-               "varlen_conv1d_fwd");
+  const int64_t k = w_t.size(0);
+  const at::Tensor col = conv_im2col(x, cu_x, cu_y, y.size(0), k, stride, padding);
+  const at::Tensor w2 = w_t.reshape({k * x.size(1), y.size(1)});
+  at::Tensor target = gelu ? pre : y;
+  if (bias) at::addmm_out(target, *bias, col, w2);
+  else at::mm_out(target, col, w2);
+  if (gelu) at::gelu_out(y, pre);
 }
 
-// grad_x [total, C_in] <- transposed conv of grad_pre [total_y, C_out] with w_t [k, C_out, C_in];
-// cu_ph int32 [stride, N+1]: per-phase frame offsets (alarm_kernels.varlen_conv1d.reference.phase_offsets).
+// grad_x [total, C_in] <- transposed conv of grad_pre [total_y, C_out] with w_t [k, C_out, C_in]:
+// gcol = grad_pre @ W (cuBLAS), then col2im (each frame sums the taps that read it, fixed order).
 inline void varlen_conv1d_dx(const at::Tensor& grad_pre, const at::Tensor& w_t, at::Tensor grad_x,
-                             const at::Tensor& cu_x, const at::Tensor& cu_y, const at::Tensor& cu_ph, int64_t stride,
-                             int64_t padding) {
+                             const at::Tensor& cu_x, const at::Tensor& cu_y, int64_t stride, int64_t padding) {
   check_cuda(grad_pre, "grad_pre");
   check_like(w_t, grad_pre, "weight");
   check_like(grad_x, grad_pre, "grad_x");
   check_offsets(cu_x, grad_pre, "cu_seqlens");
   check_offsets(cu_y, grad_pre, "cu_y");
-  check_cuda(cu_ph, "cu_ph");
-  TORCH_CHECK(cu_ph.scalar_type() == at::kInt && cu_ph.dim() == 2 && cu_ph.size(0) == stride &&
-                  cu_ph.size(1) == cu_x.numel() && cu_ph.device() == grad_pre.device(),
-              "varlen_conv1d_dx: cu_ph must be int32 [stride, N+1] on the data's device");
   TORCH_CHECK(w_t.dim() == 3 && w_t.size(1) == grad_pre.size(1) && w_t.size(2) == grad_x.size(1),
               "varlen_conv1d_dx: w_t must be [k, C_out, C_in]");
   const c10::cuda::CUDAGuard guard(grad_pre.device());
-  check_launch(ak_varlen_conv1d_dx(grad_pre.data_ptr(), w_t.data_ptr(), grad_x.data_ptr(), cu_x.data_ptr<int32_t>(),
-                                   cu_y.data_ptr<int32_t>(), cu_ph.data_ptr<int32_t>(), grad_x.size(0),
-                                   static_cast<int32_t>(cu_x.numel() - 1),
-                                   static_cast<int32_t>(grad_x.size(1)), static_cast<int32_t>(grad_pre.size(1)),
-                                   static_cast<int32_t>(w_t.size(0)), static_cast<int32_t>(stride),
-                                   static_cast<int32_t>(padding), dtype_code(grad_pre, "grad_pre"), stream()),
-               "varlen_conv1d_dx");
+  const int64_t k = w_t.size(0), c_out = w_t.size(1), c_in = w_t.size(2);
+  const at::Tensor gcol = at::mm(grad_pre, w_t.permute({1, 0, 2}).reshape({c_out, k * c_in}));
+  check_launch(ak_varlen_conv1d_col2im(gcol.data_ptr(), cu_x.data_ptr<int32_t>(), cu_y.data_ptr<int32_t>(),
+                                       static_cast<int32_t>(cu_x.numel() - 1), grad_x.size(0),
+                                       static_cast<int32_t>(c_in), static_cast<int32_t>(k),
+                                       static_cast<int32_t>(stride), static_cast<int32_t>(padding),
+                                       grad_x.data_ptr(), dtype_code(grad_pre, "grad_pre"), stream()),
+               "varlen_conv1d_col2im");
 }
 
-// grad_w [C_out, C_in, k] (and grad_b [C_out] when given) <- grad_pre [total_y, C_out] and x [total, C_in].
+// grad_w [C_out, C_in, k] (and grad_b [C_out] when given) <- grad_pre [total_y, C_out] and x [total, C_in]:
+// grad_pre^T @ im2col(x) (cuBLAS), re-laid out; grad_b = column sums (fp32 accumulation).
 inline void varlen_conv1d_dw(const at::Tensor& grad_pre, const at::Tensor& x, at::Tensor grad_w,
                              const std::optional<at::Tensor>& grad_b, const at::Tensor& cu_x, const at::Tensor& cu_y,
                              int64_t stride, int64_t padding) {
@@ -87,13 +84,10 @@ inline void varlen_conv1d_dw(const at::Tensor& grad_pre, const at::Tensor& x, at
   TORCH_CHECK(grad_w.dim() == 3 && grad_w.size(0) == grad_pre.size(1) && grad_w.size(1) == x.size(1),
               "varlen_conv1d_dw: grad_w must be [C_out, C_in, k]");
   const c10::cuda::CUDAGuard guard(x.device());
-  check_launch(ak_varlen_conv1d_dw(grad_pre.data_ptr(), x.data_ptr(), grad_w.data_ptr(),
-                                   grad_b ? grad_b->data_ptr() : nullptr, cu_x.data_ptr<int32_t>(),
-                                   cu_y.data_ptr<int32_t>(), grad_pre.size(0), static_cast<int32_t>(cu_x.numel() - 1),
-                                   static_cast<int32_t>(x.size(1)), static_cast<int32_t>(grad_w.size(0)),
-                                   static_cast<int32_t>(grad_w.size(2)), static_cast<int32_t>(stride),
-                                   static_cast<int32_t>(padding), dtype_code(x, "x"), stream()),
-               "varlen_conv1d_dw");
+  const int64_t c_out = grad_w.size(0), c_in = grad_w.size(1), k = grad_w.size(2);
+  const at::Tensor col = conv_im2col(x, cu_x, cu_y, grad_pre.size(0), k, stride, padding);
+  grad_w.copy_(at::mm(grad_pre.t(), col).view({c_out, k, c_in}).permute({0, 2, 1}));
+  if (grad_b) grad_b->copy_(grad_pre.sum({0}, false, at::kFloat));
 }
 
 // out <- grad_y * gelu'(pre), elementwise.
@@ -111,12 +105,12 @@ inline void varlen_conv1d_gelu_grad(const at::Tensor& grad_y, const at::Tensor& 
 
 inline void register_varlen_conv1d(pybind11::module_& m) {
   namespace py = pybind11;
-  m.def("varlen_conv1d_fwd", &akb::varlen_conv1d_fwd, "varlen conv1d forward (implicit GEMM) into y / pre",
+  m.def("varlen_conv1d_fwd", &akb::varlen_conv1d_fwd, "varlen conv1d forward (im2col + cuBLAS) into y / pre",
         py::arg("x"), py::arg("w_t"), py::arg("bias"), py::arg("y"), py::arg("pre"), py::arg("cu_seqlens"),
         py::arg("cu_y"), py::arg("stride"), py::arg("padding"), py::arg("gelu"));
-  m.def("varlen_conv1d_dx", &akb::varlen_conv1d_dx, "varlen conv1d grad_x (transposed conv) into grad_x",
+  m.def("varlen_conv1d_dx", &akb::varlen_conv1d_dx, "varlen conv1d grad_x (cuBLAS + col2im) into grad_x",
         py::arg("grad_pre"), py::arg("w_t"), py::arg("grad_x"), py::arg("cu_seqlens"), py::arg("cu_y"),
-        py::arg("cu_ph"), py::arg("stride"), py::arg("padding"));
+        py::arg("stride"), py::arg("padding"));
   m.def("varlen_conv1d_dw", &akb::varlen_conv1d_dw, "varlen conv1d grad_w (+ grad_b) into grad_w / grad_b",
         py::arg("grad_pre"), py::arg("x"), py::arg("grad_w"), py::arg("grad_b"), py::arg("cu_seqlens"),
         py::arg("cu_y"), py::arg("stride"), py::arg("padding"));

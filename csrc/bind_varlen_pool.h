@@ -3,13 +3,7 @@
 #pragma once
 #include "binding_utils.h"
 
-extern "C" cudaError_t ak_varlen_pool_fwd(const void* x, void* y, const int32_t* cu_x, const int32_t* cu_y,
-                                          int64_t total_y, int32_t n_seq, int32_t D, int32_t ratio, int32_t is_max,
-                                          int32_t dtype, cudaStream_t stream);
-extern "C" cudaError_t ak_varlen_pool_bwd(const void* grad_y, const void* x, const void* y, void* grad_x,
-                                          const int32_t* cu_x, const int32_t* cu_y, int64_t total_y, int32_t n_seq,
-                                          int32_t D, int32_t ratio, int32_t is_max, int32_t dtype,
-                                          cudaStream_t stream);
+#include "varlen_pool.h"
 
 namespace akb {
 inline void check_offsets(const at::Tensor& cu, const at::Tensor& like, const char* name) {

@@ -3,6 +3,7 @@
 // pointers allow); a block covers ROWS windows. Window -> sequence by binary search over cu_y.
 // Backward writes every input frame exactly once (each frame lies in one window): no atomics.
 #include "common.h"
+#include "varlen_pool.h"
 
 namespace {
 

@@ -7,6 +7,7 @@
 // asked and per-block partial dots <grad_y, layers[j]> (fixed grid => deterministic); pass 2 (one block)
 // reduces the partials in a fixed order and applies the softmax Jacobian.
 #include "common.h"
+#include "weighted_layer_sum.h"
 
 namespace {
 

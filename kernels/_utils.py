@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from typing import Iterable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -55,15 +57,128 @@ def check_tensor(
         raise ValueError(f"{name} is on {x.device}, expected {device}")
 
 
-def triton_autotune(configs, key, interpret_config: int = 0, **kwargs):
-    """``triton.autotune`` on GPU; under ``TRITON_INTERPRET=1`` (where autotune needs a driver) the
-    meta-parameters of ``configs[interpret_config]`` are fixed instead."""
+AUTOTUNE_ENV = "ALARM_KERNELS_AUTOTUNE"
+
+
+def autotune_enabled() -> bool:
+    """True when ``ALARM_KERNELS_AUTOTUNE=1``: Triton benchmarks every candidate config per new shape key.
+    Off by default (0): every kernel runs one fixed config from its table (see :class:`DefaultConfig`), so a
+    first GPU run, CUDA-graph capture and all DDP ranks see the same configs and no tuning time."""
+    return os.environ.get(AUTOTUNE_ENV, "0").strip() == "1"
+
+
+@dataclass(frozen=True)
+class DefaultConfig:
+    """One row of a kernel's fixed-config table; the first row whose conditions all hold picks the config.
+
+    Attributes:
+        config: index into the kernel's autotune configs.
+        dtypes: storage dtypes the row applies to (empty: any).
+        min_capability: smallest CUDA compute capability, as ``major * 10 + minor`` (0: any device).
+        max_width: largest value of the kernel's width argument the row applies to (None: any).
+    """
+
+    config: int
+    dtypes: Tuple[torch.dtype, ...] = ()
+    min_capability: int = 0
+    max_width: Optional[int] = None
+
+    def matches(self, dtype: Optional[torch.dtype], capability: int, width: Optional[int]) -> bool:
+        """True if this row applies to a launch with these properties."""
+        if self.dtypes and dtype not in self.dtypes:
+            return False
+        if capability < self.min_capability:
+            return False
+        return self.max_width is None or width is None or width <= self.max_width
+
+
+def _first_tensor(values) -> Optional[torch.Tensor]:
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value
+        if isinstance(value, (tuple, list)):
+            found = _first_tensor(value)
+            if found is not None:
+                return found
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device_index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return major * 10 + minor
+
+
+def launch_properties(named_args: Mapping[str, object]) -> Tuple[Optional[torch.dtype], int]:
+    """(dtype of the first tensor argument, compute capability ``major * 10 + minor`` of its device; 0 off CUDA)."""
+    tensor = _first_tensor(named_args.values())
+    if tensor is None:
+        return None, 0
+    capability = _capability(tensor.device.index or 0) if tensor.device.type == "cuda" else 0
+    return tensor.dtype, capability
+
+
+def fixed_config_index(
+    table: Sequence[DefaultConfig], named_args: Mapping[str, object], width_arg: Optional[str] = None,
+    capability: Optional[int] = None,
+) -> int:
+    """Index of the config that ``table`` picks for a launch (0 when no row matches); ``capability`` replaces
+    the device's (e.g. to ask what an sm_90 launch would run on a machine without a GPU)."""
+    dtype, device_capability = launch_properties(named_args)
+    capability = device_capability if capability is None else capability
+    width = named_args.get(width_arg) if width_arg else None
+    width = int(width) if isinstance(width, int) else None
+    for row in table:
+        if row.matches(dtype, capability, width):
+            return row.config
+    return 0
+
+
+def triton_autotune(
+    configs,
+    key,
+    interpret_config: int = 0,
+    *,
+    defaults: Sequence[DefaultConfig] = (),
+    width_arg: Optional[str] = None,
+    **kwargs,
+):
+    """``triton.autotune`` that honours ``ALARM_KERNELS_AUTOTUNE`` (see :func:`autotune_enabled`).
+
+    Args:
+        configs: the autotune candidates.
+        key: argument names whose values key the tuning cache.
+        interpret_config: the config fixed under ``TRITON_INTERPRET=1`` (autotune needs a driver there).
+        defaults: the kernel's fixed-config table (first matching row wins; config 0 when none matches),
+            used when autotuning is off. A config saved by ``python -m alarm_kernels.tune`` for the same
+            device, versions and shape key wins over the table.
+        width_arg: the argument compared with :attr:`DefaultConfig.max_width`.
+        kwargs: passed to ``triton.autotune``. A caller that passes its own ``prune_configs_by`` decides for
+            itself which configs run (it reads the environment variable itself).
+    """
     import triton
 
-    if not triton_interpreting():
+    if triton_interpreting():
+        fixed = dict(configs[interpret_config].kwargs)
+        return triton.heuristics({name: (lambda _args, v=value: v) for name, value in fixed.items()})
+    if "prune_configs_by" in kwargs:
         return triton.autotune(configs=configs, key=key, **kwargs)
-    fixed = dict(configs[interpret_config].kwargs)
-    return triton.heuristics({name: (lambda _args, v=value: v) for name, value in fixed.items()})
+
+    def decorate(fn):
+        def prune(candidates, named_args, **constexprs):
+            if autotune_enabled():
+                return candidates
+            from .tune import saved_config
+
+            saved = saved_config(candidates, key, {**named_args, **constexprs}, fn.__name__)
+            if saved is not None:
+                return [saved]
+            return [candidates[fixed_config_index(defaults, named_args, width_arg)]]
+
+        prune.defaults, prune.width_arg = tuple(defaults), width_arg  # the table, for static checks
+        return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune}, **kwargs)(fn)
+
+    return decorate
 
 
 def is_compiling() -> bool:

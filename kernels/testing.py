@@ -7,12 +7,18 @@ the oracle's magnitude. Used by tests/ and by the kernel report (``alarm demo``)
 """
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
+import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-__all__ = ["ParityResult", "parity", "assert_parity", "check_backend", "FLOOR", "random_seqlens"]
+__all__ = ["ParityResult", "parity", "assert_parity", "check_backend", "FLOOR", "random_seqlens",
+           "count_host_transfers"]
 
 # Absolute floor, relative to max(1, max|oracle|): the irreducible rounding of one output element.
 FLOOR = {
@@ -142,3 +148,37 @@ def check_backend(fn, inputs: dict, grad_names, *, backend: str, dtype: torch.dt
     for n, f, r, o in zip(names, fast_grads, ref_grads, oracle_grads):
         results.append(parity(f, r, o, k=3.0, dtype=dtype, name=f"{prefix} {n}"))
     return results
+
+
+# Tensor methods that copy a value to the host (each one a device sync on GPU)
+HOST_TRANSFER_METHODS = ("item", "tolist", "cpu", "numpy", "__int__", "__float__", "__bool__", "__index__")
+
+
+@contextlib.contextmanager
+def count_host_transfers():
+    """Count device-to-host transfers made inside the block, on any device (CPU included, by patching
+    :data:`HOST_TRANSFER_METHODS` of ``torch.Tensor``). Yields a ``collections.Counter`` mapping the
+    calling site ``"file:line method"`` (first frame outside torch) to the number of transfers."""
+    counts: collections.Counter = collections.Counter()
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_TRANSFER_METHODS}
+    torch_dir = os.path.dirname(torch.__file__)
+
+    def counting(name, original):
+        @functools.wraps(original)
+        def wrapper(self, *args, **kwargs):
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code.co_filename.startswith(torch_dir):
+                frame = frame.f_back
+            site = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
+            counts[f"{site} {name}"] += 1
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name, original in originals.items():
+        setattr(torch.Tensor, name, counting(name, original))
+    try:
+        yield counts
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)

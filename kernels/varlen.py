@@ -11,6 +11,8 @@ from typing import List, Sequence, Tuple
 
 import torch
 
+INT32_MAX = 2**31 - 1
+
 __all__ = [
     "validate_cu_seqlens",
     "seqlens_to_cu_seqlens",
@@ -30,7 +32,7 @@ def validate_cu_seqlens(
     name: str = "cu_seqlens",
     device: torch.device | None = None,
     check_values: bool = True,
-) -> None:
+) -> list | None:
     """Raise ``ValueError`` (mentioning ``name``) unless ``cu_seqlens`` follows the varlen convention.
 
     Args:
@@ -40,6 +42,9 @@ def validate_cu_seqlens(
         check_values: also check the values (0 first, non-decreasing, last == total). This reads the
             tensor on the host (one device sync on GPU); pass False on hot paths whose metadata was
             already validated.
+    Returns:
+        The offsets as a Python list when the values were checked (callers reuse it instead of a second
+        device read), else None.
     """
     if not isinstance(cu_seqlens, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(cu_seqlens).__name__}")
@@ -50,7 +55,7 @@ def validate_cu_seqlens(
     if device is not None and cu_seqlens.device != torch.device(device):
         raise ValueError(f"{name} is on {cu_seqlens.device} but the data is on {device}")
     if not check_values or torch.compiler.is_compiling():
-        return
+        return None
     values = cu_seqlens.tolist()
     if values[0] != 0:
         raise ValueError(f"{name}[0] must be 0, got {values[0]}")
@@ -59,15 +64,33 @@ def validate_cu_seqlens(
             raise ValueError(f"{name} must be non-decreasing; {name}[{i}]={values[i]} < {name}[{i-1}]={values[i-1]}")
     if total is not None and values[-1] != total:
         raise ValueError(f"{name}[-1]={values[-1]} must equal the packed length {total}")
+    return values
+
+
+def check_host_int(value, name: str, minimum: int = 0) -> int:
+    """``value`` as an int (a host-side size passed by the caller); ValueError naming ``name`` unless it is
+    an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum} (a host-side size), got {value!r}")
+    return value
 
 
 def seqlens_to_cu_seqlens(seqlens: Sequence[int] | torch.Tensor, device=None) -> torch.Tensor:
-    """Lengths ``[N]`` -> int32 offsets ``[N+1]`` starting at 0."""
+    """Lengths ``[N]`` -> int32 offsets ``[N+1]`` starting at 0.
+
+    Raises ValueError for negative lengths and for a total above ``2**31 - 1`` (int32 offsets would wrap).
+    One host read of the lengths' minimum and sum (a device sync when they live on a GPU).
+    """
     lengths = torch.as_tensor(seqlens, dtype=torch.int64, device=device)
     if lengths.dim() != 1:
         raise ValueError(f"seqlens must be 1-D, got shape {tuple(lengths.shape)}")
-    if (lengths < 0).any():
-        raise ValueError("seqlens must be non-negative")
+    if lengths.numel():
+        smallest, total = torch.stack([lengths.min(), lengths.sum()]).tolist()
+        if smallest < 0:
+            raise ValueError(f"seqlens must be non-negative, got {smallest}")
+        if total > INT32_MAX:
+            raise ValueError(f"seqlens sum to {total}, more than int32 offsets can hold ({INT32_MAX}); "
+                             "split the batch")
     cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
     cu[1:] = torch.cumsum(lengths, 0).to(torch.int32)
     return cu

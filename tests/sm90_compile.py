@@ -23,6 +23,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
 
+from alarm_kernels._utils import fixed_config_index
+
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -67,19 +69,19 @@ _POOL_MAX = {torch.float16: (False,), torch.bfloat16: (False, True), torch.float
 def _varlen_pool(m, dt):
     x = _ptr(dt)
     for is_max in _POOL_MAX[dt]:
-        consts = dict(RATIO=3, MAX=is_max, N_ITER=4)
-        yield m._pool_fwd_kernel, (x, x, _i32(), _i32(), 4000, 12, 1024), consts
-        yield m._pool_bwd_kernel, (x, x, x, x, _i32(), _i32(), 4000, 12, 1024), consts
+        consts = dict(MAX=is_max)
+        yield m._pool_fwd_kernel, (x, x, _i32(), _i32(), 4000, 12, 1024, 3, 4), consts
+        yield m._pool_bwd_kernel, (x, x, x, x, _i32(), _i32(), 4000, 12, 1024, 3, 4), consts
 
 
 def _varlen_conv1d(m, dt):
     x, cu = _ptr(dt), _i32()
     prec = m._dot_prec(dt)
-    yield m._fwd_kernel, (x, x, x, x, x, cu, cu, 4000, 12, 1024, 1024), dict(
-        K=3, STRIDE=1, PAD=1, N_ITER=4, HAS_BIAS=True, GELU=True, DOT_PREC=prec)
-    yield m._dx_kernel, (x, x, x, cu, cu, cu, 12, 1024, 1024), dict(K=4, STRIDE=2, PAD=1, N_ITER=4, DOT_PREC=prec)
-    yield m._dw_kernel, (x, x, x, x, cu, cu, 4000, 12, 1024, 1024), dict(
-        K=4, STRIDE=2, PAD=1, N_ITER=4, DOT_PREC=prec)
+    yield m._fwd_kernel, (x, x, x, x, x, cu, cu, 4000, 12, 4, 1024, 1024), dict(
+        K=3, STRIDE=1, PAD=1, HAS_BIAS=True, GELU=True, DOT_PREC=prec)
+    yield m._dx_kernel, (x, x, x, cu, cu, cu, 12, 4, 1024, 1024), dict(K=4, STRIDE=2, PAD=1, DOT_PREC=prec)
+    f32 = _ptr(torch.float32)
+    yield m._dw_kernel, (x, x, f32, f32, cu, 4000, 1024, 1024, 1024), dict(K=4, DOT_PREC=prec)
     yield m._gelu_grad_kernel, (x, x, x, 4096000), dict(BLOCK=1024)
 
 
@@ -148,7 +150,8 @@ def _jit(kernel):
 
 def _configs(kernel, args, consts):
     """The first and the largest (tile elements, then warps x stages) of the autotune configs the kernel's own
-    ``early_config_prune`` keeps for these arguments; [None] if not autotuned.
+    ``early_config_prune`` keeps for these arguments, plus the config its fixed-config table picks for an sm_90
+    launch (what runs with ``ALARM_KERNELS_AUTOTUNE=0``); [None] if not autotuned.
 
     Kernels with fp32 ``"ieee"`` dots get the first config only: their dots unroll into FMA chains, so a large tile
     costs ptxas 5-50 s, and the largest fp32 attention tiles exceed sm_90's shared memory (never launchable)."""
@@ -167,7 +170,13 @@ def _configs(kernel, args, consts):
         return tile, c.num_warps * c.num_stages
 
     largest = max(configs, key=size)
-    return [configs[0]] + ([largest] if largest is not configs[0] else [])
+    chosen = [configs[0]] + ([largest] if largest is not configs[0] else [])
+    table = getattr(kernel.early_config_prune, "defaults", None)
+    if table is not None:
+        named = dict(zip(kernel.arg_names, args, strict=False))
+        default = kernel.configs[fixed_config_index(table, named, kernel.early_config_prune.width_arg, capability=90)]
+        chosen += [default] if all(default is not c for c in chosen) else []
+    return chosen
 
 
 def _describe(config):

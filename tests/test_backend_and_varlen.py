@@ -94,6 +94,16 @@ def test_empty_and_one_token_sequences_are_legal():
     assert ak.max_seqlen(cu) == 3
 
 
+def test_seqlens_to_cu_seqlens_refuses_int32_overflow():
+    assert ak.seqlens_to_cu_seqlens([2**31 - 2, 1])[-1].item() == 2**31 - 1  # the largest total that fits
+    for lengths in ([2**31 - 1, 5], [2**31]):
+        with pytest.raises(ValueError, match="more than int32 offsets can hold"):
+            ak.seqlens_to_cu_seqlens(lengths)
+    with pytest.raises(ValueError, match="non-negative, got -2"):
+        ak.seqlens_to_cu_seqlens([3, -2])
+    assert ak.seqlens_to_cu_seqlens([]).tolist() == [0]
+
+
 def test_pack_pad_unpad_round_trip():
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randn(n, 3, generator=g) for n in (2, 0, 5, 1)]

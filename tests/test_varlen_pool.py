@@ -61,6 +61,17 @@ def test_edge_layouts(backend, lengths, mode):
     _check_parity(backend, torch.float32, x, cu, 3, mode)
 
 
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("mode", ["mean", "max"])
+def test_huge_ratio_runs_at_once(backend, mode):
+    """The window is a run-time loop bounded by the frames present: ratio 10**5 (or 2**31 - 1) neither unrolls
+    at compile time nor loops past the sequence (a compile-time unroll took over a minute at 10**5)."""
+    x, cu = _inputs([3, 0, 70, 1], 40, torch.float32, seed=5, ties=mode == "max")
+    _check_parity(backend, torch.float32, x, cu, 10**5, mode)
+    y, cu_y = ak.varlen_pool(x, cu, 2**31 - 1, mode, backend=backend)
+    assert cu_y.tolist() == [0, 1, 1, 2, 3] and y.shape == (3, 40)
+
+
 def test_reference_semantics():
     x = torch.tensor([[1.0], [3.0], [3.0], [2.0], [5.0], [7.0]], dtype=torch.float64)
     cu = ak.seqlens_to_cu_seqlens([5, 1])

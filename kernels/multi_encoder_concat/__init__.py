@@ -5,19 +5,20 @@ Stream e is ``[total_e, D_e]`` with its own int32 offsets ``cu_seqlens[e]`` (sam
 sequence i has ``L_i = max_e len_{e,i}`` rows; a shorter stream contributes zeros at the end.
 ``reference.py`` / ``triton.py`` / ``cuda.py`` implement ``forward`` and ``backward``; this file
 validates inputs, resolves the backend and calls the ``torch.library`` custom op
-``alarm_kernels::multi_encoder_concat`` (fake shapes + registered autograd, so ``torch.compile`` traces it).
+``alarm_kernels::multi_encoder_concat`` (registered by :func:`alarm_kernels._opdef.define_op` with fake shapes
+and autograd, so ``torch.compile`` traces it).
 """
 from __future__ import annotations
 
-import importlib
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from .._opdef import OpSpec, define_op
 from .._utils import check_tensor, is_compiling
 from ..backend import select_backend
-from ..varlen import validate_cu_seqlens
+from ..varlen import check_host_int, validate_cu_seqlens
 
 __all__ = ["multi_encoder_concat"]
 
@@ -26,49 +27,14 @@ IMPLEMENTED = ("triton", "cuda", "reference")  # triton first: the CUDA kernels 
 MAX_STREAMS = 8
 
 
-def _impl(backend: str):
-    return importlib.import_module(f"{__name__}.{backend}")
-
-
-@torch.library.custom_op("alarm_kernels::multi_encoder_concat", mutates_args=())
-def _multi_encoder_concat_op(
-    streams: List[Tensor],
-    cu_seqlens: List[Tensor],
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    total_y: int,
-    backend: str,
-) -> Tuple[Tensor, Tensor]:
-    return _impl(backend).forward(streams, cu_seqlens, weight, bias, total_y)
-
-
-@_multi_encoder_concat_op.register_fake
-def _(streams, cu_seqlens, weight, bias, total_y, backend):
-    rows = torch.library.get_ctx().new_dynamic_size()
+def _fake(streams, cu_seqlens, weight, bias, total_y):
+    rows = total_y if total_y >= 0 else torch.library.get_ctx().new_dynamic_size()
     width = weight.shape[0] if weight is not None else sum(x.shape[1] for x in streams)
     return streams[0].new_empty(rows, width), torch.empty_like(cu_seqlens[0])
 
 
-@torch.library.custom_op("alarm_kernels::multi_encoder_concat_backward", mutates_args=())
-def _multi_encoder_concat_backward_op(
-    grad_y: Tensor,
-    streams: List[Tensor],
-    cu_seqlens: List[Tensor],
-    cu_y: Tensor,
-    weight: Optional[Tensor],
-    stream_grads: List[bool],
-    need_weight_grad: bool,
-    need_bias_grad: bool,
-    backend: str,
-) -> List[Tensor]:
-    return _impl(backend).backward(
-        grad_y, streams, cu_seqlens, cu_y, weight, stream_grads, need_weight_grad, need_bias_grad
-    )
-
-
-@_multi_encoder_concat_backward_op.register_fake
-def _(grad_y, streams, cu_seqlens, cu_y, weight, stream_grads, need_weight_grad, need_bias_grad, backend):
-    grads = [torch.empty_like(x) for x, needed in zip(streams, stream_grads) if needed]
+def _backward_fake(grad_y, streams, cu_seqlens, cu_y, weight, stream_grads, need_weight_grad, need_bias_grad):
+    grads = [torch.empty_like(x) for x, needed in zip(streams, stream_grads, strict=True) if needed]
     if need_weight_grad:
         grads.append(torch.empty_like(weight))
     if need_bias_grad:
@@ -76,36 +42,41 @@ def _(grad_y, streams, cu_seqlens, cu_y, weight, stream_grads, need_weight_grad,
     return grads
 
 
-def _setup_context(ctx, inputs, output):
-    streams, cu_seqlens, weight, bias, _total_y, backend = inputs
+def _save(ctx, inputs, output):
+    streams, cu_seqlens, weight, bias, _total_y = inputs
     _, cu_y = output
     ctx.num_streams = len(streams)
     ctx.stream_grads = [bool(x.requires_grad) for x in streams]
     ctx.need_weight_grad = weight is not None and bool(weight.requires_grad)
     ctx.need_bias_grad = bias is not None and bool(bias.requires_grad)
     ctx.has_weight = weight is not None
-    saved = [*streams, *cu_seqlens, cu_y] + ([weight] if weight is not None else [])
-    ctx.save_for_backward(*saved)
-    ctx.backend = backend
+    ctx.save_for_backward(*streams, *cu_seqlens, cu_y, *([weight] if weight is not None else []))
 
 
-def _backward(ctx, grad_y, _grad_cu_y):
+def _gradients(ctx, backward, grad_y, _grad_cu_y):
     e = ctx.num_streams
     saved = ctx.saved_tensors
     streams, cu_seqlens, cu_y = list(saved[:e]), list(saved[e : 2 * e]), saved[2 * e]
     weight = saved[2 * e + 1] if ctx.has_weight else None
-    grads = _multi_encoder_concat_backward_op(
-        grad_y.contiguous(), streams, cu_seqlens, cu_y, weight,
-        ctx.stream_grads, ctx.need_weight_grad, ctx.need_bias_grad, ctx.backend,
-    )
-    grads = list(grads)
+    grads = list(backward(grad_y.contiguous(), streams, cu_seqlens, cu_y, weight, ctx.stream_grads,
+                          ctx.need_weight_grad, ctx.need_bias_grad))
     stream_grads = [grads.pop(0) if needed else None for needed in ctx.stream_grads]
     grad_weight = grads.pop(0) if ctx.need_weight_grad else None
     grad_bias = grads.pop(0) if ctx.need_bias_grad else None
-    return stream_grads, [None] * e, grad_weight, grad_bias, None, None
+    return stream_grads, [None] * e, grad_weight, grad_bias, None
 
 
-_multi_encoder_concat_op.register_autograd(_backward, setup_context=_setup_context)
+_multi_encoder_concat_op = define_op(OpSpec(
+    name="multi_encoder_concat",
+    package=__name__,
+    schema="(Tensor[] streams, Tensor[] cu_seqlens, Tensor? weight, Tensor? bias, int total_y) -> (Tensor, Tensor)",
+    backward_schema="(Tensor grad_y, Tensor[] streams, Tensor[] cu_seqlens, Tensor cu_y, Tensor? weight, "
+                    "bool[] stream_grads, bool need_weight_grad, bool need_bias_grad) -> Tensor[]",
+    fake=_fake,
+    backward_fake=_backward_fake,
+    save=_save,
+    gradients=_gradients,
+))
 
 
 def multi_encoder_concat(
@@ -114,6 +85,9 @@ def multi_encoder_concat(
     weight: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
     backend: str = "auto",
+    *,
+    total_out: Optional[int] = None,
+    validate: bool = True,
 ):
     """Concatenate E packed encoder streams along features, optionally projecting them in the same pass.
 
@@ -124,6 +98,10 @@ def multi_encoder_concat(
         weight: optional ``[D_out, sum D_e]`` (nn.Linear layout), streams' dtype.
         bias: optional ``[D_out]`` (needs ``weight``), streams' dtype.
         backend: "auto", "reference", "triton" or "cuda".
+        total_out: ``sum_i max_e len_{e,i}`` when the caller knows it on the host.
+        validate: check the values of every ``cu_seqlens[e]`` (one device read for all streams). With
+            ``validate=False`` and ``total_out`` given the op reads nothing back from the device (no host sync);
+            wrong offsets or sizes then give wrong results, not an error.
     Returns:
         ``(y, cu_y)``: cu_y int32 ``[N+1]`` with ``L_i = max_e len_{e,i}``; y ``[sum L_i, sum D_e]`` (the
         concatenation, zeros where a stream is shorter) or ``F.linear(concat, weight, bias)``
@@ -146,12 +124,17 @@ def multi_encoder_concat(
                 f"cu_seqlens[{e}] describes {cu_seqlens[e].shape[0] - 1} sequences but cu_seqlens[0] "
                 f"describes {cu_seqlens[0].shape[0] - 1} (every stream needs the same N)"
             )
-    total_y = -1  # unknown while tracing: the backend computes it
-    if not is_compiling():
+    if total_out is not None:
+        check_host_int(total_out, "total_out")
+    total_y = -1 if total_out is None else total_out  # -1: unknown (e.g. while tracing), the backend reads it
+    if validate and not is_compiling():
         host = torch.stack(cu_seqlens).cpu()  # one device sync validates every stream's offsets
         for e, x in enumerate(streams):
             validate_cu_seqlens(host[e], x.shape[0], name=f"cu_seqlens[{e}]")
-        total_y = int(host.diff(dim=1).amax(0).sum()) if host.shape[1] > 1 else 0
+        longest = int(host.diff(dim=1).amax(0).sum()) if host.shape[1] > 1 else 0
+        if total_out is not None and total_out != longest:
+            raise ValueError(f"total_out={total_out} but the offsets give {longest} output rows")
+        total_y = longest
     total_width = sum(x.shape[1] for x in streams)
     if weight is not None:
         check_tensor(weight, "weight", ndim=2, dtypes=(first.dtype,), device=first.device)

@@ -2,8 +2,10 @@
 (csrc/multi_encoder_concat.cu via csrc/bind_multi_encoder_concat.h).
 
 ``cu_y`` and the outputs are allocated here (so ``_utils.nan_prefill`` reaches them) and filled by the
-extension (cu_y by one small scan kernel). Backward: per stream a gather (concat) or a gathered GEMM
-(projection) for its gradient and its column block of grad_weight; grad_bias is a column sum.
+extension (cu_y by one small scan kernel). The projection's GEMMs run through cuBLAS on gathered operands:
+the forward materializes the concatenation once (custom kernel) and multiplies it; the backward gathers each
+stream's rows of grad_y for its gradient and its column block of grad_weight; grad_bias is a column sum
+(row splits, fixed order).
 """
 from __future__ import annotations
 

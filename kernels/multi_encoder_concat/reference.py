@@ -87,7 +87,7 @@ def backward(
             grads.append(grad_c[rows, offset : offset + x.shape[1]].contiguous())
         offset += x.shape[1]
     if need_weight_grad:
-        grads.append(grad_y.t() @ concat(streams, cu_seqlens, cu_y))
+        grads.append(grad_y.t() @ concat(streams, cu_seqlens, cu_y, grad_y.shape[0]))
     if need_bias_grad:
         grads.append(grad_y.sum(0))
     return grads

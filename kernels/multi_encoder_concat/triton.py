@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._utils import empty_output, triton_autotune
+from .._utils import DefaultConfig, empty_output, triton_autotune
 
 _COPY_CONFIGS = [
     triton.Config({"BLOCK_M": 16, "BLOCK_D": 256}, num_warps=4),
@@ -39,6 +39,11 @@ _GEMM_CONFIGS = [
     triton.Config({"BM": 128, "BN": 64, "BK": 64}, num_warps=4, num_stages=4),
     triton.Config({"BM": 64, "BN": 128, "BK": 64}, num_warps=4, num_stages=4),
 ]
+# fixed configs (ALARM_KERNELS_AUTOTUNE=0). Copies: 16 x 256 tiles (256 divides 768, 1024 and 1280).
+# GEMMs: 128 x 128 x 64 tiles, 8 warps, 3 stages in fp16/bf16 on sm_80+ (96 KiB of shared memory);
+# 64 x 64 x 32 otherwise (fp32 "ieee" dots unroll into FMA chains; older devices have less shared memory)
+_COPY_DEFAULTS = (DefaultConfig(0),)
+_GEMM_DEFAULTS = (DefaultConfig(1, dtypes=(torch.float16, torch.bfloat16), min_capability=80), DefaultConfig(0))
 
 
 @triton.jit
@@ -79,7 +84,7 @@ def _output_cu_kernel(cus, cu_y_ptr, n_seq, BLOCK: tl.constexpr):
     tl.store(cu_y_ptr + i, tl.zeros([BLOCK], dtype=tl.int32), mask=i == 0)
 
 
-@triton_autotune(configs=_COPY_CONFIGS, key=["d_total"])
+@triton_autotune(configs=_COPY_CONFIGS, key=["d_total"], defaults=_COPY_DEFAULTS)
 @triton.jit
 def _concat_fwd_kernel(
     streams, cus, widths, col_offsets, cu_y_ptr, out_ptr, total_y, d_total, n_seq, n_iter,
@@ -101,7 +106,7 @@ def _concat_fwd_kernel(
         tl.store(out_rows + col_offsets[e] + cols[None, :], x, mask=row_ok[:, None] & col_ok[None, :])
 
 
-@triton_autotune(configs=_GEMM_CONFIGS, key=["d_total", "d_out"])
+@triton_autotune(configs=_GEMM_CONFIGS, key=["d_total", "d_out"], defaults=_GEMM_DEFAULTS)
 @triton.jit
 def _concat_linear_fwd_kernel(
     streams, cus, widths, col_offsets, cu_y_ptr, w_ptr, b_ptr, out_ptr, total_y, d_total, d_out, n_seq, n_iter,
@@ -146,7 +151,7 @@ def _row_map_kernel(cu_e_ptr, cu_y_ptr, map_ptr, total_e, n_seq, n_iter, BLOCK: 
     tl.store(map_ptr + s, r, mask=ok)
 
 
-@triton_autotune(configs=_COPY_CONFIGS, key=["width", "d_total"])
+@triton_autotune(configs=_COPY_CONFIGS, key=["width", "d_total"], defaults=_COPY_DEFAULTS)
 @triton.jit
 def _gather_cols_kernel(
     src_ptr, map_ptr, out_ptr, total_e, width, d_total, col_offset, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr
@@ -161,7 +166,7 @@ def _gather_cols_kernel(
     tl.store(out_ptr + s.to(tl.int64)[:, None] * width + cols[None, :], g, mask=mask)
 
 
-@triton_autotune(configs=_GEMM_CONFIGS, key=["width", "d_out", "d_total"])
+@triton_autotune(configs=_GEMM_CONFIGS, key=["width", "d_out", "d_total"], defaults=_GEMM_DEFAULTS)
 @triton.jit
 def _grad_stream_kernel(
     gy_ptr, map_ptr, w_ptr, out_ptr, total_e, width, d_out, d_total, col_offset,
@@ -189,7 +194,7 @@ def _grad_stream_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=s_ok[:, None] & n_ok[None, :])
 
 
-@triton_autotune(configs=_GEMM_CONFIGS, key=["width", "d_out", "d_total"])
+@triton_autotune(configs=_GEMM_CONFIGS, key=["width", "d_out", "d_total"], defaults=_GEMM_DEFAULTS)
 @triton.jit
 def _grad_weight_kernel(
     gy_ptr, map_ptr, x_ptr, gw_ptr, total_e, width, d_out, d_total, col_offset,

@@ -3,7 +3,8 @@ every sequence edge and an optional fused exact-GELU epilogue (ALARM's conv down
 
 Layering as in ``varlen_pool``: ``reference.py`` / ``triton.py`` / ``cuda.py`` implement ``forward`` and
 ``backward``; this file validates inputs, resolves the backend and calls the ``torch.library`` custom op
-``alarm_kernels::varlen_conv1d`` (fake shapes + registered autograd, so ``torch.compile`` traces it).
+``alarm_kernels::varlen_conv1d`` (registered by :func:`alarm_kernels._opdef.define_op` with fake shapes and
+autograd, so ``torch.compile`` traces it).
 
 With ``activation="gelu"`` the forward also returns the pre-activation ``[total_y, C_out]`` (one extra
 store in the fused epilogue) and the backward uses it (``grad_pre = grad_y * gelu'(pre)``): saved, not
@@ -11,15 +12,15 @@ recomputed, so the backward costs two GEMMs rather than three.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from .._opdef import OpSpec, define_op
 from .._utils import check_tensor
 from ..backend import select_backend
-from ..varlen import validate_cu_seqlens
+from ..varlen import check_host_int, validate_cu_seqlens
 
 __all__ = ["varlen_conv1d"]
 
@@ -27,38 +28,14 @@ IMPLEMENTED = ("triton", "cuda", "reference")  # triton first: the CUDA kernels 
 ACTIVATIONS = (None, "gelu")
 
 
-def _impl(backend: str):
-    return importlib.import_module(f"{__name__}.{backend}")
-
-
-@torch.library.custom_op("alarm_kernels::varlen_conv1d", mutates_args=())
-def _varlen_conv1d_op(
-    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int,
-    activation: str, backend: str,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    return _impl(backend).forward(x, cu_seqlens, weight, bias, stride, padding, activation)
-
-
-@_varlen_conv1d_op.register_fake
-def _(x, cu_seqlens, weight, bias, stride, padding, activation, backend):
-    total_y = torch.library.get_ctx().new_dynamic_size()
+def _fake(x, cu_seqlens, weight, bias, stride, padding, activation, total_out, max_len):
+    total_y = total_out if total_out >= 0 else torch.library.get_ctx().new_dynamic_size()
     c_out = weight.shape[0]
     pre = x.new_empty(total_y if activation == "gelu" else 0, c_out)
     return x.new_empty(total_y, c_out), torch.empty_like(cu_seqlens), pre
 
 
-@torch.library.custom_op("alarm_kernels::varlen_conv1d_backward", mutates_args=())
-def _varlen_conv1d_backward_op(
-    grad_y: Tensor, x: Tensor, cu_seqlens: Tensor, cu_y: Tensor, weight: Tensor, pre: Tensor, stride: int,
-    padding: int, activation: str, need_dx: bool, need_dw: bool, backend: str,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    return _impl(backend).backward(
-        grad_y, x, cu_seqlens, cu_y, weight, pre, stride, padding, activation, need_dx, need_dw
-    )
-
-
-@_varlen_conv1d_backward_op.register_fake
-def _(grad_y, x, cu_seqlens, cu_y, weight, pre, stride, padding, activation, need_dx, need_dw, backend):
+def _backward_fake(grad_y, x, cu_seqlens, cu_y, weight, pre, stride, padding, activation, need_dx, need_dw, max_len):
     c_out, c_in, k = weight.shape
     return (
         x.new_empty(x.shape[0] if need_dx else 0, c_in),
@@ -67,27 +44,39 @@ def _(grad_y, x, cu_seqlens, cu_y, weight, pre, stride, padding, activation, nee
     )
 
 
-def _setup_context(ctx, inputs, output):
-    x, cu_seqlens, weight, bias, stride, padding, activation, backend = inputs
+def _save(ctx, inputs, output):
+    x, cu_seqlens, weight, bias, stride, padding, activation, _total_out, max_len = inputs
     _, cu_y, pre = output
     ctx.save_for_backward(x, cu_seqlens, cu_y, weight, pre)
-    ctx.stride, ctx.padding, ctx.activation, ctx.backend = stride, padding, activation, backend
+    ctx.stride, ctx.padding, ctx.activation, ctx.max_len = stride, padding, activation, max_len
 
 
-def _backward(ctx, grad_y, _grad_cu_y, _grad_pre):
+def _gradients(ctx, backward, grad_y, _grad_cu_y, _grad_pre):
     x, cu_seqlens, cu_y, weight, pre = ctx.saved_tensors
     need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-    grad_x, grad_w, grad_b = _varlen_conv1d_backward_op(
+    grad_x, grad_w, grad_b = backward(
         grad_y.contiguous(), x, cu_seqlens, cu_y, weight, pre, ctx.stride, ctx.padding, ctx.activation,
-        need_dx, need_dw, ctx.backend,
+        need_dx, need_dw, ctx.max_len,
     )
     return (
         grad_x if need_dx else None, None, grad_w if need_dw else None, grad_b if need_db else None,
-        None, None, None, None,
+        None, None, None, None, None,
     )
 
 
-_varlen_conv1d_op.register_autograd(_backward, setup_context=_setup_context)
+_varlen_conv1d_op = define_op(OpSpec(
+    name="varlen_conv1d",
+    package=__name__,
+    schema="(Tensor x, Tensor cu_seqlens, Tensor weight, Tensor? bias, int stride, int padding, str activation, "
+           "int total_out, int max_len) -> (Tensor, Tensor, Tensor)",
+    backward_schema="(Tensor grad_y, Tensor x, Tensor cu_seqlens, Tensor cu_y, Tensor weight, Tensor pre, "
+                    "int stride, int padding, str activation, bool need_dx, bool need_dw, int max_len) "
+                    "-> (Tensor, Tensor, Tensor)",
+    fake=_fake,
+    backward_fake=_backward_fake,
+    save=_save,
+    gradients=_gradients,
+))
 
 
 def varlen_conv1d(
@@ -99,6 +88,10 @@ def varlen_conv1d(
     padding: int = 1,
     activation: Optional[str] = None,
     backend: str = "auto",
+    *,
+    total_out: Optional[int] = None,
+    max_seqlen: Optional[int] = None,
+    validate: bool = True,
 ) -> Tuple[Tensor, Tensor]:
     """Conv1d over each packed sequence independently (zero padding at every sequence edge).
 
@@ -110,12 +103,17 @@ def varlen_conv1d(
         stride: >= 1. padding: >= 0 zero frames on each side of every sequence.
         activation: None or "gelu" (exact erf GELU, fused as an epilogue).
         backend: "auto", "reference", "triton" or "cuda".
+        total_out: the output token count ``sum_i`` of the formula below, when the caller knows it on the host.
+        max_seqlen: the longest input sequence, when known on the host (the reference backend pads to it).
+        validate: check the values of ``cu_seqlens`` (one device read). With ``validate=False`` and both host
+            sizes given, the fast backends read nothing back from the device (no host sync); wrong sizes then
+            give wrong results, not an error.
     Returns:
         ``(y, cu_y)``: y ``[total_y, C_out]`` in x's dtype, where sequence i yields
         ``max(0, (L_i + 2*padding - k) // stride + 1)`` tokens (0 when L_i = 0); cu_y int32 ``[N+1]``.
     """
     check_tensor(x, "x", ndim=2)
-    validate_cu_seqlens(cu_seqlens, x.shape[0], device=x.device)
+    offsets = validate_cu_seqlens(cu_seqlens, x.shape[0], device=x.device, check_values=validate)
     check_tensor(weight, "weight", ndim=3, dtypes=(x.dtype,), device=x.device)
     if weight.shape[1] != x.shape[1] or weight.shape[0] < 1 or weight.shape[2] < 1:
         raise ValueError(
@@ -131,10 +129,23 @@ def varlen_conv1d(
         raise ValueError(f"padding must be a non-negative int, got {padding!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    k = weight.shape[2]
+    for value, label in ((total_out, "total_out"), (max_seqlen, "max_seqlen")):
+        if value is not None:
+            check_host_int(value, label)
+    if offsets is not None:  # validated on the host: the sizes come for free
+        lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        expected = sum(max(0, (n + 2 * padding - k) // stride + 1) for n in lengths if n > 0)
+        if total_out is not None and total_out != expected:
+            raise ValueError(f"total_out={total_out} but cu_seqlens, k, stride and padding give {expected} tokens")
+        if max_seqlen is not None and max_seqlen < max(lengths, default=0):
+            raise ValueError(f"max_seqlen={max_seqlen} is below the longest sequence ({max(lengths)})")
+        total_out, max_seqlen = expected, max(lengths, default=0) if max_seqlen is None else max_seqlen
     fp64 = "float64 is reference-only" if x.dtype == torch.float64 else None
     name = select_backend("varlen_conv1d", backend, x.device, IMPLEMENTED, {"triton": fp64, "cuda": fp64})
     y, cu_y, _ = _varlen_conv1d_op(
         x.contiguous(), cu_seqlens.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
-        stride, padding, activation or "none", name,
+        stride, padding, activation or "none", -1 if total_out is None else total_out,
+        -1 if max_seqlen is None else max_seqlen, name,
     )
     return y, cu_y

@@ -1,7 +1,7 @@
 """CUDA-extension varlen conv1d (``csrc/varlen_conv1d.cu``): same contract as ``reference.py``.
 
-Implicit GEMMs with 128 x 128 tiles: tensor cores (WMMA, fp32 accumulate) for fp16/bf16, CUDA cores for
-fp32; grad_x is split by phase (``reference.phase_offsets``) so a strided conv skips taps that cannot hit.
+The GEMMs run through cuBLAS on gathered operands (im2col of x; col2im of ``grad_pre @ W``); the custom kernels
+are the gathers and the GELU derivative.
 The weight is re-laid out here as ``[k, C_in, C_out]`` (forward) / ``[k, C_out, C_in]`` (grad_x); outputs
 are allocated here (``empty_output``, so NaN prefill applies). GELU saves the pre-activation.
 """
@@ -14,16 +14,18 @@ from torch import Tensor
 
 from .._ext import extension
 from .._utils import empty_output
-from .reference import conv_cu_seqlens, phase_offsets
+from .reference import conv_cu_seqlens
 
 
 def forward(
-    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, activation: str
+    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, activation: str,
+    total_y: int = -1, max_len: int = -1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(y [total_y, C_out], cu_y, pre)``; pre is the GELU pre-activation or an empty ``[0, C_out]``."""
+    """``(y [total_y, C_out], cu_y, pre)``; pre is the GELU pre-activation or an empty ``[0, C_out]``.
+    ``total_y``: the output token count when known on the host (-1: read it); ``max_len`` is unused."""
     c_out, _, k = weight.shape
     cu_y = conv_cu_seqlens(cu_seqlens, k, stride, padding)
-    total_y = int(cu_y[-1])
+    total_y = int(cu_y[-1]) if total_y < 0 else total_y
     gelu = activation == "gelu"
     y = empty_output((total_y, c_out), x.dtype, x.device)
     pre = empty_output((total_y if gelu else 0, c_out), x.dtype, x.device)
@@ -45,6 +47,7 @@ def backward(
     activation: str,
     need_dx: bool,
     need_dw: bool,
+    max_len: int = -1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """``(grad_x, grad_w, grad_b)`` as :func:`reference.backward` (grad_x / grad_w empty when not needed)."""
     c_out, c_in, k = weight.shape
@@ -63,8 +66,7 @@ def backward(
         ext.varlen_conv1d_gelu_grad(grad_y, pre, grad_pre)
     if need_dx:
         w_t = weight.permute(2, 0, 1).contiguous()
-        cu_ph = phase_offsets(cu_seqlens, stride, padding)
-        ext.varlen_conv1d_dx(grad_pre, w_t, grad_x, cu_seqlens, cu_y, cu_ph, stride, padding)
+        ext.varlen_conv1d_dx(grad_pre, w_t, grad_x, cu_seqlens, cu_y, stride, padding)
     if need_dw:
         ext.varlen_conv1d_dw(grad_pre, x, grad_w, grad_b, cu_seqlens, cu_y, stride, padding)
     else:

@@ -40,7 +40,7 @@ def phase_offsets(cu_seqlens: Tensor, stride: int, padding: int) -> Tensor:
     """int32 ``[stride, N+1]``: per phase ph, offsets of the sequences' input frames i (local index) with
     ``(i + padding) % stride == ph``, i.e. i = first_ph, first_ph + stride, ... with
     ``first_ph = (ph - padding) mod stride``. The fast backends' grad_x splits frames by phase: a frame of
-    phase ph is reached only by taps ph, ph + stride, ... (used by the Triton and CUDA backends)."""
+    phase ph is reached only by taps ph, ph + stride, ... (used by the Triton backend)."""
     lengths = cu_seqlens_to_seqlens(cu_seqlens)
     first = torch.remainder(torch.arange(stride, device=cu_seqlens.device) - padding, stride)
     counts = torch.div(lengths[None, :] - first[:, None] + stride - 1, stride, rounding_mode="floor").clamp(min=0)
@@ -54,11 +54,14 @@ def gelu_grad(z: Tensor) -> Tensor:
     return 0.5 * (1.0 + torch.erf(z * _SQRT_HALF)) + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
 
 
-def _masks(cu_seqlens: Tensor, cu_y: Tensor, kernel_size: int):
-    """Padded length T (>= k so conv1d is defined), and bool masks ``[N, T]`` / ``[N, T_out]`` of valid frames."""
+def _masks(cu_seqlens: Tensor, cu_y: Tensor, kernel_size: int, max_len: int = -1):
+    """Padded length T (>= k so conv1d is defined), and bool masks ``[N, T]`` / ``[N, T_out]`` of valid frames.
+    ``max_len``: the longest sequence when known on the host (-1: read it from the device)."""
     lengths = cu_seqlens_to_seqlens(cu_seqlens)
     out_len = cu_seqlens_to_seqlens(cu_y)
-    t_in = max(int(lengths.max()) if lengths.numel() else 0, kernel_size)
+    if max_len < 0:
+        max_len = int(lengths.max()) if lengths.numel() else 0
+    t_in = max(max_len, kernel_size)
     in_mask = torch.arange(t_in, device=cu_seqlens.device)[None, :] < lengths[:, None]
     return t_in, in_mask, out_len
 
@@ -71,24 +74,27 @@ def _pad(x: Tensor, in_mask: Tensor) -> Tensor:
 
 
 def forward(
-    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, activation: str
+    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, activation: str,
+    total_y: int = -1, max_len: int = -1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Varlen conv1d.
 
     Args:
         x: ``[total, C_in]``; cu_seqlens int32 ``[N+1]``; weight ``[C_out, C_in, k]``; bias ``[C_out]`` or None.
         activation: "none" or "gelu".
+        total_y, max_len: output token count and longest input sequence when known on the host (-1: read from
+            the device).
     Returns:
         ``(y [total_y, C_out], cu_y int32 [N+1], pre)``: pre is the pre-activation ``[total_y, C_out]``
         saved for the GELU backward, or an empty ``[0, C_out]`` tensor when activation is "none".
     """
     c_out, _, k = weight.shape
     cu_y = conv_cu_seqlens(cu_seqlens, k, stride, padding)
-    total_y = int(cu_y[-1])
+    total_y = int(cu_y[-1]) if total_y < 0 else total_y
     y = empty_output((total_y, c_out), x.dtype, x.device)
     pre = empty_output((total_y if activation == "gelu" else 0, c_out), x.dtype, x.device)
     if total_y > 0:
-        _, in_mask, out_len = _masks(cu_seqlens, cu_y, k)
+        _, in_mask, out_len = _masks(cu_seqlens, cu_y, k, max_len)
         out = F.conv1d(_pad(x, in_mask), weight, bias, stride=stride, padding=padding)  # [N, C_out, T_out]
         out_mask = torch.arange(out.shape[2], device=x.device)[None, :] < out_len[:, None]
         z = out.transpose(1, 2)[out_mask]
@@ -112,8 +118,9 @@ def backward(
     activation: str,
     need_dx: bool,
     need_dw: bool,
+    max_len: int = -1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Explicit backward. ``grad_pre = grad_y * gelu'(pre)`` (or grad_y), then
+    """Explicit backward (``max_len`` as in :func:`forward`). ``grad_pre = grad_y * gelu'(pre)`` (or grad_y), then
     ``grad_x = conv1d_input(grad_pre)``, ``grad_w = conv1d_weight(x, grad_pre)``, ``grad_b = sum_t grad_pre``.
 
     Returns ``(grad_x [total, C_in] or empty [0, C_in] when not need_dx, grad_w [C_out, C_in, k] or empty
@@ -130,7 +137,7 @@ def backward(
         grad_x.zero_()
         grad_w.zero_()
         return grad_x, grad_w, grad_b
-    t_in, in_mask, out_len = _masks(cu_seqlens, cu_y, k)
+    t_in, in_mask, out_len = _masks(cu_seqlens, cu_y, k, max_len)
     t_out = (t_in + 2 * padding - k) // stride + 1
     out_mask = torch.arange(t_out, device=x.device)[None, :] < out_len[:, None]
     g_pad = grad_pre.new_zeros(out_mask.shape[0], t_out, c_out)

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._utils import empty_output, triton_autotune
+from .._utils import DefaultConfig, empty_output, triton_autotune
 from .reference import conv_cu_seqlens, phase_offsets
 
 _SQRT_HALF = tl.constexpr(0.7071067811865476)
@@ -31,12 +31,28 @@ def _gemm_configs(names):
     return [triton.Config({bm: m, bn: n, bk: k}, num_warps=w, num_stages=s) for m, n, k, w, s in shapes]
 
 
+# fixed configs (ALARM_KERNELS_AUTOTUNE=0): the largest tiles (128 x 128, 8 warps; 96 KiB of shared memory)
+# for fp16/bf16 on sm_80+ with at least 128 output channels, else the smallest (fp32 "ieee" dots unroll
+# into FMA chains; small channel counts would leave most of a large tile masked)
+_GEMM_DEFAULTS = (
+    DefaultConfig(0, max_width=127),
+    DefaultConfig(4, dtypes=(torch.float16, torch.bfloat16), min_capability=80),
+    DefaultConfig(0),
+)
+_DW_DEFAULTS = (
+    DefaultConfig(0, max_width=127),
+    DefaultConfig(3, dtypes=(torch.float16, torch.bfloat16), min_capability=80),
+    DefaultConfig(0),
+)
+
+
 @triton.jit
-def _find_seq(cu, idx, n_seq, N_ITER: tl.constexpr):
-    """Vectorised binary search: the last s in [0, n_seq) with cu[s] <= idx (the sequence holding idx)."""
+def _find_seq(cu, idx, n_seq, n_iter):
+    """Vectorised binary search: the last s in [0, n_seq) with cu[s] <= idx (the sequence holding idx);
+    ``n_iter = bit_length(n_seq)`` steps, a run-time bound (no recompile per batch size)."""
     lo = tl.zeros_like(idx)
     hi = tl.zeros_like(idx) + (n_seq - 1)
-    for _ in tl.static_range(N_ITER):
+    for _ in range(n_iter):
         mid = (lo + hi + 1) // 2
         go = tl.load(cu + mid) <= idx
         lo = tl.where(go, mid, lo)
@@ -44,11 +60,14 @@ def _find_seq(cu, idx, n_seq, N_ITER: tl.constexpr):
     return lo
 
 
-@triton_autotune(configs=_gemm_configs(("BLOCK_M", "BLOCK_N", "BLOCK_K")), key=["C_IN", "C_OUT"])
+@triton_autotune(
+    configs=_gemm_configs(("BLOCK_M", "BLOCK_N", "BLOCK_K")), key=["C_IN", "C_OUT"], defaults=_GEMM_DEFAULTS,
+    width_arg="C_OUT",
+)
 @triton.jit
 def _fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, pre_ptr, cu_x_ptr, cu_y_ptr, total_y, n_seq, C_IN, C_OUT,
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, N_ITER: tl.constexpr,
+    x_ptr, w_ptr, b_ptr, y_ptr, pre_ptr, cu_x_ptr, cu_y_ptr, total_y, n_seq, n_iter, C_IN, C_OUT,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
     HAS_BIAS: tl.constexpr, GELU: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -57,7 +76,7 @@ def _fwd_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < total_y
     rows_c = tl.minimum(rows, total_y - 1)
-    seq = _find_seq(cu_y_ptr, rows_c, n_seq, N_ITER)
+    seq = _find_seq(cu_y_ptr, rows_c, n_seq, n_iter)
     x_start = tl.load(cu_x_ptr + seq)
     length = tl.load(cu_x_ptr + seq + 1) - x_start
     base = (rows_c - tl.load(cu_y_ptr + seq)) * STRIDE - PAD
@@ -85,11 +104,14 @@ def _fwd_kernel(
     tl.store(y_ptr + out_off, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton_autotune(configs=_gemm_configs(("BLOCK_M", "BLOCK_N", "BLOCK_K")), key=["C_IN", "C_OUT"])
+@triton_autotune(
+    configs=_gemm_configs(("BLOCK_M", "BLOCK_N", "BLOCK_K")), key=["C_IN", "C_OUT"], defaults=_GEMM_DEFAULTS,
+    width_arg="C_IN",
+)
 @triton.jit
 def _dx_kernel(
-    g_ptr, w_ptr, dx_ptr, cu_x_ptr, cu_y_ptr, cu_ph_ptr, n_seq, C_IN, C_OUT,
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, N_ITER: tl.constexpr, DOT_PREC: tl.constexpr,
+    g_ptr, w_ptr, dx_ptr, cu_x_ptr, cu_y_ptr, cu_ph_ptr, n_seq, n_iter, C_IN, C_OUT,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """grad_x[i, ci] = sum_{j, co} grad_pre[t, co] * w[j, co, ci] over taps j with t*STRIDE - PAD + j = i.
@@ -108,7 +130,7 @@ def _dx_kernel(
     q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = q < ph_total
     q_c = tl.minimum(q, ph_total - 1)
-    seq = _find_seq(cu_ph, q_c, n_seq, N_ITER)
+    seq = _find_seq(cu_ph, q_c, n_seq, n_iter)
     first = ((ph - PAD) % STRIDE + STRIDE) % STRIDE
     local = first + (q_c - tl.load(cu_ph + seq)) * STRIDE
     rows = tl.load(cu_x_ptr + seq) + local
@@ -144,45 +166,49 @@ def _dx_kernel(
         triton.Config({"BLOCK_CO": 128, "BLOCK_CI": 128, "BLOCK_T": 32}, num_warps=8, num_stages=3),
     ],
     key=["C_IN", "C_OUT"],
+    defaults=_DW_DEFAULTS,
+    width_arg="C_OUT",
 )
 @triton.jit
 def _dw_kernel(
-    g_ptr, x_ptr, dw_ptr, db_ptr, cu_x_ptr, cu_y_ptr, total_y, n_seq, C_IN, C_OUT,
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, N_ITER: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_T: tl.constexpr,
+    g_ptr, x_ptr, dw_ptr, db_ptr, row_map_ptr, total_y, rows_per_split, C_IN, C_OUT,
+    K: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """grad_w[co, ci, j] = sum_t grad_pre[t, co] * x[t*STRIDE - PAD + j, ci] (one program per (co, ci, j)
-    tile, reducing over all tokens); programs with ci-tile 0 and j = 0 also write grad_b = sum_t grad_pre."""
+    """Split-K weight gradient: program (co tile, ci tile, split * K + j) sums, over the output tokens t of its
+    split, grad_pre[t, co] * x[first[t] + j, ci] into fp32 partials ``dw [splits, K, C_out, C_in]``; programs
+    with ci tile 0 and j = 0 also write ``db [splits, C_out]`` = sum_t grad_pre. ``row_map [3, total_y]``
+    holds per token the input frame of tap 0 and its sequence's bounds (precomputed: no search in the loop).
+    The caller sums the partials over splits in a fixed order (deterministic, no atomics)."""
     pid_co = tl.program_id(0)
     pid_ci = tl.program_id(1)
-    j = tl.program_id(2)
+    split = tl.program_id(2) // K
+    j = tl.program_id(2) % K
     co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     co_ok = co < C_OUT
     ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
     ci_ok = ci < C_IN
     acc = tl.zeros((BLOCK_CO, BLOCK_CI), dtype=tl.float32)
     db = tl.zeros((BLOCK_CO,), dtype=tl.float32)
-    for t0 in range(0, total_y, BLOCK_T):
+    t_begin = split * rows_per_split
+    t_end = tl.minimum(t_begin + rows_per_split, total_y)
+    for t0 in range(t_begin, t_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
-        row_ok = rows < total_y
-        rows_c = tl.minimum(rows, total_y - 1)
-        seq = _find_seq(cu_y_ptr, rows_c, n_seq, N_ITER)
-        x_start = tl.load(cu_x_ptr + seq)
-        length = tl.load(cu_x_ptr + seq + 1) - x_start
-        pos = (rows_c - tl.load(cu_y_ptr + seq)) * STRIDE - PAD + j
-        ok = row_ok & (pos >= 0) & (pos < length)
+        row_ok = rows < t_end
+        src = tl.load(row_map_ptr + rows, mask=row_ok, other=0) + j
+        lo = tl.load(row_map_ptr + total_y + rows, mask=row_ok, other=0)
+        hi = tl.load(row_map_ptr + 2 * total_y + rows, mask=row_ok, other=0)
+        ok = row_ok & (src >= lo) & (src < hi)
         g = tl.load(
             g_ptr + rows.to(tl.int64)[:, None] * C_OUT + co[None, :], mask=row_ok[:, None] & co_ok[None, :], other=0.0
         )
         xv = tl.load(
-            x_ptr + (x_start + pos).to(tl.int64)[:, None] * C_IN + ci[None, :], mask=ok[:, None] & ci_ok[None, :],
-            other=0.0,
+            x_ptr + src.to(tl.int64)[:, None] * C_IN + ci[None, :], mask=ok[:, None] & ci_ok[None, :], other=0.0,
         )
         acc = tl.dot(tl.trans(g), xv, acc, input_precision=DOT_PREC)
         db += tl.sum(g.to(tl.float32), axis=0)
-    dw_off = co.to(tl.int64)[:, None] * (C_IN * K) + ci[None, :] * K + j
-    tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=co_ok[:, None] & ci_ok[None, :])
-    tl.store(db_ptr + co, db.to(db_ptr.dtype.element_ty), mask=co_ok & (pid_ci == 0) & (j == 0))
+    dw_off = ((split * K + j) * C_OUT + co.to(tl.int64))[:, None] * C_IN + ci[None, :]
+    tl.store(dw_ptr + dw_off, acc, mask=co_ok[:, None] & ci_ok[None, :])
+    tl.store(db_ptr + split * C_OUT + co, db, mask=co_ok & (pid_ci == 0) & (j == 0))
 
 
 @triton.jit
@@ -204,14 +230,43 @@ def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+# split-K of the weight gradient: about this many output tokens per split, at most this many splits, and fp32
+# partials of at most this many bytes (the partials are [splits, k, C_out, C_in])
+_DW_TOKENS_PER_SPLIT = 2048
+_DW_MAX_SPLITS = 16
+_DW_PARTIAL_BYTES = 128 * 2**20
+
+
+def dw_splits(total_y: int, weight_numel: int) -> int:
+    """Number of token splits of the weight-gradient reduction (enough programs to fill a GPU when the weight
+    is small and the batch long; bounded partial memory)."""
+    by_tokens = triton.cdiv(total_y, _DW_TOKENS_PER_SPLIT)
+    by_memory = max(1, _DW_PARTIAL_BYTES // (4 * max(1, weight_numel)))
+    return max(1, min(by_tokens, by_memory, _DW_MAX_SPLITS))
+
+
+def row_map(cu_seqlens: Tensor, cu_y: Tensor, total_y: int, stride: int, padding: int) -> Tensor:
+    """int32 ``[3, total_y]``: per output token, the input frame of tap 0 (may lie outside its sequence) and its
+    sequence's first and past-the-end frames. Device ops only (no host sync: ``total_y`` is given)."""
+    n_seq = cu_y.numel() - 1
+    out_len = (cu_y[1:] - cu_y[:-1]).long()
+    seq = torch.repeat_interleave(torch.arange(n_seq, device=cu_y.device), out_len, output_size=total_y)
+    t = torch.arange(total_y, device=cu_y.device)
+    lo = cu_seqlens[:-1].long()[seq]
+    first = lo + (t - cu_y[:-1].long()[seq]) * stride - padding
+    return torch.stack([first, lo, cu_seqlens[1:].long()[seq]]).to(torch.int32)
+
+
 def forward(
-    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, activation: str
+    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, activation: str,
+    total_y: int = -1, max_len: int = -1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`reference.forward`: ``(y [total_y, C_out], cu_y, pre)``, pre the saved
-    pre-activation for GELU (empty ``[0, C_out]`` otherwise). x, weight, bias fp32/fp16/bf16."""
+    pre-activation for GELU (empty ``[0, C_out]`` otherwise). x, weight, bias fp32/fp16/bf16. ``total_y``: the
+    output token count when known on the host (-1: read it); ``max_len`` is unused."""
     c_out, c_in, k = weight.shape
     cu_y = conv_cu_seqlens(cu_seqlens, k, stride, padding)
-    total_y = int(cu_y[-1])
+    total_y = int(cu_y[-1]) if total_y < 0 else total_y
     gelu = activation == "gelu"
     y = empty_output((total_y, c_out), x.dtype, x.device)
     pre = empty_output((total_y if gelu else 0, c_out), x.dtype, x.device)
@@ -221,8 +276,8 @@ def forward(
     w_t = weight.permute(2, 1, 0).contiguous()  # [k, C_in, C_out]
     grid = lambda meta: (triton.cdiv(total_y, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]))  # noqa: E731
     _fwd_kernel[grid](
-        x, w_t, bias if bias is not None else w_t, y, pre if gelu else y, cu_seqlens, cu_y, total_y, n_seq, c_in,
-        c_out, K=k, STRIDE=stride, PAD=padding, N_ITER=_n_iter(n_seq), HAS_BIAS=bias is not None, GELU=gelu,
+        x, w_t, bias if bias is not None else w_t, y, pre if gelu else y, cu_seqlens, cu_y, total_y, n_seq,
+        _n_iter(n_seq), c_in, c_out, K=k, STRIDE=stride, PAD=padding, HAS_BIAS=bias is not None, GELU=gelu,
         DOT_PREC=_dot_prec(x.dtype),
     )
     return y, cu_y, pre
@@ -240,9 +295,11 @@ def backward(
     activation: str,
     need_dx: bool,
     need_dw: bool,
+    max_len: int = -1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`reference.backward`: ``(grad_x, grad_w, grad_b)``; grad_x / grad_w are
-    empty (first dim 0) when not requested. GELU uses the saved pre-activation (no recompute)."""
+    empty (first dim 0) when not requested. GELU uses the saved pre-activation (no recompute). grad_w is a
+    deterministic split-K reduction (:func:`dw_splits`). No host sync."""
     c_out, c_in, k = weight.shape
     total, total_y = x.shape[0], grad_y.shape[0]
     n_seq = cu_seqlens.numel() - 1
@@ -267,15 +324,23 @@ def backward(
             triton.cdiv(rows_per_phase, meta["BLOCK_M"]), triton.cdiv(c_in, meta["BLOCK_N"]), stride
         )
         _dx_kernel[grid](
-            grad_pre, w_t, grad_x, cu_seqlens, cu_y, phase_offsets(cu_seqlens, stride, padding), n_seq, c_in,
-            c_out, K=k, STRIDE=stride, PAD=padding, N_ITER=_n_iter(n_seq), DOT_PREC=prec,
+            grad_pre, w_t, grad_x, cu_seqlens, cu_y, phase_offsets(cu_seqlens, stride, padding), n_seq,
+            _n_iter(n_seq), c_in, c_out, K=k, STRIDE=stride, PAD=padding, DOT_PREC=prec,
         )
     if need_dw and c_in > 0:  # c_in == 0: empty grid, grad_b would never be written
-        grid = lambda meta: (triton.cdiv(c_out, meta["BLOCK_CO"]), triton.cdiv(c_in, meta["BLOCK_CI"]), k)  # noqa: E731
-        _dw_kernel[grid](
-            grad_pre, x, grad_w, grad_b, cu_seqlens, cu_y, total_y, n_seq, c_in, c_out,
-            K=k, STRIDE=stride, PAD=padding, N_ITER=_n_iter(n_seq), DOT_PREC=prec,
+        splits = dw_splits(total_y, weight.numel())
+        rows_per_split = triton.cdiv(total_y, splits)
+        partial_w = torch.empty((splits, k, c_out, c_in), dtype=torch.float32, device=x.device)
+        partial_b = torch.empty((splits, c_out), dtype=torch.float32, device=x.device)
+        grid = lambda meta: (  # noqa: E731
+            triton.cdiv(c_out, meta["BLOCK_CO"]), triton.cdiv(c_in, meta["BLOCK_CI"]), splits * k
         )
+        _dw_kernel[grid](
+            grad_pre, x, partial_w, partial_b, row_map(cu_seqlens, cu_y, total_y, stride, padding), total_y,
+            rows_per_split, c_in, c_out, K=k, DOT_PREC=prec,
+        )
+        grad_w.copy_(partial_w.sum(0).permute(1, 2, 0))  # [k, C_out, C_in] -> [C_out, C_in, k], fixed order
+        grad_b.copy_(partial_b.sum(0))
     else:
         grad_b.copy_(grad_pre.sum(0, dtype=torch.float32))
     return grad_x, grad_w, grad_b

@@ -10,10 +10,10 @@ from .._utils import empty_output
 from .reference import pooled_cu_seqlens
 
 
-def forward(x, cu_seqlens, ratio: int, mode: str):
-    """x ``[total, D]`` -> (y ``[sum ceil(L_i/ratio), D]``, int32 cu_y)."""
+def forward(x, cu_seqlens, ratio: int, mode: str, total_y: int = -1):
+    """x ``[total, D]`` -> (y ``[sum ceil(L_i/ratio), D]``, int32 cu_y); ``total_y`` as in the reference."""
     cu_y = pooled_cu_seqlens(cu_seqlens, ratio)
-    y = empty_output((int(cu_y[-1]), x.shape[1]), x.dtype, x.device)
+    y = empty_output((int(cu_y[-1]) if total_y < 0 else total_y, x.shape[1]), x.dtype, x.device)
     extension().varlen_pool_fwd(x, y, cu_seqlens, cu_y, ratio, mode == "max")
     return y, cu_y
 

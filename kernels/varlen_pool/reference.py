@@ -17,15 +17,18 @@ def pooled_cu_seqlens(cu_seqlens: torch.Tensor, ratio: int) -> torch.Tensor:
 def window_index(cu_seqlens: torch.Tensor, ratio: int, total: int) -> torch.Tensor:
     """int64 ``[total]``: the output row (pooling window) each input frame falls in."""
     lengths = cu_seqlens_to_seqlens(cu_seqlens)
-    seq_of_frame = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths, output_size=total)
+    seq_of_frame = torch.repeat_interleave(
+        torch.arange(lengths.numel(), device=cu_seqlens.device), lengths, output_size=total
+    )
     pos_in_seq = torch.arange(total, device=cu_seqlens.device) - cu_seqlens[:-1].long()[seq_of_frame]
     return pooled_cu_seqlens(cu_seqlens, ratio)[:-1].long()[seq_of_frame] + pos_in_seq // ratio
 
 
-def forward(x: torch.Tensor, cu_seqlens: torch.Tensor, ratio: int, mode: str):
-    """x ``[total, D]`` -> (y ``[sum ceil(L_i/ratio), D]``, int32 cu_y). Differentiable by autograd."""
+def forward(x: torch.Tensor, cu_seqlens: torch.Tensor, ratio: int, mode: str, total_y: int = -1):
+    """x ``[total, D]`` -> (y ``[sum ceil(L_i/ratio), D]``, int32 cu_y). Differentiable by autograd.
+    ``total_y``: the output row count when known on the host (-1: read it from the device)."""
     cu_y = pooled_cu_seqlens(cu_seqlens, ratio)
-    total_y = int(cu_y[-1])
+    total_y = int(cu_y[-1]) if total_y < 0 else total_y
     index = window_index(cu_seqlens, ratio, x.shape[0])[:, None].expand(-1, x.shape[1])
     y = x.new_zeros(total_y, x.shape[1])
     if mode == "mean":

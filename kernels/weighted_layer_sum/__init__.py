@@ -3,18 +3,19 @@
 The k layers are passed to the kernels as k separate tensors (never stacked into a ``[k, ...]`` copy).
 ``reference.py`` / ``triton.py`` / ``cuda.py`` implement ``forward`` and ``backward``; this file
 validates inputs, resolves the backend and calls the ``torch.library`` custom op
-``alarm_kernels::weighted_layer_sum`` (fake shapes + registered autograd, so ``torch.compile`` traces it).
+``alarm_kernels::weighted_layer_sum`` (registered by :func:`alarm_kernels._opdef.define_op` with fake shapes and
+autograd, so ``torch.compile`` traces it).
 The backward computes the k layer gradients only when some layer requires grad (in ALARM the layers are
 frozen encoder states and only the logits train).
 """
 from __future__ import annotations
 
-import importlib
-from typing import List, Sequence, Tuple, Union
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor
 
+from .._opdef import OpSpec, define_op
 from .._utils import check_tensor
 from ..backend import select_backend
 
@@ -25,53 +26,34 @@ IMPLEMENTED = ("triton", "cuda", "reference")  # triton first: the CUDA kernels 
 CUDA_MAX_LAYERS = 64
 
 
-def _impl(backend: str):
-    return importlib.import_module(f"{__name__}.{backend}")
-
-
-@torch.library.custom_op("alarm_kernels::weighted_layer_sum", mutates_args=())
-def _weighted_layer_sum_op(layers: List[Tensor], logits: Tensor, backend: str) -> Tensor:
-    return _impl(backend).forward(layers, logits)
-
-
-@_weighted_layer_sum_op.register_fake
-def _(layers, logits, backend):
-    return torch.empty_like(layers[0])
-
-
-@torch.library.custom_op("alarm_kernels::weighted_layer_sum_backward", mutates_args=())
-def _weighted_layer_sum_backward_op(
-    grad_y: Tensor, layers: List[Tensor], logits: Tensor, need_layer_grads: bool, backend: str
-) -> Tuple[Tensor, List[Tensor]]:
-    return _impl(backend).backward(grad_y, layers, logits, need_layer_grads)
-
-
-@_weighted_layer_sum_backward_op.register_fake
-def _(grad_y, layers, logits, need_layer_grads, backend):
-    return torch.empty_like(logits), ([torch.empty_like(x) for x in layers] if need_layer_grads else [])
-
-
-def _setup_context(ctx, inputs, output):
-    layers, logits, backend = inputs
+def _save(ctx, inputs, output):
+    layers, logits = inputs
     ctx.layer_grads = [bool(x.requires_grad) for x in layers]
     ctx.save_for_backward(logits, *layers)
-    ctx.backend = backend
 
 
-def _backward(ctx, grad_y):
+def _gradients(ctx, backward, grad_y):
     logits, *layers = ctx.saved_tensors
     need_layer_grads = any(ctx.layer_grads)
-    grad_logits, grad_layers = _weighted_layer_sum_backward_op(
-        grad_y.contiguous(), layers, logits, need_layer_grads, ctx.backend
-    )
+    grad_logits, grad_layers = backward(grad_y.contiguous(), layers, logits, need_layer_grads)
     if need_layer_grads:
-        layer_grads = [g if needed else None for g, needed in zip(grad_layers, ctx.layer_grads)]
+        layer_grads = [g if needed else None for g, needed in zip(grad_layers, ctx.layer_grads, strict=True)]
     else:
         layer_grads = [None] * len(layers)
-    return layer_grads, grad_logits, None
+    return layer_grads, grad_logits
 
 
-_weighted_layer_sum_op.register_autograd(_backward, setup_context=_setup_context)
+_weighted_layer_sum_op = define_op(OpSpec(
+    name="weighted_layer_sum",
+    package=__name__,
+    schema="(Tensor[] layers, Tensor logits) -> Tensor",
+    backward_schema="(Tensor grad_y, Tensor[] layers, Tensor logits, bool need_layer_grads) -> (Tensor, Tensor[])",
+    fake=lambda layers, logits: torch.empty_like(layers[0]),
+    backward_fake=lambda grad_y, layers, logits, need_layer_grads: (
+        torch.empty_like(logits), [torch.empty_like(x) for x in layers] if need_layer_grads else []),
+    save=_save,
+    gradients=_gradients,
+))
 
 
 def weighted_layer_sum(layers: Union[Sequence[Tensor], Tensor], logits: Tensor, backend: str = "auto") -> Tensor:

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._utils import empty_output, triton_autotune
+from .._utils import DefaultConfig, empty_output, triton_autotune
 
 _CONFIGS = [
     triton.Config({"BLOCK": 4096}, num_warps=8),
@@ -26,6 +26,8 @@ _CONFIGS = [
     triton.Config({"BLOCK": 8192}, num_warps=8),
     triton.Config({"BLOCK": 1024}, num_warps=4),
 ]
+# fixed config (ALARM_KERNELS_AUTOTUNE=0): 4096 elements per program, 8 warps, on every device
+_DEFAULTS = (DefaultConfig(0),)
 
 
 @triton.jit
@@ -37,7 +39,7 @@ def _softmax_weights(logits_ptr, K: tl.constexpr, KP: tl.constexpr):
     return kk, e / tl.sum(e, 0)
 
 
-@triton_autotune(configs=_CONFIGS, key=["KP"])
+@triton_autotune(configs=_CONFIGS, key=["KP"], defaults=_DEFAULTS)
 @triton.jit
 def _wls_fwd_kernel(layers, logits_ptr, out_ptr, n, KP: tl.constexpr, BLOCK: tl.constexpr):
     K: tl.constexpr = len(layers)
@@ -51,7 +53,7 @@ def _wls_fwd_kernel(layers, logits_ptr, out_ptr, n, KP: tl.constexpr, BLOCK: tl.
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton_autotune(configs=_CONFIGS, key=["KP", "NEED_LAYER_GRADS"])
+@triton_autotune(configs=_CONFIGS, key=["KP", "NEED_LAYER_GRADS"], defaults=_DEFAULTS)
 @triton.jit
 def _wls_bwd_kernel(
     layers, grad_layers, logits_ptr, grad_y_ptr, partial_ptr, n,
