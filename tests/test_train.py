@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from alarm.train.checkpoint import latest_checkpoint
-from alarm.train.config import load_config
+from alarm.train.config import build_model_config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -217,6 +217,12 @@ def test_recipe_errors_name_the_file_and_key(tmp_path):
 
 
 def test_shipped_recipes_load():
-    for recipe in sorted((REPO / "alarm" / "train" / "recipes").glob("*.yaml")):
+    recipes = sorted((REPO / "alarm" / "train" / "recipes").glob("*.yaml"))
+    assert len(recipes) == 8
+    for recipe in recipes:
         cfg = load_config(str(recipe), ["data.train_manifest=x.jsonl"])
-        assert cfg.optim.lr > 0 and cfg.model, recipe.name
+        model = build_model_config(cfg.model)
+        assert cfg.optim.lr > 0, recipe.name
+        if recipe.stem.startswith("alarm_"):  # stage B: frozen stage-A adapters, the paper's hyperparameters
+            assert model.stage == "B" and len(model.encoders) == 4 and cfg.optim.lr == 1e-4
+            assert cfg.optim.warmup_steps == 1500 and cfg.optim.grad_clip == 1.0 and cfg.run.epochs == 2

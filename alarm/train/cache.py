@@ -62,7 +62,7 @@ def cache_key(model, level: str, dtype: str) -> dict:
         h = hashlib.sha256()
         for name, t in sorted(model.audio.adapters.state_dict().items()):
             h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         key["adapters_sha256"] = h.hexdigest()
     return key
 

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from alarm.model.config import ALARMConfig, w2v_bert_2, whisper_large_v3
+from alarm.model.config import ALARMConfig, muq_large, sslam, w2v_bert_2, whisper_large_v3
 
 __all__ = ["DataConfig", "OptimConfig", "BatchConfig", "RunConfig", "TrainConfig", "load_config",
            "build_model_config", "RESUMABLE_CHANGES"]
@@ -272,9 +272,8 @@ def build_model_config(model: Dict[str, Any]) -> ALARMConfig:
         return ALARMConfig.full(fields.pop("fusion", "CA"), **fields)
     if preset == "single":
         encoder = fields.pop("encoder", "whisper")
-        specs = {"whisper": whisper_large_v3, "w2v-bert": w2v_bert_2}
+        specs = {"whisper": whisper_large_v3, "w2v-bert": w2v_bert_2, "muq": muq_large, "sslam": sslam}
         if encoder not in specs:
-            raise ValueError(f"model.encoder {encoder!r}: the single-encoder preset knows {sorted(specs)} "
-                             "(MuQ and SSLAM need their encoder registered first; give model.encoders instead)")
+            raise ValueError(f"model.encoder {encoder!r}: the single-encoder preset knows {sorted(specs)}")
         return ALARMConfig.single(specs[encoder](), **fields)
     raise ValueError(f"model.preset must be tiny, full or single, got {preset!r}")
