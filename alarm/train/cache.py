@@ -7,14 +7,16 @@ Two levels:
   frozen). This is the narrowest point before the trained fusion, and it removes encoders *and* adapters
   from every training step.
 
-Layout: ``<folder>/shard-00000.safetensors ...`` (each written atomically; clips in manifest order,
-``shard_size`` per shard; tensor name ``<clip id>/<encoder name>``) and ``index.json`` written last. A
-build interrupted at any point resumes: finished shards whose metadata matches are kept.
+Layout: ``<folder>/shard-00000.safetensors ...`` (each written atomically; distinct audio files in manifest
+order, ``shard_size`` per shard; tensor name ``<audio sha256>/<encoder name>``, so examples sharing a clip
+share its features) and ``index.json`` written last (example id -> audio sha256, shard contents). A build
+interrupted at any point resumes: finished shards whose metadata matches are kept.
 
 The cache key covers everything that changes the features: the encoder specs (checkpoints, layers,
 front-end settings, dtypes), the level, the adapter weights' sha256 (level ``adapter``), the feature
-dtype and the cache format; each clip also records the sha256 of its audio file. ``FeatureCache.open``
-refuses a cache whose key differs, naming the fields that changed.
+dtype and the cache format; clips are stored under the sha256 of their audio file, which the trainer can
+check against the files (``data.cache_verify``). ``FeatureCache.open`` refuses a cache whose key differs,
+naming the fields that changed.
 """
 from __future__ import annotations
 
@@ -94,12 +96,13 @@ def _key_diff(want: dict, have: dict) -> List[str]:
 
 
 class FeatureCache:
-    """Read side of a cache folder. ``get(id)`` -> ``CachedClip`` or None (clip not cached)."""
+    """Read side of a cache folder. ``get(example_id)`` -> ``CachedClip`` or None (clip not cached)."""
 
     def __init__(self, folder: str, index: dict):
         self.folder, self.index = Path(folder), index
         self.kind = "features" if index["key"]["level"] == "encoder" else "streams"
-        self._where = {cid: shard for shard, entry in index["shards"].items() for cid in entry["ids"]}
+        self._sha = index["examples"]  # example id -> sha256 of its audio file
+        self._where = {sha: shard for shard, shas in index["shards"].items() for sha in shas}
         self._open: Dict[str, object] = {}
 
     @classmethod
@@ -116,22 +119,22 @@ class FeatureCache:
                              "rebuild it with `alarm cache` (or drop data.cache)")
         return cls(folder, index)
 
-    def audio_sha256(self, clip_id: str) -> Optional[str]:
-        shard = self._where.get(clip_id)
-        return None if shard is None else self.index["shards"][shard]["sha256"][clip_id]
+    def audio_sha256(self, example_id: str) -> Optional[str]:
+        """sha256 of the audio file the example's features were computed from (None: not cached)."""
+        return self._sha.get(example_id)
 
-    def get(self, clip_id: str) -> Optional[CachedClip]:
-        shard = self._where.get(clip_id)
+    def get(self, example_id: str) -> Optional[CachedClip]:
+        sha = self._sha.get(example_id)
+        shard = self._where.get(sha)
         if shard is None:
             return None
         handle = self._open.get(shard)
         if handle is None:
             handle = self._open[shard] = safe_open(str(self.folder / shard), framework="pt")
-        names = self.index["encoders"]
-        return CachedClip(self.kind, {n: handle.get_tensor(f"{clip_id}/{n}") for n in names})
+        return CachedClip(self.kind, {n: handle.get_tensor(f"{sha}/{n}") for n in self.index["encoders"]})
 
     def __getstate__(self):  # DataLoader workers reopen shards themselves
-        return {"folder": self.folder, "index": self.index, "kind": self.kind, "_where": self._where, "_open": {}}
+        return {**self.__dict__, "_open": {}}
 
 
 @torch.no_grad()
@@ -139,7 +142,8 @@ def build_cache(model, examples, folder: str, level: str = "encoder", dtype: str
                 shard_size: int = 256, batch_size: int = 8, progress: bool = True) -> dict:
     """Compute and store the frozen features of ``examples`` (``alarm.train.data.Example``) in ``folder``.
 
-    Resumable; returns the index. Clips that cannot be decoded are listed under ``skipped``.
+    Each distinct audio file is encoded once (examples sharing a clip share its entry, keyed by the
+    file's sha256). Resumable; returns the index. Clips that cannot be decoded are listed under ``skipped``.
     """
     from alarm.train.data import ClipDataset
 
@@ -149,54 +153,66 @@ def build_cache(model, examples, folder: str, level: str = "encoder", dtype: str
     remove_stale_temporaries(out)
     names = [s.name for s in model.config.encoders]
     rate = model.config.encoders[0].sample_rate
-    clips = ClipDataset(examples, rate, max_seconds=float("inf"))
     device = model.audio.audio_start.device
-    shards, skipped = {}, []
-    starts = range(0, len(examples), shard_size)
-    bar = tqdm(total=len(examples), desc="alarm cache", unit="clip", disable=not progress)
-    for s, start in enumerate(starts):
-        members = list(range(start, min(start + shard_size, len(examples))))
+    sha_of_file: Dict[str, str] = {}
+    for e in examples:
+        if e.audio not in sha_of_file:
+            sha_of_file[e.audio] = file_sha256(e.audio)
+    distinct: Dict[str, str] = {}
+    for e in examples:
+        distinct.setdefault(sha_of_file[e.audio], e.audio)
+    clips = list(distinct.items())  # (sha256, path) of each distinct clip, in manifest order
+    loader = ClipDataset([_clip_example(path) for _, path in clips], rate, max_seconds=float("inf"))
+    meta_key = json.dumps(key, sort_keys=True)
+    shards: Dict[str, List[str]] = {}
+    skipped: List[dict] = []
+    bar = tqdm(total=len(clips), desc="alarm cache", unit="clip", disable=not progress)
+    for s, start in enumerate(range(0, len(clips), shard_size)):
+        members = list(range(start, min(start + shard_size, len(clips))))
         name = f"shard-{s:05d}.safetensors"
         path = out / name
-        meta_key = json.dumps(key, sort_keys=True)
-        ids_wanted = [examples[i].id for i in members]
+        wanted = [clips[i][0] for i in members]
         if path.is_file():
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            if meta.get("key") == meta_key and json.loads(meta.get("members", "[]")) == ids_wanted:
-                shards[name] = json.loads(meta["entry"])
+            if meta.get("key") == meta_key and json.loads(meta.get("members", "[]")) == wanted:
+                shards[name] = json.loads(meta["stored"])
                 skipped += json.loads(meta["skipped"])
                 bar.update(len(members))
                 continue
-        tensors, entry, shard_skips = {}, {"ids": [], "sha256": {}}, []
+        tensors, stored, shard_skips = {}, [], []
         for b in range(0, len(members), batch_size):
-            loaded = [clips[i] for i in members[b:b + batch_size]]
+            loaded = [loader[i] for i in members[b:b + batch_size]]
             ok = [(i, w) for i, w, _, reason in loaded if reason is None]
-            shard_skips += [{"id": examples[i].id, "reason": reason} for i, _, _, reason in loaded if reason]
+            shard_skips += [{"audio": clips[i][1], "reason": reason} for i, _, _, reason in loaded if reason]
             if ok:
                 feats = model.encode([w for _, w in ok], [rate] * len(ok))
                 if level == "adapter":
-                    feats = {k: (v[0], v[1]) for k, v in model.adapter_streams(
-                        {k: ([x.to(device) for x in layers], cu.to(device)) for k, (layers, cu) in feats.items()}
-                    ).items()}
+                    feats = model.adapter_streams({k: ([x.to(device) for x in layers], cu.to(device))
+                                                   for k, (layers, cu) in feats.items()})
                 for n in names:
                     data, cu = feats[n]
                     bounds = cu.tolist()
                     for j, (i, _) in enumerate(ok):
                         lo, hi = bounds[j], bounds[j + 1]
                         t = torch.stack([x[lo:hi] for x in data]) if level == "encoder" else data[lo:hi]
-                        tensors[f"{examples[i].id}/{n}"] = t.detach().to("cpu", _DTYPES[dtype]).contiguous()
-                for i, _ in ok:
-                    entry["ids"].append(examples[i].id)
-                    entry["sha256"][examples[i].id] = file_sha256(examples[i].audio)
+                        tensors[f"{clips[i][0]}/{n}"] = t.detach().to("cpu", _DTYPES[dtype]).contiguous()
+                stored += [clips[i][0] for i, _ in ok]
             bar.update(len(loaded))
-        metadata = {"key": meta_key, "members": json.dumps(ids_wanted), "entry": json.dumps(entry),
+        metadata = {"key": meta_key, "members": json.dumps(wanted), "stored": json.dumps(stored),
                     "skipped": json.dumps(shard_skips)}
         atomic_write(path, lambda p, t=tensors, m=metadata: save_file(t, p, metadata=m))
-        shards[name] = entry
+        shards[name] = stored
         skipped += shard_skips
     bar.close()
-    index = {"key": key, "encoders": names, "shards": shards, "skipped": skipped,
-             "clips": sum(len(e["ids"]) for e in shards.values())}
+    cached = {sha for shas in shards.values() for sha in shas}
+    index = {"key": key, "encoders": names, "shards": shards, "skipped": skipped, "clips": len(cached),
+             "examples": {e.id: sha_of_file[e.audio] for e in examples if sha_of_file[e.audio] in cached}}
     atomic_write_json(out / "index.json", index)
     return index
+
+
+def _clip_example(path: str):
+    """A stand-in ``Example`` for decoding one audio file through ``ClipDataset``."""
+    from alarm.train.data import Example
+    return Example(id=path, dataset="", audio=path, duration=0.0, prompt="", suffix=(), target=())
