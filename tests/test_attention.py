@@ -136,10 +136,11 @@ def test_flash_attn_backend(causal):
 @pytest.mark.gpu
 @pytest.mark.parametrize("kernel_name", ["_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"])
 def test_every_autotune_config(kernel_name, monkeypatch):
-    # the other tests run each kernel's first config only (AUTOTUNE off): pin each config in turn
+    # the other tests run each kernel's default config only (AUTOTUNE off): pin each config in turn
     from alarm_kernels.attention import triton as attention_triton
 
     kernel = getattr(attention_triton, kernel_name)
+    monkeypatch.setattr(attention_triton, "AUTOTUNE", True)  # otherwise the fixed default config runs
     try:
         for config in list(kernel.configs):
             monkeypatch.setattr(kernel, "configs", [config])

@@ -24,11 +24,14 @@ Numerics: q/k/v tiles feed ``tl.dot`` in their storage dtype (fp16/bf16 tensor c
 probabilities / dS are rounded to the storage dtype only as ``tl.dot`` operands (as flash-attn does).
 bf16 cannot be tested under ``TRITON_INTERPRET=1`` (its bf16 arithmetic is broken upstream).
 
-Autotuning (GPU): keyed on head-dim block, causal, GQA group and dtypes; candidates pruned by head dim;
-``AUTOTUNE = False`` / ``ALARM_KERNELS_AUTOTUNE=0`` (and fp32 inputs) use the first config untuned.
+Configs (GPU): by default one fixed config per kernel, head-dim block, dtype and compute capability
+(:func:`default_config`); ``ALARM_KERNELS_AUTOTUNE=1`` autotunes instead (keyed on head-dim block, causal, GQA
+group, dropout and dtypes; candidates pruned by head dim). fp32 inputs always run the first config.
+The dQ atomics are ``relaxed`` (plain fp32 adds; nothing reads dQ before the kernel ends).
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Tuple
 
@@ -43,22 +46,75 @@ from .reference import dropout_threshold, seed_words
 LOG2E = 1.4426950408889634
 
 
-# False (or ALARM_KERNELS_AUTOTUNE=0 at import): every kernel runs its first config, untuned (tests, quick
-# checks: each new shape key would otherwise compile and time every config)
-AUTOTUNE = os.environ.get("ALARM_KERNELS_AUTOTUNE", "1") != "0"
+# ALARM_KERNELS_AUTOTUNE=1 at import: autotune on GPU. Otherwise (the default; tests, the GPU check, CUDA-graph
+# capture, multi-rank runs) every kernel runs the fixed config of _DEFAULT_CONFIGS for its head dim, dtype and GPU.
+AUTOTUNE = os.environ.get("ALARM_KERNELS_AUTOTUNE", "0") == "1"
+
+# Fixed configs (BLOCK_M, BLOCK_N, num_warps, num_stages) for fp16/bf16 inputs, per kernel, head-dim block and
+# minimum compute capability (major * 10 + minor; the highest entry not above the device's applies). Chosen
+# without register spills and within shared memory (sm_90: tests/sm90_compile.py prints registers, spills and
+# shared memory of each). fp32 ("ieee" dots, a correctness path) always runs the first autotune config.
+_DEFAULT_CONFIGS = {
+    "fwd": {64: {80: (128, 64, 8, 3)}, 128: {80: (128, 64, 8, 3)}, 256: {80: (64, 64, 8, 2)}},
+    "dkdv_atomic": {64: {80: (64, 128, 8, 2)}, 128: {80: (16, 64, 8, 2)}, 256: {80: (16, 64, 8, 2)}},
+    "dkdv": {64: {80: (64, 128, 8, 2)}, 128: {80: (32, 64, 8, 2)}, 256: {80: (16, 64, 8, 2)}},
+    "dq": {64: {80: (128, 64, 8, 2)}, 128: {80: (128, 64, 8, 2)}, 256: {80: (64, 32, 8, 2)}},
+}
+# shared memory one block may use, by compute capability (bytes)
+_SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 
 
-def _prune(configs, named_args, **kwargs):
-    """Autotune candidates for one call: the first config only without :data:`AUTOTUNE` and for fp32
-    inputs (``ieee`` dots: slow to compile, not a performance target); otherwise the tiles whose size
-    suits the head dim."""
-    if not AUTOTUNE or kwargs.get("PREC") == "ieee":
+def _capability() -> int:
+    """Compute capability of the active device as ``major * 10 + minor`` (Triton's target arch)."""
+    arch = triton.runtime.driver.active.get_current_target().arch
+    return arch if isinstance(arch, int) else 80
+
+
+def _at_capability(table: dict, capability: int):
+    """The entry of the highest capability key not above ``capability`` (the lowest key if none is)."""
+    return table[max((c for c in table if c <= capability), default=min(table))]
+
+
+def default_config(kernel: str, block_d: int, capability: int) -> triton.Config:
+    """The fixed fp16/bf16 config of ``kernel`` ("fwd", "dkdv_atomic", "dkdv", "dq") for a head-dim block."""
+    by_dim = _DEFAULT_CONFIGS[kernel]
+    m, n, warps, stages = _at_capability(by_dim[min(d for d in by_dim if d >= block_d)], capability)
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+
+
+def shared_memory_estimate(kernel: str, config: triton.Config, block_d: int) -> int:
+    """Shared memory (bytes, 16-bit inputs) of ``kernel`` with ``config``: its pipelined tiles (``num_stages``
+    copies) plus the resident ones; exact for fwd and dq on sm_90, within a few KB for dkdv (which adds a
+    margin; the atomic variant also stages its fp32 dQ tile). tests/sm90_compile.py checks it."""
+    m, n, stages = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_stages
+    if kernel == "fwd":
+        return 2 * block_d * (m + 2 * n * stages)
+    if kernel == "dq":
+        return 2 * block_d * (2 * m + 2 * n * stages)
+    staged = 2 * block_d * (2 * m * stages + 2 * n) * 5 // 4
+    return staged + (4 * m * block_d if kernel == "dkdv_atomic" else 0)
+
+
+def _prune(configs, named_args, kernel: str, **kwargs):
+    """Configs for one call: fp32 inputs (``ieee`` dots: slow to compile, not a performance target) the first;
+    without :data:`AUTOTUNE` the fixed :func:`default_config`; otherwise the candidates whose tile suits the head
+    dim and whose shared memory (:func:`shared_memory_estimate`) fits the device."""
+    if kwargs.get("PREC") == "ieee":
         return configs[:1]
-    limit = 2**21 if kwargs["BLOCK_D"] <= 128 else 2**20
-    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * kwargs["BLOCK_D"] <= limit] or configs[:1]
+    if kernel == "dkdv" and kwargs.get("ATOMIC_DQ"):
+        kernel = "dkdv_atomic"
+    capability, block_d = _capability(), kwargs["BLOCK_D"]
+    if not AUTOTUNE:
+        return [default_config(kernel, block_d, capability)]
+    limit = 2**21 if block_d <= 128 else 2**20
+    shared = _at_capability(_SHARED_LIMIT, capability)
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * block_d <= limit
+            and shared_memory_estimate(kernel, c, block_d) <= shared]
+    return kept or [default_config(kernel, block_d, capability)]
 
 
-_PRUNE = {"early_config_prune": _prune}
+def _prune_for(kernel: str) -> dict:
+    return {"early_config_prune": functools.partial(_prune, kernel=kernel)}
 
 
 def _configs(pairs, interpret_pair):
@@ -159,7 +215,9 @@ def _fwd_inner(
 _DROPOUT_ARGS = ["seed_lo", "seed_hi", "drop_offset", "drop_threshold"]
 
 
-@triton_autotune(configs=_FWD_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_PRUNE)
+@triton_autotune(
+    configs=_FWD_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_prune_for("fwd")
+)
 @triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _fwd_kernel(
     Q, K, V, OUT, LSE, CU_Q, CU_K, qk_scale, keep_scale, seed_lo, seed_hi, drop_offset, drop_threshold,
@@ -269,13 +327,13 @@ def _dkdv_inner(
         if ATOMIC_DQ:
             dq = tl.dot(tl.trans(dsT.to(k.dtype)), k, input_precision=PREC) * sm_scale
             tl.atomic_add(DQ + rows[:, None] * stride_dqt + offs_d[None, :], dq,
-                          mask=row_ok[:, None] & d_mask[None, :])
+                          mask=row_ok[:, None] & d_mask[None, :], sem="relaxed")
     return dk, dv
 
 
 @triton_autotune(
     configs=_DKDV_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "ATOMIC_DQ", "DROPOUT"], reset_to_zero=["DQ"],
-    prune_configs_by=_PRUNE,
+    prune_configs_by=_prune_for("dkdv"),
 )
 @triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _bwd_dkdv_kernel(
@@ -371,7 +429,9 @@ def _dq_inner(
     return dq
 
 
-@triton_autotune(configs=_DQ_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_PRUNE)
+@triton_autotune(
+    configs=_DQ_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_prune_for("dq")
+)
 @triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _bwd_dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale, keep_scale,
