@@ -1,6 +1,8 @@
 """Triton flash attention over packed sequences (forward and backward).
 
-Layout: q / out / grads ``[total_q, Hq, D]``, k / v ``[total_k, Hkv, D]`` (contiguous), offsets int32
+Layout: q / out / grads ``[total_q, Hq, D]``, k / v ``[total_k, Hkv, D]`` (contiguous: the head stride is the
+constexpr head dim, so head dims that are not multiples of 16, e.g. 40 or 72, keep 16-byte vector loads and
+cp.async; a runtime stride of 72 would lose Triton's divisibility specialization), offsets int32
 ``[N+1]``, log-sum-exp ``lse [Hq, total_q]`` float32 in natural-log units (+inf on a query row that sees
 no key, flash-attn's convention, so ``exp(s - lse) = 0`` there and its gradients vanish).
 
@@ -221,7 +223,7 @@ _DROPOUT_ARGS = ["seed_lo", "seed_hi", "drop_offset", "drop_threshold"]
 @triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _fwd_kernel(
     Q, K, V, OUT, LSE, CU_Q, CU_K, qk_scale, keep_scale, seed_lo, seed_hi, drop_offset, drop_threshold,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_lh,
+    stride_qt, stride_kt, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -235,11 +237,11 @@ def _fwd_kernel(
     if m0 >= len_q:
         return
     # scalar int64 bases per (sequence, head); tile offsets below are small int32 (sequence-local)
-    Q += q_start * stride_qt + head * stride_qh
-    OUT += q_start * stride_qt + head * stride_qh
+    Q += q_start * stride_qt + head * HEAD_DIM
+    OUT += q_start * stride_qt + head * HEAD_DIM
     LSE += head * stride_lh + q_start
-    K += k_start * stride_kt + (head // GROUP) * stride_kh
-    V += k_start * stride_kt + (head // GROUP) * stride_kh
+    K += k_start * stride_kt + (head // GROUP) * HEAD_DIM
+    V += k_start * stride_kt + (head // GROUP) * HEAD_DIM
     rows = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
@@ -276,14 +278,14 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_preprocess_kernel(
-    OUT, DO, DELTA, total_q, stride_qt, stride_qh, stride_lh,
+    OUT, DO, DELTA, total_q, stride_qt, stride_lh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     row0 = tl.program_id(0) * BLOCK_M
     head = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    base = row0.to(tl.int64) * stride_qt + head * stride_qh
+    base = row0.to(tl.int64) * stride_qt + head * HEAD_DIM
     mask = (row0 + rows < total_q)[:, None] & (offs_d < HEAD_DIM)[None, :]
     off = rows[:, None] * stride_qt + offs_d[None, :]
     o = tl.load(OUT + base + off, mask=mask, other=0.0).to(tl.float32)
@@ -339,7 +341,7 @@ def _dkdv_inner(
 def _bwd_dkdv_kernel(
     Q, K, V, DO, DQ, DK, DV, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale, keep_scale,
     seed_lo, seed_hi, drop_offset, drop_threshold,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_dqt, stride_dqh, stride_lh,
+    stride_qt, stride_kt, stride_dqt, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -351,7 +353,7 @@ def _bwd_dkdv_kernel(
     n0 = pid_n * BLOCK_N
     if n0 >= len_k:
         return
-    kv_base = k_start * stride_kt + kv_head * stride_kh
+    kv_base = k_start * stride_kt + kv_head * HEAD_DIM
     cols = n0 + tl.arange(0, BLOCK_N)
     col_ok = cols < len_k
     offs_d = tl.arange(0, BLOCK_D)
@@ -375,8 +377,8 @@ def _bwd_dkdv_kernel(
     q_glob, k_glob = q_start.to(tl.int32), k_start.to(tl.int32)
     for g in range(GROUP):
         head = kv_head * GROUP + g
-        q_base = q_start * stride_qt + head * stride_qh
-        dq_base = q_start * stride_dqt + head * stride_dqh
+        q_base = q_start * stride_qt + head * HEAD_DIM
+        dq_base = q_start * stride_dqt + head * HEAD_DIM
         l_base = head * stride_lh + q_start
         dk, dv = _dkdv_inner(
             dk, dv, k, v, Q + q_base, DO + q_base, DQ + dq_base, LSE + l_base, DELTA + l_base, len_q, diag, cols,
@@ -436,7 +438,7 @@ def _dq_inner(
 def _bwd_dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale, keep_scale,
     seed_lo, seed_hi, drop_offset, drop_threshold,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_lh,
+    stride_qt, stride_kt, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -449,11 +451,11 @@ def _bwd_dq_kernel(
     m0 = pid_m * BLOCK_M
     if m0 >= len_q:
         return
-    q_base = q_start * stride_qt + head * stride_qh
+    q_base = q_start * stride_qt + head * HEAD_DIM
     LSE += head * stride_lh + q_start
     DELTA += head * stride_lh + q_start
-    K += k_start * stride_kt + (head // GROUP) * stride_kh
-    V += k_start * stride_kt + (head // GROUP) * stride_kh
+    K += k_start * stride_kt + (head // GROUP) * HEAD_DIM
+    V += k_start * stride_kt + (head // GROUP) * HEAD_DIM
     rows = m0 + tl.arange(0, BLOCK_M)
     row_ok = rows < len_q
     offs_d = tl.arange(0, BLOCK_D)
@@ -523,7 +525,7 @@ def forward(
     drop_args, dropout = _dropout_args(dropout_p, dropout_seed, dropout_offset)
     _fwd_kernel[grid](
         q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale * LOG2E, *drop_args,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
+        q.stride(0), k.stride(0), lse.stride(0),
         GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec, DROPOUT=dropout,
     )
     return out, lse
@@ -560,7 +562,7 @@ def backward(
         return torch.zeros_like(q), dk, dv
     delta = torch.empty((hq, total_q), dtype=torch.float32, device=q.device)
     _bwd_preprocess_kernel[(triton.cdiv(total_q, 64), hq)](
-        out, grad_out, delta, total_q, q.stride(0), q.stride(1), delta.stride(0),
+        out, grad_out, delta, total_q, q.stride(0), delta.stride(0),
         HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=64,
     )
     atomic = not deterministic
@@ -574,7 +576,7 @@ def backward(
     _bwd_dkdv_kernel[grid_kv](
         q, k, v, grad_out, dq_acc, dk, dv, lse, delta, cu_seqlens_q, cu_seqlens_k, qk_scale, softmax_scale,
         *drop_args,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), dq_acc.stride(0), dq_acc.stride(1), lse.stride(0),
+        q.stride(0), k.stride(0), dq_acc.stride(0), lse.stride(0),
         GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, ATOMIC_DQ=atomic, PREC=prec, DROPOUT=dropout,
     )
     if atomic:
@@ -584,7 +586,7 @@ def backward(
         _bwd_dq_kernel[grid_q](
             q, k, v, grad_out, dq_acc, lse, delta, cu_seqlens_q, cu_seqlens_k, qk_scale, softmax_scale,
             *drop_args,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
+            q.stride(0), k.stride(0), lse.stride(0),
             GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec, DROPOUT=dropout,
         )
         dq = dq_acc
