@@ -3,16 +3,19 @@
 Run as ``python tests/sm90_compile.py <op>`` with ``TRITON_INTERPRET`` unset (tests/test_triton_sm90_compile.py does):
 a stand-in driver reports an sm_90 target, so ``JITFunction.warmup`` runs the whole GPU compiler (frontend, TTGIR,
 LLVM, PTX and ptxas), which catches what the interpreter accepts and the GPU compiler rejects. Each kernel is
-compiled in fp16, bf16 and fp32 with representative constexprs, for its first and its largest autotune config
-(see ``_configs``).
+compiled in fp16, bf16 and fp32 with representative constexprs (attention: the model's head dims 64, 128, 192 and
+the test dims), for the config it runs without autotuning and its largest autotune candidate (see ``_configs``).
 
 Prints JSON lines: first ``{"launched": [...]}`` (the kernels the op's module launches, found by ``name[`` in its
 source), then one record per compile: kernel, dtype, variant (dtype and constexprs), config, error (null when it
-compiled), the counts of ``wgmma.mma_async`` / ``mma.sync`` instructions in the PTX, shared memory bytes and
-the seconds the compile took.
+compiled), whether the config is the default one, the counts of ``wgmma.mma_async`` / ``mma.sync`` / ``cp.async``
+instructions in the PTX, shared memory bytes, registers and spill bytes (from ``ptxas -v``) and the seconds the
+compile took.
 """
+import contextlib
 import importlib
 import inspect
+import io
 import json
 import re
 import sys
@@ -110,10 +113,11 @@ def _multi_encoder_concat(m, dt):
     yield m._column_sum_kernel, (_ptr(torch.float32), x, 63, d_out, 63), dict(BLOCK_R=32, BLOCK_C=128)
 
 
-# (head dim, q heads per kv head, causal, dropout): a power-of-two and a padded head dim, MHA and GQA, both masks
+# (head dim, q heads per kv head, causal, dropout): the model's shapes (Qwen3 D=128 GQA 4 causal, the CA fusion
+# D=64, also with its attention dropout, the perceiver D=192), a test dim (72: not a multiple of 16) and fp32
 _ATTENTION_SHAPES = {
-    torch.float16: [(72, 4, False, False), (64, 1, True, True)],
-    torch.bfloat16: [(128, 2, True, False)],
+    torch.float16: [(64, 1, False, False), (128, 4, True, False), (192, 1, False, False), (72, 4, False, False)],
+    torch.bfloat16: [(64, 1, False, True), (128, 4, True, False), (192, 1, False, False)],
     torch.float32: [(64, 2, False, False)],
 }
 
@@ -125,12 +129,14 @@ def _attention(m, dt):
         lse, cu, sq, sk = _ptr(torch.float32), _i32(), q.stride(), k.stride()
         drop_args, dropout = m._dropout_args(0.1 if dropout else 0.0, 2**40 + 3, 5)
         shape = dict(GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec, DROPOUT=dropout)
-        yield m._fwd_kernel, (q, k, k, q, lse, cu, cu, 0.18, *drop_args, *sq[:2], *sk[:2], 4000), shape
-        yield m._bwd_preprocess_kernel, (q, q, lse, 4000, *sq[:2], 4000), dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=64)
-        yield m._bwd_dkdv_kernel, (q, k, k, q, lse, k, k, lse, lse, cu, cu, 0.18, 0.12, *drop_args, *sq[:2], *sk[:2],
-                                   *sq[:2], 4000), dict(shape, ATOMIC_DQ=not causal)
-        yield m._bwd_dq_kernel, (q, k, k, q, q, lse, lse, cu, cu, 0.18, 0.12, *drop_args, *sq[:2], *sk[:2], 4000), \
-            shape
+        yield m._fwd_kernel, (q, k, k, q, lse, cu, cu, 0.18, *drop_args, sq[0], sk[0], 4000), shape
+        if dt == torch.float16 and not dropout:  # no dot: one compile per head dim
+            yield m._bwd_preprocess_kernel, (q, q, lse, 4000, sq[0], 4000), dict(HEAD_DIM=d, BLOCK_D=block_d,
+                                                                                   BLOCK_M=64)
+        for atomic in (True, False) if dt != torch.float32 else (True,):
+            yield m._bwd_dkdv_kernel, (q, k, k, q, lse, k, k, lse, lse, cu, cu, 0.18, 0.12, *drop_args, sq[0], sk[0],
+                                       sq[0], 4000), dict(shape, ATOMIC_DQ=atomic)
+        yield m._bwd_dq_kernel, (q, k, k, q, q, lse, lse, cu, cu, 0.18, 0.12, *drop_args, sq[0], sk[0], 4000), shape
 
 
 SPECS = {
@@ -148,20 +154,35 @@ def _jit(kernel):
     return kernel
 
 
-def _configs(kernel, args, consts):
-    """The first and the largest (tile elements, then warps x stages) of the autotune configs the kernel's own
-    ``early_config_prune`` keeps for these arguments, plus the config its fixed-config table picks for an sm_90
-    launch (what runs with ``ALARM_KERNELS_AUTOTUNE=0``); [None] if not autotuned.
+def _configs(module, kernel, args, consts, dtype):
+    """``[(config, is_default)]``: the config the kernel runs without autotuning (the op's fixed-config table
+    for an sm_90 launch, or, for attention, its ``early_config_prune`` with the module's ``AUTOTUNE`` off), then,
+    in fp16 (shared memory is the same in bf16), the largest (tile elements, then warps x stages) of the
+    autotune candidates the prune keeps for these arguments; [(None, True)] if not autotuned.
 
-    Kernels with fp32 ``"ieee"`` dots get the first config only: their dots unroll into FMA chains, so a large tile
+    Kernels with fp32 ``"ieee"`` dots get their one config only: their dots unroll into FMA chains, so a large tile
     costs ptxas 5-50 s, and the largest fp32 attention tiles exceed sm_90's shared memory (never launchable)."""
     configs = getattr(kernel, "configs", None)
     if not configs:
-        return [None]
-    if kernel.early_config_prune:
-        configs = kernel.early_config_prune(configs, dict(zip(kernel.arg_names, args, strict=False)), **consts)
-    if "ieee" in consts.values():
-        return configs[:1]
+        return [(None, True)]
+    named = dict(zip(kernel.arg_names, args, strict=False))
+    prune = kernel.early_config_prune or (lambda cs, _named, **_kw: cs)
+    autotune = getattr(module, "AUTOTUNE", None)
+    try:
+        if autotune is not None:
+            module.AUTOTUNE = False
+        default = prune(configs, named, **consts)[0]
+        table = getattr(kernel.early_config_prune, "defaults", None)
+        if table is not None:  # the non-attention ops: a fixed-config table keyed by width, dtype, capability
+            default = configs[fixed_config_index(table, named, kernel.early_config_prune.width_arg, capability=90)]
+        if autotune is not None:
+            module.AUTOTUNE = True
+        candidates = prune(configs, named, **consts)
+    finally:
+        if autotune is not None:
+            module.AUTOTUNE = autotune
+    if "ieee" in consts.values() or dtype != torch.float16:  # one 16-bit dtype shows each tile's shared memory
+        return [(default, True)]
 
     def size(c):
         tile = 1
@@ -169,14 +190,10 @@ def _configs(kernel, args, consts):
             tile *= v
         return tile, c.num_warps * c.num_stages
 
-    largest = max(configs, key=size)
-    chosen = [configs[0]] + ([largest] if largest is not configs[0] else [])
-    table = getattr(kernel.early_config_prune, "defaults", None)
-    if table is not None:
-        named = dict(zip(kernel.arg_names, args, strict=False))
-        default = kernel.configs[fixed_config_index(table, named, kernel.early_config_prune.width_arg, capability=90)]
-        chosen += [default] if all(default is not c for c in chosen) else []
-    return chosen
+    largest = max(candidates, key=size)
+    same = largest.kwargs == default.kwargs and (largest.num_warps, largest.num_stages) == (
+        default.num_warps, default.num_stages)
+    return [(default, True)] + ([] if same else [(largest, False)])
 
 
 def _describe(config):
@@ -193,25 +210,37 @@ def _launched(module):
     return sorted(n for n in names if re.search(rf"\b{n}\[", src))
 
 
+def _ptxas_usage(log: str) -> dict:
+    """Registers and spill bytes from ``ptxas -v`` output (None when the compile came from Triton's cache)."""
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return dict(registers=int(regs.group(1)) if regs else None,
+                spill_stores=int(spills.group(1)) if spills else None,
+                spill_loads=int(spills.group(2)) if spills else None)
+
+
 def _compile(kernel, args, consts, config):
     options = config.all_kwargs() if config is not None else {}
-    compiled = _jit(kernel).warmup(*args, grid=(1,), **consts, **options)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):  # knobs.nvidia.dump_ptxas_log prints ptxas -v there
+        compiled = _jit(kernel).warmup(*args, grid=(1,), **consts, **options)
     ptx = compiled.asm["ptx"]
-    return dict(wgmma=ptx.count("wgmma.mma_async"), mma=ptx.count("mma.sync"), shared=compiled.metadata.shared)
+    return dict(wgmma=ptx.count("wgmma.mma_async"), mma=ptx.count("mma.sync"), shared=compiled.metadata.shared,
+                cp_async=ptx.count("cp.async"), **_ptxas_usage(log.getvalue()))
 
 
 def main(op):
     driver.set_active(_Sm90Driver())
+    triton.knobs.nvidia.dump_ptxas_log = True
     module = importlib.import_module(f"alarm_kernels.{op}.triton")
     print(json.dumps({"launched": _launched(module)}), flush=True)
     for dt in DTYPES:
         for kernel, args, consts in SPECS[op](module, dt):
             dtype = str(dt).removeprefix("torch.")
             variant = " ".join([dtype] + [f"{k}={v}" for k, v in consts.items()])
-            for config in _configs(kernel, args, consts):
-                record = dict(
-                    kernel=_jit(kernel).__name__, dtype=dtype, variant=variant, config=_describe(config), error=None
-                )
+            for config, is_default in _configs(module, kernel, args, consts, dt):
+                record = dict(kernel=_jit(kernel).__name__, dtype=dtype, variant=variant, config=_describe(config),
+                              default=is_default, error=None)
                 start = time.perf_counter()
                 try:
                     record.update(_compile(kernel, args, consts, config))

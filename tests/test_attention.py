@@ -136,10 +136,11 @@ def test_flash_attn_backend(causal):
 @pytest.mark.gpu
 @pytest.mark.parametrize("kernel_name", ["_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"])
 def test_every_autotune_config(kernel_name, monkeypatch):
-    # the other tests run each kernel's first config only (AUTOTUNE off): pin each config in turn
+    # the other tests run each kernel's default config only (AUTOTUNE off): pin each config in turn
     from alarm_kernels.attention import triton as attention_triton
 
     kernel = getattr(attention_triton, kernel_name)
+    monkeypatch.setattr(attention_triton, "AUTOTUNE", True)  # otherwise the fixed default config runs
     try:
         for config in list(kernel.configs):
             monkeypatch.setattr(kernel, "configs", [config])
@@ -283,3 +284,38 @@ def test_reference_fused_cpu_route_matches_oracle(lens_q, lens_k, hq, hkv, d, ca
     for i, name in enumerate(("out", "dq", "dk", "dv")):
         assert_parity(fused[i], plain[i], oracle[i], k=2.0 if i == 0 else 3.0, dtype=dtype, name=name)
     assert bool(padded_calls) == (route == "padded")
+
+
+def test_flash_attn_backward_is_called_by_parameter_name(monkeypatch):
+    # flash-attn's private varlen backward changes its signature between releases: a stand-in with the 2.6+ names
+    # is called with our tensors; one with an unknown required parameter is skipped (None: the Triton backward runs)
+    import sys
+    import types
+
+    from alarm_kernels.attention import flash_attn as flash_backend
+
+    seen = {}
+
+    def newer(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+              dropout_p, softmax_scale, causal, window_size_left, window_size_right, softcap, alibi_slopes,
+              deterministic, rng_state=None, zero_tensors=False):
+        seen.update(causal=causal, scale=softmax_scale, lse=softmax_lse, window=(window_size_left, window_size_right))
+        dq.fill_(1.0)
+        dk.fill_(2.0)
+        dv.fill_(3.0)
+
+    def unknown(dout, q, k, v, out, softmax_lse, new_required_argument):
+        raise AssertionError("must not be called")
+
+    interface = types.ModuleType("flash_attn.flash_attn_interface")
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn.flash_attn_interface", interface)
+    (q, k, v, dout), cu_q, cu_k = _inputs([3, 2], [4, 1], 4, 2, 32, seed=0, device="cpu")
+    lse = torch.zeros(4, 5)
+    args = (dout, q, k, v, q, lse, cu_q, cu_k, 3, 4, True, 0.25, False)
+    interface._flash_attn_varlen_backward = newer
+    dq, dk, dv = flash_backend._flash_backward(*args)
+    assert (dq == 1).all() and (dk == 2).all() and (dv == 3).all() and dk.shape == k.shape
+    assert seen["causal"] is True and seen["scale"] == 0.25 and seen["lse"] is lse and seen["window"] == (-1, -1)
+    interface._flash_attn_varlen_backward = unknown
+    assert flash_backend._flash_backward(*args) is None

@@ -6,9 +6,13 @@ whole GPU compiler down to ptxas for every kernel of one op, in fp16, bf16 and f
 autotune configs (see there), in a subprocess without ``TRITON_INTERPRET``, one per CPU core at a time.
 On top of compiling, the PTX must use tensor cores for the fp16/bf16 GEMM-like kernels and must not for fp32 (their
 ``"ieee"`` dots would silently lose precision as tf32), and every compiled config must fit sm_90's shared memory.
+Attention is also a static performance check: its default (untuned) configs at the model's head dims must not
+spill registers (``ptxas -v``). Each op prints a table of registers, spills, shared memory and tensor-core and
+cp.async instruction counts (``pytest -s`` shows it).
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +28,9 @@ DOT_KERNELS = {
     "attention": {"_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"},
 }
 SM90_MAX_SHARED = 227 * 1024  # bytes of shared memory one block may use on sm_90
+# attention head dims the default configs must run without register spills: the ALARM model's (Qwen3 128, CA 64,
+# perceiver 192)
+NO_SPILL_HEAD_DIMS = {"attention": (64, 128, 192)}
 _SCRIPT = Path(__file__).with_name("sm90_compile.py")
 
 
@@ -58,9 +65,29 @@ def _describe(op, r):
     return f"{op}.{r['kernel']} [{r['variant']}] [{r['config']}]"
 
 
+def _table(op, records) -> str:
+    """One line per compile: kernel, variant, config (* = default), registers, spill bytes, shared memory, mma."""
+    lines = [f"{op}: {'kernel':<24} {'variant':<70} {'config':<46} {'regs':>4} {'spill st/ld':>11} {'smem KB':>7} "
+             f"{'mma':>4} {'cp.async':>8}"]
+    for r in records:
+        if r["error"]:
+            continue
+        spills = f"{r['spill_stores']}/{r['spill_loads']}" if r["spill_stores"] is not None else "cached"
+        config = ("* " if r["default"] else "  ") + r["config"]
+        lines.append(f"{op}: {r['kernel']:<24} {r['variant'][:70]:<70} {config:<46} {r['registers'] or 0:>4}"
+                     f" {spills:>11} {r['shared'] / 1024:>7.1f} {r['wgmma'] + r['mma']:>4} {r['cp_async']:>8}")
+    return "\n".join(lines)
+
+
+def _head_dim(variant: str):
+    found = re.search(r"HEAD_DIM=(\d+)", variant)
+    return int(found.group(1)) if found else None
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_kernels_compile_for_sm90(op, compile_runs):
     records, launched = _results(compile_runs[op])
+    print("\n" + _table(op, records))
     failed = [f"{_describe(op, r)}: {r['error']}" for r in records if r["error"]]
     assert not failed, f"{len(failed)} of {len(records)} sm_90 compiles failed:\n\n" + "\n\n".join(failed)
     missing = set(launched) - {r["kernel"] for r in records}
@@ -75,3 +102,9 @@ def test_kernels_compile_for_sm90(op, compile_runs):
                 assert not tensor_core, f"{_describe(op, r)}: fp32 dots run on tensor cores (tf32, not ieee)"
             else:
                 assert tensor_core, f"{_describe(op, r)}: no wgmma / mma.sync in the PTX (dots not on tensor cores)"
+    checked = [r for r in records if r["default"] and r["dtype"] != "float32"
+               and _head_dim(r["variant"]) in NO_SPILL_HEAD_DIMS.get(op, ())]
+    assert all(r["spill_stores"] is not None for r in checked), "ptxas -v output missing (compiled from a cache?)"
+    spilling = [f"{_describe(op, r)}: {r['spill_stores']} bytes spilled" for r in checked if r["spill_stores"]]
+    assert not spilling, "default configs spill registers:\n" + "\n".join(spilling)
+    assert not NO_SPILL_HEAD_DIMS.get(op) or {_head_dim(r["variant"]) for r in checked} == set(NO_SPILL_HEAD_DIMS[op])

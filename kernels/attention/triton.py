@@ -1,6 +1,8 @@
 """Triton flash attention over packed sequences (forward and backward).
 
-Layout: q / out / grads ``[total_q, Hq, D]``, k / v ``[total_k, Hkv, D]`` (contiguous), offsets int32
+Layout: q / out / grads ``[total_q, Hq, D]``, k / v ``[total_k, Hkv, D]`` (contiguous: the head stride is the
+constexpr head dim, so head dims that are not multiples of 16, e.g. 40 or 72, keep 16-byte vector loads and
+cp.async; a runtime stride of 72 would lose Triton's divisibility specialization), offsets int32
 ``[N+1]``, log-sum-exp ``lse [Hq, total_q]`` float32 in natural-log units (+inf on a query row that sees
 no key, flash-attn's convention, so ``exp(s - lse) = 0`` there and its gradients vanish).
 
@@ -24,11 +26,14 @@ Numerics: q/k/v tiles feed ``tl.dot`` in their storage dtype (fp16/bf16 tensor c
 probabilities / dS are rounded to the storage dtype only as ``tl.dot`` operands (as flash-attn does).
 bf16 cannot be tested under ``TRITON_INTERPRET=1`` (its bf16 arithmetic is broken upstream).
 
-Autotuning (GPU): keyed on head-dim block, causal, GQA group and dtypes; candidates pruned by head dim;
-``AUTOTUNE = False`` / ``ALARM_KERNELS_AUTOTUNE=0`` (and fp32 inputs) use the first config untuned.
+Configs (GPU): by default one fixed config per kernel, head-dim block, dtype and compute capability
+(:func:`default_config`); ``ALARM_KERNELS_AUTOTUNE=1`` autotunes instead (keyed on head-dim block, causal, GQA
+group, dropout and dtypes; candidates pruned by head dim). fp32 inputs always run the first config.
+The dQ atomics are ``relaxed`` (plain fp32 adds; nothing reads dQ before the kernel ends).
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Tuple
 
@@ -43,22 +48,75 @@ from .reference import dropout_threshold, seed_words
 LOG2E = 1.4426950408889634
 
 
-# False (or ALARM_KERNELS_AUTOTUNE=0 at import): every kernel runs its first config, untuned (tests, quick
-# checks: each new shape key would otherwise compile and time every config)
-AUTOTUNE = os.environ.get("ALARM_KERNELS_AUTOTUNE", "1") != "0"
+# ALARM_KERNELS_AUTOTUNE=1 at import: autotune on GPU. Otherwise (the default; tests, the GPU check, CUDA-graph
+# capture, multi-rank runs) every kernel runs the fixed config of _DEFAULT_CONFIGS for its head dim, dtype and GPU.
+AUTOTUNE = os.environ.get("ALARM_KERNELS_AUTOTUNE", "0") == "1"
+
+# Fixed configs (BLOCK_M, BLOCK_N, num_warps, num_stages) for fp16/bf16 inputs, per kernel, head-dim block and
+# minimum compute capability (major * 10 + minor; the highest entry not above the device's applies). Chosen
+# without register spills and within shared memory (sm_90: tests/sm90_compile.py prints registers, spills and
+# shared memory of each). fp32 ("ieee" dots, a correctness path) always runs the first autotune config.
+_DEFAULT_CONFIGS = {
+    "fwd": {64: {80: (128, 64, 8, 3)}, 128: {80: (128, 64, 8, 3)}, 256: {80: (64, 64, 8, 2)}},
+    "dkdv_atomic": {64: {80: (64, 128, 8, 2)}, 128: {80: (16, 64, 8, 2)}, 256: {80: (16, 64, 8, 2)}},
+    "dkdv": {64: {80: (64, 128, 8, 2)}, 128: {80: (32, 64, 8, 2)}, 256: {80: (16, 64, 8, 2)}},
+    "dq": {64: {80: (128, 64, 8, 2)}, 128: {80: (128, 64, 8, 2)}, 256: {80: (64, 32, 8, 2)}},
+}
+# shared memory one block may use, by compute capability (bytes)
+_SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 
 
-def _prune(configs, named_args, **kwargs):
-    """Autotune candidates for one call: the first config only without :data:`AUTOTUNE` and for fp32
-    inputs (``ieee`` dots: slow to compile, not a performance target); otherwise the tiles whose size
-    suits the head dim."""
-    if not AUTOTUNE or kwargs.get("PREC") == "ieee":
+def _capability() -> int:
+    """Compute capability of the active device as ``major * 10 + minor`` (Triton's target arch)."""
+    arch = triton.runtime.driver.active.get_current_target().arch
+    return arch if isinstance(arch, int) else 80
+
+
+def _at_capability(table: dict, capability: int):
+    """The entry of the highest capability key not above ``capability`` (the lowest key if none is)."""
+    return table[max((c for c in table if c <= capability), default=min(table))]
+
+
+def default_config(kernel: str, block_d: int, capability: int) -> triton.Config:
+    """The fixed fp16/bf16 config of ``kernel`` ("fwd", "dkdv_atomic", "dkdv", "dq") for a head-dim block."""
+    by_dim = _DEFAULT_CONFIGS[kernel]
+    m, n, warps, stages = _at_capability(by_dim[min(d for d in by_dim if d >= block_d)], capability)
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+
+
+def shared_memory_estimate(kernel: str, config: triton.Config, block_d: int) -> int:
+    """Shared memory (bytes, 16-bit inputs) of ``kernel`` with ``config``: its pipelined tiles (``num_stages``
+    copies) plus the resident ones; exact for fwd and dq on sm_90, within a few KB for dkdv (which adds a
+    margin; the atomic variant also stages its fp32 dQ tile). tests/sm90_compile.py checks it."""
+    m, n, stages = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_stages
+    if kernel == "fwd":
+        return 2 * block_d * (m + 2 * n * stages)
+    if kernel == "dq":
+        return 2 * block_d * (2 * m + 2 * n * stages)
+    staged = 2 * block_d * (2 * m * stages + 2 * n) * 5 // 4
+    return staged + (4 * m * block_d if kernel == "dkdv_atomic" else 0)
+
+
+def _prune(configs, named_args, kernel: str, **kwargs):
+    """Configs for one call: fp32 inputs (``ieee`` dots: slow to compile, not a performance target) the first;
+    without :data:`AUTOTUNE` the fixed :func:`default_config`; otherwise the candidates whose tile suits the head
+    dim and whose shared memory (:func:`shared_memory_estimate`) fits the device."""
+    if kwargs.get("PREC") == "ieee":
         return configs[:1]
-    limit = 2**21 if kwargs["BLOCK_D"] <= 128 else 2**20
-    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * kwargs["BLOCK_D"] <= limit] or configs[:1]
+    if kernel == "dkdv" and kwargs.get("ATOMIC_DQ"):
+        kernel = "dkdv_atomic"
+    capability, block_d = _capability(), kwargs["BLOCK_D"]
+    if not AUTOTUNE:
+        return [default_config(kernel, block_d, capability)]
+    limit = 2**21 if block_d <= 128 else 2**20
+    shared = _at_capability(_SHARED_LIMIT, capability)
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * block_d <= limit
+            and shared_memory_estimate(kernel, c, block_d) <= shared]
+    return kept or [default_config(kernel, block_d, capability)]
 
 
-_PRUNE = {"early_config_prune": _prune}
+def _prune_for(kernel: str) -> dict:
+    return {"early_config_prune": functools.partial(_prune, kernel=kernel)}
 
 
 def _configs(pairs, interpret_pair):
@@ -159,11 +217,13 @@ def _fwd_inner(
 _DROPOUT_ARGS = ["seed_lo", "seed_hi", "drop_offset", "drop_threshold"]
 
 
-@triton_autotune(configs=_FWD_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_PRUNE)
+@triton_autotune(
+    configs=_FWD_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_prune_for("fwd")
+)
 @triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _fwd_kernel(
     Q, K, V, OUT, LSE, CU_Q, CU_K, qk_scale, keep_scale, seed_lo, seed_hi, drop_offset, drop_threshold,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_lh,
+    stride_qt, stride_kt, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -177,11 +237,11 @@ def _fwd_kernel(
     if m0 >= len_q:
         return
     # scalar int64 bases per (sequence, head); tile offsets below are small int32 (sequence-local)
-    Q += q_start * stride_qt + head * stride_qh
-    OUT += q_start * stride_qt + head * stride_qh
+    Q += q_start * stride_qt + head * HEAD_DIM
+    OUT += q_start * stride_qt + head * HEAD_DIM
     LSE += head * stride_lh + q_start
-    K += k_start * stride_kt + (head // GROUP) * stride_kh
-    V += k_start * stride_kt + (head // GROUP) * stride_kh
+    K += k_start * stride_kt + (head // GROUP) * HEAD_DIM
+    V += k_start * stride_kt + (head // GROUP) * HEAD_DIM
     rows = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
@@ -218,14 +278,14 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_preprocess_kernel(
-    OUT, DO, DELTA, total_q, stride_qt, stride_qh, stride_lh,
+    OUT, DO, DELTA, total_q, stride_qt, stride_lh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     row0 = tl.program_id(0) * BLOCK_M
     head = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    base = row0.to(tl.int64) * stride_qt + head * stride_qh
+    base = row0.to(tl.int64) * stride_qt + head * HEAD_DIM
     mask = (row0 + rows < total_q)[:, None] & (offs_d < HEAD_DIM)[None, :]
     off = rows[:, None] * stride_qt + offs_d[None, :]
     o = tl.load(OUT + base + off, mask=mask, other=0.0).to(tl.float32)
@@ -269,19 +329,19 @@ def _dkdv_inner(
         if ATOMIC_DQ:
             dq = tl.dot(tl.trans(dsT.to(k.dtype)), k, input_precision=PREC) * sm_scale
             tl.atomic_add(DQ + rows[:, None] * stride_dqt + offs_d[None, :], dq,
-                          mask=row_ok[:, None] & d_mask[None, :])
+                          mask=row_ok[:, None] & d_mask[None, :], sem="relaxed")
     return dk, dv
 
 
 @triton_autotune(
     configs=_DKDV_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "ATOMIC_DQ", "DROPOUT"], reset_to_zero=["DQ"],
-    prune_configs_by=_PRUNE,
+    prune_configs_by=_prune_for("dkdv"),
 )
 @triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _bwd_dkdv_kernel(
     Q, K, V, DO, DQ, DK, DV, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale, keep_scale,
     seed_lo, seed_hi, drop_offset, drop_threshold,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_dqt, stride_dqh, stride_lh,
+    stride_qt, stride_kt, stride_dqt, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -293,7 +353,7 @@ def _bwd_dkdv_kernel(
     n0 = pid_n * BLOCK_N
     if n0 >= len_k:
         return
-    kv_base = k_start * stride_kt + kv_head * stride_kh
+    kv_base = k_start * stride_kt + kv_head * HEAD_DIM
     cols = n0 + tl.arange(0, BLOCK_N)
     col_ok = cols < len_k
     offs_d = tl.arange(0, BLOCK_D)
@@ -317,8 +377,8 @@ def _bwd_dkdv_kernel(
     q_glob, k_glob = q_start.to(tl.int32), k_start.to(tl.int32)
     for g in range(GROUP):
         head = kv_head * GROUP + g
-        q_base = q_start * stride_qt + head * stride_qh
-        dq_base = q_start * stride_dqt + head * stride_dqh
+        q_base = q_start * stride_qt + head * HEAD_DIM
+        dq_base = q_start * stride_dqt + head * HEAD_DIM
         l_base = head * stride_lh + q_start
         dk, dv = _dkdv_inner(
             dk, dv, k, v, Q + q_base, DO + q_base, DQ + dq_base, LSE + l_base, DELTA + l_base, len_q, diag, cols,
@@ -371,12 +431,14 @@ def _dq_inner(
     return dq
 
 
-@triton_autotune(configs=_DQ_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_PRUNE)
+@triton_autotune(
+    configs=_DQ_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_prune_for("dq")
+)
 @triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _bwd_dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale, keep_scale,
     seed_lo, seed_hi, drop_offset, drop_threshold,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_lh,
+    stride_qt, stride_kt, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -389,11 +451,11 @@ def _bwd_dq_kernel(
     m0 = pid_m * BLOCK_M
     if m0 >= len_q:
         return
-    q_base = q_start * stride_qt + head * stride_qh
+    q_base = q_start * stride_qt + head * HEAD_DIM
     LSE += head * stride_lh + q_start
     DELTA += head * stride_lh + q_start
-    K += k_start * stride_kt + (head // GROUP) * stride_kh
-    V += k_start * stride_kt + (head // GROUP) * stride_kh
+    K += k_start * stride_kt + (head // GROUP) * HEAD_DIM
+    V += k_start * stride_kt + (head // GROUP) * HEAD_DIM
     rows = m0 + tl.arange(0, BLOCK_M)
     row_ok = rows < len_q
     offs_d = tl.arange(0, BLOCK_D)
@@ -463,7 +525,7 @@ def forward(
     drop_args, dropout = _dropout_args(dropout_p, dropout_seed, dropout_offset)
     _fwd_kernel[grid](
         q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale * LOG2E, *drop_args,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
+        q.stride(0), k.stride(0), lse.stride(0),
         GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec, DROPOUT=dropout,
     )
     return out, lse
@@ -500,7 +562,7 @@ def backward(
         return torch.zeros_like(q), dk, dv
     delta = torch.empty((hq, total_q), dtype=torch.float32, device=q.device)
     _bwd_preprocess_kernel[(triton.cdiv(total_q, 64), hq)](
-        out, grad_out, delta, total_q, q.stride(0), q.stride(1), delta.stride(0),
+        out, grad_out, delta, total_q, q.stride(0), delta.stride(0),
         HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=64,
     )
     atomic = not deterministic
@@ -514,7 +576,7 @@ def backward(
     _bwd_dkdv_kernel[grid_kv](
         q, k, v, grad_out, dq_acc, dk, dv, lse, delta, cu_seqlens_q, cu_seqlens_k, qk_scale, softmax_scale,
         *drop_args,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), dq_acc.stride(0), dq_acc.stride(1), lse.stride(0),
+        q.stride(0), k.stride(0), dq_acc.stride(0), lse.stride(0),
         GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, ATOMIC_DQ=atomic, PREC=prec, DROPOUT=dropout,
     )
     if atomic:
@@ -524,7 +586,7 @@ def backward(
         _bwd_dq_kernel[grid_q](
             q, k, v, grad_out, dq_acc, lse, delta, cu_seqlens_q, cu_seqlens_k, qk_scale, softmax_scale,
             *drop_args,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
+            q.stride(0), k.stride(0), lse.stride(0),
             GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec, DROPOUT=dropout,
         )
         dq = dq_acc
