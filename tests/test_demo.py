@@ -1,18 +1,23 @@
-"""The embedded default job's training part: both paths train identically, the model saves and reloads."""
+"""The main job (`alarm demo`) at a reduced size: the frozen text-trained LM reads the synthetic sound world
+from text, and the trainer teaches the audio side to make it answer from audio alone."""
 import json
-import os
+from pathlib import Path
 
 import pytest
 
-from alarm.demo_train import train_tiny
+from alarm.demo.run import run_demo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_train_tiny_paths_agree_and_model_round_trips(tmp_path):
-    summary = train_tiny(steps=2, out_dir=str(tmp_path))
-    assert len(summary["loss"]["fast"]) == 2 and summary["max_loss_gap"] < 1e-4
-    assert summary["loss"]["fast"][1] < summary["loss"]["fast"][0]  # the step moved the loss downhill
-    assert os.path.exists(tmp_path / "tiny-alarm-CA" / "alarm_config.json")
-    assert json.loads((tmp_path / "train_tiny.json").read_text())["fusion"] == "CA"
-    assert isinstance(summary["generation"], str)
+def test_demo_learns_to_answer_from_audio(tmp_path):
+    result = run_demo(str(tmp_path), text_steps=400, train_clips=300, eval_clips=40,
+                      overrides=("run.max_steps=300", "run.log_every=100", "run.save_every=0"))
+    assert result["text_accuracy"] >= 0.9  # the LM knows the world from text
+    before, after = result["audio_accuracy_before"]["all"], result["audio_accuracy_after"]["all"]
+    assert before < 0.4  # an untrained audio side leaves the LM near chance (25%)
+    assert after >= before + 0.1, (before, after)
+    train = result["train"]
+    assert train["steps"] == 300 and train["skipped_clips"] == 0
+    assert Path(train["plot"]).is_file() and Path(train["model"], "audio_side.safetensors").is_file()
+    assert json.loads((tmp_path / "demo.json").read_text())["audio_accuracy_after"]["all"] == after

@@ -83,7 +83,7 @@ def train_text_lm(lm, tokenizer, steps: int = 800, batch: int = 32, lr: float = 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if log_every and (step + 1) % log_every == 0:
             print(f"  text LM step {step + 1}/{steps}: loss {np.mean(losses[-log_every:]):.3f}", flush=True)
     lm.eval()

@@ -128,7 +128,8 @@ def _samples(model: ALARMModel, examples: List[Example], n: int) -> List[dict]:
             wave, rate = load_audio(e.audio)
         except (ValueError, OSError):
             continue
-        answer = model.generate(wave, e.prompt, sampling_rate=rate, max_new_tokens=48, do_sample=False)
+        answer = model.generate(wave, e.prompt, sampling_rate=rate, max_thinking_tokens=None, max_new_tokens=48,
+                                system_prompt=None, do_sample=False)  # the training layout: no system turn
         out.append({"id": e.id, "prompt": e.prompt, "answer": answer["text"][0]})
     model.train()
     return out
@@ -219,8 +220,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
         if not (start / "COMPLETE").is_file():
             raise ValueError(f"{resume}: not a complete checkpoint folder")
     if start is not None:
-        saved = json.loads((start / "state.json").read_text(encoding="utf-8"))
-        check_resumable(saved, identity)
+        check_resumable(json.loads((start / "state.json").read_text(encoding="utf-8")), identity)
         saved = load_checkpoint(start, trainable, optimizer)
         restore_rng(start, world)
         state.update({k: saved[k] for k in state})
