@@ -195,8 +195,15 @@ def test_bad_clips_are_skipped_and_counted(tmp_path):
     (tmp_path / "audio" / "text.wav").write_text("this is not audio")
     sf.write(tmp_path / "audio" / "nan.wav", np.full(8000, np.nan, dtype=np.float32), RATE, subtype="FLOAT")
     out = tmp_path / "run"
-    r = _alarm("train", "--config", str(_recipe(tmp_path, manifest, out, run={"epochs": 1})))
+    recipe = _recipe(tmp_path, manifest, out, run={"epochs": 1, "eval_every": 2, "sample_every": 2, "samples": 1},
+                     data={"eval_manifest": str(manifest)})
+    r = _alarm("train", "--config", str(recipe))
     assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert evals and all(0 < r["loss/tones"] < 20 and 0 < r["loss/beeps"] < 20 for r in evals)  # per dataset
+    samples = [r for r in rows if r["kind"] == "sample"]
+    assert samples and isinstance(samples[0]["answer"], str) and samples[0]["prompt"] == "What is the pitch?"
     report = json.loads((out / "skipped.json").read_text())
     reasons = {item["id"]: item["reason"] for item in report["items"]}
     assert set(reasons) == {"gone", "text", "nan", "long"}
