@@ -12,8 +12,8 @@ from typing import List, Tuple
 
 import numpy as np
 
-__all__ = ["COUNTS", "PITCHES", "KINDS", "QUESTIONS", "Clip", "make_clip", "Question", "questions_for",
-           "describe"]
+__all__ = ["COUNTS", "PITCHES", "KINDS", "QUESTIONS", "Attributes", "Clip", "sample_attributes", "make_clip",
+           "Question", "questions_for", "describe"]
 
 RATE = 16000
 COUNTS = ["one", "two", "three", "four"]
@@ -28,12 +28,23 @@ QUESTIONS = {
 
 
 @dataclass(frozen=True)
-class Clip:
-    """A synthetic clip: float32 samples at ``RATE`` Hz and its attributes (indices into the lists above)."""
-    samples: np.ndarray
+class Attributes:
+    """What a clip is made of (indices into ``COUNTS``, ``PITCHES``, ``KINDS``)."""
     count: int
     pitch: int
     kind: int
+
+
+@dataclass(frozen=True)
+class Clip(Attributes):
+    """A synthetic clip: its attributes and float32 samples at ``RATE`` Hz."""
+    samples: np.ndarray = None
+
+
+def sample_attributes(rng: np.random.Generator) -> Attributes:
+    """Random attributes (what the text LM trains on: no audio is synthesised)."""
+    count, pitch, kind = (int(v) for v in rng.integers(0, 4, size=3))
+    return Attributes(count, pitch, kind)
 
 
 def _burst(rng: np.random.Generator, kind: int, band: Tuple[int, int], n: int) -> np.ndarray:
@@ -57,7 +68,7 @@ def _burst(rng: np.random.Generator, kind: int, band: Tuple[int, int], n: int) -
 
 def make_clip(rng: np.random.Generator) -> Clip:
     """One random clip."""
-    count, pitch, kind = (int(v) for v in rng.integers(0, 4, size=3))
+    count, pitch, kind = (lambda a: (a.count, a.pitch, a.kind))(sample_attributes(rng))
     duration = rng.uniform(1.0, 2.0)
     total = int(duration * RATE)
     x = 0.01 * rng.standard_normal(total)
@@ -66,10 +77,10 @@ def make_clip(rng: np.random.Generator) -> Clip:
     for i, n in enumerate(lengths):
         start = i * slot + int(rng.uniform(0, max(1, slot - n)))
         x[start:start + n] += rng.uniform(0.3, 0.8) * _burst(rng, kind, _BANDS[pitch], n)
-    return Clip(np.clip(x, -1, 1).astype(np.float32), count, pitch, kind)
+    return Clip(count, pitch, kind, np.clip(x, -1, 1).astype(np.float32))
 
 
-def describe(clip: Clip) -> str:
+def describe(clip: Attributes) -> str:
     """The clip as text (what the text LM reads in place of audio)."""
     noun = clip_kind = KINDS[clip.kind]
     plural = "s" if clip.count > 0 else ""
@@ -86,7 +97,7 @@ class Question:
     topic: str
 
 
-def questions_for(clip: Clip, rng: np.random.Generator) -> List[Question]:
+def questions_for(clip: Attributes, rng: np.random.Generator) -> List[Question]:
     """One question per topic, options shuffled."""
     truth = {"count": clip.count, "pitch": clip.pitch, "kind": clip.kind}
     out = []

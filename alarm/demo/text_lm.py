@@ -20,7 +20,7 @@ from torch import Tensor
 
 from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX
 
-from .synth import Question, describe, make_clip, questions_for
+from .synth import Question, describe, questions_for, sample_attributes
 
 __all__ = ["train_text_lm", "text_accuracy"]
 
@@ -73,7 +73,7 @@ def train_text_lm(lm, tokenizer, steps: int = 800, batch: int = 32, lr: float = 
         norm = float(embed.weight.detach().norm(dim=1).mean())
         rows, targets = [], []
         for _ in range(batch):
-            clip = make_clip(rng)
+            clip = sample_attributes(rng)
             q = questions_for(clip, rng)[int(rng.integers(0, 3))]
             answer = q.options[q.answer]
             rows.append(_example(tokenizer, embed, rng, describe(clip), q, answer, noise_max, norm))
@@ -98,7 +98,7 @@ def text_accuracy(lm, tokenizer, n_clips: int = 100, seed: int = 12345) -> float
     norm = float(embed.weight.norm(dim=1).mean())
     correct = total = 0
     for _ in range(n_clips):
-        clip = make_clip(rng)
+        clip = sample_attributes(rng)
         for q in questions_for(clip, rng):
             rows, targets = [], []
             layout_seed = int(rng.integers(1 << 31))  # one noise layout shared by the four options
