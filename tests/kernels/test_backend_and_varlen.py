@@ -140,7 +140,7 @@ def _run_from_repo_root(code, env=None):
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r})\n" + code],
                           capture_output=True, text=True, timeout=300, cwd=root, env={**os.environ, **(env or {})})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

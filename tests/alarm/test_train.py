@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from alarm.train.checkpoint import latest_checkpoint
 from alarm.train.config import load_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RATE = 16000
 
 
