@@ -26,9 +26,10 @@ def cuda_extension():
         print(f"alarm_kernels: torch is not importable ({exc}); not building the CUDA extension")
         return [], {}
     if torch.version.cuda is None or CUDA_HOME is None:
+        why = "a CPU build" if torch.version.cuda is None else "CUDA, but nvcc was not found"
         print(
             "alarm_kernels: skipping the CUDA extension "
-            f"(torch {torch.__version__} is {'a CPU build' if torch.version.cuda is None else 'CUDA, but nvcc was not found'}); "
+            f"(torch {torch.__version__} is {why}); "
             "reference and Triton backends only"
         )
         return [], {}

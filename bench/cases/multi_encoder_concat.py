@@ -23,7 +23,7 @@ def _padded_concat(streams: Sequence[torch.Tensor], cus: Sequence[torch.Tensor],
                    weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The reference model: pad each stream, pad to a common T, concatenate features, unpad, project."""
     t_max = int(lengths_y.max())
-    padded = [ak.pad_packed(x, cu, max_len=t_max)[0] for x, cu in zip(streams, cus)]
+    padded = [ak.pad_packed(x, cu, max_len=t_max)[0] for x, cu in zip(streams, cus, strict=True)]
     cat = torch.cat(padded, -1)
     mask = torch.arange(t_max, device=cat.device)[None, :] < lengths_y[:, None]
     y = cat[mask]
@@ -55,7 +55,8 @@ def cases(device: torch.device, quick: bool) -> List[BenchCase]:
     cus = [ak.seqlens_to_cu_seqlens(n, device=device) for n in lengths]
     lengths_y = torch.stack(lengths).amax(0).to(device)
     total_y = int(lengths_y.sum())
-    streams = [torch.randn(int(n.sum()), d, generator=gen).to(device, dtype) for n, d in zip(lengths, widths)]
+    streams = [torch.randn(int(n.sum()), d, generator=gen).to(device, dtype)
+               for n, d in zip(lengths, widths, strict=True)]
     weight = (torch.randn(d_out, sum(widths), generator=gen) / sum(widths) ** 0.5).to(device, dtype)
     bias = torch.randn(d_out, generator=gen).to(device, dtype)
     fast = [b for b in ("triton", "cuda") if backend_unavailable_reason(b, device) is None]

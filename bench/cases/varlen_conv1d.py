@@ -4,6 +4,7 @@ model does (pad to ``[B, T, C]``, transpose to NCT, cuDNN ``F.conv1d``, GELU, tr
 torch.compile of it. flops counts only the valid output tokens (2 * total_y * C_out * C_in * k per GEMM)."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -72,18 +73,18 @@ def cases(device: torch.device, quick: bool) -> List[BenchCase]:
             return lambda xx, ww, bb: ak.varlen_conv1d(xx, cu, ww, bb, s, p, a, backend=backend)[0]
 
         fwd: Dict[str, Callable[[], object]] = {
-            "reference": lambda f=padded: f(x_pad, w, b),
-            "torch.compile": lambda f=compiled: f(x_pad, w, b),
+            "reference": partial(padded, x_pad, w, b),
+            "torch.compile": partial(compiled, x_pad, w, b),
         }
-        fwd.update({be: (lambda f=packed(be): f(x, w, b)) for be in fast})
+        fwd.update({be: partial(packed(be), x, w, b) for be in fast})
         out.append(BenchCase("varlen_conv1d", "fwd " + name, fwd, flops=flops, direction="fwd"))
 
         xg_pad, xg = x_pad.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
         wg, bg = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
         both: Dict[str, Callable[[], object]] = {
-            "reference": _fwd_bwd(lambda f=padded: f(xg_pad, wg, bg), (xg_pad, wg, bg)),
-            "torch.compile": _fwd_bwd(lambda f=compiled: f(xg_pad, wg, bg), (xg_pad, wg, bg)),
+            "reference": _fwd_bwd(partial(padded, xg_pad, wg, bg), (xg_pad, wg, bg)),
+            "torch.compile": _fwd_bwd(partial(compiled, xg_pad, wg, bg), (xg_pad, wg, bg)),
         }
-        both.update({be: _fwd_bwd(lambda f=packed(be): f(xg, wg, bg), (xg, wg, bg)) for be in fast})
+        both.update({be: _fwd_bwd(partial(packed(be), xg, wg, bg), (xg, wg, bg)) for be in fast})
         out.append(BenchCase("varlen_conv1d", "fwd+bwd " + name, both, flops=3 * flops, direction="fwd+bwd"))
     return out

@@ -3,6 +3,7 @@
 torch.compile of it. Memory bound: bytes_moved is the minimum a perfect kernel reads + writes."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Dict, List
 
 import torch
@@ -67,10 +68,10 @@ def cases(device: torch.device, quick: bool) -> List[BenchCase]:
                 compiled = _compiled(padded)
                 packed = {b: (lambda t, b=b, r=ratio, m=mode: ak.varlen_pool(t, cu, r, m, backend=b)[0]) for b in fast}
                 fwd: Dict[str, Callable[[], object]] = {
-                    "reference": lambda f=padded: f(x_pad),
-                    "torch.compile": lambda f=compiled: f(x_pad),
+                    "reference": partial(padded, x_pad),
+                    "torch.compile": partial(compiled, x_pad),
                 }
-                fwd.update({b: (lambda f=f: f(x)) for b, f in packed.items()})
+                fwd.update({b: partial(f, x) for b, f in packed.items()})
                 out.append(BenchCase("varlen_pool", "fwd " + name, fwd, bytes_moved=fwd_bytes, direction="fwd"))
                 x_pad_g = x_pad.detach().clone().requires_grad_()
                 x_g = x.detach().clone().requires_grad_()

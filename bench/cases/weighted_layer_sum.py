@@ -4,6 +4,7 @@ torch.compile of it. Memory bound: bytes_moved is the minimum a perfect kernel r
 read + output written; backward with frozen layers: grad_y + k layers read)."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Dict, List, Sequence
 
 import torch
@@ -51,10 +52,10 @@ def cases(device: torch.device, quick: bool) -> List[BenchCase]:
         name = f"k={k} rows={rows} D={d} {str(dtype).replace('torch.', '')}"
         packed = {b: (lambda ls, lg, b=b: ak.weighted_layer_sum(ls, lg, backend=b)) for b in fast}
         fwd: Dict[str, Callable[[], object]] = {
-            "reference": lambda: _stacked_sum(layers, logits),
-            "torch.compile": lambda: compiled(layers, logits),
+            "reference": partial(_stacked_sum, layers, logits),
+            "torch.compile": partial(compiled, layers, logits),
         }
-        fwd.update({b: (lambda f=f: f(layers, logits)) for b, f in packed.items()})
+        fwd.update({b: partial(f, layers, logits) for b, f in packed.items()})
         out.append(BenchCase("weighted_layer_sum", "fwd " + name, fwd, bytes_moved=fwd_bytes, direction="fwd"))
         logits_g = logits.detach().clone().requires_grad_()
         both: Dict[str, Callable[[], object]] = {

@@ -21,3 +21,22 @@ from .weighted_layer_sum import weighted_layer_sum
 from .multi_encoder_concat import multi_encoder_concat
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BACKEND_ENV",
+    "BACKENDS",
+    "select_backend",
+    "cu_seqlens_to_seqlens",
+    "max_seqlen",
+    "pack",
+    "pad_packed",
+    "seqlens_to_cu_seqlens",
+    "unpack",
+    "unpad",
+    "validate_cu_seqlens",
+    "packed_attention",
+    "varlen_pool",
+    "varlen_conv1d",
+    "weighted_layer_sum",
+    "multi_encoder_concat",
+]

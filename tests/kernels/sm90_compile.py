@@ -1,10 +1,10 @@
 """Compile (warm up, never launch) every Triton kernel of one op for sm_90 on a machine without a GPU.
 
-Run as ``python tests/kernels/sm90_compile.py <op>`` with ``TRITON_INTERPRET`` unset (tests/kernels/test_triton_sm90_compile.py does):
-a stand-in driver reports an sm_90 target, so ``JITFunction.warmup`` runs the whole GPU compiler (frontend, TTGIR,
-LLVM, PTX and ptxas), which catches what the interpreter accepts and the GPU compiler rejects. Each kernel is
-compiled in fp16, bf16 and fp32 with representative constexprs, for its first and its largest autotune config
-(see ``_configs``).
+Run as ``python tests/kernels/sm90_compile.py <op>`` with ``TRITON_INTERPRET`` unset
+(tests/kernels/test_triton_sm90_compile.py does): a stand-in driver reports an sm_90 target, so
+``JITFunction.warmup`` runs the whole GPU compiler (frontend, TTGIR, LLVM, PTX and ptxas), which catches what
+the interpreter accepts and the GPU compiler rejects. Each kernel is compiled in fp16, bf16 and fp32 with
+representative constexprs, for its first and its largest autotune config (see ``_configs``).
 
 Prints JSON lines: first ``{"launched": [...]}`` (the kernels the op's module launches, found by ``name[`` in its
 source), then one record per compile: kernel, dtype, variant (dtype and constexprs), config, error (null when it

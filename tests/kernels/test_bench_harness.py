@@ -49,3 +49,19 @@ def test_main_writes_json_with_environment(tmp_path, monkeypatch):
     assert data["environment"]["torch"] == torch.__version__ and "git_sha" in data["environment"]
     assert data["ceilings"]["copy_GBps"] > 0
     assert {r["variant"] for r in data["rows"]} == {"reference", "twice", "broken"}
+
+
+def test_conv_cases_each_time_their_own_layer():
+    """Every varlen_conv1d case runs on its own layer's tensors (not the last layer's): the padded reference
+    and the packed variants output the case's C_out channels."""
+    import re
+
+    from bench.cases.varlen_conv1d import cases
+
+    built = [c for c in cases(torch.device("cpu"), quick=True) if c.direction == "fwd"]
+    assert len(built) == 2
+    for case in built:
+        c_out = int(re.search(r"->(\d+) ", case.name).group(1))
+        assert "triton" in case.variants, sorted(case.variants)
+        for label in ("reference", "triton"):
+            assert case.variants[label]().shape[-1] == c_out, (case.name, label)
