@@ -11,7 +11,7 @@ import torch
 
 import alarm_kernels as ak
 from alarm_kernels.backend import backend_unavailable_reason
-from bench.harness import BenchCase
+from bench.harness import BenchCase, fwd_bwd
 
 
 def _stacked_sum(layers: Sequence[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
@@ -19,17 +19,6 @@ def _stacked_sum(layers: Sequence[torch.Tensor], logits: torch.Tensor) -> torch.
     stacked = torch.stack(list(layers))
     w = torch.softmax(logits.float(), 0).to(stacked.dtype)
     return (w.view(-1, *([1] * (stacked.dim() - 1))) * stacked).sum(0)
-
-
-def _fwd_bwd(fn: Callable, layers, logits: torch.Tensor, grad: Dict[str, torch.Tensor]):
-    def run():
-        y = fn(layers, logits)
-        if "g" not in grad or grad["g"].shape != y.shape:
-            grad["g"] = torch.randn_like(y)
-        y.backward(grad["g"])
-        logits.grad = None
-
-    return run
 
 
 def cases(device: torch.device, quick: bool) -> List[BenchCase]:
@@ -59,10 +48,10 @@ def cases(device: torch.device, quick: bool) -> List[BenchCase]:
         out.append(BenchCase("weighted_layer_sum", "fwd " + name, fwd, bytes_moved=fwd_bytes, direction="fwd"))
         logits_g = logits.detach().clone().requires_grad_()
         both: Dict[str, Callable[[], object]] = {
-            "reference": _fwd_bwd(_stacked_sum, layers, logits_g, {}),
-            "torch.compile": _fwd_bwd(compiled, layers, logits_g, {}),
+            "reference": fwd_bwd(partial(_stacked_sum, layers, logits_g), (logits_g,)),
+            "torch.compile": fwd_bwd(partial(compiled, layers, logits_g), (logits_g,)),
         }
-        both.update({b: _fwd_bwd(f, layers, logits_g, {}) for b, f in packed.items()})
+        both.update({b: fwd_bwd(partial(f, layers, logits_g), (logits_g,)) for b, f in packed.items()})
         out.append(
             BenchCase("weighted_layer_sum", "fwd+bwd (logits grad) " + name, both,
                       bytes_moved=fwd_bytes + bwd_bytes, direction="fwd+bwd")
