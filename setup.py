@@ -10,8 +10,9 @@ import os
 
 from setuptools import find_packages, setup
 
-PACKAGES = ["alarm_kernels"] + [f"alarm_kernels.{p}" for p in find_packages("kernels")]
-PACKAGES += ["alarm"] + [f"alarm.{p}" for p in find_packages("alarm")]
+# kernels/ holds the package alarm_kernels (a src-style folder); alarm/ sits at the repository root.
+PACKAGES = find_packages("kernels", include=["alarm_kernels", "alarm_kernels.*"])
+PACKAGES += find_packages(".", include=["alarm", "alarm.*"])
 
 
 def cuda_extension():
@@ -25,9 +26,10 @@ def cuda_extension():
         print(f"alarm_kernels: torch is not importable ({exc}); not building the CUDA extension")
         return [], {}
     if torch.version.cuda is None or CUDA_HOME is None:
+        why = "a CPU build" if torch.version.cuda is None else "CUDA, but nvcc was not found"
         print(
             "alarm_kernels: skipping the CUDA extension "
-            f"(torch {torch.__version__} is {'a CPU build' if torch.version.cuda is None else 'CUDA, but nvcc was not found'}); "
+            f"(torch {torch.__version__} is {why}); "
             "reference and Triton backends only"
         )
         return [], {}
@@ -55,7 +57,7 @@ def cuda_extension():
 ext_modules, cmdclass = cuda_extension()
 setup(
     packages=PACKAGES,
-    package_dir={"alarm_kernels": "kernels", "alarm": "alarm"},
+    package_dir={"alarm_kernels": "kernels/alarm_kernels", "alarm": "alarm"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -4,7 +4,9 @@ measured device ceiling, speedup over the reference PyTorch, and peak memory."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
 
 
 @dataclass
@@ -28,3 +30,26 @@ class BenchCase:
     flops: Optional[float] = None
     direction: str = "fwd"
     notes: Dict[str, str] = field(default_factory=dict)
+
+
+def fwd_bwd(fn: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor]) -> Callable[[], None]:
+    """A zero-argument fwd+bwd variant: ``fn()``, then backward with a random cotangent drawn once per output
+    shape and reused on every call, then ``.grad`` of every tensor in ``leaves`` reset to None."""
+    grad: Dict[str, torch.Tensor] = {}
+
+    def run() -> None:
+        y = fn()
+        if "g" not in grad or grad["g"].shape != y.shape:
+            grad["g"] = torch.randn_like(y)
+        y.backward(grad["g"])
+        for t in leaves:
+            t.grad = None
+
+    return run
+
+
+def compile_static(fn: Callable) -> Callable:
+    """torch.compile(fn) with static shapes. Every case compiles the same function object's code with new
+    constants and shapes, so the per-code recompile limit (8) is raised while these variants run;
+    otherwise later cases would silently fall back to eager."""
+    return torch._dynamo.config.patch(recompile_limit=64)(torch.compile(fn, dynamic=False))

@@ -74,16 +74,25 @@ __global__ void __launch_bounds__(kScanThreads) output_offsets_kernel(Streams s,
 }
 
 // ---------------------------------------------------------------- concat (bandwidth) ----
+// This thread's row, first VEC-chunk and chunk stride for rows of `chunks` chunks: a block holds
+// kThreads / chunks rows when a row has fewer chunks than threads, else one row with its chunks strided over
+// the block. false: the thread has no row (past `rows`).
+__device__ __forceinline__ bool row_slot(int chunks, int64_t rows, int& c0, int& cstep, int64_t& row) {
+  const int rows_per_block = chunks >= kThreads ? 1 : kThreads / chunks;
+  const int local = chunks >= kThreads ? 0 : threadIdx.x / chunks;
+  c0 = chunks >= kThreads ? threadIdx.x : threadIdx.x % chunks;
+  cstep = chunks >= kThreads ? kThreads : chunks;
+  row = static_cast<int64_t>(blockIdx.x) * rows_per_block + local;
+  return local < rows_per_block && row < rows;
+}
+
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) concat_fwd_kernel(Streams s, const int32_t* __restrict__ cu_y, int n_seq,
                                                               int64_t total_y, int d_total, T* __restrict__ out) {
   const int chunks = d_total / VEC;
-  const int rows_per_block = chunks >= kThreads ? 1 : kThreads / chunks;
-  const int local = chunks >= kThreads ? 0 : threadIdx.x / chunks;
-  const int c0 = chunks >= kThreads ? threadIdx.x : threadIdx.x % chunks;
-  const int cstep = chunks >= kThreads ? kThreads : chunks;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block + local;
-  if (local >= rows_per_block || row >= total_y) return;
+  int c0, cstep;
+  int64_t row;
+  if (!row_slot(chunks, total_y, c0, cstep, row)) return;
   const int seq = find_seq(cu_y, n_seq, row);
   const int64_t pos = row - cu_y[seq];
   int e = 0;
@@ -110,12 +119,9 @@ __global__ void __launch_bounds__(kThreads) gather_cols_kernel(const T* __restri
                                                                int64_t total_e, int width, int d_total, int col_offset,
                                                                T* __restrict__ gx) {
   const int chunks = width / VEC;
-  const int rows_per_block = chunks >= kThreads ? 1 : kThreads / chunks;
-  const int local = chunks >= kThreads ? 0 : threadIdx.x / chunks;
-  const int c0 = chunks >= kThreads ? threadIdx.x : threadIdx.x % chunks;
-  const int cstep = chunks >= kThreads ? kThreads : chunks;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * rows_per_block + local;
-  if (local >= rows_per_block || r >= total_e) return;
+  int c0, cstep;
+  int64_t r;
+  if (!row_slot(chunks, total_e, c0, cstep, r)) return;
   const int seq = find_seq(cu_e, n_seq, r);
   const int64_t src = cu_y[seq] + (r - cu_e[seq]);
   for (int c = c0; c < chunks; c += cstep) {

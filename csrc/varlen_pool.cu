@@ -45,17 +45,22 @@ __device__ __forceinline__ bool thread_slot(int chunks, int64_t total_y, int& ch
   return lane_row < rows_per_block && row < total_y;
 }
 
+// thread_slot, then the input window of that output row; false: this thread has no window.
+__device__ __forceinline__ bool window_slot(const int32_t* cu_x, const int32_t* cu_y, int n_seq, int ratio, int chunks,
+                                            int64_t total_y, int& chunk0, int64_t& row, int64_t& first, int& count) {
+  if (!thread_slot(chunks, total_y, chunk0, row)) return false;
+  window_of(cu_x, cu_y, n_seq, row, ratio, first, count);
+  return true;
+}
+
 template <typename T, int VEC>
 __global__ void pool_fwd_kernel(const T* __restrict__ x, T* __restrict__ y, const int32_t* __restrict__ cu_x,
                                 const int32_t* __restrict__ cu_y, int64_t total_y, int n_seq, int D, int ratio,
                                 bool is_max) {
   const int chunks = D / VEC;
-  int chunk0;
-  int64_t row;
-  if (!thread_slot(chunks, total_y, chunk0, row)) return;
-  int64_t first;
-  int count;
-  window_of(cu_x, cu_y, n_seq, row, ratio, first, count);
+  int chunk0, count;
+  int64_t row, first;
+  if (!window_slot(cu_x, cu_y, n_seq, ratio, chunks, total_y, chunk0, row, first, count)) return;
   for (int c = chunk0; c < chunks; c += blockDim.x) {
     float acc[VEC];
 #pragma unroll
@@ -82,12 +87,9 @@ __global__ void pool_bwd_kernel(const T* __restrict__ gy, const T* __restrict__ 
                                 T* __restrict__ gx, const int32_t* __restrict__ cu_x, const int32_t* __restrict__ cu_y,
                                 int64_t total_y, int n_seq, int D, int ratio, bool is_max) {
   const int chunks = D / VEC;
-  int chunk0;
-  int64_t row;
-  if (!thread_slot(chunks, total_y, chunk0, row)) return;
-  int64_t first;
-  int count;
-  window_of(cu_x, cu_y, n_seq, row, ratio, first, count);
+  int chunk0, count;
+  int64_t row, first;
+  if (!window_slot(cu_x, cu_y, n_seq, ratio, chunks, total_y, chunk0, row, first, count)) return;
   for (int c = chunk0; c < chunks; c += blockDim.x) {
     const Vec<T, VEC> g = *reinterpret_cast<const Vec<T, VEC>*>(gy + row * D + c * VEC);
     float share[VEC], ymax[VEC];

@@ -64,7 +64,6 @@ def register(subparsers) -> None:
 def _score(args) -> int:
     from alarm.eval.benchmarks import get_benchmark, load_items, markdown_table, score
     from alarm.eval.run import write_items
-    from alarm.fileio import atomic_write_json
 
     bench = get_benchmark(args.benchmark)
     check_input_file("--input", args.input)

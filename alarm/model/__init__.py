@@ -5,5 +5,6 @@ from .batch import ModelBatch
 from .config import ALARMConfig, EncoderSpec, muq_large, sslam, w2v_bert_2, whisper_large_v3
 from .encoders import AudioEncoder, HiddenStatesEncoder, register_encoder
 
-__all__ = ["ALARMModel", "ALARMConfig", "ALARMEnsemble", "ALARMOutput", "AudioSide", "ModelBatch", "EncoderSpec", "AudioEncoder",
-           "HiddenStatesEncoder", "register_encoder", "whisper_large_v3", "w2v_bert_2", "muq_large", "sslam"]
+__all__ = ["ALARMModel", "ALARMConfig", "ALARMEnsemble", "ALARMOutput", "AudioSide", "ModelBatch", "EncoderSpec",
+           "AudioEncoder", "HiddenStatesEncoder", "register_encoder", "whisper_large_v3", "w2v_bert_2", "muq_large",
+           "sslam"]

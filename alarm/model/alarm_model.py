@@ -209,7 +209,7 @@ class ALARMModel(nn.Module):
             with nvtx_range("alarm/fusion"):
                 if layout == "fast":
                     return self.audio.fusion.forward_packed(streams, cus)
-                padded = [pad_packed(x, cu)[0] for x, cu in zip(streams, cus)]
+                padded = [pad_packed(x, cu)[0] for x, cu in zip(streams, cus, strict=True)]
                 y, n = self.audio.fusion.forward_padded(padded, [(cu[1:] - cu[:-1]).long() for cu in cus])
                 return [y[i, : int(n[i])] for i in range(y.shape[0])]
         feats = batch.features if batch.features is not None else self.encode(batch.waves, batch.rates)

@@ -122,7 +122,8 @@ class FrozenLLM(nn.Module):
         return torch.zeros(cu_seqlens.numel() - 1, dtype=torch.float32, device=hidden.device).index_add_(
             0, example, logp)
 
-    def loss_padded(self, inputs_embeds: Tensor, attention_mask: Tensor, labels: Tensor, position_ids: Tensor) -> Tensor:
+    def loss_padded(self, inputs_embeds: Tensor, attention_mask: Tensor, labels: Tensor,
+                    position_ids: Tensor) -> Tensor:
         """Padded [B, L, H] batch, full fp32 logits [B, L, V] -> mean CE over labelled tokens (fp32)."""
         with self.attention("sdpa"):
             logits = self.model(inputs_embeds=inputs_embeds.to(self.dtype), attention_mask=attention_mask,

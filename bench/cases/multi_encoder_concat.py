@@ -16,30 +16,18 @@ import torch.nn.functional as F
 
 import alarm_kernels as ak
 from alarm_kernels.backend import backend_unavailable_reason
-from bench.harness import BenchCase
+from bench.harness import BenchCase, fwd_bwd
 
 
 def _padded_concat(streams: Sequence[torch.Tensor], cus: Sequence[torch.Tensor], lengths_y: torch.Tensor,
                    weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The reference model: pad each stream, pad to a common T, concatenate features, unpad, project."""
     t_max = int(lengths_y.max())
-    padded = [ak.pad_packed(x, cu, max_len=t_max)[0] for x, cu in zip(streams, cus)]
+    padded = [ak.pad_packed(x, cu, max_len=t_max)[0] for x, cu in zip(streams, cus, strict=True)]
     cat = torch.cat(padded, -1)
     mask = torch.arange(t_max, device=cat.device)[None, :] < lengths_y[:, None]
     y = cat[mask]
     return F.linear(y, weight, bias) if weight is not None else y
-
-
-def _fwd_bwd(fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], grad: Dict[str, torch.Tensor]):
-    def run():
-        y = fn()
-        if "g" not in grad or grad["g"].shape != y.shape:
-            grad["g"] = torch.randn_like(y)
-        y.backward(grad["g"])
-        for p in params:
-            p.grad = None
-
-    return run
 
 
 def cases(device: torch.device, quick: bool) -> List[BenchCase]:
@@ -55,7 +43,8 @@ def cases(device: torch.device, quick: bool) -> List[BenchCase]:
     cus = [ak.seqlens_to_cu_seqlens(n, device=device) for n in lengths]
     lengths_y = torch.stack(lengths).amax(0).to(device)
     total_y = int(lengths_y.sum())
-    streams = [torch.randn(int(n.sum()), d, generator=gen).to(device, dtype) for n, d in zip(lengths, widths)]
+    streams = [torch.randn(int(n.sum()), d, generator=gen).to(device, dtype)
+               for n, d in zip(lengths, widths, strict=True)]
     weight = (torch.randn(d_out, sum(widths), generator=gen) / sum(widths) ** 0.5).to(device, dtype)
     bias = torch.randn(d_out, generator=gen).to(device, dtype)
     fast = [b for b in ("triton", "cuda") if backend_unavailable_reason(b, device) is None]
@@ -75,10 +64,10 @@ def cases(device: torch.device, quick: bool) -> List[BenchCase]:
     out.append(BenchCase("multi_encoder_concat", "concat fwd " + name, fwd, bytes_moved=concat_bytes))
     sg = [x.detach().clone().requires_grad_() for x in streams]
     both: Dict[str, Callable[[], object]] = {
-        "reference": _fwd_bwd(lambda: _padded_concat(sg, cus, lengths_y), sg, {}),
-        "torch.compile": _fwd_bwd(lambda: compiled(sg, cus, lengths_y), sg, {}),
+        "reference": fwd_bwd(lambda: _padded_concat(sg, cus, lengths_y), sg),
+        "torch.compile": fwd_bwd(lambda: compiled(sg, cus, lengths_y), sg),
     }
-    both.update({b: _fwd_bwd(lambda b=b: ak.multi_encoder_concat(sg, cus, backend=b)[0], sg, {}) for b in fast})
+    both.update({b: fwd_bwd(lambda b=b: ak.multi_encoder_concat(sg, cus, backend=b)[0], sg) for b in fast})
     out.append(BenchCase("multi_encoder_concat", "concat fwd+bwd " + name, both, bytes_moved=2 * concat_bytes,
                          direction="fwd+bwd"))
 
@@ -97,12 +86,12 @@ def cases(device: torch.device, quick: bool) -> List[BenchCase]:
     cat_g = cat.detach().clone().requires_grad_()
     params = sg + [wg, bg]
     both = {
-        "reference": _fwd_bwd(lambda: _padded_concat(sg, cus, lengths_y, wg, bg), params, {}),
-        "torch.compile": _fwd_bwd(lambda: compiled(sg, cus, lengths_y, wg, bg), params, {}),
-        "gemm_only": _fwd_bwd(lambda: F.linear(cat_g, wg, bg), [cat_g, wg, bg], {}),
+        "reference": fwd_bwd(lambda: _padded_concat(sg, cus, lengths_y, wg, bg), params),
+        "torch.compile": fwd_bwd(lambda: compiled(sg, cus, lengths_y, wg, bg), params),
+        "gemm_only": fwd_bwd(lambda: F.linear(cat_g, wg, bg), [cat_g, wg, bg]),
     }
     both.update(
-        {b: _fwd_bwd(lambda b=b: ak.multi_encoder_concat(sg, cus, wg, bg, backend=b)[0], params, {}) for b in fast}
+        {b: fwd_bwd(lambda b=b: ak.multi_encoder_concat(sg, cus, wg, bg, backend=b)[0], params) for b in fast}
     )
     out.append(BenchCase("multi_encoder_concat", "concat+linear fwd+bwd " + name_p, both, flops=3 * flops,
                          direction="fwd+bwd"))

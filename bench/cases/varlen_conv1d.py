@@ -4,6 +4,7 @@ model does (pad to ``[B, T, C]``, transpose to NCT, cuDNN ``F.conv1d``, GELU, tr
 torch.compile of it. flops counts only the valid output tokens (2 * total_y * C_out * C_in * k per GEMM)."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 import alarm_kernels as ak
 from alarm_kernels.backend import backend_unavailable_reason
-from bench.harness import BenchCase
+from bench.harness import BenchCase, compile_static, fwd_bwd
 
 
 def _padded_conv(x_pad, weight, bias, stride: int, padding: int, activation: Optional[str]):
@@ -20,27 +21,6 @@ def _padded_conv(x_pad, weight, bias, stride: int, padding: int, activation: Opt
     if activation == "gelu":
         y = F.gelu(y)
     return y.transpose(1, 2).contiguous()
-
-
-def _compiled(fn):
-    """torch.compile(fn) (static shapes). Every case compiles the same function object's code with new
-    constants and shapes, so the per-code recompile limit (8) is raised while these variants run;
-    otherwise later cases would silently fall back to eager."""
-    return torch._dynamo.config.patch(recompile_limit=64)(torch.compile(fn, dynamic=False))
-
-
-def _fwd_bwd(fn: Callable[[], torch.Tensor], leaves):
-    grad = {}
-
-    def run():
-        y = fn()
-        if "g" not in grad or grad["g"].shape != y.shape:
-            grad["g"] = torch.randn_like(y)
-        y.backward(grad["g"])
-        for t in leaves:
-            t.grad = None
-
-    return run
 
 
 def cases(device: torch.device, quick: bool) -> List[BenchCase]:
@@ -66,24 +46,24 @@ def cases(device: torch.device, quick: bool) -> List[BenchCase]:
         name = (f"B={batch} L~{lo}-{hi} {c_in}->{c_out} k={k} s={stride}{' gelu' if act else ''} "
                 f"{str(dtype).replace('torch.', '')}")
         padded = lambda xp, w, b, s=stride, p=padding, a=act: _padded_conv(xp, w, b, s, p, a)  # noqa: E731
-        compiled = _compiled(padded)
+        compiled = compile_static(padded)
 
         def packed(backend, s=stride, p=padding, a=act):
             return lambda xx, ww, bb: ak.varlen_conv1d(xx, cu, ww, bb, s, p, a, backend=backend)[0]
 
         fwd: Dict[str, Callable[[], object]] = {
-            "reference": lambda f=padded: f(x_pad, w, b),
-            "torch.compile": lambda f=compiled: f(x_pad, w, b),
+            "reference": partial(padded, x_pad, w, b),
+            "torch.compile": partial(compiled, x_pad, w, b),
         }
-        fwd.update({be: (lambda f=packed(be): f(x, w, b)) for be in fast})
+        fwd.update({be: partial(packed(be), x, w, b) for be in fast})
         out.append(BenchCase("varlen_conv1d", "fwd " + name, fwd, flops=flops, direction="fwd"))
 
         xg_pad, xg = x_pad.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
         wg, bg = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
         both: Dict[str, Callable[[], object]] = {
-            "reference": _fwd_bwd(lambda f=padded: f(xg_pad, wg, bg), (xg_pad, wg, bg)),
-            "torch.compile": _fwd_bwd(lambda f=compiled: f(xg_pad, wg, bg), (xg_pad, wg, bg)),
+            "reference": fwd_bwd(partial(padded, xg_pad, wg, bg), (xg_pad, wg, bg)),
+            "torch.compile": fwd_bwd(partial(compiled, xg_pad, wg, bg), (xg_pad, wg, bg)),
         }
-        both.update({be: _fwd_bwd(lambda f=packed(be): f(xg, wg, bg), (xg, wg, bg)) for be in fast})
+        both.update({be: fwd_bwd(partial(packed(be), xg, wg, bg), (xg, wg, bg)) for be in fast})
         out.append(BenchCase("varlen_conv1d", "fwd+bwd " + name, both, flops=3 * flops, direction="fwd+bwd"))
     return out

@@ -3,6 +3,7 @@
 torch.compile of it. Memory bound: bytes_moved is the minimum a perfect kernel reads + writes."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Dict, List
 
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 import alarm_kernels as ak
 from alarm_kernels.backend import backend_unavailable_reason
-from bench.harness import BenchCase
+from bench.harness import BenchCase, compile_static, fwd_bwd
 
 
 def _padded_pool(x_pad: torch.Tensor, ratio: int, mode: str) -> torch.Tensor:
@@ -21,24 +22,6 @@ def _padded_pool(x_pad: torch.Tensor, ratio: int, mode: str) -> torch.Tensor:
     else:
         y = F.max_pool1d(nct, ratio, ratio, ceil_mode=True)
     return y.transpose(1, 2).contiguous()
-
-
-def _compiled(fn):
-    """torch.compile(fn) (static shapes). Every case compiles the same function object's code with new
-    constants and shapes, so the per-code recompile limit (8) is raised while these variants run;
-    otherwise later cases would silently fall back to eager."""
-    return torch._dynamo.config.patch(recompile_limit=64)(torch.compile(fn, dynamic=False))
-
-
-def _fwd_bwd(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: Dict[str, torch.Tensor]):
-    def run():
-        y = fn(x)
-        if "g" not in grad or grad["g"].shape != y.shape:
-            grad["g"] = torch.randn_like(y)
-        y.backward(grad["g"])
-        x.grad = None
-
-    return run
 
 
 def cases(device: torch.device, quick: bool) -> List[BenchCase]:
@@ -64,21 +47,21 @@ def cases(device: torch.device, quick: bool) -> List[BenchCase]:
                 bwd_bytes = (total_y * d + x.numel()) * es + ((x.numel() + total_y * d) * es if mode == "max" else 0)
                 name = f"B={batch} L~{lo}-{hi} D={d} r={ratio} {mode} {str(dtype).replace('torch.', '')}"
                 padded = lambda t, r=ratio, m=mode: _padded_pool(t, r, m)  # noqa: E731
-                compiled = _compiled(padded)
+                compiled = compile_static(padded)
                 packed = {b: (lambda t, b=b, r=ratio, m=mode: ak.varlen_pool(t, cu, r, m, backend=b)[0]) for b in fast}
                 fwd: Dict[str, Callable[[], object]] = {
-                    "reference": lambda f=padded: f(x_pad),
-                    "torch.compile": lambda f=compiled: f(x_pad),
+                    "reference": partial(padded, x_pad),
+                    "torch.compile": partial(compiled, x_pad),
                 }
-                fwd.update({b: (lambda f=f: f(x)) for b, f in packed.items()})
+                fwd.update({b: partial(f, x) for b, f in packed.items()})
                 out.append(BenchCase("varlen_pool", "fwd " + name, fwd, bytes_moved=fwd_bytes, direction="fwd"))
                 x_pad_g = x_pad.detach().clone().requires_grad_()
                 x_g = x.detach().clone().requires_grad_()
                 both: Dict[str, Callable[[], object]] = {
-                    "reference": _fwd_bwd(padded, x_pad_g, {}),
-                    "torch.compile": _fwd_bwd(compiled, x_pad_g, {}),
+                    "reference": fwd_bwd(partial(padded, x_pad_g), (x_pad_g,)),
+                    "torch.compile": fwd_bwd(partial(compiled, x_pad_g), (x_pad_g,)),
                 }
-                both.update({b: _fwd_bwd(f, x_g, {}) for b, f in packed.items()})
+                both.update({b: fwd_bwd(partial(f, x_g), (x_g,)) for b, f in packed.items()})
                 out.append(
                     BenchCase("varlen_pool", "fwd+bwd " + name, both, bytes_moved=fwd_bytes + bwd_bytes,
                               direction="fwd+bwd")

@@ -4,13 +4,14 @@ torch.compile of it. Memory bound: bytes_moved is the minimum a perfect kernel r
 read + output written; backward with frozen layers: grad_y + k layers read)."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Dict, List, Sequence
 
 import torch
 
 import alarm_kernels as ak
 from alarm_kernels.backend import backend_unavailable_reason
-from bench.harness import BenchCase
+from bench.harness import BenchCase, fwd_bwd
 
 
 def _stacked_sum(layers: Sequence[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
@@ -18,17 +19,6 @@ def _stacked_sum(layers: Sequence[torch.Tensor], logits: torch.Tensor) -> torch.
     stacked = torch.stack(list(layers))
     w = torch.softmax(logits.float(), 0).to(stacked.dtype)
     return (w.view(-1, *([1] * (stacked.dim() - 1))) * stacked).sum(0)
-
-
-def _fwd_bwd(fn: Callable, layers, logits: torch.Tensor, grad: Dict[str, torch.Tensor]):
-    def run():
-        y = fn(layers, logits)
-        if "g" not in grad or grad["g"].shape != y.shape:
-            grad["g"] = torch.randn_like(y)
-        y.backward(grad["g"])
-        logits.grad = None
-
-    return run
 
 
 def cases(device: torch.device, quick: bool) -> List[BenchCase]:
@@ -51,17 +41,17 @@ def cases(device: torch.device, quick: bool) -> List[BenchCase]:
         name = f"k={k} rows={rows} D={d} {str(dtype).replace('torch.', '')}"
         packed = {b: (lambda ls, lg, b=b: ak.weighted_layer_sum(ls, lg, backend=b)) for b in fast}
         fwd: Dict[str, Callable[[], object]] = {
-            "reference": lambda: _stacked_sum(layers, logits),
-            "torch.compile": lambda: compiled(layers, logits),
+            "reference": partial(_stacked_sum, layers, logits),
+            "torch.compile": partial(compiled, layers, logits),
         }
-        fwd.update({b: (lambda f=f: f(layers, logits)) for b, f in packed.items()})
+        fwd.update({b: partial(f, layers, logits) for b, f in packed.items()})
         out.append(BenchCase("weighted_layer_sum", "fwd " + name, fwd, bytes_moved=fwd_bytes, direction="fwd"))
         logits_g = logits.detach().clone().requires_grad_()
         both: Dict[str, Callable[[], object]] = {
-            "reference": _fwd_bwd(_stacked_sum, layers, logits_g, {}),
-            "torch.compile": _fwd_bwd(compiled, layers, logits_g, {}),
+            "reference": fwd_bwd(partial(_stacked_sum, layers, logits_g), (logits_g,)),
+            "torch.compile": fwd_bwd(partial(compiled, layers, logits_g), (logits_g,)),
         }
-        both.update({b: _fwd_bwd(f, layers, logits_g, {}) for b, f in packed.items()})
+        both.update({b: fwd_bwd(partial(f, layers, logits_g), (logits_g,)) for b, f in packed.items()})
         out.append(
             BenchCase("weighted_layer_sum", "fwd+bwd (logits grad) " + name, both,
                       bytes_moved=fwd_bytes + bwd_bytes, direction="fwd+bwd")

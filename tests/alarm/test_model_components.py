@@ -76,7 +76,7 @@ def test_encoder_lengths_chunks_and_batch_independence(idx):
         assert (cu[1:] - cu[:-1]).tolist() == expect
     for i, w in enumerate(waves):
         alone, _ = enc([w])
-        for a, b in zip(alone, layers):
+        for a, b in zip(alone, layers, strict=True):
             torch.testing.assert_close(a, b[cu[i]:cu[i + 1]], rtol=1e-4, atol=1e-5)
     enc.train()
     assert not enc.training

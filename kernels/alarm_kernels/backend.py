@@ -105,7 +105,8 @@ def select_backend(
             if forced in implemented:
                 requested = forced
             else:
-                log_once((op, "env", forced), f"{op}: {BACKEND_ENV}={forced} is not implemented for this op; using auto")
+                log_once((op, "env", forced),
+                         f"{op}: {BACKEND_ENV}={forced} is not implemented for this op; using auto")
     if requested != "auto":
         if requested not in implemented:
             raise RuntimeError(f"{op}: backend {requested!r} is not implemented; available: {implemented}")

@@ -1,6 +1,6 @@
 """``alarm convert``: published checkpoints (state dicts written from the published module structure at tiny
 sizes: AL-Whisper-R, ALARM-CA, ALARM-P) convert with full key coverage, and this project's modules with the
-converted weights compute what the published modules compute (re-expressed in ``tests/published_alarm.py``)."""
+converted weights compute what the published modules compute (re-expressed in ``tests/alarm/published_alarm.py``)."""
 import json
 
 import pytest

@@ -1,8 +1,8 @@
 """Every Triton kernel of the package compiles for sm_90, with no GPU needed.
 
 The interpreter (``TRITON_INTERPRET=1``, how the other tests run Triton on CPU) accepts things the GPU compiler
-rejects: non-constexpr globals, dtype mixes, layouts the backend cannot lower. ``tests/sm90_compile.py`` runs the
-whole GPU compiler down to ptxas for every kernel of one op, in fp16, bf16 and fp32, for its first and largest
+rejects: non-constexpr globals, dtype mixes, layouts the backend cannot lower. ``tests/kernels/sm90_compile.py`` runs
+the whole GPU compiler down to ptxas for every kernel of one op, in fp16, bf16 and fp32, for its first and largest
 autotune configs (see there), in a subprocess without ``TRITON_INTERPRET``, one per CPU core at a time.
 On top of compiling, the PTX must use tensor cores for the fp16/bf16 GEMM-like kernels and must not for fp32 (their
 ``"ieee"`` dots would silently lose precision as tf32), and every compiled config must fit sm_90's shared memory.
@@ -91,7 +91,8 @@ def test_kernels_compile_for_sm90(op, compile_runs):
     failed = [f"{_describe(op, r)}: {r['error']}" for r in records if r["error"]]
     assert not failed, f"{len(failed)} of {len(records)} sm_90 compiles failed:\n\n" + "\n\n".join(failed)
     missing = set(launched) - {r["kernel"] for r in records}
-    assert not missing, f"{op} launches kernels the check never compiles (add them to tests/sm90_compile.py): {missing}"
+    assert not missing, (f"{op} launches kernels the check never compiles "
+                         f"(add them to tests/kernels/sm90_compile.py): {missing}")
 
     too_big = [f"{_describe(op, r)}: {r['shared']} bytes" for r in records if r["shared"] > SM90_MAX_SHARED]
     assert not too_big, f"configs over sm_90's {SM90_MAX_SHARED} bytes of shared memory:\n" + "\n".join(too_big)

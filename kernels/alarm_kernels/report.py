@@ -54,7 +54,7 @@ def _cases(device: torch.device) -> List[Tuple[str, Callable, Dict, List[str], T
                       ("triton", "cuda")))
     if hasattr(ak, "multi_encoder_concat"):
         lens = [[3, 0, 7, 1, 5], [4, 2, 7, 0, 1], [1, 1, 1, 1, 1]]
-        streams = [rand(sum(l_), d) for l_, d in zip(lens, (40, 72, 24))]
+        streams = [rand(sum(l_), d) for l_, d in zip(lens, (40, 72, 24), strict=True)]
         cus = [seqlens_to_cu_seqlens(l_, device=device) for l_ in lens]
         cases += [
             ("multi_encoder_concat 3 streams", ak.multi_encoder_concat, dict(streams=streams, cu_seqlens=cus),

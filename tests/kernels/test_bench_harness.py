@@ -49,3 +49,46 @@ def test_main_writes_json_with_environment(tmp_path, monkeypatch):
     assert data["environment"]["torch"] == torch.__version__ and "git_sha" in data["environment"]
     assert data["ceilings"]["copy_GBps"] > 0
     assert {r["variant"] for r in data["rows"]} == {"reference", "twice", "broken"}
+
+
+def test_conv_cases_each_time_their_own_layer():
+    """Every varlen_conv1d case runs on its own layer's tensors (not the last layer's): the padded reference
+    and the packed variants output the case's C_out channels."""
+    import re
+
+    from bench.cases.varlen_conv1d import cases
+
+    built = [c for c in cases(torch.device("cpu"), quick=True) if c.direction == "fwd"]
+    assert len(built) == 2
+    for case in built:
+        c_out = int(re.search(r"->(\d+) ", case.name).group(1))
+        assert "triton" in case.variants, sorted(case.variants)
+        for label in ("reference", "triton"):
+            assert case.variants[label]().shape[-1] == c_out, (case.name, label)
+
+
+def test_fwd_bwd_reuses_one_cotangent_and_clears_leaf_grads():
+    from bench.harness import fwd_bwd
+
+    x = torch.randn(5, 3, requires_grad=True)
+    seen = []
+
+    def fn():
+        y = x * 2.0
+        y.register_hook(lambda g: seen.append(g.clone()))
+        return y
+
+    step = fwd_bwd(fn, (x,))
+    step()
+    step()
+    assert x.grad is None and len(seen) == 2 and torch.equal(seen[0], seen[1])
+
+
+def test_reference_variants_of_every_memory_bound_case_run_on_cpu():
+    import importlib
+
+    for op in ("varlen_pool", "varlen_conv1d", "weighted_layer_sum", "multi_encoder_concat"):
+        built = importlib.import_module(f"bench.cases.{op}").cases(torch.device("cpu"), quick=True)
+        assert {c.direction for c in built} == {"fwd", "fwd+bwd"}, op
+        for case in built:
+            case.variants["reference"]()

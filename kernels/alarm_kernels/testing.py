@@ -117,7 +117,7 @@ def _run(fn, inputs: dict, grad_names, grad_output_seed: int, backend: str):
     cotangent = torch.randn(main.shape, generator=gen, dtype=torch.float64).to(main.dtype).to(main.device)
     leaves = [t for name in grad_names for t in _leaves(inputs[name])]
     grads = torch.autograd.grad(main, leaves, cotangent, allow_unused=True) if leaves else []
-    return main.detach(), [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, leaves)]
+    return main.detach(), [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, leaves, strict=True)]
 
 
 def check_backend(fn, inputs: dict, grad_names, *, backend: str, dtype: torch.dtype, label: str = "",
@@ -145,7 +145,7 @@ def check_backend(fn, inputs: dict, grad_names, *, backend: str, dtype: torch.dt
     results = [parity(fast_out, ref_out, oracle_out, k=2.0, dtype=dtype, name=f"{prefix} out")]
     names = [f"d{name}[{i}]" if len(_leaves(inputs[name])) > 1 else f"d{name}"
              for name in grad_names for i in range(len(_leaves(inputs[name])))]
-    for n, f, r, o in zip(names, fast_grads, ref_grads, oracle_grads):
+    for n, f, r, o in zip(names, fast_grads, ref_grads, oracle_grads, strict=True):
         results.append(parity(f, r, o, k=3.0, dtype=dtype, name=f"{prefix} {n}"))
     return results
 

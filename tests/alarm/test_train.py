@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from alarm.train.checkpoint import latest_checkpoint
 from alarm.train.config import build_model_config, load_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RATE = 16000
 
 
@@ -31,8 +31,9 @@ def _write_corpus(folder: Path, n: int = 12, extra: tuple = ()) -> Path:
         t = np.arange(int(seconds * RATE)) / RATE
         x = (0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
         sf.write(folder / "audio" / f"c{i}.wav", x, RATE)
-        rows.append({"id": f"c{i}", "audio": f"audio/c{i}.wav", "duration": seconds, "dataset": ["tones", "beeps"][i % 2],
-                     "description": "", "prompt": "What is the pitch?", "target": f"It is about {200 + 150 * i} hertz."})
+        rows.append({"id": f"c{i}", "audio": f"audio/c{i}.wav", "duration": seconds,
+                     "dataset": ["tones", "beeps"][i % 2], "description": "", "prompt": "What is the pitch?",
+                     "target": f"It is about {200 + 150 * i} hertz."})
     rows += list(extra)
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))

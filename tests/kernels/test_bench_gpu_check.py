@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.sh"
 
 
 def test_gpu_check_dry_run_writes_each_stage(tmp_path):

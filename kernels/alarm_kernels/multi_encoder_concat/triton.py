@@ -339,22 +339,24 @@ def backward(
     offsets = _offsets(widths)
     d_total = sum(widths)
     need_maps = any(stream_grads) or need_weight_grad
-    maps = [_row_map(cu, cu_y, x.shape[0]) if need_maps else None for x, cu in zip(streams, cu_seqlens)]
+    maps = [_row_map(cu, cu_y, x.shape[0]) if need_maps else None for x, cu in zip(streams, cu_seqlens, strict=True)]
     grads: List[Tensor] = []
-    for e, (x, needed) in enumerate(zip(streams, stream_grads)):
+    for e, (x, needed) in enumerate(zip(streams, stream_grads, strict=True)):
         if not needed:
             continue
         total_e, width = x.shape
         g = empty_output((total_e, width), x.dtype, x.device)
         if total_e and width:
             if weight is None:
-                grid = lambda meta: (  # noqa: E731
+                grid = lambda meta, total_e=total_e, width=width: (  # noqa: E731
                     triton.cdiv(total_e, meta["BLOCK_M"]), triton.cdiv(width, meta["BLOCK_D"])
                 )
                 _gather_cols_kernel[grid](grad_y, maps[e], g, total_e, width, d_total, offsets[e])
             else:
                 d_out = weight.shape[0]
-                grid = lambda meta: (triton.cdiv(total_e, meta["BM"]) * triton.cdiv(width, meta["BN"]),)  # noqa: E731
+                grid = lambda meta, total_e=total_e, width=width: (  # noqa: E731
+                    triton.cdiv(total_e, meta["BM"]) * triton.cdiv(width, meta["BN"]),
+                )
                 _grad_stream_kernel[grid](
                     grad_y, maps[e], weight, g, total_e, width, d_out, d_total, offsets[e],
                     PRECISION=_precision(x.dtype),
@@ -367,7 +369,7 @@ def backward(
             total_e, width = x.shape
             if width == 0 or d_out == 0:
                 continue
-            grid = lambda meta: (triton.cdiv(d_out, meta["BM"]) * triton.cdiv(width, meta["BN"]),)  # noqa: E731
+            grid = lambda meta, width=width: (triton.cdiv(d_out, meta["BM"]) * triton.cdiv(width, meta["BN"]),)  # noqa: E731
             _grad_weight_kernel[grid](
                 grad_y, maps[e], x, gw, total_e, width, d_out, d_total, offsets[e], PRECISION=_precision(x.dtype)
             )

@@ -54,7 +54,7 @@ def backward(
     d_total = sum(widths)
     offsets = [sum(widths[:e]) for e in range(len(widths))]
     grads: List[Tensor] = []
-    for x, cu, offset, needed in zip(streams, cu_seqlens, offsets, stream_grads):
+    for x, cu, offset, needed in zip(streams, cu_seqlens, offsets, stream_grads, strict=True):
         if needed:
             g = empty_output(x.shape, x.dtype, x.device)
             if g.numel():
@@ -62,7 +62,7 @@ def backward(
             grads.append(g)
     if need_weight_grad:
         gw = empty_output(weight.shape, weight.dtype, weight.device)
-        for x, cu, offset in zip(streams, cu_seqlens, offsets):
+        for x, cu, offset in zip(streams, cu_seqlens, offsets, strict=True):
             ext.multi_encoder_concat_bwd_weight(grad_y, x, cu, cu_y, offset, gw)
         grads.append(gw)
     if need_bias_grad:

@@ -1,10 +1,11 @@
 """Compile (warm up, never launch) every Triton kernel of one op for sm_90 on a machine without a GPU.
 
-Run as ``python tests/sm90_compile.py <op>`` with ``TRITON_INTERPRET`` unset (tests/test_triton_sm90_compile.py does):
-a stand-in driver reports an sm_90 target, so ``JITFunction.warmup`` runs the whole GPU compiler (frontend, TTGIR,
-LLVM, PTX and ptxas), which catches what the interpreter accepts and the GPU compiler rejects. Each kernel is
-compiled in fp16, bf16 and fp32 with representative constexprs (attention: the model's head dims 64, 128, 192 and
-the test dims), for the config it runs without autotuning and its largest autotune candidate (see ``_configs``).
+Run as ``python tests/kernels/sm90_compile.py <op>`` with ``TRITON_INTERPRET`` unset
+(tests/kernels/test_triton_sm90_compile.py does): a stand-in driver reports an sm_90 target, so
+``JITFunction.warmup`` runs the whole GPU compiler (frontend, TTGIR, LLVM, PTX and ptxas), which catches what
+the interpreter accepts and the GPU compiler rejects. Each kernel is compiled in fp16, bf16 and fp32 with
+representative constexprs (attention: the model's head dims 64, 128, 192 and the test dims), for the config it
+runs without autotuning and its largest autotune candidate (see ``_configs``).
 
 Prints JSON lines: first ``{"launched": [...]}`` (the kernels the op's module launches, found by ``name[`` in its
 source), then one record per compile: kernel, dtype, variant (dtype and constexprs), config, error (null when it

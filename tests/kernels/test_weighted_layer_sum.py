@@ -38,7 +38,7 @@ def _check_parity(backend, dtype, layers, logits):
     assert fast[0].dtype == layers[0].dtype and fast[1].dtype == logits.dtype
     assert_parity(fast[0], low[0], oracle[0], k=2.0, dtype=dtype, name=f"{backend} y")
     assert_parity(fast[1], low[1], oracle[1], k=3.0, dtype=torch.float32, name=f"{backend} grad_logits")
-    for j, (f, lo, o) in enumerate(zip(fast[2], low[2], oracle[2])):
+    for j, (f, lo, o) in enumerate(zip(fast[2], low[2], oracle[2], strict=True)):
         assert_parity(f, lo, o, k=3.0, dtype=dtype, name=f"{backend} grad_layers[{j}]")
 
 
@@ -91,7 +91,7 @@ def test_deterministic(backend):
     first = _run(backend, layers, logits)
     second = _run(backend, layers, logits)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
-    assert all(torch.equal(a, b) for a, b in zip(first[2], second[2]))
+    assert all(torch.equal(a, b) for a, b in zip(first[2], second[2], strict=True))
 
 
 @pytest.mark.parametrize("backend", ("reference",) + FAST_BACKENDS)

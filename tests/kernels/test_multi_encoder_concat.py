@@ -24,7 +24,8 @@ WIDTHS = [40, 72, 24]
 def _inputs(layout, widths, dtype, seed, d_out=None, bias=True):
     g = torch.Generator().manual_seed(seed)
     cus = [ak.seqlens_to_cu_seqlens(lengths).to(DEVICE) for lengths in layout]
-    streams = [torch.randn(sum(lengths), d, generator=g).to(DEVICE, dtype) for lengths, d in zip(layout, widths)]
+    streams = [torch.randn(sum(lengths), d, generator=g).to(DEVICE, dtype)
+               for lengths, d in zip(layout, widths, strict=True)]
     weight = b = None
     if d_out is not None:
         weight = (torch.randn(d_out, sum(widths), generator=g) / sum(widths) ** 0.5).to(DEVICE, dtype)
@@ -50,7 +51,7 @@ def _check_parity(backend, dtype, streams, cus, weight, bias):
         fast, cu_f = _run(backend, streams, cus, weight, bias)
     assert torch.equal(cu_f, cu_o)
     names = ["y"] + [f"grad_streams[{e}]" for e in range(len(streams))] + ["grad_weight", "grad_bias"]
-    for i, (f, lo, o) in enumerate(zip(fast, low, oracle)):
+    for i, (f, lo, o) in enumerate(zip(fast, low, oracle, strict=True)):
         assert f.dtype == lo.dtype
         assert_parity(f, lo, o, k=2.0 if i == 0 else 3.0, dtype=dtype, name=f"{backend} {names[i]}")
 
@@ -124,7 +125,7 @@ def test_deterministic(backend, d_out):
     inputs = _inputs(LAYOUT, WIDTHS, torch.float16, seed=4, d_out=d_out)
     first, _ = _run(backend, *inputs)
     second, _ = _run(backend, *inputs)
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 @pytest.mark.parametrize("backend", ("reference",) + FAST_BACKENDS)
@@ -195,7 +196,7 @@ def test_property_random_layouts(n, widths, d_out, data):
     for i in range(n):
         longest = max(lengths[i] for lengths in layout)
         parts = [F.pad(ak.unpack(x.double(), cu)[i], (0, 0, 0, longest - lengths[i]))
-                 for x, cu, lengths in zip(streams, cus, layout)]
+                 for x, cu, lengths in zip(streams, cus, layout, strict=True)]
         rows.append(torch.cat(parts, 1))
     expected = torch.cat(rows, 0)
     if weight is not None:

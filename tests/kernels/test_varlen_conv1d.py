@@ -120,7 +120,7 @@ def test_partial_grads(backend, frozen):
         (y * gy).sum().backward()
         grads[name] = [y.detach()] + [t.grad for t in (xl, wl, bl) if t is not None and t.requires_grad]
         assert (xl.grad is None) == (frozen == "x") and (wl.grad is None) == (frozen == "weight")
-    for fast, ref in zip(grads[backend], grads["reference"]):
+    for fast, ref in zip(grads[backend], grads["reference"], strict=True):
         torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -129,7 +129,7 @@ def test_deterministic(backend):
     x, cu, w, b = _inputs(LENGTHS, 40, 72, 4, torch.float16, seed=6)
     first, _ = _run(backend, x, cu, w, b, 2, 1, "gelu")
     second, _ = _run(backend, x, cu, w, b, 2, 1, "gelu")
-    for a, c in zip(first, second):
+    for a, c in zip(first, second, strict=True):
         assert torch.equal(a, c)
 
 

@@ -22,7 +22,7 @@ def model(request):
 
 def _grads(model, loss):
     params = model.trainable_parameters()
-    return dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    return dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
 
 
 def test_same_loss_and_gradients(model, clips):
@@ -48,8 +48,8 @@ def test_packed_equals_per_example(model, clips):
         full = model(clips, 16000, PROMPTS, TARGETS, path="fast").loss
         tok = model.tokenizer
         n = [len(tok.encode(t, add_special_tokens=False)) for t in TARGETS]
-        each = [model([c], 16000, [p], [t], path="fast").loss for c, p, t in zip(clips, PROMPTS, TARGETS)]
-    weighted = sum(l * k for l, k in zip(each, n)) / sum(n)
+        each = [model([c], 16000, [p], [t], path="fast").loss for c, p, t in zip(clips, PROMPTS, TARGETS, strict=True)]
+    weighted = sum(loss * k for loss, k in zip(each, n, strict=True)) / sum(n)
     torch.testing.assert_close(full, weighted, rtol=1e-5, atol=1e-6)
 
 
@@ -62,11 +62,11 @@ def test_output_lengths(model, clips):
     w_tok = [w // 2 for w in whisper]                            # conv adapter: floor(len / 2)
     fb = [(1 + (len(c) - 80) // 160) // 2 for c in clips]        # w2v-BERT: 160 samples padded each side, stride 2
     b_tok = [f // 2 for f in fb]
-    expect = {"sum": w_tok, "concat": [max(a, b) for a, b in zip(w_tok, b_tok)], "CA": w_tok,
+    expect = {"sum": w_tok, "concat": [max(a, b) for a, b in zip(w_tok, b_tok, strict=True)], "CA": w_tok,
               "P": [w + 2 + cfg.p_latents for w in w_tok]}[cfg.fusion]
     assert [x.shape[0] for x in fast] == expect
     assert [x.shape[0] for x in ref] == expect
-    for a, b in zip(fast, ref):
+    for a, b in zip(fast, ref, strict=True):
         assert a.shape[1] == cfg.llm_hidden
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 

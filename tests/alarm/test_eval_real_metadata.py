@@ -10,7 +10,7 @@ import pytest
 
 from alarm.eval.benchmarks import fill_item, get_benchmark, load_items, score, words
 
-DATA = Path(__file__).parent / "data" / "benchmarks"
+DATA = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 
 # (item id, index of an option that is not the answer but that the official rule accepts)
 ACCEPTED_WRONG_OPTIONS = {

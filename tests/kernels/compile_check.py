@@ -23,10 +23,10 @@ def assert_compiled_matches_eager(module: torch.nn.Module, inputs: tuple, grad_i
     eager_out, eager_grads = _run(module, inputs, grad_inputs)
     compiled_out, compiled_grads = _run(torch.compile(module, fullgraph=True), inputs, grad_inputs)
     assert len(eager_out) == len(compiled_out)
-    for e, c in zip(eager_out, compiled_out):
+    for e, c in zip(eager_out, compiled_out, strict=True):
         if e.is_floating_point():
             torch.testing.assert_close(c, e)
         else:
             assert torch.equal(c, e)
-    for e, c in zip(eager_grads, compiled_grads):
+    for e, c in zip(eager_grads, compiled_grads, strict=True):
         torch.testing.assert_close(c, e)

@@ -38,7 +38,7 @@ def concat(streams: Sequence[Tensor], cu_seqlens: Sequence[Tensor], cu_y: Tensor
     widths = [x.shape[1] for x in streams]
     out = streams[0].new_zeros(total_y, sum(widths))
     offset = 0
-    for x, cu, width in zip(streams, cu_seqlens, widths):
+    for x, cu, width in zip(streams, cu_seqlens, widths, strict=True):
         out[output_rows(cu, cu_y, x.shape[0]), offset : offset + width] = x
         offset += width
     return out
@@ -81,7 +81,7 @@ def backward(
     grad_c = grad_y @ weight if weight is not None else grad_y
     grads: List[Tensor] = []
     offset = 0
-    for x, cu, needed in zip(streams, cu_seqlens, stream_grads):
+    for x, cu, needed in zip(streams, cu_seqlens, stream_grads, strict=True):
         if needed:
             rows = output_rows(cu, cu_y, x.shape[0])
             grads.append(grad_c[rows, offset : offset + x.shape[1]].contiguous())
