@@ -81,7 +81,8 @@ def main(argv=None) -> int:
             losses[path], tokens[path] = float(out.loss.detach()), out.n_tokens
             for q in params:
                 q.grad = None
-    result = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(), "clock": args.clock,
+    result = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "clock": args.clock,
               "batch": args.batch, "llm_tokens": tokens["fast"], "repeats": args.repeats,
               "loss_abs_diff": abs(losses["fast"] - losses["reference"])}
     for path, ts in times.items():

@@ -96,7 +96,7 @@ def audio_accuracy(model: ALARMModel, items: List[Tuple[str, Question]], batch_c
                     targets.append(tok.encode(option, add_special_tokens=False))
         text = text_batch_from_ids(prefix, suffixes, targets, header_len)
         scores = model.score_targets(ModelBatch(text, features=_repeat_features(feats, which))).view(-1, 4)
-        for q, row in zip(asked, scores):
+        for q, row in zip(asked, scores, strict=True):
             hits.setdefault(q.topic, []).append(int(row.argmax()) == q.answer)
     model.train()
     every = [h for v in hits.values() for h in v]

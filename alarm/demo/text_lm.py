@@ -50,7 +50,7 @@ def _batch_loss(lm, rows: List[Tuple[Tensor, int]], targets: List[List[int]], re
     x = torch.zeros(len(rows), longest, h)
     mask = torch.zeros(len(rows), longest, dtype=torch.long)
     labels = torch.full((len(rows), longest), -100, dtype=torch.long)
-    for i, ((r, n_head), t) in enumerate(zip(rows, targets)):
+    for i, ((r, n_head), t) in enumerate(zip(rows, targets, strict=True)):
         x[i, : r.shape[0]], mask[i, : r.shape[0]] = r, 1
         labels[i, n_head: n_head + len(t)] = torch.tensor(t)
     logits = lm(inputs_embeds=x, attention_mask=mask, use_cache=False).logits.float()

@@ -82,7 +82,7 @@ def load_examples(manifest: str, tokenizer, max_seconds: float, cache_dir: Optio
         if token_file is not None:
             atomic_write_json(token_file, ids, indent=None)
     examples, skips = [], []
-    for r, (suffix, target) in zip(records, ids):
+    for r, (suffix, target) in zip(records, ids, strict=True):
         audio = r.audio if os.path.isabs(r.audio) else str(path.parent / r.audio)
         if r.duration > max_seconds:
             skips.append(Skip(r.id, audio, f"lasts {r.duration:.1f} s, over the {max_seconds:g} s limit"))
@@ -101,7 +101,8 @@ def split_eval(examples: Sequence[Example], fraction: float) -> Tuple[List[Examp
         return list(examples), []
     cut = int(fraction * 2**32)
     held = [zlib.crc32(e.id.encode()) < cut for e in examples]
-    return [e for e, h in zip(examples, held) if not h], [e for e, h in zip(examples, held) if h]
+    pairs = list(zip(examples, held, strict=True))
+    return [e for e, h in pairs if not h], [e for e, h in pairs if h]
 
 
 def llm_tokens(example: Example, prefix_len: int, tokens_per_second: float, max_length: int) -> int:

@@ -181,9 +181,9 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     fits = [len(prefix) + 2 + math.ceil(e.duration * cfg.data.tokens_per_second) + len(e.suffix) < mcfg.max_length
             for e in train_ex]
     skips += [Skip(e.id, e.audio, f"prompt and audio fill max_length {mcfg.max_length}: no target token left")
-              for e, ok in zip(train_ex, fits) if not ok]
-    budget_tokens = [n for n, ok in zip(budget_tokens, fits) if ok]
-    train_ex = [e for e, ok in zip(train_ex, fits) if ok]
+              for e, ok in zip(train_ex, fits, strict=True) if not ok]
+    budget_tokens = [n for n, ok in zip(budget_tokens, fits, strict=True) if ok]
+    train_ex = [e for e, ok in zip(train_ex, fits, strict=True) if ok]
     if not train_ex:
         raise ValueError(f"{cfg.data.train_manifest}: no trainable example (skipped: {len(skips)})")
     cache = _open_cache(cfg, model, train_ex, world) if cfg.data.cache else None

@@ -93,9 +93,9 @@ def plot_metrics(metrics_path: str, out_png: str, title: Optional[str] = None) -
     if not train:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(*zip(*train), label="train loss", lw=1)
+    ax.plot(*zip(*train, strict=True), label="train loss", lw=1)
     for name, pts in sorted(evals.items()):
-        ax.plot(*zip(*pts), marker="o", label=f"eval loss ({name})")
+        ax.plot(*zip(*pts, strict=True), marker="o", label=f"eval loss ({name})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy per target token")
     ax.set_title(title or "ALARM training")
