@@ -109,3 +109,36 @@ def test_host_lengths_are_checked(case):
     with pytest.raises(ValueError, match=f"offsets of '{name}'"):
         source_lengths({name: (layers, bad)})
     assert source_lengths(feats) == frames
+
+
+@pytest.mark.parametrize("batch_kind", ["packed", "padded", "plain"])
+def test_transformers_glue_reads_per_forward_not_per_layer(batch_kind, monkeypatch):
+    """A stock Qwen3 on ``attn_implementation="alarm_packed"`` makes as many host transfers with 3 layers as with
+    1: what the glue derives from the mask / position ids / offsets is read once per forward."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from alarm_kernels.attention.hf import register_hf_attention
+
+    monkeypatch.setenv("ALARM_KERNELS_BACKEND", "triton")
+    name = register_hf_attention()
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))
+    kwargs = {}
+    if batch_kind == "packed":  # two documents of 4 and 3 tokens in each row; no max_length: derived once
+        ids = ids.reshape(1, -1)
+        kwargs = dict(position_ids=torch.tensor([[0, 1, 2, 3, 0, 1, 2] * 2]),
+                      cu_seq_lens_q=torch.tensor([0, 4, 7, 11, 14], dtype=torch.int32))
+    elif batch_kind == "padded":
+        kwargs = dict(attention_mask=torch.tensor([[1] * 7, [0, 0] + [1] * 5]))
+    counts = {}
+    for layers in (1, 3):
+        torch.manual_seed(0)
+        conf = Qwen3Config(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=layers,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+        model = Qwen3ForCausalLM._from_config(conf, attn_implementation=name).eval()
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False, **kwargs)  # warm-up
+            fresh = {k: v.clone() for k, v in kwargs.items()}  # new tensors: nothing cached from the warm-up
+            with count_host_transfers() as counted:
+                model(input_ids=ids, use_cache=False, **fresh)
+        counts[layers] = sum(counted.values())
+    assert counts[1] == counts[3], counts
