@@ -25,7 +25,7 @@ last output frame reads the right zero pad), on its last output frame (exact too
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +127,8 @@ class Adapter(nn.Module):
     @staticmethod
     def out_lengths(lengths: Tensor, kind: str, pool_ratio: int = 1, token_rate_ratio: int = 1) -> Tensor:
         """Output tokens per example: conv ``len // 2``, mlp and identity ``len``, pool
-        ``ceil(len / pool_ratio)``; then ``ceil(n / token_rate_ratio)`` (identity streams are not pooled)."""
+        ``ceil(len / pool_ratio)``; then ``ceil(n / token_rate_ratio)`` (identity streams are not pooled).
+        ``lengths``: an int64 tensor, or one Python int (host-side sizes)."""
         if kind == "identity":
             return lengths
         if kind == "pool":
@@ -136,31 +137,50 @@ class Adapter(nn.Module):
         return (n + token_rate_ratio - 1) // token_rate_ratio
 
     # ---- packed (fast) path --------------------------------------------------------------------
-    def forward_packed(self, layers: List[Tensor], cu_seqlens: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward_packed(self, layers: List[Tensor], cu_seqlens: Tensor, lengths: Optional[Sequence[int]] = None
+                       ) -> Tuple[Tensor, Tensor]:
         """k x [total, D] selected hidden states -> ([total_out, H], int32 cu_out [B+1]) at the token rate
-        (identity: the layer mix [total, D] itself)."""
-        y, cu_y = self._adapt_packed(layers, cu_seqlens)
+        (identity: the layer mix [total, D] itself).
+
+        ``lengths``: the B sequence lengths as host ints, already checked against ``cu_seqlens`` by the caller
+        (once per batch). With them every op gets its sizes from the host and reads nothing back from the
+        device; without them each op validates ``cu_seqlens`` itself (device reads)."""
+        y, cu_y = self._adapt_packed(layers, cu_seqlens, lengths)
         if self.token_rate_ratio == 1 or self.kind == "identity":
             return y, cu_y
-        return ak.varlen_pool(y, cu_y, self.token_rate_ratio, self.token_rate_mode)
+        sizes = {} if lengths is None else dict(total_out=sum(self.host_out_lengths(lengths)), validate=False)
+        return ak.varlen_pool(y, cu_y, self.token_rate_ratio, self.token_rate_mode, **sizes)
 
-    def _adapt_packed(self, layers: List[Tensor], cu_seqlens: Tensor) -> Tuple[Tensor, Tensor]:
+    def host_out_lengths(self, lengths: Sequence[int]) -> List[int]:
+        """:meth:`out_lengths` of this adapter on host ints: B input lengths -> B output token counts."""
+        return [self.out_lengths(n, self.kind, self.pool_ratio, self.token_rate_ratio) for n in lengths]
+
+    def _adapt_packed(self, layers: List[Tensor], cu_seqlens: Tensor, lengths: Optional[Sequence[int]] = None
+                      ) -> Tuple[Tensor, Tensor]:
         """``forward_packed`` before the token-rate pooling."""
         x = ak.weighted_layer_sum(layers, self.layer_logits).to(self.layer_logits.dtype)
         if self.kind == "identity":
             return x, cu_seqlens
         if self.kind in ("mlp", "pool"):
             if self.kind == "pool":
-                x, cu_seqlens = ak.varlen_pool(x, cu_seqlens, self.pool_ratio, self.pool_mode)
+                pooled = sum(self.out_lengths(n, "pool", self.pool_ratio) for n in lengths or ())
+                sizes = {} if lengths is None else dict(total_out=pooled, validate=False)
+                x, cu_seqlens = ak.varlen_pool(x, cu_seqlens, self.pool_ratio, self.pool_mode, **sizes)
             return self.llm_proj(F.gelu(self.fc2(F.gelu(self.fc1(x))))), cu_seqlens
         if self.in_proj is not None:
             x = self.in_proj(x)
+        # conv1 (k 3, stride 1, pad 1) keeps every length; conv2 (k 4, stride 2, pad 1) gives len // 2
+        conv1_sizes = conv2_sizes = {}
+        if lengths is not None:
+            longest = max(lengths, default=0)
+            conv1_sizes = dict(total_out=sum(lengths), max_seqlen=longest, validate=False)
+            conv2_sizes = dict(total_out=sum(n // 2 for n in lengths), max_seqlen=longest, validate=False)
         h, cu_h = ak.varlen_conv1d(x, cu_seqlens, self.conv1.weight.to(x.dtype), self.conv1.bias.to(x.dtype),
-                                   stride=1, padding=1, activation="gelu")
+                                   stride=1, padding=1, activation="gelu", **conv1_sizes)
         h = self.norm1(h)
         w2, b2 = self.conv2.weight.to(h.dtype), self.conv2.bias.to(h.dtype)
         if self.folded:
-            y, cu_y = ak.varlen_conv1d(h, cu_h, w2, b2, stride=2, padding=1)
+            y, cu_y = ak.varlen_conv1d(h, cu_h, w2, b2, stride=2, padding=1, **conv2_sizes)
             n_out, even = cu_y[1:] - cu_y[:-1], cu_seqlens_to_seqlens(cu_seqlens) % 2 == 0
             seq = torch.nonzero(n_out > 0).squeeze(1)  # tap 0 of the first output frame reads the left zero pad
             y = y.index_add(0, cu_y[seq].long(), -self.edge_first.to(y.dtype).expand(seq.numel(), -1))
@@ -168,7 +188,7 @@ class Adapter(nn.Module):
             y = y.index_add(0, cu_y[seq + 1].long() - 1, -self.edge_last.to(y.dtype).expand(seq.numel(), -1))
             y = F.gelu(y)
         else:
-            y, cu_y = ak.varlen_conv1d(h, cu_h, w2, b2, stride=2, padding=1, activation="gelu")
+            y, cu_y = ak.varlen_conv1d(h, cu_h, w2, b2, stride=2, padding=1, activation="gelu", **conv2_sizes)
         return self.llm_proj(self.norm2(y)), cu_y
 
     # ---- padded (reference) path ---------------------------------------------------------------

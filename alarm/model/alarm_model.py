@@ -38,7 +38,7 @@ from .config import ALARMConfig
 from .encoders import build_encoder
 from .fusion import build_fusion
 from .llm import FrozenLLM, load_tokenizer
-from .batch import ModelBatch
+from .batch import ModelBatch, source_lengths
 from .splice import IGNORE, ASSISTANT_SUFFIX, USER_PREFIX, splice_packed, splice_padded, tokenize_batch
 
 __all__ = ["ALARMModel", "AudioSide", "ALARMOutput", "ALARMEnsemble", "load_saved_config"]
@@ -159,17 +159,33 @@ class ALARMModel(nn.Module):
                                      f"{spec.name} gives its adapter no token")
         return out
 
-    def audio_tokens_packed(self, feats: Dict[str, tuple]):
-        """Fast path: adapters + fusion on packed tensors -> ([A, H], int32 cu [B+1])."""
+    def audio_tokens_packed(self, feats: Dict[str, tuple], lengths: Optional[Dict[str, List[int]]] = None):
+        """Fast path: adapters + fusion on packed tensors -> ([A, H], int32 cu [B+1]).
+
+        ``lengths``: host-side frames per clip of each encoder (``ModelBatch.lengths``); without them the offsets
+        are read once (``source_lengths``)."""
+        return self._packed_audio(feats, lengths)[:2]
+
+    def _packed_audio(self, feats: Dict[str, tuple], lengths: Optional[Dict[str, List[int]]] = None):
+        """``audio_tokens_packed`` plus the host-side audio tokens per clip: ([A, H], int32 cu [B+1], B ints).
+        Sizes flow on the host from the encoders' frame counts, so no op reads anything back from the device."""
+        lengths = source_lengths(feats, lengths)
+        streams, cus, stream_lengths = [], [], []
         with nvtx_range("alarm/adapter"):
-            streams, cus = [], []
             for spec in self.config.encoders:
                 layers, cu = feats[spec.name]
-                s, c = self.audio.adapters[spec.name].forward_packed(layers, cu)
+                adapter = self.audio.adapters[spec.name]
+                s, c = adapter.forward_packed(layers, cu, lengths[spec.name])
                 streams.append(s)
                 cus.append(c)
+                stream_lengths.append(adapter.host_out_lengths(lengths[spec.name]))
+        return self._fuse_packed(streams, cus, stream_lengths)
+
+    def _fuse_packed(self, streams: List[Tensor], cus: List[Tensor], stream_lengths: List[List[int]]):
+        """Fusion on packed streams with their host lengths -> ([A, H], int32 cu [B+1], B ints)."""
         with nvtx_range("alarm/fusion"):
-            return self.audio.fusion.forward_packed(streams, cus)
+            y, cu = self.audio.fusion.forward_packed(streams, cus, stream_lengths)
+        return y, cu, self.audio.fusion.out_lengths(stream_lengths)
 
     def audio_tokens_padded(self, feats: Dict[str, tuple]) -> List[Tensor]:
         """Reference path: adapters + fusion on padded batches -> B tensors [A_i, H]."""
@@ -195,25 +211,30 @@ class ALARMModel(nn.Module):
         return self.audio_tokens_padded(feats)
 
     # ---- training forward ----------------------------------------------------------------------
-    def adapter_streams(self, feats: Dict[str, tuple]) -> Dict[str, tuple]:
-        """Packed adapter outputs {name: ([total, H], int32 cu [B+1])} (what a stage-B cache stores)."""
+    def adapter_streams(self, feats: Dict[str, tuple], lengths: Optional[Dict[str, List[int]]] = None
+                        ) -> Dict[str, tuple]:
+        """Packed adapter outputs {name: ([total, H], int32 cu [B+1])} (what a stage-B cache stores);
+        ``lengths``: host frames per clip of each encoder, as in ``audio_tokens_packed``."""
+        lengths = source_lengths(feats, lengths)
         with nvtx_range("alarm/adapter"):
-            return {spec.name: self.audio.adapters[spec.name].forward_packed(*feats[spec.name])
+            return {spec.name: self.audio.adapters[spec.name].forward_packed(*feats[spec.name], lengths[spec.name])
                     for spec in self.config.encoders}
 
     def _audio_tokens(self, batch: ModelBatch, layout: str):
-        """Audio tokens of a batch from its audio source: packed ([A, H], cu) or padded (B x [A_i, H])."""
+        """Audio tokens of a batch from its audio source: packed ([A, H], cu, host tokens per clip) or padded
+        (B x [A_i, H])."""
         if batch.streams is not None:
             names = [spec.name for spec in self.config.encoders]
             streams, cus = [batch.streams[n][0] for n in names], [batch.streams[n][1] for n in names]
+            if layout == "fast":
+                lengths = source_lengths(batch.streams, batch.lengths)
+                return self._fuse_packed(streams, cus, [lengths[n] for n in names])
             with nvtx_range("alarm/fusion"):
-                if layout == "fast":
-                    return self.audio.fusion.forward_packed(streams, cus)
                 padded = [pad_packed(x, cu)[0] for x, cu in zip(streams, cus, strict=True)]
                 y, n = self.audio.fusion.forward_padded(padded, [(cu[1:] - cu[:-1]).long() for cu in cus])
                 return [y[i, : int(n[i])] for i in range(y.shape[0])]
         feats = batch.features if batch.features is not None else self.encode(batch.waves, batch.rates)
-        return self.audio_tokens_packed(feats) if layout == "fast" else self.audio_tokens_padded(feats)
+        return self._packed_audio(feats, batch.lengths) if layout == "fast" else self.audio_tokens_padded(feats)
 
     def forward_batch(self, batch: ModelBatch, path: Optional[str] = None, reduction: str = "mean") -> ALARMOutput:
         """Cross-entropy of the batch's targets: their mean (``reduction="mean"``) or sum (``"sum"``).
@@ -227,14 +248,14 @@ class ALARMModel(nn.Module):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         embed, start, end = self.llm.embed(), self.audio.audio_start, self.audio.audio_end
         if path == "fast":
-            a, cu_a = self._audio_tokens(batch, "fast")
+            a, cu_a, a_lengths = self._audio_tokens(batch, "fast")
             with nvtx_range("alarm/splice"):
-                spliced = splice_packed(embed, batch.text, a, cu_a, start, end, self.config.max_length)
-            labels = spliced["labels"]
+                spliced = splice_packed(embed, batch.text, a, cu_a, start, end, self.config.max_length, a_lengths)
+            labels, n_targets = spliced["labels"], spliced["n_targets"]
             with nvtx_range("alarm/llm"):
                 loss = self.llm.loss_packed(spliced["inputs_embeds"], labels, spliced["position_ids"],
                                             spliced["cu_seqlens"], spliced["max_seqlen"], self.config.lm_head_chunk,
-                                            reduction=reduction)
+                                            reduction=reduction, n_targets=n_targets)
             n_tokens = labels.numel()
         else:
             a = self._audio_tokens(batch, "reference")
@@ -245,7 +266,7 @@ class ALARMModel(nn.Module):
                 loss = self.llm.loss_padded(spliced["inputs_embeds"], spliced["attention_mask"], labels,
                                             spliced["position_ids"])
             n_tokens = int(spliced["attention_mask"].sum())
-        n_targets = int((labels != IGNORE).sum())
+            n_targets = int((labels != IGNORE).sum())
         if reduction == "sum":
             loss = loss * n_targets if path == "reference" else loss
         return ALARMOutput(loss, n_tokens, n_targets)
@@ -253,9 +274,9 @@ class ALARMModel(nn.Module):
     @torch.no_grad()
     def score_targets(self, batch: ModelBatch) -> Tensor:
         """Summed log-probability of each example's target given its audio and prompt (fp32 [B], fast path)."""
-        a, cu_a = self._audio_tokens(batch, "fast")
+        a, cu_a, a_lengths = self._audio_tokens(batch, "fast")
         spliced = splice_packed(self.llm.embed(), batch.text, a, cu_a, self.audio.audio_start, self.audio.audio_end,
-                                self.config.max_length)
+                                self.config.max_length, a_lengths)
         return self.llm.target_logprob_packed(spliced["inputs_embeds"], spliced["labels"], spliced["position_ids"],
                                               spliced["cu_seqlens"], spliced["max_seqlen"])
 

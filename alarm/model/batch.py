@@ -5,6 +5,10 @@ frozen features; ``ALARMModel.forward`` builds it from strings. Exactly one audi
 - ``waves`` + ``rates``: B float32 1-D CPU waveforms and their sample rates (Hz);
 - ``features``: cached frozen *encoder* outputs, ``{encoder name: (k x [total_e, D_e], int32 cu [B+1])}``;
 - ``streams``: cached frozen *adapter* outputs (stage B), ``{encoder name: ([total_e, H], int32 cu [B+1])}``.
+
+``lengths`` (optional, host-side): ``{encoder name: B ints}``, the per-clip row counts of ``features`` or
+``streams`` (the lengths the offsets ``cu`` were built from). With them the fast path knows every size on the
+host and reads nothing back from the device; without them it reads all offsets once per batch.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from torch import Tensor
 
 from .splice import TextBatch
 
-__all__ = ["ModelBatch"]
+__all__ = ["ModelBatch", "source_lengths"]
 
 Features = Dict[str, Tuple[List[Tensor], Tensor]]
 Streams = Dict[str, Tuple[Tensor, Tensor]]
@@ -30,6 +34,7 @@ class ModelBatch:
     rates: Optional[List[int]] = None
     features: Optional[Features] = None
     streams: Optional[Streams] = None
+    lengths: Optional[Dict[str, List[int]]] = None
 
     def __post_init__(self):
         given = [name for name in ("waves", "features", "streams") if getattr(self, name) is not None]
@@ -37,14 +42,16 @@ class ModelBatch:
             raise ValueError(f"a ModelBatch needs exactly one audio source (waves, features or streams), got {given}")
         if self.waves is not None and (self.rates is None or len(self.rates) != len(self.waves)):
             raise ValueError("waves need one sample rate per clip")
+        if self.lengths is not None and self.waves is not None:
+            raise ValueError("lengths describe cached features or streams, not waves")
 
     @property
     def n_examples(self) -> int:
         return self.text.cu_suffix.numel() - 1
 
     def _map(self, fn) -> "ModelBatch":
-        text = TextBatch(*(fn(t) for t in (self.text.prefix, self.text.suffix, self.text.cu_suffix, self.text.target,
-                                           self.text.cu_target)), self.text.header_len)
+        text = replace(self.text, **{name: fn(getattr(self.text, name))
+                                     for name in ("prefix", "suffix", "cu_suffix", "target", "cu_target")})
         feats = None if self.features is None else {
             k: ([fn(x) for x in layers], fn(cu)) for k, (layers, cu) in self.features.items()}
         streams = None if self.streams is None else {k: (fn(x), fn(cu)) for k, (x, cu) in self.streams.items()}
@@ -59,3 +66,34 @@ class ModelBatch:
         if not torch.cuda.is_available():
             return self
         return self._map(lambda t: t.pin_memory())
+
+
+def source_lengths(source: Dict[str, tuple], given: Optional[Dict[str, List[int]]] = None) -> Dict[str, List[int]]:
+    """Per-clip rows of a packed audio source ``{name: (x or k x [total, D], int32 cu [B+1])}`` as host ints.
+
+    ``given`` (e.g. ``ModelBatch.lengths``): checked on the host against each source's rows and B; the offsets
+    are not read (they must be the offsets of these lengths). Otherwise every source's offsets are read back in
+    one device transfer and validated (0 first, non-decreasing, last == rows): once per batch, so that the
+    ops downstream can skip their own checks. ValueError naming the source on a mismatch.
+    """
+    rows = {name: (x[0] if isinstance(x, (list, tuple)) else x).shape[0] for name, (x, _) in source.items()}
+    if given is not None:
+        for name, (_, cu) in source.items():
+            n = given.get(name)
+            if (n is None or len(n) != cu.numel() - 1 or sum(n) != rows[name]
+                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in n)):
+                raise ValueError(f"lengths[{name!r}] must be {cu.numel() - 1} non-negative ints summing to "
+                                 f"{rows[name]} (the rows of that source), got {n!r}")
+        return {name: list(given[name]) for name in source}
+    cus = [cu for _, cu in source.values()]
+    flat = torch.cat(cus).tolist()  # the batch's one device read
+    out, start = {}, 0
+    for name, cu in zip(source, cus, strict=True):
+        offsets = flat[start:start + cu.numel()]
+        start += cu.numel()
+        lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        if cu.dtype != torch.int32 or offsets[0] != 0 or min(lengths, default=0) < 0 or offsets[-1] != rows[name]:
+            raise ValueError(f"the offsets of {name!r} must be int32, start at 0, never decrease and end at its "
+                             f"{rows[name]} rows, got {cu.dtype} {offsets}")
+        out[name] = lengths
+    return out

@@ -7,39 +7,57 @@ has two paths with the same parameters:
 - ``forward_padded(streams, lengths)``: ``[B, T_e, H]`` (zeros past ``lengths[e]``) -> (``[B, T_out, H]``,
   ``lengths_out``); attention through SDPA with boolean key masks.
 Output lengths: sum/concat ``max_e len_e`` (pad-at-end alignment); CA the base stream's length (queries);
-P ``2 + n_aux * p_latents + len_base``.
+P ``2 + n_aux * p_latents + len_base`` (``out_lengths`` computes them on the host).
+
+Host-side sizes: ``forward_packed(..., lengths=...)`` takes each stream's B lengths as host ints (already
+checked against the offsets once for the batch); every op then gets its sizes (totals, longest sequences)
+from the host instead of reading the offsets back from the device.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+import itertools
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import alarm_kernels as ak
-from alarm_kernels.varlen import cu_seqlens_to_seqlens, max_seqlen, seqlens_to_cu_seqlens
+from alarm_kernels.varlen import INT32_MAX, cu_seqlens_to_seqlens, max_seqlen, seqlens_to_cu_seqlens
 
 from .adapters import normal_init_, valid_mask
 
 __all__ = ["SumFusion", "ConcatFusion", "CrossAttentionFusion", "PerceiverFusion", "build_fusion",
-           "segment_gather_index"]
+           "segment_gather_index", "host_cu_seqlens"]
 
 
-def segment_gather_index(seg_len: Tensor, seg_base: Tensor, seg_step: Tensor, keep: Tensor | None = None
-                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def host_cu_seqlens(lengths: Sequence[int], device) -> Tensor:
+    """Host int lengths [B] -> int32 offsets [B+1] on ``device``, summed on the host (a host-to-device copy,
+    never a device read). ValueError for a negative length or a total int32 offsets cannot hold."""
+    offsets = [0, *itertools.accumulate(lengths)]
+    if any(n < 0 for n in lengths) or offsets[-1] > INT32_MAX:
+        raise ValueError(f"lengths must be non-negative with a total of at most {INT32_MAX}, got {list(lengths)}")
+    return torch.tensor(offsets, dtype=torch.int32, device=device)
+
+
+def segment_gather_index(seg_len: Tensor, seg_base: Tensor, seg_step: Tensor, keep: Tensor | None = None,
+                         out_lengths: Optional[Sequence[int]] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Vectorised layout of B sequences built from S segments each (no per-example loop).
 
     Args: seg_len [B, S] int64 segment lengths; seg_base [B, S] index of each segment's first row in a
     source table; seg_step [S] 1 (contiguous rows) or 0 (one row repeated); keep [B] optional truncation
-    (rows kept per example, <= sum of seg_len).
+    (rows kept per example, <= sum of seg_len); out_lengths: the B output lengths (after ``keep``) as host
+    ints when the caller knows them (then nothing is read back from the device).
     Returns (index [total] into the table, segment id [total], offset within the segment [total],
     int32 cu_seqlens [B+1] of the output).
     """
     full = seg_len.sum(1)
     out_len = full if keep is None else torch.minimum(full, keep)
-    cu = seqlens_to_cu_seqlens(out_len, device=seg_len.device)
-    total = int(cu[-1])
+    if out_lengths is None:
+        cu = seqlens_to_cu_seqlens(out_len, device=seg_len.device)
+        total = int(cu[-1])
+    else:
+        cu, total = host_cu_seqlens(out_lengths, seg_len.device), sum(out_lengths)
     ex = torch.repeat_interleave(torch.arange(seg_len.shape[0], device=seg_len.device), out_len, output_size=total)
     pos = torch.arange(total, device=seg_len.device) - cu[:-1].long()[ex]
     starts = torch.cumsum(seg_len, 1) - seg_len  # [B, S]
@@ -48,17 +66,29 @@ def segment_gather_index(seg_len: Tensor, seg_base: Tensor, seg_step: Tensor, ke
     return seg_base[ex, seg] + off * seg_step[seg], seg, off, cu
 
 
-def _align_index(cus: List[Tensor]) -> Tuple[List[Tensor], Tensor, Tensor]:
-    """Pad-at-end alignment: per stream, destination rows in the aligned packed output; out lengths, cu."""
+def _aligned_lengths(lengths: Sequence[Sequence[int]]) -> List[int]:
+    """Pad-at-end alignment on the host: each example's longest stream."""
+    return [max(col) for col in zip(*lengths, strict=True)]
+
+
+def _align_index(cus: List[Tensor], lengths: Optional[Sequence[Sequence[int]]] = None
+                 ) -> Tuple[List[Tensor], int, Tensor]:
+    """Pad-at-end alignment: per stream, destination rows in the aligned packed output; total rows, cu.
+    ``lengths``: each stream's B lengths as host ints, when known (then no device read)."""
     lens = torch.stack([cu_seqlens_to_seqlens(c) for c in cus])
-    out_len = lens.max(0).values
-    cu_out = seqlens_to_cu_seqlens(out_len, device=cus[0].device)
+    if lengths is None:
+        out_len = lens.max(0).values
+        cu_out = seqlens_to_cu_seqlens(out_len, device=cus[0].device)
+        total, stream_totals = int(out_len.sum()), [int(cu[-1]) for cu in cus]
+    else:
+        out_host = _aligned_lengths(lengths)
+        cu_out, total = host_cu_seqlens(out_host, cus[0].device), sum(out_host)
+        stream_totals = [sum(n) for n in lengths]
     dests = []
-    for cu, ln in zip(cus, lens, strict=True):
-        n = int(cu[-1])
+    for cu, ln, n in zip(cus, lens, stream_totals, strict=True):
         ex = torch.repeat_interleave(torch.arange(ln.numel(), device=cu.device), ln, output_size=n)
         dests.append(torch.arange(n, device=cu.device) + (cu_out[:-1] - cu[:-1]).long()[ex])
-    return dests, out_len, cu_out
+    return dests, total, cu_out
 
 
 def _pad_streams(streams: List[Tensor], t: int) -> List[Tensor]:
@@ -68,11 +98,15 @@ def _pad_streams(streams: List[Tensor], t: int) -> List[Tensor]:
 class SumFusion(nn.Module):
     """Adds the (pad-at-end aligned) streams; no parameters (AL-<encoder>-R uses one stream)."""
 
-    def forward_packed(self, streams, cus):
+    def out_lengths(self, lengths: Sequence[Sequence[int]]) -> List[int]:
+        """Host output lengths [B] from each stream's host lengths [E][B]."""
+        return _aligned_lengths(lengths)
+
+    def forward_packed(self, streams, cus, lengths=None):
         if len(streams) == 1:
             return streams[0], cus[0]
-        dests, out_len, cu_out = _align_index(cus)
-        out = streams[0].new_zeros(int(out_len.sum()), streams[0].shape[1])
+        dests, total, cu_out = _align_index(cus, lengths)
+        out = streams[0].new_zeros(total, streams[0].shape[1])
         for s, d in zip(streams, dests, strict=True):
             out = out.index_add(0, d, s)
         return out, cu_out
@@ -89,9 +123,15 @@ class ConcatFusion(nn.Module):
         super().__init__()
         self.proj = normal_init_(nn.Linear(n_streams * hidden, hidden))
 
-    def forward_packed(self, streams, cus):
+    def out_lengths(self, lengths: Sequence[Sequence[int]]) -> List[int]:
+        """Host output lengths [B] from each stream's host lengths [E][B]."""
+        return _aligned_lengths(lengths)
+
+    def forward_packed(self, streams, cus, lengths=None):
         dt = streams[0].dtype
-        return ak.multi_encoder_concat(streams, cus, weight=self.proj.weight.to(dt), bias=self.proj.bias.to(dt))
+        sizes = {} if lengths is None else dict(total_out=sum(_aligned_lengths(lengths)), validate=False)
+        return ak.multi_encoder_concat(streams, cus, weight=self.proj.weight.to(dt), bias=self.proj.bias.to(dt),
+                                       **sizes)
 
     def forward_padded(self, streams, lengths):
         t = max(s.shape[1] for s in streams)
@@ -197,12 +237,16 @@ class CrossAttentionFusion(nn.Module):
             layer.sa.init_like_torch_mha_()
             layer.ca.init_like_torch_mha_()
 
-    def forward_packed(self, streams, cus):
+    def out_lengths(self, lengths: Sequence[Sequence[int]]) -> List[int]:
+        """Host output lengths [B] (the base stream's) from each stream's host lengths [E][B]."""
+        return list(lengths[0])
+
+    def forward_packed(self, streams, cus, lengths=None):
+        longest = [max_seqlen(cu) for cu in cus] if lengths is None else [max(n, default=0) for n in lengths]
         x = self.in_proj[0](streams[0])
-        max_q = max_seqlen(cus[0])
         for e, layer in enumerate(self.layers, start=1):
             mem = self.in_proj[e](streams[e])
-            x = layer.packed(x, mem, cus[0], cus[e], max_q, max_seqlen(cus[e]))
+            x = layer.packed(x, mem, cus[0], cus[e], longest[0], longest[e])
         return self.out_proj(x), cus[0]
 
     def forward_padded(self, streams, lengths):
@@ -234,12 +278,13 @@ class Perceiver(nn.Module):
                 lat = layer(lat)
         return self.out_proj(lat)
 
-    def packed(self, mem: Tensor, cu: Tensor) -> Tensor:
-        """mem [total, H] packed, cu [B+1] -> [B, n, H]."""
+    def packed(self, mem: Tensor, cu: Tensor, longest: Optional[int] = None) -> Tensor:
+        """mem [total, H] packed, cu [B+1] (``longest``: its longest sequence, when known on the host) ->
+        [B, n, H]."""
         b, n = cu.numel() - 1, self.latents.shape[0]
         lat = self.latents.repeat(b, 1)
         cu_q = torch.arange(b + 1, device=cu.device, dtype=torch.int32) * n
-        lat = self.cross.packed(lat, mem, cu_q, cu, n, max_seqlen(cu))
+        lat = self.cross.packed(lat, mem, cu_q, cu, n, max_seqlen(cu) if longest is None else longest)
         return self._self_block(lat.view(b, n, -1))
 
     def padded(self, mem: Tensor, lengths: Tensor) -> Tensor:
@@ -277,11 +322,19 @@ class PerceiverFusion(nn.Module):
         self.cond_start = nn.Parameter(torch.randn(hidden))  # published: standard normal
         self.cond_end = nn.Parameter(torch.randn(hidden))
 
-    def forward_packed(self, streams, cus):
-        pairs = zip(self.perceivers, streams[1:], cus[1:], strict=True)
-        lat = torch.cat([p.packed(s, c) for p, s, c in pairs], 1)  # [B, m, H]
+    def out_lengths(self, lengths: Sequence[Sequence[int]]) -> List[int]:
+        """Host output lengths [B] (separators, every perceiver's latents, the base stream) from each stream's
+        host lengths [E][B]."""
+        m = sum(p.latents.shape[0] for p in self.perceivers)
+        return [2 + m + n for n in lengths[0]]
+
+    def forward_packed(self, streams, cus, lengths=None):
+        longest = [None] * len(cus) if lengths is None else [max(n, default=0) for n in lengths]
+        pairs = zip(self.perceivers, streams[1:], cus[1:], longest[1:], strict=True)
+        lat = torch.cat([p.packed(s, c, n) for p, s, c, n in pairs], 1)  # [B, m, H]
         b, m, hdim = lat.shape
-        base, n_base = streams[0], int(cus[0][-1])
+        base = streams[0]
+        n_base = int(cus[0][-1]) if lengths is None else sum(lengths[0])
         table = torch.cat([base, lat.reshape(b * m, hdim), self.cond_start[None].to(base.dtype),
                            self.cond_end[None].to(base.dtype)])
         dev = base.device
@@ -290,7 +343,8 @@ class PerceiverFusion(nn.Module):
         seg_base = torch.stack([torch.full((b,), n_base + b * m, device=dev),
                                 n_base + torch.arange(b, device=dev) * m,
                                 torch.full((b,), n_base + b * m + 1, device=dev), cus[0][:-1].long()], 1)
-        idx, _, _, cu = segment_gather_index(seg_len, seg_base, torch.tensor([0, 1, 0, 1], device=dev))
+        idx, _, _, cu = segment_gather_index(seg_len, seg_base, torch.tensor([0, 1, 0, 1], device=dev),
+                                             out_lengths=None if lengths is None else self.out_lengths(lengths))
         return table[idx], cu
 
     def forward_padded(self, streams, lengths):

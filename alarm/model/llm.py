@@ -85,20 +85,32 @@ class FrozenLLM(nn.Module):
 
     def hidden_packed(self, inputs_embeds: Tensor, position_ids: Tensor, cu_seqlens: Tensor, max_seqlen: int
                       ) -> Tensor:
-        """inputs_embeds [T, H], position_ids int64 [T], cu_seqlens int32 [B+1] -> last hidden states [T, H]."""
+        """inputs_embeds [T, H], position_ids int64 [T], cu_seqlens int32 [B+1] -> last hidden states [T, H].
+
+        The boundaries go to the attention explicitly, so no mask is built: the prepared (empty) mask mapping
+        keeps transformers from scanning ``position_ids`` for packed sequences (a device read per forward)."""
+        no_mask = {"full_attention": None, "sliding_attention": None}
         with self.attention(self.packed_attn):
             return self.model.model(inputs_embeds=inputs_embeds[None].to(self.dtype), position_ids=position_ids[None],
-                                    cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=max_seqlen,
-                                    max_length_k=max_seqlen, use_cache=False).last_hidden_state[0]
+                                    attention_mask=no_mask, cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens,
+                                    max_length_q=max_seqlen, max_length_k=max_seqlen,
+                                    use_cache=False).last_hidden_state[0]
 
     def loss_packed(self, inputs_embeds: Tensor, labels: Tensor, position_ids: Tensor, cu_seqlens: Tensor,
-                    max_seqlen: int, chunk: int = 1024, reduction: str = "mean") -> Tensor:
+                    max_seqlen: int, chunk: int = 1024, reduction: str = "mean", n_targets: int | None = None
+                    ) -> Tensor:
         """inputs_embeds [T, H], labels/position_ids int64 [T], cu_seqlens int32 [B+1] -> CE over the target
-        tokens (fp32 scalar): their mean (``reduction="mean"``) or their sum (``"sum"``)."""
+        tokens (fp32 scalar): their mean (``reduction="mean"``) or their sum (``"sum"``). ``n_targets``: the
+        number of labelled tokens when known on the host (then their positions are found without a device
+        read; it must be exact)."""
         hidden = self.hidden_packed(inputs_embeds, position_ids, cu_seqlens, max_seqlen)
         with nvtx_range("alarm/loss"):
             # a label at p is predicted from p - 1 (same example: position 0 of an example never has a label)
-            sel = torch.nonzero(labels[1:] != IGNORE).squeeze(1)
+            targets = labels[1:] != IGNORE
+            if n_targets is None:
+                sel = torch.nonzero(targets).squeeze(1)
+            else:
+                sel = torch.nonzero_static(targets, size=n_targets).squeeze(1)
             if sel.numel() == 0:
                 raise ValueError("no target token in the batch (empty targets or all truncated)")
             h, y = hidden[sel], labels[sel + 1]
@@ -122,8 +134,8 @@ class FrozenLLM(nn.Module):
         return torch.zeros(cu_seqlens.numel() - 1, dtype=torch.float32, device=hidden.device).index_add_(
             0, example, logp)
 
-    def loss_padded(self, inputs_embeds: Tensor, attention_mask: Tensor, labels: Tensor,
-                    position_ids: Tensor) -> Tensor:
+    def loss_padded(self, inputs_embeds: Tensor, attention_mask: Tensor, labels: Tensor, position_ids: Tensor
+                    ) -> Tensor:
         """Padded [B, L, H] batch, full fp32 logits [B, L, V] -> mean CE over labelled tokens (fp32)."""
         with self.attention("sdpa"):
             logits = self.model(inputs_embeds=inputs_embeds.to(self.dtype), attention_mask=attention_mask,

@@ -12,6 +12,7 @@ embeddings; audio tokens; separators]);
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -19,10 +20,10 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from alarm_kernels.varlen import cu_seqlens_to_seqlens, seqlens_to_cu_seqlens
+from alarm_kernels.varlen import cu_seqlens_to_seqlens
 
 from ..prompts import system_turn
-from .fusion import segment_gather_index
+from .fusion import host_cu_seqlens, segment_gather_index
 
 __all__ = ["USER_PREFIX", "ASSISTANT_SUFFIX", "TextBatch", "tokenize_batch", "encode_example", "text_batch_from_ids",
            "fit_prompts", "splice_packed", "splice_padded"]
@@ -37,18 +38,24 @@ IGNORE = -100
 @dataclass
 class TextBatch:
     """Token ids of a batch: shared prefix [P]; per-example suffix and target ids packed with int32 offsets.
-    Each suffix row ends with the ``header_len`` tokens of the assistant header (never cut)."""
+    Each suffix row ends with the ``header_len`` tokens of the assistant header (never cut).
+    ``suffix_lengths`` / ``target_lengths``: the same row lengths as host ints (set by ``text_batch_from_ids``
+    and ``tokenize_batch``; None when unknown, then ``splice_packed`` reads the offsets back from the device)."""
     prefix: Tensor
     suffix: Tensor
     cu_suffix: Tensor
     target: Tensor
     cu_target: Tensor
     header_len: int = 0
+    suffix_lengths: Optional[List[int]] = None
+    target_lengths: Optional[List[int]] = None
 
 
 def _pack_ids(rows: Sequence[Sequence[int]], device) -> tuple:
+    """Rows of ids -> (flat int64 ids, int32 offsets, host lengths)."""
     flat = torch.tensor([t for r in rows for t in r], dtype=torch.long, device=device)
-    return flat, seqlens_to_cu_seqlens([len(r) for r in rows], device=device)
+    lengths = [len(r) for r in rows]
+    return flat, host_cu_seqlens(lengths, device), lengths
 
 
 def encode_example(tokenizer, prompt: str, target: str) -> tuple[List[int], List[int]]:
@@ -63,10 +70,10 @@ def text_batch_from_ids(prefix: Sequence[int], suffix_rows: Sequence[Sequence[in
 
     ``header_len``: tokens of ``ASSISTANT_SUFFIX`` that end every suffix row (kept whole by ``fit_prompts``).
     """
-    suffix, cu_s = _pack_ids(suffix_rows, device)
-    target, cu_t = _pack_ids(target_rows, device)
+    suffix, cu_s, n_s = _pack_ids(suffix_rows, device)
+    target, cu_t, n_t = _pack_ids(target_rows, device)
     return TextBatch(torch.tensor(list(prefix), dtype=torch.long, device=device), suffix, cu_s, target, cu_t,
-                     header_len)
+                     header_len, n_s, n_t)
 
 
 def tokenize_batch(tokenizer, prompts: Sequence[str], targets: Optional[Sequence] = None, device="cpu",
@@ -89,10 +96,10 @@ def tokenize_batch(tokenizer, prompts: Sequence[str], targets: Optional[Sequence
         text = [t for t in targets if isinstance(t, str)]
         enc = iter(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else iter(())
         target_rows = [next(enc) if isinstance(t, str) else list(t) for t in targets]
-    suffix, cu_s = _pack_ids(suffix_rows, device)
-    target, cu_t = _pack_ids(target_rows, device)
+    suffix, cu_s, n_s = _pack_ids(suffix_rows, device)
+    target, cu_t, n_t = _pack_ids(target_rows, device)
     header_len = len(tokenizer.encode(ASSISTANT_SUFFIX, add_special_tokens=False))
-    return TextBatch(prefix, suffix, cu_s, target, cu_t, header_len)
+    return TextBatch(prefix, suffix, cu_s, target, cu_t, header_len, n_s, n_t)
 
 
 def fit_prompts(text: TextBatch, audio_lengths: Sequence[int], max_length: int) -> TextBatch:
@@ -100,11 +107,13 @@ def fit_prompts(text: TextBatch, audio_lengths: Sequence[int], max_length: int) 
     prefix + 2 separators + audio tokens + prompt + assistant header. The header is kept whole and a
     warning is logged per cut prompt. Raises ValueError when even an empty prompt does not fit."""
     p = text.prefix.numel()
-    lengths = cu_seqlens_to_seqlens(text.cu_suffix).tolist()
+    lengths = text.suffix_lengths
+    if lengths is None:
+        lengths = cu_seqlens_to_seqlens(text.cu_suffix).tolist()
     rooms = [max_length - p - 2 - int(n_a) for n_a in audio_lengths]
     if all(n_s <= room for n_s, room in zip(lengths, rooms, strict=True)):
         return text
-    bounds = text.cu_suffix.tolist()
+    bounds = [0, *itertools.accumulate(lengths)]
     rows = []
     for i, (n_s, room) in enumerate(zip(lengths, rooms, strict=True)):
         row = text.suffix[bounds[i]:bounds[i + 1]]
@@ -115,23 +124,32 @@ def fit_prompts(text: TextBatch, audio_lengths: Sequence[int], max_length: int) 
             logger.warning("example %d: prompt cut by %d tokens to fit max_length=%d", i, n_s - room, max_length)
             row = torch.cat([row[: room - text.header_len], row[n_s - text.header_len:]])
         rows.append(row)
-    cu = seqlens_to_cu_seqlens([r.numel() for r in rows], device=text.suffix.device)
-    return dataclasses.replace(text, suffix=torch.cat(rows), cu_suffix=cu)
+    kept = [r.numel() for r in rows]
+    return dataclasses.replace(text, suffix=torch.cat(rows), cu_suffix=host_cu_seqlens(kept, text.suffix.device),
+                               suffix_lengths=kept)
 
 
 def splice_packed(embed: nn.Module, text: TextBatch, audio: Tensor, cu_audio: Tensor, sep_start: Tensor,
-                  sep_end: Tensor, max_length: int) -> dict:
+                  sep_end: Tensor, max_length: int, audio_lengths: Optional[Sequence[int]] = None) -> dict:
     """One packed row for the batch.
 
     Args: embed: the LLM's input embedding; audio [A, H] packed audio tokens with int32 cu_audio [B+1];
-    sep_start, sep_end [H] learned separators.
+    sep_start, sep_end [H] learned separators; audio_lengths: the B audio token counts as host ints when
+    known (with the text's host lengths, nothing is then read back from the device).
     Returns dict: inputs_embeds [total, H] (embedding dtype), labels int64 [total], position_ids int64
-    [total], cu_seqlens int32 [B+1], max_seqlen int.
+    [total], cu_seqlens int32 [B+1], max_seqlen int, n_targets int (labelled tokens after truncation).
     """
     dev = audio.device
-    text = fit_prompts(text, cu_seqlens_to_seqlens(cu_audio).tolist(), max_length)
+    if audio_lengths is None:
+        audio_lengths = cu_seqlens_to_seqlens(cu_audio).tolist()
+    text = fit_prompts(text, audio_lengths, max_length)
     b = cu_audio.numel() - 1
     p = text.prefix.numel()
+    out_lengths = n_targets = None
+    if text.suffix_lengths is not None and text.target_lengths is not None:
+        before = [p + 2 + n_a + n_s for n_a, n_s in zip(audio_lengths, text.suffix_lengths, strict=True)]
+        out_lengths = [min(n + n_t, max_length) for n, n_t in zip(before, text.target_lengths, strict=True)]
+        n_targets = sum(max(0, n_out - n) for n_out, n in zip(out_lengths, before, strict=True))
     n_s = text.suffix.numel()
     ids = torch.cat([text.prefix, text.suffix, text.target])
     emb = embed(ids)
@@ -144,13 +162,17 @@ def splice_packed(embed: nn.Module, text: TextBatch, audio: Tensor, cu_audio: Te
                             ones * (n_text + n_audio + 1), p + text.cu_suffix[:-1].long(),
                             p + n_s + text.cu_target[:-1].long()], 1)
     step = torch.tensor([1, 0, 1, 0, 1, 1], device=dev)
-    idx, seg, off, cu = segment_gather_index(seg_len, seg_base, step, keep=torch.full((b,), max_length, device=dev))
+    idx, seg, off, cu = segment_gather_index(seg_len, seg_base, step, keep=torch.full((b,), max_length, device=dev),
+                                             out_lengths=out_lengths)
     is_target = seg == 5
     labels = torch.where(is_target, ids[torch.where(is_target, idx, 0)], torch.full_like(idx, IGNORE))
     ex_start = torch.repeat_interleave(cu[:-1].long(), cu_seqlens_to_seqlens(cu), output_size=idx.numel())
     positions = torch.arange(idx.numel(), device=dev) - ex_start
+    if out_lengths is None:
+        out_lengths = cu_seqlens_to_seqlens(cu).tolist()
+        n_targets = int(is_target.sum())
     return dict(inputs_embeds=table[idx], labels=labels, position_ids=positions, cu_seqlens=cu,
-                max_seqlen=int(cu_seqlens_to_seqlens(cu).max()) if b else 0)
+                max_seqlen=max(out_lengths, default=0), n_targets=n_targets)
 
 
 def splice_padded(embed: nn.Module, text: TextBatch, audio: List[Tensor], sep_start: Tensor, sep_end: Tensor,

@@ -172,7 +172,8 @@ class Collator:
         text = text_batch_from_ids(self.prefix, [self.examples[i].suffix for i in kept],
                                    [self.examples[i].target for i in kept], self.header_len)
         if feats[0] is not None:
-            batch = ModelBatch(text, **{feats[0].kind: feats[0].collate(feats)})
+            lengths = {n: [f.tensors[n].shape[-2] for f in feats] for n in feats[0].tensors}  # host sizes: no sync
+            batch = ModelBatch(text, **{feats[0].kind: feats[0].collate(feats)}, lengths=lengths)
             seconds = sum(self.examples[i].duration for i in kept)
         else:
             batch = ModelBatch(text, waves=waves, rates=[self.rate] * len(waves))

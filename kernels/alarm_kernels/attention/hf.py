@@ -24,10 +24,16 @@ Attention dropout: the ``dropout`` transformers passes (the model's ``attention_
 seed from torch's default generator. Sliding windows, soft-capping, attention sinks and
 ``output_attentions`` are not supported (ValueError). The kernel backend follows ``ALARM_KERNELS_BACKEND``
 (default "auto"), or the one given to :func:`register_hf_attention`.
+
+Host reads: every layer of one forward passes the same mask, position ids or offsets, so what the glue derives
+from them (offsets, longest sequences, the packed-row check) is computed once per forward and reused by the
+other layers, which then read nothing back from the device. Pass ``max_length_q`` / ``max_length_k`` as ints to
+avoid even the one read of the offsets.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import weakref
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -40,6 +46,24 @@ __all__ = ["ATTENTION_NAME", "register_hf_attention", "alarm_packed_attention_fo
 ATTENTION_NAME = "alarm_packed"
 _settings = {"backend": "auto", "deterministic": False}
 
+# id(tensor) -> (weakref, (tensor version, key), value): what one forward's layers derive from the same tensor
+_derived: Dict[int, tuple] = {}
+
+
+def _once_per_tensor(tensor: Tensor, key: tuple, compute: Callable[[], object]):
+    """``compute()``, reused while ``tensor`` (unchanged) and ``key`` are the same: the layers of one forward
+    derive their boundaries once instead of reading the device in every layer."""
+    if torch.compiler.is_compiling():
+        return compute()
+    hit = _derived.get(id(tensor))
+    if hit is not None and hit[0]() is tensor and hit[1] == (tensor._version, key):
+        return hit[2]
+    value = compute()
+    if len(_derived) > 64:
+        _derived.clear()
+    _derived[id(tensor)] = (weakref.ref(tensor), (tensor._version, key), value)
+    return value
+
 
 def _as_cu_seqlens(value, name: str, device: torch.device) -> Tensor:
     if not isinstance(value, Tensor):
@@ -51,7 +75,7 @@ def _as_cu_seqlens(value, name: str, device: torch.device) -> Tensor:
 
 def _as_max_length(value, cu: Tensor) -> int:
     if value is None:
-        return int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+        return _once_per_tensor(cu, ("longest",), lambda: int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0)
     return int(value)
 
 
@@ -67,15 +91,22 @@ def _packed(query, key, value, cu_q, cu_k, max_q, max_k, causal, scaling, dropou
     return out.view(b, s, hq, d)
 
 
-def _unpadded(query, key, value, attention_mask: Tensor, causal, scaling, dropout: dict) -> Tensor:
-    b, hq, s, d = query.shape
-    kv_valid = attention_mask.to(device=query.device, dtype=torch.bool)
+def _boundaries(attention_mask: Tensor, s: int, device) -> tuple:
+    """Padding mask [B, S_kv] -> (kv_valid, q_valid (the last ``s`` key positions), cu_q, cu_k, max_q, max_k)."""
+    kv_valid = attention_mask.to(device=device, dtype=torch.bool)
     q_valid = kv_valid[:, -s:]
     lens_q, lens_k = q_valid.sum(1), kv_valid.sum(1)
-    cu_q, cu_k = seqlens_to_cu_seqlens(lens_q), seqlens_to_cu_seqlens(lens_k)
+    max_q, max_k = torch.stack([lens_q.max(), lens_k.max()]).tolist() if lens_q.numel() else (0, 0)
+    return kv_valid, q_valid, seqlens_to_cu_seqlens(lens_q), seqlens_to_cu_seqlens(lens_k), max_q, max_k
+
+
+def _unpadded(query, key, value, attention_mask: Tensor, causal, scaling, dropout: dict) -> Tensor:
+    b, hq, s, d = query.shape
+    kv_valid, q_valid, cu_q, cu_k, max_q, max_k = _once_per_tensor(
+        attention_mask, (s, query.device), lambda: _boundaries(attention_mask, s, query.device))
     out_flat = packed_attention(
         query.transpose(1, 2)[q_valid], key.transpose(1, 2)[kv_valid], value.transpose(1, 2)[kv_valid],
-        cu_q, cu_k, int(lens_q.max()), int(lens_k.max()), causal=causal, softmax_scale=scaling,
+        cu_q, cu_k, max_q, max_k, causal=causal, softmax_scale=scaling,
         backend=_settings["backend"], deterministic=_settings["deterministic"], **dropout,
     )
     out = query.new_zeros(b, s, hq, d)
@@ -86,13 +117,32 @@ def _unpadded(query, key, value, attention_mask: Tensor, causal, scaling, dropou
 def _check_not_packed(position_ids: Optional[Tensor]) -> None:
     if position_ids is None or position_ids.dim() != 2 or position_ids.shape[1] < 2:
         return
-    if not bool((position_ids[:, 1:] - position_ids[:, :-1] == 1).all()):
+    if not _once_per_tensor(position_ids, ("consecutive",),
+                            lambda: bool((position_ids[:, 1:] - position_ids[:, :-1] == 1).all())):
         raise ValueError(
             "alarm_packed attention: position_ids restart inside a row (a packed batch?) but no sequence "
             "boundaries were given. Pass cu_seq_lens_q / cu_seq_lens_k (and max_length_q / max_length_k) to the "
             "model's forward, e.g. from DataCollatorWithFlattening(return_flash_attn_kwargs=True); boundaries are "
             "never inferred from position ids."
         )
+
+
+_row_offset_cache: Dict[tuple, Tuple[Tensor, Tensor]] = {}
+
+
+def _row_offsets(b: int, s: int, s_kv: int, device) -> Tuple[Tensor, Tensor]:
+    """Offsets of B rows of S queries and S_kv keys: the same tensors for every layer (the op validates a new
+    offsets tensor once)."""
+    key = (b, s, s_kv, str(device))
+    if key in _row_offset_cache and not torch.compiler.is_compiling():
+        return _row_offset_cache[key]
+    rows = torch.arange(b + 1, device=device, dtype=torch.int32)
+    offsets = (rows * s, rows * s_kv)
+    if not torch.compiler.is_compiling():
+        if len(_row_offset_cache) > 64:
+            _row_offset_cache.clear()
+        _row_offset_cache[key] = offsets
+    return offsets
 
 
 def alarm_packed_attention_forward(
@@ -155,8 +205,8 @@ def alarm_packed_attention_forward(
     else:
         _check_not_packed(kwargs.get("position_ids"))
         b, s, s_kv = query.shape[0], query.shape[2], key.shape[2]
-        rows = torch.arange(b + 1, device=query.device, dtype=torch.int32)
-        out = _packed(query, key, value, rows * s, rows * s_kv, s, s_kv, causal, scaling, dropout_args)
+        cu_q, cu_k = _row_offsets(b, s, s_kv, query.device)
+        out = _packed(query, key, value, cu_q, cu_k, s, s_kv, causal, scaling, dropout_args)
     return out, None
 
 
