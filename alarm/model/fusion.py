@@ -142,7 +142,8 @@ class ConcatFusion(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v/o projections (``d_kv`` may differ from ``d``); ``dropout_p``
-    on the attention probabilities in training (padded path)."""
+    on the attention probabilities in training (both paths; the packed path's mask is ``packed_attention``'s
+    seeded Philox mask, the padded path's SDPA's own, so the two paths agree only without dropout)."""
 
     def __init__(self, d: int, heads: int, d_kv: int | None = None, dropout_p: float = 0.0):
         super().__init__()
@@ -167,7 +168,10 @@ class Attention(nn.Module):
         """x [tq, d], mem [tk, d_kv] packed -> [tq, d]."""
         h, dh = self.heads, self.head_dim
         q, k, v = self.q(x).view(-1, h, dh), self.k(mem).view(-1, h, dh), self.v(mem).view(-1, h, dh)
-        return self.o(ak.packed_attention(q, k, v, cu_q, cu_k, max_q, max_k).reshape(x.shape[0], -1))
+        p = self.dropout_p if self.training else 0.0
+        # the offsets come from host-side lengths (checked once per batch): no per-call device reads
+        y = ak.packed_attention(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=p, validate=False)
+        return self.o(y.reshape(x.shape[0], -1))
 
     def padded(self, x: Tensor, mem: Tensor, key_valid: Tensor | None) -> Tensor:
         """x [B, Tq, d], mem [B, Tk, d_kv], key_valid bool [B, Tk] or None -> [B, Tq, d]."""

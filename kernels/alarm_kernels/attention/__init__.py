@@ -90,10 +90,12 @@ _packed_attention_op.register_autograd(_backward, setup_context=_setup_context)
 _validated: Dict[int, tuple] = {}
 
 
-def _check_offsets(cu_seqlens: Tensor, total: int, name: str, device: torch.device) -> Optional[int]:
-    """Validate ``cu_seqlens`` (ValueError naming ``name``); return its longest sequence (None while compiling)."""
+def _check_offsets(cu_seqlens: Tensor, total: int, name: str, device: torch.device, values: bool = True
+                   ) -> Optional[int]:
+    """Validate ``cu_seqlens`` (ValueError naming ``name``); return its longest sequence (None while compiling,
+    or when ``values`` is False: then only shape, dtype and device are checked, nothing is read back)."""
     validate_cu_seqlens(cu_seqlens, total, name=name, device=device, check_values=False)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not values:
         return None
     hit = _validated.get(id(cu_seqlens))
     if hit is not None and hit[0]() is cu_seqlens and hit[1:3] == (cu_seqlens._version, total):
@@ -152,6 +154,7 @@ def packed_attention(
     dropout_p: float = 0.0,
     dropout_seed: Optional[int] = None,
     dropout_offset: int = 0,
+    validate: bool = True,
 ) -> Tensor:
     """Attention over packed sequences (flash-attn's varlen API; differentiable in q, k, v).
 
@@ -173,6 +176,10 @@ def packed_attention(
         dropout_seed: int in ``[0, 2^62)``; None draws one from torch's default generator (``torch.manual_seed``
             makes it reproducible). dropout_offset: int in ``[0, 2^31)``, e.g. the layer index, so that one
             seed gives every call its own mask.
+        validate: check the offsets' values against the totals and ``max_seqlen_*`` (reads them back from
+            the device once per offsets tensor). ``False`` keeps the shape/dtype/device checks only, for
+            callers that built the offsets from host-side lengths (no device-to-host transfer); wrong
+            offsets are then undefined behaviour.
     Returns:
         ``out [total_q, Hq, D]`` in q's dtype. A query row that sees no key (empty key sequence, or
         causal with ``i + Lk - Lq < 0``) outputs 0 and receives zero gradients.
@@ -189,8 +196,8 @@ def packed_attention(
         raise ValueError(f"q head dim must lie in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}")
     if hkv == 0 or hq == 0 or hq % hkv != 0:
         raise ValueError(f"q heads ({hq}) must be a positive multiple of k/v heads ({hkv})")
-    longest_q = _check_offsets(cu_seqlens_q, q.shape[0], "cu_seqlens_q", q.device)
-    longest_k = _check_offsets(cu_seqlens_k, k.shape[0], "cu_seqlens_k", q.device)
+    longest_q = _check_offsets(cu_seqlens_q, q.shape[0], "cu_seqlens_q", q.device, validate)
+    longest_k = _check_offsets(cu_seqlens_k, k.shape[0], "cu_seqlens_k", q.device, validate)
     if cu_seqlens_q.shape != cu_seqlens_k.shape:
         raise ValueError(
             f"cu_seqlens_q {tuple(cu_seqlens_q.shape)} and cu_seqlens_k {tuple(cu_seqlens_k.shape)} must describe "
