@@ -113,7 +113,8 @@ def run_demo(out_dir: str = "out/demo", text_steps: int = 800, train_clips: int 
 
     manifest, lm_dir, cache_dir = out / "train" / "manifest.jsonl", out / "text-lm", out / "cache"
     cfg = load_config(str(RECIPE), [f"data.train_manifest={manifest}", f"run.out_dir={out / 'run'}",
-                                    f"model.llm_path={lm_dir}", f"data.cache={cache_dir}", *overrides])
+                                    f"model.llm_path={lm_dir}", f"data.cache={cache_dir}",
+                                    f"data.eval_manifest={out / 'eval' / 'manifest.jsonl'}", *overrides])
     model_cfg = build_model_config(cfg.model)
 
     print("== 1. a tiny reasoning LM learns the sound world from text ==", flush=True)
@@ -137,7 +138,8 @@ def run_demo(out_dir: str = "out/demo", text_steps: int = 800, train_clips: int 
     before = audio_accuracy(model, eval_items)
     print(f"accuracy from audio before training: {before['all']:.1%} ({time.perf_counter() - t0:.0f} s so far)",
           flush=True)
-    examples, _ = load_examples(str(manifest), tokenizer, cfg.data.max_seconds)
+    examples = [e for m in (manifest, cfg.data.eval_manifest)  # held-out clips too: eval loss per question type
+                for e in load_examples(str(m), tokenizer, cfg.data.max_seconds)[0]]
     build_cache(model, examples, str(cache_dir), level="encoder", progress=False)
     summary = train(cfg, resume="never", model=model)
     after = audio_accuracy(model, eval_items)

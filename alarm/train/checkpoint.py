@@ -1,13 +1,13 @@
 """Checkpoints that survive a kill at any moment, and exact resumption.
 
-A checkpoint is a folder ``<run>/checkpoints/step-XXXXXXXX`` holding:
+A checkpoint is a folder ``<run>/checkpoints/step-NNNNNNNN`` holding:
 - ``trainable.safetensors``: the trainable parameters (fp32, by name);
 - ``optimizer.safetensors`` + ``optimizer.json``: AdamW's moment tensors and its param groups/steps;
 - ``rng-<rank>.safetensors``: every rank's torch RNG states (CPU and CUDA);
 - ``state.json``: step, epoch, sampler cursor, token/target/skip counters, world size, accumulation, the
   config (and its fingerprint), the data fingerprint;
 - ``COMPLETE``: written last.
-It is written into ``step-XXXXXXXX.tmp`` and renamed once complete; only then are older checkpoints beyond
+It is written into ``step-NNNNNNNN.tmp`` and renamed once complete; only then are older checkpoints beyond
 the newest ``keep_last`` deleted. ``latest_checkpoint`` ignores anything without ``COMPLETE``, so a kill
 during a write leaves the previous checkpoint as the newest loadable one. The learning-rate schedule is
 a pure function of the step, so it has no state of its own.
