@@ -66,8 +66,9 @@ class AudioSide(nn.Module):
                                                        cfg.llm_hidden, cfg.token_rate_ratio, cfg.token_rate_mode)
                                        for e in cfg.encoders})
         self.fusion = build_fusion(cfg)
-        self.audio_start = nn.Parameter(torch.randn(cfg.llm_hidden))  # published: standard normal
-        self.audio_end = nn.Parameter(torch.randn(cfg.llm_hidden))
+        # published: standard normal (``separator_std`` 1); a small LM with small embeddings may want less
+        self.audio_start = nn.Parameter(torch.randn(cfg.llm_hidden) * cfg.separator_std)
+        self.audio_end = nn.Parameter(torch.randn(cfg.llm_hidden) * cfg.separator_std)
         if cfg.stage == "B":  # identity adapters (P's layer mixes) stay trainable, as published
             for ad in self.adapters.values():
                 if ad.kind != "identity":

@@ -114,6 +114,8 @@ class ALARMConfig:
     tokens: 1 keeps the adapters' 25 Hz, 2 gives 12.5 Hz, 4 gives 6.25 Hz. It adds no parameters, so a
     trained model can be reloaded at another rate (``ALARMModel.from_pretrained(folder, token_rate_ratio=2)``);
     CA queries and P's base-stream tokens follow the pooled stream (identity streams are not pooled).
+    separator_std: the two learned separators start as N(0, separator_std^2) vectors (published: 1, for
+    Qwen3-4B; a small LM whose token embeddings are much shorter needs less, e.g. the demo's 0.02).
     """
     encoders: List[EncoderSpec]
     fusion: str = "sum"
@@ -143,6 +145,7 @@ class ALARMConfig:
     lm_head_chunk: int = 1024
     path: str = "fast"
     init_seed: int = 0
+    separator_std: float = 1.0
     tiny_tokenizer_vocab: Optional[int] = None
     token_rate_ratio: int = 1
     token_rate_mode: str = "mean"
@@ -165,6 +168,8 @@ class ALARMConfig:
         if identity and (self.fusion != "P" or self.encoders[0].adapter == "identity"):
             raise ValueError(f"identity adapters ({identity}) only feed P's perceivers (not the base stream, not "
                              f"fusion {self.fusion!r}): the LLM needs {self.llm_hidden}-d tokens")
+        if not self.separator_std > 0:
+            raise ValueError(f"separator_std must be > 0, got {self.separator_std!r}")
         if self.llm_path is None and self.llm_config is None:
             raise ValueError("give llm_path (pretrained) or llm_config (random init)")
         _check_ratio("token_rate_ratio", self.token_rate_ratio)
