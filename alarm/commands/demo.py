@@ -20,8 +20,8 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="out/demo", help="folder for everything the demo writes (default out/demo; "
                    "the demo replaces its own run there)")
-    p.add_argument("--text-steps", type=int, default=800, help="training steps of the text LM (default 800)")
-    p.add_argument("--clips", type=int, default=2000, help="training clips, 3 questions each (default 2000)")
+    p.add_argument("--text-steps", type=int, default=400, help="training steps of the text LM (default 400)")
+    p.add_argument("--clips", type=int, default=3000, help="training clips, 3 questions each (default 3000)")
     p.add_argument("--eval-clips", type=int, default=100, help="held-out clips, 3 questions each (default 100)")
     p.add_argument("--steps", type=int, default=None, help="audio-side optimizer steps (default: the recipe's)")
     p.add_argument("--token-rate", type=int, default=1, help="audio token rate divisor (1 = 25 Hz; 2 = 12.5 Hz)")

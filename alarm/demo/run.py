@@ -103,10 +103,12 @@ def audio_accuracy(model: ALARMModel, items: List[Tuple[str, Question]], batch_c
     return {"all": float(np.mean(every)), **{k: float(np.mean(v)) for k, v in sorted(hits.items())}}
 
 
-def run_demo(out_dir: str = "out/demo", text_steps: int = 800, train_clips: int = 2000, eval_clips: int = 100,
+def run_demo(out_dir: str = "out/demo", text_steps: int = 400, train_clips: int = 3000, eval_clips: int = 100,
              overrides: Tuple[str, ...] = (), seed: int = 0) -> dict:
     """The whole demo; returns (and writes to ``<out_dir>/demo.json``) its summary."""
     t0 = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # the demo's own lines only (no weight-loading bars)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

@@ -58,7 +58,8 @@ class ALARMOutput:
 
 class AudioSide(nn.Module):
     """The saved, non-LLM, non-encoder part: adapters, fusion and the two learned separators [H] (N(0, 1) at
-    init, as published)."""
+    init, as published). ``cfg.weight_init`` "published": Linear/Conv1d weights N(0, 0.02) with zero bias
+    (set by each module); "torch": PyTorch's own layer initialisation instead (an opt-in for small models)."""
 
     def __init__(self, cfg: ALARMConfig):
         super().__init__()
@@ -66,6 +67,10 @@ class AudioSide(nn.Module):
                                                        cfg.llm_hidden, cfg.token_rate_ratio, cfg.token_rate_mode)
                                        for e in cfg.encoders})
         self.fusion = build_fusion(cfg)
+        if cfg.weight_init == "torch":
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Conv1d)):
+                    m.reset_parameters()
         # published: standard normal (``separator_std`` 1); a small LM with small embeddings may want less
         self.audio_start = nn.Parameter(torch.randn(cfg.llm_hidden) * cfg.separator_std)
         self.audio_end = nn.Parameter(torch.randn(cfg.llm_hidden) * cfg.separator_std)
