@@ -241,6 +241,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     # ---- the loop ------------------------------------------------------------------------------
     model.train()
     step = state["step"]
+    last_eval = None
     while step < total_steps:
         it = iter(_loader(dataset, sampler, collate_fn, cfg, world))
         while sampler.cursor < sampler.steps_per_epoch() and step < total_steps:
@@ -298,7 +299,8 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
                         peak_mem_gb=_peak_memory_gb(world), step_s=seconds, skipped_steps=state["skipped_steps"],
                         skipped_clips=state["skipped_clips"])
             if eval_ex and cfg.run.eval_every and step % cfg.run.eval_every == 0:
-                log.log("eval", step, **evaluate(model, eval_ex, prefix, header_len, rate, cfg, world, cache))
+                last_eval = evaluate(model, eval_ex, prefix, header_len, rate, cfg, world, cache)
+                log.log("eval", step, **last_eval)
             if world.is_main and cfg.run.sample_every and step % cfg.run.sample_every == 0:
                 for row in _samples(model, eval_ex or train_ex, cfg.run.samples):
                     log.log("sample", step, **row)
@@ -317,8 +319,10 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
                "audio_hours": state["audio_seconds"] / 3600, "skipped_steps": state["skipped_steps"],
                "skipped_clips": len(all_skips), "checkpoint": str(final_ckpt), "model": str(run_dir / "final")}
     if eval_ex and cfg.run.eval_every:
-        summary["eval"] = evaluate(model, eval_ex, prefix, header_len, rate, cfg, world, cache)
-        log.log("eval", step, **summary["eval"])
+        if last_eval is None or step % cfg.run.eval_every:  # the last step's eval, unless it just ran
+            last_eval = evaluate(model, eval_ex, prefix, header_len, rate, cfg, world, cache)
+            log.log("eval", step, **last_eval)
+        summary["eval"] = last_eval
     if world.is_main:
         model.save_pretrained(str(run_dir / "final"))
         summary["skips_by_reason"] = write_skip_report(str(run_dir / "skipped.json"), all_skips)
