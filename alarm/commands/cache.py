@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -30,6 +31,8 @@ def run(args) -> int:
     from alarm.train.data import load_examples
 
     cfg = load_config(args.config, args.overrides)
+    if not Path(cfg.data.train_manifest).is_file():  # a cheap check before any model is built
+        raise ValueError(f"data.train_manifest: {cfg.data.train_manifest} not found")
     model = build_model(cfg)
     if args.level == "adapter" and model.config.stage != "B":
         raise ValueError("--level adapter needs a stage-B recipe (frozen adapters); use --level encoder")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -22,6 +23,10 @@ def run(args) -> int:
     from alarm.train import load_config, train
 
     cfg = load_config(args.config, args.overrides)
+    for key in ("train_manifest", "eval_manifest", "cache"):  # cheap checks before any model is built
+        value = getattr(cfg.data, key)
+        if value and not (Path(value).is_dir() if key == "cache" else Path(value).is_file()):
+            raise ValueError(f"data.{key}: {value} not found")
     summary = train(cfg, resume=args.resume)
     print(f"done: {summary['steps']} steps, model saved to {summary['model']}")
     return 0

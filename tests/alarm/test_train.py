@@ -222,6 +222,11 @@ def test_recipe_errors_name_the_file_and_key(tmp_path):
         load_config(None, ["data.train_manifest=x.jsonl", "optim.lr=-1"])
     r = _alarm("train", "--config", str(tmp_path / "nope.yaml"))
     assert r.returncode == 2 and "recipe not found" in r.stderr and "Traceback" not in r.stderr
+    demo = str(REPO / "alarm" / "train" / "recipes" / "demo.yaml")
+    for command in (["train"], ["cache", "--out", str(tmp_path / "c")]):
+        r = _alarm(*command, "--config", demo, f"data.train_manifest={tmp_path / 'none.jsonl'}")
+        assert r.returncode == 2 and "data.train_manifest" in r.stderr and "not found" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and not (tmp_path / "c").exists()
 
 
 def test_shipped_recipes_load():
