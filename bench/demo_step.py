@@ -25,6 +25,7 @@ from alarm.demo.run import RECIPE  # noqa: E402
 from alarm.demo.synth import RATE, make_clip, questions_for  # noqa: E402
 from alarm.fileio import atomic_write_json  # noqa: E402
 from alarm.model import ALARMModel, ModelBatch  # noqa: E402
+from alarm.model.config import LEGACY_PATHS  # noqa: E402
 from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX, text_batch_from_ids  # noqa: E402
 from alarm.train.config import build_model_config, load_config  # noqa: E402
 
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = clock()
-            out = model.forward_batch(batch, path=path.split("_")[0], reduction="sum")
+            out = model.forward_batch(batch, LEGACY_PATHS[path.split("_")[0]], reduction="sum")
             out.loss.backward()
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alarm.audio import validate_audio_batch  # noqa: E402
 from alarm.model import ALARMConfig, ALARMModel, EncoderSpec  # noqa: E402
-from alarm.model.config import QWEN3_4B_CONFIG  # noqa: E402
+from alarm.model.config import LEGACY_PATHS, QWEN3_4B_CONFIG  # noqa: E402
 from alarm.model.tiny import synthetic_audio  # noqa: E402
 
 TARGET = ("Okay, let me think about what the user is asking. I hear a calm voice talking about the weather, "
@@ -92,7 +92,7 @@ def run_path(model, batch, path: str, steps: int, device: torch.device, autocast
     for i in range(steps + 1):  # step 0 is warm-up
         t0 = time.perf_counter()
         with autocast():
-            out = model(*batch, path=path)
+            out = model(*batch, layout=LEGACY_PATHS[path])
         out.loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -34,7 +34,7 @@ KERNELS_DIR = os.path.dirname(os.path.abspath(__import__("alarm_kernels").__file
 def one_step(model, batch) -> None:
     """Forward + backward of one fast-path step (gradients dropped afterwards); ``batch``: the arguments of
     ``model(...)`` (a tuple) or a ``ModelBatch``."""
-    out = model(*batch, path="fast") if isinstance(batch, tuple) else model.forward_batch(batch, path="fast")
+    out = model(*batch, layout="packed") if isinstance(batch, tuple) else model.forward_batch(batch, layout="packed")
     out.loss.backward()
     for p in model.trainable_parameters().values():
         p.grad = None

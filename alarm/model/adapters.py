@@ -1,12 +1,12 @@
 """Per-encoder adapters: softmax layer mix -> conv downsampler (x2) or MLP -> ``llm_proj``, or the layer mix
 alone (``identity``: native width and rate, what ALARM-P's perceivers read).
 
-Two execution paths with the same parameters:
-- ``forward_packed(layers, cu_seqlens)``: packed ``[total, D]`` in, packed ``[total_out, H]`` out, using
+One ``forward`` on either layout (``alarm.model.layout``), with the same parameters:
+- ``Packed`` (k layers ``[total, D]``) in, ``Packed`` (``[total_out, H]``) out, using
   ``alarm_kernels.weighted_layer_sum`` and ``alarm_kernels.varlen_conv1d`` (GELU fused).
-- ``forward_padded(layers, lengths)``: padded ``[B, T, D]`` in, ``[B, T_out, H]`` out (zeros past each
-  length), ``nn.Conv1d`` on the padded batch as the published code does; padded frames are zeroed
-  between the convolutions and BatchNorm statistics (train mode) use valid frames only, so both paths
+- ``Padded`` (k layers ``[B, T, D]``) in, ``Padded`` (``[B, T_out, H]``, zeros past each length) out,
+  ``nn.Conv1d`` on the padded batch as the published code does; padded frames are zeroed
+  between the convolutions and BatchNorm statistics (train mode) use valid frames only, so both layouts
   compute the same function.
 Output lengths: identity and MLP ``len``; conv ``len // 2`` (floor, as published: with an odd length the
 last input frame only feeds the dropped half-frame). The conv adapter sees zeros past each sequence's end, which
@@ -15,8 +15,8 @@ is what the published code computes for the longest clip of its batch (so for ev
 Token compression: the "pool" kind pools the layer mix over windows of ``spec.pool_ratio`` frames (mean or
 max) before its MLP, giving ``ceil(len / pool_ratio)`` tokens. Any kind may pool its output once more by the
 model's ``token_rate_ratio`` (mean or max over that many tokens, after ``llm_proj``): ``ceil(n / ratio)``
-tokens. Both poolings run ``alarm_kernels.varlen_pool`` on the packed path and ``pool_padded`` (the same
-function on a padded batch) on the padded path; a ratio of 1 skips the stage.
+tokens. Both poolings run ``alarm_kernels.varlen_pool`` on a packed batch and ``pool_padded`` (the same
+function on a padded batch) on a padded one; a ratio of 1 skips the stage.
 
 ``fold_batchnorm()`` (frozen inference): BatchNorm is applied after GELU, so each one folds into the next
 linear op: norm2 into ``llm_proj`` (exact) and norm1 into ``conv2``, whose zero padding at the sequence
@@ -25,7 +25,7 @@ last output frame reads the right zero pad), on its last output frame (exact too
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ import alarm_kernels as ak
 from alarm_kernels.varlen import cu_seqlens_to_seqlens
 
 from .config import EncoderSpec
+from .layout import Packed, Padded
 
 __all__ = ["Adapter", "valid_mask", "pool_padded", "normal_init_"]
 
@@ -136,9 +137,23 @@ class Adapter(nn.Module):
         n = lengths // 2 if kind == "conv" else lengths
         return (n + token_rate_ratio - 1) // token_rate_ratio
 
-    # ---- packed (fast) path --------------------------------------------------------------------
-    def forward_packed(self, layers: List[Tensor], cu_seqlens: Tensor, lengths: Optional[Sequence[int]] = None
-                       ) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Union[Packed, Padded]) -> Union[Packed, Padded]:
+        """Selected encoder layers -> audio tokens at the token rate, in the input's layout.
+
+        ``Packed``: data k x [total, D], int32 ``cu_seqlens`` [B+1], optional host lengths -> data
+        [total_out, H], int32 offsets [B+1], host output lengths (None when none came in).
+        ``Padded``: data k x [B, T, D] (zeros past ``lengths``) -> data [B, T_out, H] (zeros past the output
+        lengths), output lengths [B]. Identity adapters return the layer mix (width D) itself."""
+        if isinstance(x, Packed):
+            y, cu = self._packed(x.data, x.cu_seqlens, x.lengths)
+            return Packed(y, cu, None if x.lengths is None else self.host_out_lengths(x.lengths))
+        if isinstance(x, Padded):
+            return Padded(*self._padded(x.data, x.lengths))
+        raise TypeError(f"Adapter.forward takes Packed or Padded, got {type(x).__name__}")
+
+    # ---- packed layout -------------------------------------------------------------------------
+    def _packed(self, layers: List[Tensor], cu_seqlens: Tensor, lengths: Optional[Sequence[int]] = None
+                ) -> Tuple[Tensor, Tensor]:
         """k x [total, D] selected hidden states -> ([total_out, H], int32 cu_out [B+1]) at the token rate
         (identity: the layer mix [total, D] itself).
 
@@ -157,7 +172,7 @@ class Adapter(nn.Module):
 
     def _adapt_packed(self, layers: List[Tensor], cu_seqlens: Tensor, lengths: Optional[Sequence[int]] = None
                       ) -> Tuple[Tensor, Tensor]:
-        """``forward_packed`` before the token-rate pooling."""
+        """``_packed`` before the token-rate pooling."""
         x = ak.weighted_layer_sum(layers, self.layer_logits).to(self.layer_logits.dtype)
         if self.kind == "identity":
             return x, cu_seqlens
@@ -191,14 +206,14 @@ class Adapter(nn.Module):
             y, cu_y = ak.varlen_conv1d(h, cu_h, w2, b2, stride=2, padding=1, activation="gelu", **conv2_sizes)
         return self.llm_proj(self.norm2(y)), cu_y
 
-    # ---- padded (reference) path ---------------------------------------------------------------
+    # ---- padded layout -------------------------------------------------------------------------
     def _norm_valid(self, norm: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
         """Norm over channels of [B, T, C] using valid frames only; padded frames set to 0."""
         out = torch.zeros_like(x)
         out[mask] = norm(x[mask])
         return out
 
-    def forward_padded(self, layers: List[Tensor], lengths: Tensor) -> Tuple[Tensor, Tensor]:
+    def _padded(self, layers: List[Tensor], lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """k x [B, T, D] (zeros past ``lengths``) -> ([B, T_out, H] zeros past the out lengths, lengths_out),
         at the token rate (identity: the layer mix itself)."""
         y, n = self._adapt_padded(layers, lengths)
@@ -207,7 +222,7 @@ class Adapter(nn.Module):
         return pool_padded(y, n, self.token_rate_ratio, self.token_rate_mode)
 
     def _adapt_padded(self, layers: List[Tensor], lengths: Tensor) -> Tuple[Tensor, Tensor]:
-        """``forward_padded`` before the token-rate pooling."""
+        """``_padded`` before the token-rate pooling."""
         x = ak.weighted_layer_sum(layers, self.layer_logits, backend="reference").to(self.layer_logits.dtype)
         out_len = self.out_lengths(lengths, self.kind, self.pool_ratio)
         if self.kind == "identity":

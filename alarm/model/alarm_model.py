@@ -1,14 +1,15 @@
 """``ALARMModel``: frozen encoders -> adapters -> fusion -> splice -> frozen LLM, and ``ALARMEnsemble`` (E).
 
-Two execution paths share every parameter (``path="fast"`` or ``"reference"``; default ``config.path``):
-- fast: packed varlen tensors end to end (fused ``alarm_kernels`` ops, packed attention in the fusion and
+Two execution layouts share every parameter (``layout="packed"`` or ``"padded"``; default ``config.layout``;
+before this name the argument was ``path="fast"`` / ``"reference"``, still accepted with a DeprecationWarning):
+- packed: varlen tensors end to end (fused ``alarm_kernels`` ops, packed attention in the fusion and
   the LLM, LM head only at target positions);
-- reference: padded batches, ``nn.Conv1d``/SDPA with masks, per-example splicing and full fp32 logits:
+- padded: padded batches, ``nn.Conv1d``/SDPA with masks, per-example splicing and full fp32 logits:
   the published computation re-expressed, with the changes listed in the README ("Where this project
   differs from the published code").
 NVTX ranges: ``alarm/encoder``, ``alarm/adapter``, ``alarm/fusion``, ``alarm/splice``, ``alarm/llm``
-and, nested in it, ``alarm/loss`` (LM head + cross-entropy on the fast path; cross-entropy on the reference
-path, whose HF forward computes the full logits inside ``alarm/llm``).
+and, nested in it, ``alarm/loss`` (LM head + cross-entropy in the packed layout; cross-entropy in the padded
+layout, whose HF forward computes the full logits inside ``alarm/llm``).
 
 Trainable: stage "A" adapters + fusion + separators; stage "B" fusion + separators (adapters frozen).
 Frozen modules (encoders, LLM, stage-B adapters) have ``requires_grad=False`` and stay in eval mode
@@ -18,8 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
@@ -34,9 +36,10 @@ from ..audio import resample_batch, validate_audio_batch
 from ..generation import SAMPLING_DEFAULTS, generate_with_thinking_budget
 from ..prompts import SYSTEM_PROMPT, ensemble_header, ensemble_intro, system_turn
 from .adapters import Adapter
-from .config import ALARMConfig
+from .config import LAYOUTS, LEGACY_PATHS, ALARMConfig
 from .encoders import build_encoder
 from .fusion import build_fusion
+from .layout import Packed, Padded
 from .llm import FrozenLLM, load_tokenizer
 from .batch import ModelBatch, source_lengths
 from .splice import IGNORE, ASSISTANT_SUFFIX, USER_PREFIX, splice_packed, splice_padded, tokenize_batch
@@ -166,52 +169,66 @@ class ALARMModel(nn.Module):
         return out
 
     def audio_tokens_packed(self, feats: Dict[str, tuple], lengths: Optional[Dict[str, List[int]]] = None):
-        """Fast path: adapters + fusion on packed tensors -> ([A, H], int32 cu [B+1]).
+        """Packed layout: adapters + fusion on packed tensors -> ([A, H], int32 cu [B+1]).
 
         ``lengths``: host-side frames per clip of each encoder (``ModelBatch.lengths``); without them the offsets
-        are read once (``source_lengths``)."""
-        return self._packed_audio(feats, lengths)[:2]
+        are read once (``source_lengths``). Sizes then flow on the host, so no op reads the device back."""
+        return self._fused_tokens(self._adapter_outputs(feats, "packed", lengths))[:2]
 
-    def _packed_audio(self, feats: Dict[str, tuple], lengths: Optional[Dict[str, List[int]]] = None):
-        """``audio_tokens_packed`` plus the host-side audio tokens per clip: ([A, H], int32 cu [B+1], B ints).
-        Sizes flow on the host from the encoders' frame counts, so no op reads anything back from the device."""
-        lengths = source_lengths(feats, lengths)
-        streams, cus, stream_lengths = [], [], []
+    def audio_tokens_padded(self, feats: Dict[str, tuple]) -> List[Tensor]:
+        """Padded layout: adapters + fusion on padded batches -> B tensors [A_i, H]."""
+        return self._fused_tokens(self._adapter_outputs(feats, "padded"))
+
+    def _adapter_outputs(self, feats: Dict[str, tuple], layout: str,
+                         lengths: Optional[Dict[str, List[int]]] = None) -> List[Union[Packed, Padded]]:
+        """Each encoder's adapter output (config order) in ``layout`` from its packed selected states;
+        ``lengths`` as in ``audio_tokens_packed`` (packed layout only)."""
+        if layout == "packed":
+            lengths = source_lengths(feats, lengths)
+        outs = []
         with nvtx_range("alarm/adapter"):
             for spec in self.config.encoders:
                 layers, cu = feats[spec.name]
                 adapter = self.audio.adapters[spec.name]
-                s, c = adapter.forward_packed(layers, cu, lengths[spec.name])
-                streams.append(s)
-                cus.append(c)
-                stream_lengths.append(adapter.host_out_lengths(lengths[spec.name]))
-        return self._fuse_packed(streams, cus, stream_lengths)
+                if layout == "packed":
+                    outs.append(adapter(Packed(layers, cu, lengths[spec.name])))
+                else:
+                    y = adapter(Padded([pad_packed(x, cu)[0] for x in layers], cu[1:] - cu[:-1]))
+                    outs.append(Padded(y.data, y.lengths.long()))
+        return outs
 
-    def _fuse_packed(self, streams: List[Tensor], cus: List[Tensor], stream_lengths: List[List[int]]):
-        """Fusion on packed streams with their host lengths -> ([A, H], int32 cu [B+1], B ints)."""
+    def _fused_tokens(self, streams: List[Union[Packed, Padded]]):
+        """Fusion of the adapter outputs -> packed ([A, H], int32 cu [B+1], B host ints) or padded (B x [A_i, H])."""
         with nvtx_range("alarm/fusion"):
-            y, cu = self.audio.fusion.forward_packed(streams, cus, stream_lengths)
-        return y, cu, self.audio.fusion.out_lengths(stream_lengths)
+            y = self.audio.fusion(streams)
+            if isinstance(y, Packed):
+                return y.data, y.cu_seqlens, y.lengths
+            return [y.data[i, : int(y.lengths[i])] for i in range(y.data.shape[0])]
 
-    def audio_tokens_padded(self, feats: Dict[str, tuple]) -> List[Tensor]:
-        """Reference path: adapters + fusion on padded batches -> B tensors [A_i, H]."""
-        with nvtx_range("alarm/adapter"):
-            streams, lengths = [], []
-            for spec in self.config.encoders:
-                layers, cu = feats[spec.name]
-                padded = [pad_packed(x, cu)[0] for x in layers]
-                s, n = self.audio.adapters[spec.name].forward_padded(padded, cu[1:] - cu[:-1])
-                streams.append(s)
-                lengths.append(n.long())
-        with nvtx_range("alarm/fusion"):
-            y, n = self.audio.fusion.forward_padded(streams, lengths)
-            return [y[i, : int(n[i])] for i in range(y.shape[0])]
+    def _resolve_layout(self, layout: Optional[str], path: Optional[str]) -> str:
+        """The execution layout of a call: ``layout``, else the deprecated ``path`` ("fast" / "reference",
+        with a DeprecationWarning), else ``config.layout``. ValueError for an unknown name."""
+        if path is not None:
+            warnings.warn("path= is deprecated: use layout='packed' (was 'fast') or layout='padded' (was "
+                          "'reference')", DeprecationWarning, stacklevel=3)
+            if layout is not None:
+                raise ValueError("give layout= or the deprecated path=, not both")
+            if path not in LEGACY_PATHS:
+                raise ValueError(f"path must be 'fast' or 'reference', got {path!r}")
+            return LEGACY_PATHS[path]
+        layout = layout or self.config.layout
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be 'packed' or 'padded', got {layout!r}")
+        return layout
 
-    def audio_embeddings(self, audio, sampling_rate, path: Optional[str] = None) -> List[Tensor]:
-        """Audio tokens per clip (B tensors [A_i, H], fp32) on the given path."""
+    def audio_embeddings(self, audio, sampling_rate, layout: Optional[str] = None, *, path: Optional[str] = None
+                         ) -> List[Tensor]:
+        """Audio tokens per clip (B tensors [A_i, H], fp32) in the given layout ("packed" / "padded"; default
+        ``config.layout``; ``path`` is its deprecated old name)."""
+        layout = self._resolve_layout(layout, path)
         waves, rates = self._check(audio, sampling_rate)
         feats = self.encode(waves, rates)
-        if (path or self.config.path) == "fast":
+        if layout == "packed":
             y, cu = self.audio_tokens_packed(feats)
             return list(unpack(y, cu))
         return self.audio_tokens_padded(feats)
@@ -221,40 +238,37 @@ class ALARMModel(nn.Module):
                         ) -> Dict[str, tuple]:
         """Packed adapter outputs {name: ([total, H], int32 cu [B+1])} (what a stage-B cache stores);
         ``lengths``: host frames per clip of each encoder, as in ``audio_tokens_packed``."""
-        lengths = source_lengths(feats, lengths)
-        with nvtx_range("alarm/adapter"):
-            return {spec.name: self.audio.adapters[spec.name].forward_packed(*feats[spec.name], lengths[spec.name])
-                    for spec in self.config.encoders}
+        outs = self._adapter_outputs(feats, "packed", lengths)
+        return {spec.name: (y.data, y.cu_seqlens) for spec, y in zip(self.config.encoders, outs, strict=True)}
 
     def _audio_tokens(self, batch: ModelBatch, layout: str):
         """Audio tokens of a batch from its audio source: packed ([A, H], cu, host tokens per clip) or padded
         (B x [A_i, H])."""
-        if batch.streams is not None:
-            names = [spec.name for spec in self.config.encoders]
-            streams, cus = [batch.streams[n][0] for n in names], [batch.streams[n][1] for n in names]
-            if layout == "fast":
-                lengths = source_lengths(batch.streams, batch.lengths)
-                return self._fuse_packed(streams, cus, [lengths[n] for n in names])
-            with nvtx_range("alarm/fusion"):
-                padded = [pad_packed(x, cu)[0] for x, cu in zip(streams, cus, strict=True)]
-                y, n = self.audio.fusion.forward_padded(padded, [(cu[1:] - cu[:-1]).long() for cu in cus])
-                return [y[i, : int(n[i])] for i in range(y.shape[0])]
-        feats = batch.features if batch.features is not None else self.encode(batch.waves, batch.rates)
-        return self._packed_audio(feats, batch.lengths) if layout == "fast" else self.audio_tokens_padded(feats)
+        if batch.streams is None:
+            feats = batch.features if batch.features is not None else self.encode(batch.waves, batch.rates)
+            return self._fused_tokens(self._adapter_outputs(feats, layout, batch.lengths))
+        names = [spec.name for spec in self.config.encoders]
+        if layout == "packed":
+            lengths = source_lengths(batch.streams, batch.lengths)
+            streams = [Packed(*batch.streams[n], lengths[n]) for n in names]
+        else:
+            streams = [Padded(pad_packed(x, cu)[0], (cu[1:] - cu[:-1]).long())
+                       for x, cu in (batch.streams[n] for n in names)]
+        return self._fused_tokens(streams)
 
-    def forward_batch(self, batch: ModelBatch, path: Optional[str] = None, reduction: str = "mean") -> ALARMOutput:
-        """Cross-entropy of the batch's targets: their mean (``reduction="mean"``) or sum (``"sum"``).
+    def forward_batch(self, batch: ModelBatch, layout: Optional[str] = None, reduction: str = "mean", *,
+                      path: Optional[str] = None) -> ALARMOutput:
+        """Cross-entropy of the batch's targets: their mean (``reduction="mean"``) or sum (``"sum"``), computed in
+        ``layout`` ("packed" / "padded"; default ``config.layout``; ``path`` is its deprecated old name).
 
         The batch's tensors must already be on the model's device (``batch.to(device)``).
         """
-        path = path or self.config.path
-        if path not in ("fast", "reference"):
-            raise ValueError(f"path must be 'fast' or 'reference', got {path!r}")
+        layout = self._resolve_layout(layout, path)
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         embed, start, end = self.llm.embed(), self.audio.audio_start, self.audio.audio_end
-        if path == "fast":
-            a, cu_a, a_lengths = self._audio_tokens(batch, "fast")
+        if layout == "packed":
+            a, cu_a, a_lengths = self._audio_tokens(batch, layout)
             with nvtx_range("alarm/splice"):
                 spliced = splice_packed(embed, batch.text, a, cu_a, start, end, self.config.max_length, a_lengths)
             labels, n_targets = spliced["labels"], spliced["n_targets"]
@@ -264,7 +278,7 @@ class ALARMModel(nn.Module):
                                             reduction=reduction, n_targets=n_targets)
             n_tokens = labels.numel()
         else:
-            a = self._audio_tokens(batch, "reference")
+            a = self._audio_tokens(batch, layout)
             with nvtx_range("alarm/splice"):
                 spliced = splice_padded(embed, batch.text, a, start, end, self.config.max_length)
             labels = spliced["labels"]
@@ -273,28 +287,30 @@ class ALARMModel(nn.Module):
                                             spliced["position_ids"])
             n_tokens = int(spliced["attention_mask"].sum())
             n_targets = int((labels != IGNORE).sum())
-        if reduction == "sum":
-            loss = loss * n_targets if path == "reference" else loss
+        if reduction == "sum" and layout == "padded":
+            loss = loss * n_targets
         return ALARMOutput(loss, n_tokens, n_targets)
 
     @torch.no_grad()
     def score_targets(self, batch: ModelBatch) -> Tensor:
-        """Summed log-probability of each example's target given its audio and prompt (fp32 [B], fast path)."""
-        a, cu_a, a_lengths = self._audio_tokens(batch, "fast")
+        """Summed log-probability of each example's target given its audio and prompt (fp32 [B], packed layout)."""
+        a, cu_a, a_lengths = self._audio_tokens(batch, "packed")
         spliced = splice_packed(self.llm.embed(), batch.text, a, cu_a, self.audio.audio_start, self.audio.audio_end,
                                 self.config.max_length, a_lengths)
         return self.llm.target_logprob_packed(spliced["inputs_embeds"], spliced["labels"], spliced["position_ids"],
                                               spliced["cu_seqlens"], spliced["max_seqlen"])
 
     def forward(self, audio: Sequence, sampling_rate, prompts: Sequence[str], targets: Sequence,
-                path: Optional[str] = None) -> ALARMOutput:
-        """Mean CE of ``targets`` (strings or token-id lists) given audio + prompts.
+                layout: Optional[str] = None, *, path: Optional[str] = None) -> ALARMOutput:
+        """Mean CE of ``targets`` (strings or token-id lists) given audio + prompts, computed in ``layout``
+        ("packed" / "padded"; default ``config.layout``; ``path`` is its deprecated old name).
 
         audio: B waveforms (1-D, or [channels, samples]); sampling_rate: int or B ints (Hz).
         """
         waves, rates = self._check(audio, sampling_rate, ("prompts", prompts), ("targets", targets))
         text = tokenize_batch(self.tokenizer, prompts, targets, device=self.audio.audio_start.device)
-        return self.forward_batch(ModelBatch(text, waves=waves, rates=rates), path)
+        layout = self._resolve_layout(layout, path)
+        return self.forward_batch(ModelBatch(text, waves=waves, rates=rates), layout)
 
     # ---- inference -----------------------------------------------------------------------------
     def prompt_embeddings(self, audio, sampling_rate, prompts, system_prompt: Optional[str] = SYSTEM_PROMPT) -> dict:
@@ -367,7 +383,7 @@ class ALARMModel(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str, tokenizer=None, llm: Optional[FrozenLLM] = None, **overrides
                         ) -> "ALARMModel":
-        """Rebuild a saved model (``overrides`` replace config fields, e.g. ``path="reference"``).
+        """Rebuild a saved model (``overrides`` replace config fields, e.g. ``layout="padded"``).
 
         Raises ValueError naming the file for a missing folder or file, bad JSON or config, or an
         unreadable/corrupt weights file (all checked before the frozen encoders and LLM are loaded)."""
@@ -403,7 +419,8 @@ def load_saved_config(folder: str, **overrides) -> ALARMConfig:
     if not isinstance(raw, dict):
         raise ValueError(f"{cfg_path}: expected a JSON object, got {type(raw).__name__}")
     try:
-        return ALARMConfig.from_dict({**raw, **overrides})
+        return ALARMConfig.from_dict({**ALARMConfig.upgrade_legacy_fields(raw),
+                                      **ALARMConfig.upgrade_legacy_fields(overrides)})
     except (ValueError, TypeError) as e:
         raise ValueError(f"{cfg_path}: {e}") from None
 

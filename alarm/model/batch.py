@@ -7,7 +7,7 @@ frozen features; ``ALARMModel.forward`` builds it from strings. Exactly one audi
 - ``streams``: cached frozen *adapter* outputs (stage B), ``{encoder name: ([total_e, H], int32 cu [B+1])}``.
 
 ``lengths`` (optional, host-side): ``{encoder name: B ints}``, the per-clip row counts of ``features`` or
-``streams`` (the lengths the offsets ``cu`` were built from). With them the fast path knows every size on the
+``streams`` (the lengths the offsets ``cu`` were built from). With them the packed layout knows every size on the
 host and reads nothing back from the device; without them it reads all offsets once per batch.
 """
 from __future__ import annotations

@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Optional
 
 FUSIONS = ("sum", "concat", "CA", "P")
 STAGES = ("A", "B")
-PATHS = ("fast", "reference")
+LAYOUTS = ("packed", "padded")
+LEGACY_PATHS = {"fast": "packed", "reference": "padded"}  # the execution mode's name before it was ``layout``
 ADAPTERS = ("conv", "mlp", "pool", "identity")
 POOL_MODES = ("mean", "max")
 
@@ -105,10 +106,11 @@ class ALARMConfig:
 
     fusion: "sum" (single-encoder AL-<enc>-R), "concat", "CA" or "P". stage: "A" trains adapters (+ fusion
     and separators), "B" freezes the conv/MLP adapters and trains fusion + separators (+ the layer mix of
-    identity adapters, as published for ALARM-P). path: default execution path ("fast" packed/fused, or
-    "reference" padded). CA: ``dropout`` on residual branches and FFN, ``ca_attention_dropout`` on the
-    attention probabilities (published: 0.1 for both). P (published): perceivers with FFN
-    ``p_ffn_mult`` x width, dropout ``p_dropout``, LayerNorm on the cross-attention's key/value input.
+    identity adapters, as published for ALARM-P). layout: default execution mode ("packed": varlen batches
+    through the fused kernels, or "padded": padded batches as the published code). CA: ``dropout`` on
+    residual branches and FFN, ``ca_attention_dropout`` on the attention probabilities (published: 0.1 for
+    both). P (published): perceivers with FFN ``p_ffn_mult`` x width, dropout ``p_dropout``, LayerNorm on the
+    cross-attention's key/value input.
     token_rate_ratio: audio token rate divisor. Every adapter's output is pooled once more over windows of
     this many tokens (``token_rate_mode`` "mean" or "max"), so each stream yields ``ceil(n / ratio)``
     tokens: 1 keeps the adapters' 25 Hz, 2 gives 12.5 Hz, 4 gives 6.25 Hz. It adds no parameters, so a
@@ -145,7 +147,7 @@ class ALARMConfig:
     max_length: int = 4096
     max_audio_seconds: float = 60.0
     lm_head_chunk: int = 1024
-    path: str = "fast"
+    layout: str = "packed"
     init_seed: int = 0
     separator_std: float = 1.0
     weight_init: str = "published"
@@ -163,8 +165,8 @@ class ALARMConfig:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        if self.path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.fusion in ("CA", "P") and len(self.encoders) < 2:
             raise ValueError(f"fusion {self.fusion} needs at least two encoders")
         identity = [e.name for e in self.encoders if e.adapter == "identity"]
@@ -188,8 +190,27 @@ class ALARMConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    @staticmethod
+    def upgrade_legacy_fields(d: Dict[str, Any]) -> Dict[str, Any]:
+        """A copy of config dict ``d`` with the old ``"path": "fast" | "reference"`` (saved before the field
+        was renamed) written as ``"layout": "packed" | "padded"``; ValueError for an unknown old value or
+        for both keys at once."""
+        if "path" not in d:
+            return dict(d)
+        d = dict(d)
+        old = d.pop("path")
+        if "layout" in d:
+            raise ValueError("give 'layout' or the old 'path', not both")
+        if old not in LEGACY_PATHS:
+            raise ValueError(f"path must be one of {tuple(LEGACY_PATHS)}, got {old!r}")
+        d["layout"] = LEGACY_PATHS[old]
+        return d
+
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ALARMConfig":
+        """Config from a dict of its fields (as ``to_dict`` writes them; an old ``path`` key is accepted).
+        ValueError for unknown fields."""
+        d = cls.upgrade_legacy_fields(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -1,22 +1,23 @@
 """Multi-encoder fusion: ``sum``, ``concat``, ``CA`` (cross-attention) and ``P`` (perceivers).
 
-Every fusion takes the adapter outputs of all encoders (``encoders[0]`` is the base/Whisper stream) and
-has two paths with the same parameters:
-- ``forward_packed(streams, cus)``: packed ``[total_e, H]`` + int32 ``cu_seqlens`` per stream ->
-  (``[total_out, H]``, ``cu_out``); attention through ``alarm_kernels.packed_attention``.
-- ``forward_padded(streams, lengths)``: ``[B, T_e, H]`` (zeros past ``lengths[e]``) -> (``[B, T_out, H]``,
+Every fusion takes the adapter outputs of all encoders (``encoders[0]`` is the base/Whisper stream), one
+``Packed`` or one ``Padded`` per stream (``alarm.model.layout``), and has one ``forward`` on either layout
+with the same parameters:
+- E x ``Packed`` (``[total_e, H]`` + int32 ``cu_seqlens``) -> ``Packed`` (``[total_out, H]``, ``cu_out``);
+  attention through ``alarm_kernels.packed_attention``.
+- E x ``Padded`` (``[B, T_e, H]``, zeros past ``lengths[e]``) -> ``Padded`` (``[B, T_out, H]``,
   ``lengths_out``); attention through SDPA with boolean key masks.
 Output lengths: sum/concat ``max_e len_e`` (pad-at-end alignment); CA the base stream's length (queries);
 P ``2 + n_aux * p_latents + len_base`` (``out_lengths`` computes them on the host).
 
-Host-side sizes: ``forward_packed(..., lengths=...)`` takes each stream's B lengths as host ints (already
-checked against the offsets once for the batch); every op then gets its sizes (totals, longest sequences)
-from the host instead of reading the offsets back from the device.
+Host-side sizes: when every packed stream carries its B lengths as host ints (``Packed.lengths``, already
+checked against the offsets once for the batch), every op gets its sizes (totals, longest sequences) from the
+host instead of reading the offsets back from the device, and the output carries its host lengths too.
 """
 from __future__ import annotations
 
 import itertools
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ import alarm_kernels as ak
 from alarm_kernels.varlen import INT32_MAX, cu_seqlens_to_seqlens, max_seqlen, seqlens_to_cu_seqlens
 
 from .adapters import normal_init_, valid_mask
+from .layout import Packed, Padded
 
 __all__ = ["SumFusion", "ConcatFusion", "CrossAttentionFusion", "PerceiverFusion", "build_fusion",
            "segment_gather_index", "host_cu_seqlens"]
@@ -91,18 +93,38 @@ def _align_index(cus: List[Tensor], lengths: Optional[Sequence[Sequence[int]]] =
     return dests, total, cu_out
 
 
+class _Fusion(nn.Module):
+    """One ``forward`` over the stream layouts; subclasses give ``_packed``, ``_padded`` and ``out_lengths``."""
+
+    def forward(self, streams: Sequence[Union[Packed, Padded]]) -> Union[Packed, Padded]:
+        """E streams (all ``Packed`` or all ``Padded``, base stream first) -> the fused tokens, same layout.
+
+        ``Packed``: data [total_e, H] each -> data [total_out, H], int32 offsets [B+1], host output lengths
+        when every stream has host lengths (else None). ``Padded``: data [B, T_e, H] each, int64 lengths [B]
+        -> data [B, T_out, H] (zeros past the output lengths), int64 output lengths [B]."""
+        if streams and all(isinstance(s, Packed) for s in streams):
+            host = [s.lengths for s in streams]
+            host = None if any(n is None for n in host) else host
+            y, cu = self._packed([s.data for s in streams], [s.cu_seqlens for s in streams], host)
+            return Packed(y, cu, None if host is None else self.out_lengths(host))
+        if streams and all(isinstance(s, Padded) for s in streams):
+            return Padded(*self._padded([s.data for s in streams], [s.lengths for s in streams]))
+        raise TypeError("a fusion takes a non-empty list of streams, all Packed or all Padded, got "
+                        f"{[type(s).__name__ for s in streams]}")
+
+
 def _pad_streams(streams: List[Tensor], t: int) -> List[Tensor]:
     return [F.pad(s, (0, 0, 0, t - s.shape[1])) for s in streams]
 
 
-class SumFusion(nn.Module):
+class SumFusion(_Fusion):
     """Adds the (pad-at-end aligned) streams; no parameters (AL-<encoder>-R uses one stream)."""
 
     def out_lengths(self, lengths: Sequence[Sequence[int]]) -> List[int]:
         """Host output lengths [B] from each stream's host lengths [E][B]."""
         return _aligned_lengths(lengths)
 
-    def forward_packed(self, streams, cus, lengths=None):
+    def _packed(self, streams, cus, lengths=None):
         if len(streams) == 1:
             return streams[0], cus[0]
         dests, total, cu_out = _align_index(cus, lengths)
@@ -111,12 +133,12 @@ class SumFusion(nn.Module):
             out = out.index_add(0, d, s)
         return out, cu_out
 
-    def forward_padded(self, streams, lengths):
+    def _padded(self, streams, lengths):
         t = max(s.shape[1] for s in streams)
         return sum(_pad_streams(streams, t)), torch.stack(lengths).max(0).values
 
 
-class ConcatFusion(nn.Module):
+class ConcatFusion(_Fusion):
     """Streams concatenated along features (pad-at-end aligned) and projected ``sum H_e -> H``."""
 
     def __init__(self, n_streams: int, hidden: int):
@@ -127,13 +149,13 @@ class ConcatFusion(nn.Module):
         """Host output lengths [B] from each stream's host lengths [E][B]."""
         return _aligned_lengths(lengths)
 
-    def forward_packed(self, streams, cus, lengths=None):
+    def _packed(self, streams, cus, lengths=None):
         dt = streams[0].dtype
         sizes = {} if lengths is None else dict(total_out=sum(_aligned_lengths(lengths)), validate=False)
         return ak.multi_encoder_concat(streams, cus, weight=self.proj.weight.to(dt), bias=self.proj.bias.to(dt),
                                        **sizes)
 
-    def forward_padded(self, streams, lengths):
+    def _padded(self, streams, lengths):
         t = max(s.shape[1] for s in streams)
         out_len = torch.stack(lengths).max(0).values
         y = self.proj(torch.cat(_pad_streams(streams, t), -1))
@@ -142,8 +164,8 @@ class ConcatFusion(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v/o projections (``d_kv`` may differ from ``d``); ``dropout_p``
-    on the attention probabilities in training (both paths; the packed path's mask is ``packed_attention``'s
-    seeded Philox mask, the padded path's SDPA's own, so the two paths agree only without dropout)."""
+    on the attention probabilities in training (both layouts; the packed layout's mask is ``packed_attention``'s
+    seeded Philox mask, the padded layout's SDPA's own, so the two layouts agree only without dropout)."""
 
     def __init__(self, d: int, heads: int, d_kv: int | None = None, dropout_p: float = 0.0):
         super().__init__()
@@ -225,7 +247,7 @@ class DecoderLayer(nn.Module):
         return x + self.drop(self.ff(self.ln_ff(x)))
 
 
-class CrossAttentionFusion(nn.Module):
+class CrossAttentionFusion(_Fusion):
     """ALARM-CA: per-stream in_proj H -> d; base-stream queries; one decoder layer per other stream, each
     attending to that stream with its own lengths; out_proj d -> H. Output on the base stream's time axis."""
 
@@ -245,7 +267,7 @@ class CrossAttentionFusion(nn.Module):
         """Host output lengths [B] (the base stream's) from each stream's host lengths [E][B]."""
         return list(lengths[0])
 
-    def forward_packed(self, streams, cus, lengths=None):
+    def _packed(self, streams, cus, lengths=None):
         longest = [max_seqlen(cu) for cu in cus] if lengths is None else [max(n, default=0) for n in lengths]
         x = self.in_proj[0](streams[0])
         for e, layer in enumerate(self.layers, start=1):
@@ -253,7 +275,7 @@ class CrossAttentionFusion(nn.Module):
             x = layer.packed(x, mem, cus[0], cus[e], longest[0], longest[e])
         return self.out_proj(x), cus[0]
 
-    def forward_padded(self, streams, lengths):
+    def _padded(self, streams, lengths):
         x = self.in_proj[0](streams[0])
         q_valid = valid_mask(lengths[0], x.shape[1])
         for e, layer in enumerate(self.layers, start=1):
@@ -313,7 +335,7 @@ class _SelfLayer(nn.Module):
         return x + self.drop(self.ff(self.ln2(x)))
 
 
-class PerceiverFusion(nn.Module):
+class PerceiverFusion(_Fusion):
     """ALARM-P: one perceiver per auxiliary stream (of width ``widths[e]``); sequence
     ``[cond_start, latents..., cond_end, base]``."""
 
@@ -332,7 +354,7 @@ class PerceiverFusion(nn.Module):
         m = sum(p.latents.shape[0] for p in self.perceivers)
         return [2 + m + n for n in lengths[0]]
 
-    def forward_packed(self, streams, cus, lengths=None):
+    def _packed(self, streams, cus, lengths=None):
         longest = [None] * len(cus) if lengths is None else [max(n, default=0) for n in lengths]
         pairs = zip(self.perceivers, streams[1:], cus[1:], longest[1:], strict=True)
         lat = torch.cat([p.packed(s, c, n) for p, s, c, n in pairs], 1)  # [B, m, H]
@@ -351,7 +373,7 @@ class PerceiverFusion(nn.Module):
                                              out_lengths=None if lengths is None else self.out_lengths(lengths))
         return table[idx], cu
 
-    def forward_padded(self, streams, lengths):
+    def _padded(self, streams, lengths):
         pairs = zip(self.perceivers, streams[1:], lengths[1:], strict=True)
         lat = torch.cat([p.padded(s, ln) for p, s, ln in pairs], 1)
         b = lat.shape[0]

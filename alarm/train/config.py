@@ -261,8 +261,9 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainConf
 
 
 def build_model_config(model: Dict[str, Any]) -> ALARMConfig:
-    """The ALARMConfig of a recipe's ``model`` section (``preset`` + overrides, or plain ALARMConfig fields)."""
-    fields = dict(model)
+    """The ALARMConfig of a recipe's ``model`` section (``preset`` + overrides, or plain ALARMConfig fields; an
+    old ``path: fast | reference`` is read as ``layout: packed | padded``)."""
+    fields = ALARMConfig.upgrade_legacy_fields(model)
     preset = fields.pop("preset", None)
     if preset is None:
         return ALARMConfig.from_dict(fields)

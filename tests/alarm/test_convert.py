@@ -11,6 +11,7 @@ import published_alarm as pub
 from alarm.convert import convert_published
 from alarm.model import ALARMConfig, ALARMModel, AudioSide
 from alarm.model.tiny import synthetic_audio
+from alarm.model.layout import Packed, Padded
 from alarm_kernels.varlen import seqlens_to_cu_seqlens, unpack
 
 H, W = 64, 48  # tiny LLM width (ALARMConfig.tiny) and adapter width
@@ -92,10 +93,10 @@ def _check_adapter(published, ours, d, lengths, seed):
     stacked = stacked * (torch.arange(t)[None, :] < lengths[:, None])[None, ..., None]
     with torch.no_grad():
         expect = published(stacked)
-        yr, n = ours.forward_padded(list(stacked), lengths)
+        yr, n = ours(Padded(list(stacked), lengths))
         cu = seqlens_to_cu_seqlens(lengths)
-        yp, cu_y = ours.forward_packed([stacked[i][torch.arange(t)[None, :].expand(len(lengths), -1)
-                                                   < lengths[:, None]] for i in range(n_layers)], cu)
+        yp, cu_y, _ = ours(Packed([stacked[i][torch.arange(t)[None, :].expand(len(lengths), -1)
+                                                   < lengths[:, None]] for i in range(n_layers)], cu))
     for b in range(len(lengths)):
         k = int(n[b])
         torch.testing.assert_close(yr[b, :k], expect[b, :k], rtol=1e-4, atol=1e-5)
@@ -129,10 +130,10 @@ def test_convert_and_compute_as_published(tmp_path, variant):
         streams[e] = torch.randn(2, t, w, generator=g) * (torch.arange(t)[None, :] < lengths[e][:, None])[..., None]
     with torch.no_grad():
         expect = fusion(streams, lengths)
-        yr, n = side.fusion.forward_padded([streams[e] for e in order], [lengths[e] for e in order])
+        yr, n = side.fusion([Padded(streams[e], lengths[e]) for e in order])
         cus = [seqlens_to_cu_seqlens(lengths[e]) for e in order]
         packed = [streams[e][torch.arange(streams[e].shape[1])[None, :] < lengths[e][:, None]] for e in order]
-        yp, cu_y = side.fusion.forward_packed(packed, cus)
+        yp, cu_y, _ = side.fusion([Packed(x, c) for x, c in zip(packed, cus, strict=True)])
     for b in range(2):
         k = int(n[b])
         torch.testing.assert_close(yr[b, :k], expect[b, :k], rtol=1e-4, atol=1e-5)

@@ -15,6 +15,7 @@ from alarm.model.encoders import build_encoder
 from alarm.model.llm import load_tokenizer
 from alarm.model.splice import splice_packed, splice_padded, tokenize_batch
 from alarm.model.tiny import synthetic_audio
+from alarm.model.layout import Packed, Padded
 from alarm_kernels.varlen import pad_packed, seqlens_to_cu_seqlens, unpack
 
 
@@ -96,9 +97,9 @@ def test_adapter_packed_equals_padded(kind, norm, training):
     lengths = torch.tensor([7, 1, 12, 4])
     cu = seqlens_to_cu_seqlens(lengths)
     layers = [torch.randn(int(lengths.sum()), 24) for _ in range(3)]
-    yp, cu_y = ad.forward_packed(layers, cu)
+    yp, cu_y, _ = ad(Packed(layers, cu))
     padded = [pad_packed(x, cu)[0] for x in layers]
-    yr, n = ad.forward_padded(padded, lengths)
+    yr, n = ad(Padded(padded, lengths))
     expect = lengths // 2 if kind == "conv" else lengths
     assert (cu_y[1:] - cu_y[:-1]).tolist() == expect.tolist() == n.tolist()
     for i, y in enumerate(unpack(yp, cu_y)):
@@ -190,8 +191,8 @@ def test_bad_inputs(ca_model):
         ca_model([clip], 16000, ["p", "q"], ["t", "u"])
     with pytest.raises(ValueError, match="must match"):
         ca_model([clip], 16000, ["p"], ["t", "u"])
-    with pytest.raises(ValueError, match="path"):
-        ca_model([clip], 16000, ["p"], ["t"], path="fastest")
+    with pytest.raises(ValueError, match="layout"):
+        ca_model([clip], 16000, ["p"], ["t"], layout="fastest")
     # a 31 ms clip is padded to the input contract's minimum and still gives audio tokens
     assert torch.isfinite(ca_model([np.zeros(500, np.float32)], 16000, **good).loss)
 
@@ -257,11 +258,11 @@ def test_fold_batchnorm_exact():
     layers = [torch.randn(int(lengths.sum()), 16) for _ in range(2)]
     padded = [pad_packed(x, cu)[0] for x in layers]
     with torch.no_grad():
-        yp, _ = ad.forward_packed(layers, cu)
-        yr, _ = ad.forward_padded(padded, lengths)
+        yp = ad(Packed(layers, cu)).data
+        yr = ad(Padded(padded, lengths)).data
         ad.fold_batchnorm()
-        torch.testing.assert_close(ad.forward_packed(layers, cu)[0], yp, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(ad.forward_padded(padded, lengths)[0], yr, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ad(Packed(layers, cu)).data, yp, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ad(Padded(padded, lengths)).data, yr, rtol=1e-4, atol=1e-5)
 
 
 def test_pretrained_parts_from_local_paths(tmp_path):
@@ -282,8 +283,8 @@ def test_pretrained_parts_from_local_paths(tmp_path):
     model = ALARMModel(cfg)
     clips = synthetic_audio([0.5, 0.8], seed=5)
     with torch.no_grad():
-        lf = model(clips, 16000, ["a", "b"], ["c d", "e"], path="fast").loss
-        lr = model(clips, 16000, ["a", "b"], ["c d", "e"], path="reference").loss
+        lf = model(clips, 16000, ["a", "b"], ["c d", "e"], layout="packed").loss
+        lr = model(clips, 16000, ["a", "b"], ["c d", "e"], layout="padded").loss
     torch.testing.assert_close(lf, lr, rtol=1e-5, atol=1e-6)
 
 

@@ -45,7 +45,7 @@ def case(request):
 
 def _step(model, batch):
     """Forward + backward of one fast-path step; returns the loss value (gradients dropped)."""
-    loss = model.forward_batch(batch, path="fast").loss
+    loss = model.forward_batch(batch, layout="packed").loss
     loss.backward()
     for p in model.trainable_parameters().values():
         p.grad = None

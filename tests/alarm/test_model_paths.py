@@ -1,8 +1,11 @@
-"""ALARM model: reference (padded) vs fast (packed) paths on the tiny configuration, per fusion variant."""
+"""ALARM model: padded vs packed layouts on the tiny configuration, per fusion variant."""
+import json
+
 import pytest
 import torch
 
 from alarm.model import ALARMConfig, ALARMModel
+from alarm.model.alarm_model import load_saved_config
 from alarm.model.tiny import synthetic_audio
 
 FUSIONS = ("sum", "concat", "CA", "P")
@@ -27,8 +30,8 @@ def _grads(model, loss):
 
 def test_same_loss_and_gradients(model, clips):
     model.train()
-    lf = model(clips, 16000, PROMPTS, TARGETS, path="fast").loss
-    lr = model(clips, 16000, PROMPTS, TARGETS, path="reference").loss
+    lf = model(clips, 16000, PROMPTS, TARGETS, layout="packed").loss
+    lr = model(clips, 16000, PROMPTS, TARGETS, layout="padded").loss
     torch.testing.assert_close(lf, lr, rtol=1e-5, atol=1e-6)
     gf, gr = _grads(model, lf), _grads(model, lr)
     assert gf.keys() == gr.keys() and len(gf) > 0
@@ -41,14 +44,15 @@ def test_same_loss_and_gradients(model, clips):
 def test_packed_equals_per_example(model, clips):
     model.eval()
     with torch.no_grad():
-        batch = model.audio_embeddings(clips, 16000, path="fast")
+        batch = model.audio_embeddings(clips, 16000, layout="packed")
         for i, clip in enumerate(clips):
-            alone = model.audio_embeddings([clip], 16000, path="fast")[0]
+            alone = model.audio_embeddings([clip], 16000, layout="packed")[0]
             torch.testing.assert_close(batch[i], alone, rtol=1e-5, atol=1e-5)
-        full = model(clips, 16000, PROMPTS, TARGETS, path="fast").loss
+        full = model(clips, 16000, PROMPTS, TARGETS, layout="packed").loss
         tok = model.tokenizer
         n = [len(tok.encode(t, add_special_tokens=False)) for t in TARGETS]
-        each = [model([c], 16000, [p], [t], path="fast").loss for c, p, t in zip(clips, PROMPTS, TARGETS, strict=True)]
+        each = [model([c], 16000, [p], [t], layout="packed").loss
+                for c, p, t in zip(clips, PROMPTS, TARGETS, strict=True)]
     weighted = sum(loss * k for loss, k in zip(each, n, strict=True)) / sum(n)
     torch.testing.assert_close(full, weighted, rtol=1e-5, atol=1e-6)
 
@@ -56,8 +60,8 @@ def test_packed_equals_per_example(model, clips):
 def test_output_lengths(model, clips):
     cfg = model.config
     with torch.no_grad():
-        fast = model.audio_embeddings(clips, 16000, path="fast")
-        ref = model.audio_embeddings(clips, 16000, path="reference")
+        fast = model.audio_embeddings(clips, 16000, layout="packed")
+        ref = model.audio_embeddings(clips, 16000, layout="padded")
     whisper = [-(-len(c) // 160) // 2 for c in clips]           # 50 Hz frames of a zero-padded 30 s window
     w_tok = [w // 2 for w in whisper]                            # conv adapter: floor(len / 2)
     fb = [(1 + (len(c) - 80) // 160) // 2 for c in clips]        # w2v-BERT: 160 samples padded each side, stride 2
@@ -71,21 +75,21 @@ def test_output_lengths(model, clips):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("path", ["fast", "reference"])
-def test_one_optimizer_step(model, clips, path):
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_one_optimizer_step(model, clips, layout):
     state = {k: v.clone() for k, v in model.audio.state_dict().items()}
     frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("audio.")}
     model.train()
     params = list(model.trainable_parameters().values())
     opt = torch.optim.AdamW(params, lr=1e-2)
-    loss = model(clips[:2], 16000, PROMPTS[:2], TARGETS[:2], path=path).loss
+    loss = model(clips[:2], 16000, PROMPTS[:2], TARGETS[:2], layout=layout).loss
     loss.backward()
     for name, p in model.named_parameters():
         assert (p.grad is not None) == p.requires_grad, name
     opt.step()
     opt.zero_grad(set_to_none=True)
     with torch.no_grad():
-        after = model(clips[:2], 16000, PROMPTS[:2], TARGETS[:2], path=path).loss
+        after = model(clips[:2], 16000, PROMPTS[:2], TARGETS[:2], layout=layout).loss
     assert torch.isfinite(after) and after.item() != loss.item()
     changed = [k for k, v in model.audio.state_dict().items() if not torch.equal(v, state[k])]
     assert changed
@@ -99,3 +103,27 @@ def test_one_optimizer_step(model, clips, path):
             assert torch.equal(v, frozen[k]), k
     model.audio.load_state_dict(state)
     model.eval()
+
+
+def test_old_path_names_still_work(clips, tmp_path):
+    """The execution mode's old names: a saved ``"path"`` loads as ``layout``, ``path=`` warns and maps."""
+    saved = {k: v for k, v in ALARMConfig.tiny("sum").to_dict().items() if k != "layout"}
+    assert ALARMConfig.from_dict({**saved, "path": "reference"}).layout == "padded"
+    assert ALARMConfig.from_dict({**saved, "path": "fast"}).layout == "packed"
+    with pytest.raises(ValueError, match="path"):
+        ALARMConfig.from_dict({**saved, "path": "fastest"})
+    with pytest.raises(ValueError, match="not both"):
+        ALARMConfig.from_dict({**saved, "path": "fast", "layout": "packed"})
+    (tmp_path / "alarm_config.json").write_text(json.dumps({**saved, "path": "reference"}))  # an old model folder
+    (tmp_path / "audio_side.safetensors").write_bytes(b"")  # only its presence is checked here
+    assert load_saved_config(str(tmp_path)).layout == "padded"
+    assert load_saved_config(str(tmp_path), layout="packed").layout == "packed"
+    model = ALARMModel(ALARMConfig.tiny("sum"))
+    with torch.no_grad():
+        new = model.audio_embeddings(clips[:1], 16000, layout="padded")
+        with pytest.warns(DeprecationWarning, match="layout="):
+            old = model.audio_embeddings(clips[:1], 16000, path="reference")
+        with pytest.warns(DeprecationWarning):
+            with pytest.raises(ValueError, match="path"):
+                model.audio_embeddings(clips[:1], 16000, path="padded")
+    torch.testing.assert_close(old[0], new[0], rtol=0, atol=0)

@@ -15,6 +15,7 @@ from alarm.model.adapters import Adapter, pool_padded
 from alarm.model.config import muq_large, whisper_large_v3
 from alarm.model.params import audio_tokens
 from alarm.model.tiny import synthetic_audio, tiny_tokenizer
+from alarm.model.layout import Packed, Padded
 from alarm_kernels.varlen import pad_packed, seqlens_to_cu_seqlens, unpack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,9 +75,9 @@ def test_adapter_paths_and_lengths(kind, pool_mode, rate, rate_mode):
     lengths = torch.tensor(LENGTHS)
     cu = seqlens_to_cu_seqlens(lengths)
     layers = [torch.randn(int(lengths.sum()), 12, dtype=torch.float64, requires_grad=True) for _ in range(2)]
-    yp, cu_y = ad.forward_packed(layers, cu)
+    yp, cu_y, _ = ad(Packed(layers, cu))
     padded = [pad_packed(x, cu)[0] for x in layers]
-    yr, n = ad.forward_padded(padded, lengths)
+    yr, n = ad(Padded(padded, lengths))
 
     per_kind = {"pool": lambda k: ceil_div(k, 3), "conv": lambda k: k // 2, "mlp": lambda k: k}[kind]
     expect = [ceil_div(per_kind(k), rate) for k in LENGTHS]
@@ -89,7 +90,7 @@ def test_adapter_paths_and_lengths(kind, pool_mode, rate, rate_mode):
     # the rate stage pools the rate-1 adapter's tokens (same weights), nothing else
     plain = Adapter(spec, **dims).double().train()
     plain.load_state_dict(ad.state_dict())
-    y1, cu1 = plain.forward_packed(layers, cu)
+    y1, cu1, _ = plain(Packed(layers, cu))
     for got, full in zip(unpack(yp, cu_y), unpack(y1, cu1), strict=True):
         torch.testing.assert_close(got, pool_rows(full, rate, rate_mode), rtol=1e-10, atol=1e-12)
 
@@ -165,11 +166,11 @@ def test_model_paths_agree(model, clips, monkeypatch):
     real = ak.varlen_pool
     monkeypatch.setattr(ak, "varlen_pool", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     model.train()
-    lf = model(clips, 16000, PROMPTS, TARGETS, path="fast").loss
+    lf = model(clips, 16000, PROMPTS, TARGETS, layout="packed").loss
     assert sorted(calls) == sorted([e.pool_ratio for e in cfg.encoders if e.adapter == "pool"]
                                    + [cfg.token_rate_ratio] * len(cfg.encoders)), calls  # on the hot path
     calls.clear()
-    lr = model(clips, 16000, PROMPTS, TARGETS, path="reference").loss
+    lr = model(clips, 16000, PROMPTS, TARGETS, layout="padded").loss
     assert calls == []  # the padded path uses its own pooling
     torch.testing.assert_close(lf, lr, rtol=1e-5, atol=1e-6)
     params = model.trainable_parameters()
@@ -187,8 +188,8 @@ def test_model_paths_agree(model, clips, monkeypatch):
 def test_model_output_lengths(model, clips):
     cfg = model.config
     with torch.no_grad():
-        fast = model.audio_embeddings(clips, 16000, path="fast")
-        ref = model.audio_embeddings(clips, 16000, path="reference")
+        fast = model.audio_embeddings(clips, 16000, layout="packed")
+        ref = model.audio_embeddings(clips, 16000, layout="padded")
     expect = _expected_lengths(cfg, clips)
     assert [x.shape[0] for x in fast] == [x.shape[0] for x in ref] == expect
     for a, b in zip(fast, ref, strict=True):
@@ -198,7 +199,7 @@ def test_model_output_lengths(model, clips):
     if cfg.fusion == "P":  # P appends the pooled base stream itself after [cond_start, latents, cond_end]
         with torch.no_grad():
             layers, cu = model.encode(list(map(torch.from_numpy, clips)), [16000] * 3)["whisper"]
-            base, cu_b = model.audio.adapters["whisper"].forward_packed(layers, cu)
+            base, cu_b, _ = model.audio.adapters["whisper"](Packed(layers, cu))
         for emb, b in zip(fast, unpack(base, cu_b), strict=True):
             torch.testing.assert_close(emb[emb.shape[0] - b.shape[0]:], b, rtol=1e-5, atol=1e-6)
 
@@ -210,8 +211,8 @@ def test_reload_at_another_rate(tmp_path, tokenizer, clips):
     faster = ALARMModel.from_pretrained(str(tmp_path), tokenizer=tokenizer, token_rate_ratio=2)
     assert faster.config.token_rate_ratio == 2
     with torch.no_grad():
-        full = model.audio_embeddings(clips, 16000, path="fast")
-        half = faster.audio_embeddings(clips, 16000, path="reference")
+        full = model.audio_embeddings(clips, 16000, layout="packed")
+        half = faster.audio_embeddings(clips, 16000, layout="padded")
     for a, b in zip(full, half, strict=True):
         torch.testing.assert_close(b, pool_rows(a, 2, "mean"), rtol=1e-5, atol=1e-6)
 
