@@ -4,8 +4,9 @@ One optimizer step = ``batch.accumulation`` packed micro-batches on every rank. 
 the *sum* of its target-token cross-entropies; after the last one, the gradients of the trainable
 parameters are all-reduced once (one flat buffer, ``torch.distributed``; a second 5-number all-reduce
 carries the step's loss and counters) and divided by the *global* number of target tokens of the step,
-so the result does not depend on how the step was split into micro-batches or ranks. Then: clip, skip the step if the loss or gradient is not finite, AdamW, and the
-learning rate of the next step (warm-up + cosine, a pure function of the step).
+so the result does not depend on how the step was split into micro-batches or ranks. Then: clip, skip the
+step if the loss or gradient is not finite, AdamW, and the learning rate of the next step (warm-up +
+cosine, a pure function of the step).
 
 Why not DistributedDataParallel: only the small audio side trains, and a rank may legitimately have
 nothing to run in a micro-batch (all its clips skipped); DDP requires every rank to run the same backward
