@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import platform
 import resource
@@ -34,6 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from alarm.fileio import atomic_write_json  # noqa: E402
 from alarm.audio import validate_audio_batch  # noqa: E402
 from alarm.model import ALARMConfig, ALARMModel, EncoderSpec  # noqa: E402
 from alarm.model.config import LEGACY_PATHS, QWEN3_4B_CONFIG  # noqa: E402
@@ -167,12 +167,8 @@ def main(argv=None) -> int:
         memory_ratio=ref["peak_memory_mb"] / max(fast["peak_memory_mb"], 1e-9),
         note="CPU peak memory is the process max RSS (monotonic; the second path's value includes the first)"
         if device.type == "cpu" else "peak memory: torch.cuda.max_memory_allocated per path")
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "e2e_step.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, report)
     print(f"{'rate':>4} {'path':<10} {'step s':>9} {'tokens':>7} {'tokens/s':>10} {'peak MB':>9} {'loss':>10} "
           f"{'vs rate ' + str(args.token_rates[0]):>10}")
     for rate, entry in by_rate.items():
