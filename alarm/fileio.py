@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -24,11 +25,21 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Optional, Union
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_jsonl", "atomic_write_folder",
+__all__ = ["file_sha256", "atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_jsonl",
+           "atomic_write_folder",
            "fsync_dir", "umask_mode", "remove_stale_temporaries", "TMP_PREFIX"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 TMP_PREFIX = ".tmp-"
+
+
+def file_sha256(path: PathLike) -> str:
+    """sha256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def umask_mode(base: int = 0o666) -> int:

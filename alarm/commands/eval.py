@@ -108,7 +108,8 @@ def _part(args) -> tuple[int, int, str]:
 
 def _run(args) -> int:
     from alarm.eval.benchmarks import get_benchmark, load_items
-    from alarm.eval.run import check_config, file_sha256, finish, generate_part, summary_text, work_dir
+    from alarm.fileio import file_sha256
+    from alarm.eval.run import check_config, finish, generate_part, summary_text, work_dir
     from alarm.prompts import mcqa_system_prompt
 
     bench = get_benchmark(args.benchmark)

@@ -15,7 +15,6 @@ The process that finds every part complete writes the predictions file and the r
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zlib
@@ -49,12 +48,6 @@ def work_dir(output: str | Path) -> Path:
     return Path(str(output) + ".work")
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_config(folder: Path, config: dict) -> None:

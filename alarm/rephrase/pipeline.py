@@ -19,7 +19,6 @@ whichever finishes the last shard writes the manifest.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import random
 from collections import Counter
@@ -29,6 +28,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from alarm.data.descriptions import LabelItem, read_label_items
+from alarm.fileio import file_sha256
 from alarm.data.jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 from alarm.data.manifest import ManifestRecord, iter_manifest, write_manifest
 
@@ -61,7 +61,7 @@ class PipelineConfig:
     def fingerprint(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("output_dir")
-        d["input_sha256"] = _sha256(self.input)
+        d["input_sha256"] = file_sha256(self.input)
         return d
 
 
@@ -78,12 +78,6 @@ class RunSummary:
     manifest: Path | None
 
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _unfinished_thinking(prompt: str, text: str) -> bool:

@@ -32,22 +32,15 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from alarm.fileio import atomic_write, atomic_write_json, remove_stale_temporaries
+from alarm.fileio import atomic_write, atomic_write_json, file_sha256, remove_stale_temporaries
 
-__all__ = ["CachedClip", "FeatureCache", "cache_key", "build_cache", "file_sha256"]
+__all__ = ["CachedClip", "FeatureCache", "cache_key", "build_cache"]
 
 CACHE_FORMAT = 1
 LEVELS = ("encoder", "adapter")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def file_sha256(path: str) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_key(model, level: str, dtype: str) -> dict:

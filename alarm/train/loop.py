@@ -27,11 +27,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from alarm.audio import load_audio
-from alarm.fileio import atomic_write_json
+from alarm.fileio import atomic_write_json, file_sha256
 from alarm.model import ALARMModel
 from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX
 
-from .cache import FeatureCache, cache_key, file_sha256
+from .cache import FeatureCache, cache_key
 from .checkpoint import check_resumable, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from .config import RESUMABLE_CHANGES, TrainConfig, build_model_config
 from .data import ClipDataset, Example, Skip, collate, llm_tokens, load_examples, split_eval, write_skip_report
