@@ -143,8 +143,8 @@ def environment(device: torch.device) -> dict:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        sha, dirty = "unknown", False
+    except (OSError, subprocess.CalledProcessError):  # a copy without .git (e.g. a lent GPU machine)
+        sha, dirty = os.environ.get("ALARM_GIT_SHA", "unknown"), False
     try:
         import triton
 
