@@ -59,6 +59,8 @@ def full_config(fusion: str) -> ALARMConfig:
 
 
 def git_sha() -> str:
+    if os.environ.get("ALARM_GIT_SHA"):  # a copy sent to a GPU machine: its sender names the commit
+        return os.environ["ALARM_GIT_SHA"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"

@@ -18,7 +18,7 @@
 # cache lives in OUT/triton-cache, so a rerun into the same folder skips the compiles.
 #   --dry-run    CPU plumbing check (tiny shapes, Triton interpreter, no build); CI runs it
 #   PYTHON=...   interpreter (default python3); ALARM_GPU_CHECK_BUDGET=seconds (default 570)
-#   ALARM_GIT_SHA=...   the sha to record where the checkout has no .git (a copy sent to a GPU machine)
+#   ALARM_GIT_SHA=...   the sha to record (a copy sent to a GPU machine may carry a stale .git or none)
 #   ALARM_GPU_CHECK_ONLY=environment,syncs   run only these stages (the others are recorded as not selected)
 set -uo pipefail
 cd "$(dirname "$0")/.."

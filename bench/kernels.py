@@ -140,11 +140,16 @@ def run_cases(cases: List[BenchCase], device: torch.device, ceilings: Dict[str, 
 
 def environment(device: torch.device) -> dict:
     """Device name, library versions and git sha, recorded with every result."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):  # a copy without .git (e.g. a lent GPU machine)
-        sha, dirty = os.environ.get("ALARM_GIT_SHA", "unknown"), False
+    if os.environ.get("ALARM_GIT_SHA"):  # a copy sent elsewhere (a lent GPU machine): its sender names the commit
+        sha, dirty = os.environ["ALARM_GIT_SHA"], False
+    else:
+        try:
+            sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+            dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True,
+                                        text=True).stdout.strip())
+        except (OSError, subprocess.CalledProcessError):
+            sha, dirty = "unknown", False
     try:
         import triton
 

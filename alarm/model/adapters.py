@@ -208,9 +208,11 @@ class Adapter(nn.Module):
 
     # ---- padded layout -------------------------------------------------------------------------
     def _norm_valid(self, norm: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
-        """Norm over channels of [B, T, C] using valid frames only; padded frames set to 0."""
-        out = torch.zeros_like(x)
-        out[mask] = norm(x[mask])
+        """Norm over channels of [B, T, C] using valid frames only; padded frames set to 0. The result has the
+        norm's output dtype (float32 under autocast, whatever ``x`` is)."""
+        normed = norm(x[mask])
+        out = normed.new_zeros(x.shape)
+        out[mask] = normed
         return out
 
     def _padded(self, layers: List[Tensor], lengths: Tensor) -> Tuple[Tensor, Tensor]:
