@@ -1,0 +1,59 @@
+"""bench.summary: markdown tables from a results folder (speedups computed from the rows, errors named)."""
+import json
+
+import pytest
+
+from bench.summary import main, summarize
+
+
+def _kernel_file(rows):
+    return {"environment": {"device": "X", "torch": "t", "triton": "tr", "git_sha": "abc"},
+            "ceilings": {"copy_GBps": 100.0}, "rows": rows, "complete": True}
+
+
+def test_speedups_against_reference_and_best_peer(tmp_path):
+    rows = [dict(op="op", case="c", direction="fwd", variant=v, ms=ms)
+            for v, ms in (("reference", 4.0), ("torch.compile", 2.0), ("flex", 1.0), ("triton", 0.5), ("cuda", 2.0))]
+    rows.append(dict(op="op", case="c", direction="fwd", variant="triton", ms=9.0, label="interpreter"))
+    (tmp_path / "k.json").write_text(json.dumps(_kernel_file(rows)))
+    lines = summarize(tmp_path)
+    triton = next(line for line in lines if "| triton |" in line)
+    cuda = next(line for line in lines if "| cuda |" in line)
+    assert "| flex (1.000) | triton | 0.500 | 8.00 | 2.00 |" in triton
+    assert "| cuda | 2.000 | 2.00 | 0.50 |" in cuda
+    assert sum("| triton |" in line for line in lines) == 1  # the interpreter row is not a timing
+
+
+def test_correctness_e2e_and_sync_files(tmp_path):
+    (tmp_path / "correctness.json").write_text(json.dumps({"dtype": "bfloat16", "autotune": "0", "rows": [
+        {"backend": "triton", "status": "ok"}, {"backend": "triton", "status": "failed"},
+        {"backend": "cuda", "status": "ok"}]}))
+    (tmp_path / "e2e_step.json").write_text(json.dumps({"bench": "e2e_step", "fusion": "CA", "batch": 8,
+        "clip_seconds": 20.0, "speedup": 1.5, "results": {
+            "reference": dict(step_s_median=3.0, tokens_per_s=100.0, peak_memory_mb=10.0, loss=1.0),
+            "fast": dict(step_s_median=2.0, tokens_per_s=150.0, peak_memory_mb=8.0, loss=1.0)}}))
+    (tmp_path / "syncs.json").write_text(json.dumps({"host_transfers": 5, "host_transfers_in_kernels": 1,
+        "cuda_syncs": 7, "from_features": {"host_transfers": 2, "host_transfers_in_kernels": 0, "cuda_syncs": 3}}))
+    text = "\n".join(summarize(tmp_path))
+    assert "| correctness.json | triton | bfloat16 | 1 | 1 | 0 |" in text
+    assert "| correctness.json | cuda | bfloat16 | 1 | 0 | 0 |" in text
+    assert "| fast | 2.000 | 150 | 8 | 1.00000 | 1.50x |" in text
+    assert "| from cached features | 2 | 0 | 3 |" in text
+
+
+def test_committed_h200_results_read():
+    text = "\n".join(summarize(__import__("pathlib").Path(__file__).parents[2] / "bench/results/h200-2026-11-29"))
+    assert "| correctness-triton.json | triton | bfloat16 | 79 | 0 | 0 |" in text
+    assert "NVIDIA H200" in text
+
+
+def test_bad_folder_and_bad_json(tmp_path, capsys):
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 2
+    assert "no benchmark result files" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text("{")
+    assert main([str(tmp_path)]) == 2
+    assert "broken.json" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="broken.json"):
+        summarize(tmp_path)
