@@ -126,14 +126,15 @@ _ATTENTION_SHAPES = {
 def _attention(m, dt):
     for head_dim, group, causal, dropout in _ATTENTION_SHAPES[dt]:
         q, k = _ptr(dt, 16, 8 * group, head_dim), _ptr(dt, 16, 8, head_dim)
-        _, hq, hkv, d, block_d, prec = m._common(q, k)
+        _, hq, hkv, d, block_d, block_dhi, prec = m._common(q, k)
         lse, cu, sq, sk = _ptr(torch.float32), _i32(), q.stride(), k.stride()
         drop_args, dropout = m._dropout_args(0.1 if dropout else 0.0, 2**40 + 3, 5)
-        shape = dict(GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec, DROPOUT=dropout)
+        shape = dict(GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, BLOCK_DHI=block_dhi, CAUSAL=causal, PREC=prec,
+                     DROPOUT=dropout)
         yield m._fwd_kernel, (q, k, k, q, lse, cu, cu, 0.18, *drop_args, sq[0], sk[0], 4000), shape
         if dt == torch.float16 and not dropout:  # no dot: one compile per head dim
-            yield m._bwd_preprocess_kernel, (q, q, lse, 4000, sq[0], 4000), dict(HEAD_DIM=d, BLOCK_D=block_d,
-                                                                                   BLOCK_M=64)
+            yield m._bwd_preprocess_kernel, (q, q, lse, 4000, sq[0], 4000), dict(
+                HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_M=64)
         for atomic in (True, False) if dt != torch.float32 else (True,):
             yield m._bwd_dkdv_kernel, (q, k, k, q, lse, k, k, lse, lse, cu, cu, 0.18, 0.12, *drop_args, sq[0], sk[0],
                                        sq[0], 4000), dict(shape, ATOMIC_DQ=atomic)

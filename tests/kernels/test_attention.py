@@ -92,6 +92,19 @@ def test_head_dims_and_scale(d, backend):
 
 
 @pytest.mark.parametrize("backend", ATTN_FAST_BACKENDS)
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("d", [80, 96, 192])
+def test_head_dim_as_two_column_blocks(d, deterministic, backend):
+    """Head dims that are a sum of two powers of two (the perceiver's 192 = 128 + 64) run unpadded as two column
+    blocks in every kernel: GQA, causal and cross lengths, atomic and deterministic dQ."""
+    from alarm_kernels.attention.triton import head_blocks
+
+    assert head_blocks(d)[1] > 0 and sum(head_blocks(d)) == d
+    _check([5, 40, 17], [5, 40, 17], 4, 2, d, True, torch.float16, backend, seed=d, deterministic=deterministic)
+    _check([7, 33], [20, 9], 2, 2, d, False, torch.float32, backend, seed=d + 1, deterministic=deterministic)
+
+
+@pytest.mark.parametrize("backend", ATTN_FAST_BACKENDS)
 def test_long_sequence(backend):
     _check([1023], [1023], 1, 1, 32, True, torch.float16, backend, seed=1023)
 

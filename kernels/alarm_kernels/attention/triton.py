@@ -20,7 +20,11 @@ Kernels (one program = one tile of one sequence and one head; programs past a se
 * ``_bwd_dq_kernel`` grid ``(cdiv(max_seqlen_q, BLOCK_M), N, Hq)``: the deterministic dQ (a second pass
   over the key blocks, no atomics).
 
-Head dims that are not powers of two are padded to the next one (``BLOCK_D``) with load/store masks.
+Head dims: a power of two is one column block (``BLOCK_D``). A head dim that is the sum of two powers of two
+of at least 16 runs as two column blocks with no padding (``BLOCK_D`` + ``BLOCK_DHI``: the perceiver's 192 =
+128 + 64, 96 = 64 + 32): every product over the head dim is two ``tl.dot`` calls and every tile of q / k / v /
+dO / dQ / dK / dV has a second, narrower part, instead of padding 192 to 256 (a third more registers,
+shared memory and tensor-core work). Other head dims are padded to the next power of two with load/store masks.
 Numerics: q/k/v tiles feed ``tl.dot`` in their storage dtype (fp16/bf16 tensor cores; fp32 inputs use
 ``input_precision="ieee"`` so fp32 stays fp32-accurate), accumulation and all softmax math are fp32, and
 probabilities / dS are rounded to the storage dtype only as ``tl.dot`` operands (as flash-attn does).
@@ -105,7 +109,7 @@ def _prune(configs, named_args, kernel: str, **kwargs):
         return configs[:1]
     if kernel == "dkdv" and kwargs.get("ATOMIC_DQ"):
         kernel = "dkdv_atomic"
-    capability, block_d = _capability(), kwargs["BLOCK_D"]
+    capability, block_d = _capability(), kwargs["BLOCK_D"] + kwargs.get("BLOCK_DHI", 0)  # columns in registers
     if not AUTOTUNE:
         return [default_config(kernel, block_d, capability)]
     limit = 2**21 if block_d <= 128 else 2**20
@@ -179,9 +183,10 @@ def _keep(drop, head, q_idx, k_idx):
 
 @triton.jit
 def _fwd_inner(
-    acc, l_i, m_i, q, K, V, len_k, diag, rows, start, stop, stride_kt, offs_d, d_mask, qk_scale,
-    drop, head, q_glob, k_glob,
+    acc, acc_hi, l_i, m_i, q, q_hi, K, V, len_k, diag, rows, start, stop, stride_kt, offs_d, d_mask, offs_hi,
+    qk_scale, drop, head, q_glob, k_glob,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DHI: tl.constexpr,
 ):
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(start, stop, BLOCK_N):
@@ -193,7 +198,17 @@ def _fwd_inner(
             kv_mask = d_mask[None, :]
         k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        if BLOCK_DHI > 0:  # the head dim's second column block (exact: no column mask)
+            kv_off_hi = cols[:, None] * stride_kt + offs_hi[None, :]
+            if MASKED:
+                k_hi = tl.load(K + kv_off_hi, mask=(cols < len_k)[:, None], other=0.0)
+                v_hi = tl.load(V + kv_off_hi, mask=(cols < len_k)[:, None], other=0.0)
+            else:
+                k_hi = tl.load(K + kv_off_hi)
+                v_hi = tl.load(V + kv_off_hi)
+            s += tl.dot(q_hi, tl.trans(k_hi), input_precision=PREC)
+        s = s * qk_scale
         if MASKED:
             visible = cols[None, :] < len_k
             if CAUSAL:
@@ -209,8 +224,10 @@ def _fwd_inner(
         if DROPOUT:  # the normalizer sums every probability; only the values see the dropped ones as 0
             p = tl.where(_keep(drop, head, (q_glob + rows)[:, None], (k_glob + cols)[None, :]), p, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        if BLOCK_DHI > 0:
+            acc_hi = acc_hi * alpha[:, None] + tl.dot(p.to(v_hi.dtype), v_hi, input_precision=PREC)
         m_i = m_new
-    return acc, l_i, m_i
+    return acc, acc_hi, l_i, m_i
 
 
 # the dropout seed words / offset / threshold change every call: never specialize on their values
@@ -218,14 +235,14 @@ _DROPOUT_ARGS = ["seed_lo", "seed_hi", "drop_offset", "drop_threshold"]
 
 
 @triton_autotune(
-    configs=_FWD_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_prune_for("fwd")
+    configs=_FWD_CONFIGS, key=["BLOCK_D", "BLOCK_DHI", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_prune_for("fwd")
 )
 @triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _fwd_kernel(
     Q, K, V, OUT, LSE, CU_Q, CU_K, qk_scale, keep_scale, seed_lo, seed_hi, drop_offset, drop_threshold,
     stride_qt, stride_kt, stride_lh,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DHI: tl.constexpr,
+    CAUSAL: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     if CAUSAL:  # causal tiles further down the diagonal do more work: launch them first
@@ -251,21 +268,28 @@ def _fwd_kernel(
     full, hi = _key_range(m0, len_q, len_k, CAUSAL, BLOCK_M, BLOCK_N)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if BLOCK_DHI > 0:
+        offs_hi = BLOCK_D + tl.arange(0, BLOCK_DHI)
+        q_hi = tl.load(Q + rows[:, None] * stride_qt + offs_hi[None, :], mask=(rows < len_q)[:, None], other=0.0)
+        acc_hi = tl.zeros([BLOCK_M, BLOCK_DHI], dtype=tl.float32)
+    else:  # placeholders, never read
+        offs_hi, q_hi, acc_hi = offs_d, q, acc
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     drop = (seed_lo, seed_hi, drop_offset, drop_threshold)
     q_glob, k_glob = q_start.to(tl.int32), k_start.to(tl.int32)
-    acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, K, V, len_k, diag, rows, 0, full, stride_kt, offs_d, d_mask, qk_scale,
-        drop, head, q_glob, k_glob, False, CAUSAL, PREC, DROPOUT, BLOCK_N,
+    acc, acc_hi, l_i, m_i = _fwd_inner(
+        acc, acc_hi, l_i, m_i, q, q_hi, K, V, len_k, diag, rows, 0, full, stride_kt, offs_d, d_mask, offs_hi,
+        qk_scale, drop, head, q_glob, k_glob, False, CAUSAL, PREC, DROPOUT, BLOCK_N, BLOCK_DHI,
     )
-    acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, K, V, len_k, diag, rows, full, hi, stride_kt, offs_d, d_mask, qk_scale,
-        drop, head, q_glob, k_glob, True, CAUSAL, PREC, DROPOUT, BLOCK_N,
+    acc, acc_hi, l_i, m_i = _fwd_inner(
+        acc, acc_hi, l_i, m_i, q, q_hi, K, V, len_k, diag, rows, full, hi, stride_kt, offs_d, d_mask, offs_hi,
+        qk_scale, drop, head, q_glob, k_glob, True, CAUSAL, PREC, DROPOUT, BLOCK_N, BLOCK_DHI,
     )
     seen = l_i > 0.0
     l_safe = tl.where(seen, l_i, 1.0)
-    out = acc * (keep_scale / l_safe)[:, None]
+    out_scale = keep_scale / l_safe
+    out = acc * out_scale[:, None]
     lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("inf"))
     # store offsets rebuilt here (not reused from the q load) so no [BLOCK_M, BLOCK_D] offset tensor stays
     # live in registers across the key loops
@@ -273,6 +297,10 @@ def _fwd_kernel(
     o_cols = tl.arange(0, BLOCK_D)
     o_mask = (o_rows < len_q)[:, None] & (o_cols < HEAD_DIM)[None, :]
     tl.store(OUT + o_rows[:, None] * stride_qt + o_cols[None, :], out.to(OUT.dtype.element_ty), mask=o_mask)
+    if BLOCK_DHI > 0:
+        o_cols_hi = BLOCK_D + tl.arange(0, BLOCK_DHI)
+        tl.store(OUT + o_rows[:, None] * stride_qt + o_cols_hi[None, :],
+                 (acc_hi * out_scale[:, None]).to(OUT.dtype.element_ty), mask=(o_rows < len_q)[:, None])
     tl.store(LSE + o_rows, lse, mask=o_rows < len_q)
 
 
@@ -295,10 +323,10 @@ def _bwd_preprocess_kernel(
 
 @triton.jit
 def _dkdv_inner(
-    dk, dv, k, v, Q, DO, DQ, LSE, DELTA, len_q, diag, cols, col_ok, start, stop,
-    stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale, keep_scale, drop, head, q_glob, k_glob,
+    dk, dv, dk_hi, dv_hi, k, v, k_hi, v_hi, Q, DO, DQ, LSE, DELTA, len_q, diag, cols, col_ok, start, stop,
+    stride_qt, stride_dqt, offs_d, d_mask, offs_hi, qk_scale, sm_scale, keep_scale, drop, head, q_glob, k_glob,
     MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_DHI: tl.constexpr,
 ):
     # computed transposed (keys on the M side of every product: [BLOCK_N, BLOCK_M] score tiles), so the
     # large key block is the tensor-core M dimension
@@ -311,30 +339,47 @@ def _dkdv_inner(
                      other=0.0)
         lse2 = tl.load(LSE + rows, mask=row_ok, other=float("inf")) * 1.4426950408889634
         delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
-        sT = tl.dot(k, qT, input_precision=PREC) * qk_scale
+        sT = tl.dot(k, qT, input_precision=PREC)
+        if BLOCK_DHI > 0:  # the head dim's second column block
+            qT_hi = tl.load(Q + rows[None, :] * stride_qt + offs_hi[:, None], mask=row_ok[None, :], other=0.0)
+            do_hi = tl.load(DO + rows[:, None] * stride_qt + offs_hi[None, :], mask=row_ok[:, None], other=0.0)
+            sT += tl.dot(k_hi, qT_hi, input_precision=PREC)
+        sT = sT * qk_scale
         pT = tl.math.exp2(sT - lse2[None, :])
         visible = col_ok[:, None]
         if MASKED:
             visible = visible & (cols[:, None] <= rows[None, :] + diag)
         pT = tl.where(visible, pT, 0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
+        if BLOCK_DHI > 0:
+            dpT += tl.dot(v_hi, tl.trans(do_hi), input_precision=PREC)
         if DROPOUT:  # Z = keep / (1 - p): dV = (P Z)^T dO, dP = Z (dO V^T)
             keepT = _keep(drop, head, (q_glob + rows)[None, :], (k_glob + cols)[:, None])
-            dv += tl.dot(tl.where(keepT, pT * keep_scale, 0.0).to(do.dtype), do, input_precision=PREC)
+            pzT = tl.where(keepT, pT * keep_scale, 0.0).to(do.dtype)
             dpT = tl.where(keepT, dpT * keep_scale, 0.0)
         else:
-            dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
+            pzT = pT.to(do.dtype)
+        dv += tl.dot(pzT, do, input_precision=PREC)
+        if BLOCK_DHI > 0:
+            dv_hi += tl.dot(pzT, do_hi, input_precision=PREC)
         dsT = pT * (dpT - delta[None, :])
         dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT), input_precision=PREC)
+        if BLOCK_DHI > 0:
+            dk_hi += tl.dot(dsT.to(qT_hi.dtype), tl.trans(qT_hi), input_precision=PREC)
         if ATOMIC_DQ:
             dq = tl.dot(tl.trans(dsT.to(k.dtype)), k, input_precision=PREC) * sm_scale
             tl.atomic_add(DQ + rows[:, None] * stride_dqt + offs_d[None, :], dq,
                           mask=row_ok[:, None] & d_mask[None, :], sem="relaxed")
-    return dk, dv
+            if BLOCK_DHI > 0:
+                dq_hi = tl.dot(tl.trans(dsT.to(k_hi.dtype)), k_hi, input_precision=PREC) * sm_scale
+                tl.atomic_add(DQ + rows[:, None] * stride_dqt + offs_hi[None, :], dq_hi, mask=row_ok[:, None],
+                              sem="relaxed")
+    return dk, dv, dk_hi, dv_hi
 
 
 @triton_autotune(
-    configs=_DKDV_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "ATOMIC_DQ", "DROPOUT"], reset_to_zero=["DQ"],
+    configs=_DKDV_CONFIGS, key=["BLOCK_D", "BLOCK_DHI", "CAUSAL", "GROUP", "ATOMIC_DQ", "DROPOUT"],
+    reset_to_zero=["DQ"],
     prune_configs_by=_prune_for("dkdv"),
 )
 @triton.jit(do_not_specialize=_DROPOUT_ARGS)
@@ -342,8 +387,8 @@ def _bwd_dkdv_kernel(
     Q, K, V, DO, DQ, DK, DV, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale, keep_scale,
     seed_lo, seed_hi, drop_offset, drop_threshold,
     stride_qt, stride_kt, stride_dqt, stride_lh,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DHI: tl.constexpr,
+    CAUSAL: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -363,6 +408,15 @@ def _bwd_dkdv_kernel(
     v = tl.load(V + kv_base + kv_off, mask=col_ok[:, None] & d_mask[None, :], other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    if BLOCK_DHI > 0:
+        offs_hi = BLOCK_D + tl.arange(0, BLOCK_DHI)
+        kv_off_hi = cols[:, None] * stride_kt + offs_hi[None, :]
+        k_hi = tl.load(K + kv_base + kv_off_hi, mask=col_ok[:, None], other=0.0)
+        v_hi = tl.load(V + kv_base + kv_off_hi, mask=col_ok[:, None], other=0.0)
+        dk_hi = tl.zeros([BLOCK_N, BLOCK_DHI], dtype=tl.float32)
+        dv_hi = tl.zeros([BLOCK_N, BLOCK_DHI], dtype=tl.float32)
+    else:  # placeholders, never read
+        offs_hi, k_hi, v_hi, dk_hi, dv_hi = offs_d, k, v, dk, dv
     diag = len_k - len_q
     if CAUSAL:
         # rows before `lo` see no key of this block; rows from `full` on see all of them
@@ -380,15 +434,17 @@ def _bwd_dkdv_kernel(
         q_base = q_start * stride_qt + head * HEAD_DIM
         dq_base = q_start * stride_dqt + head * HEAD_DIM
         l_base = head * stride_lh + q_start
-        dk, dv = _dkdv_inner(
-            dk, dv, k, v, Q + q_base, DO + q_base, DQ + dq_base, LSE + l_base, DELTA + l_base, len_q, diag, cols,
-            col_ok, lo, masked_stop, stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale, keep_scale,
-            drop, head, q_glob, k_glob, True, ATOMIC_DQ, PREC, DROPOUT, BLOCK_M,
+        dk, dv, dk_hi, dv_hi = _dkdv_inner(
+            dk, dv, dk_hi, dv_hi, k, v, k_hi, v_hi, Q + q_base, DO + q_base, DQ + dq_base, LSE + l_base,
+            DELTA + l_base, len_q, diag, cols, col_ok, lo, masked_stop, stride_qt, stride_dqt, offs_d, d_mask,
+            offs_hi, qk_scale, sm_scale, keep_scale, drop, head, q_glob, k_glob, True, ATOMIC_DQ, PREC, DROPOUT,
+            BLOCK_M, BLOCK_DHI,
         )
-        dk, dv = _dkdv_inner(
-            dk, dv, k, v, Q + q_base, DO + q_base, DQ + dq_base, LSE + l_base, DELTA + l_base, len_q, diag, cols,
-            col_ok, full, len_q, stride_qt, stride_dqt, offs_d, d_mask, qk_scale, sm_scale, keep_scale,
-            drop, head, q_glob, k_glob, False, ATOMIC_DQ, PREC, DROPOUT, BLOCK_M,
+        dk, dv, dk_hi, dv_hi = _dkdv_inner(
+            dk, dv, dk_hi, dv_hi, k, v, k_hi, v_hi, Q + q_base, DO + q_base, DQ + dq_base, LSE + l_base,
+            DELTA + l_base, len_q, diag, cols, col_ok, full, len_q, stride_qt, stride_dqt, offs_d, d_mask,
+            offs_hi, qk_scale, sm_scale, keep_scale, drop, head, q_glob, k_glob, False, ATOMIC_DQ, PREC, DROPOUT,
+            BLOCK_M, BLOCK_DHI,
         )
     # store offsets rebuilt (see _fwd_kernel)
     s_cols = n0 + tl.arange(0, BLOCK_N)
@@ -397,13 +453,18 @@ def _bwd_dkdv_kernel(
     s_mask = (s_cols < len_k)[:, None] & (s_d < HEAD_DIM)[None, :]
     tl.store(DK + s_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=s_mask)
     tl.store(DV + s_off, dv.to(DV.dtype.element_ty), mask=s_mask)
+    if BLOCK_DHI > 0:
+        s_off_hi = kv_base + s_cols[:, None] * stride_kt + (BLOCK_D + tl.arange(0, BLOCK_DHI))[None, :]
+        tl.store(DK + s_off_hi, (dk_hi * sm_scale).to(DK.dtype.element_ty), mask=(s_cols < len_k)[:, None])
+        tl.store(DV + s_off_hi, dv_hi.to(DV.dtype.element_ty), mask=(s_cols < len_k)[:, None])
 
 
 @triton.jit
 def _dq_inner(
-    dq, q, do, lse2, delta, K, V, len_k, diag, rows, start, stop, stride_kt, offs_d, d_mask, qk_scale,
-    keep_scale, drop, head, q_glob, k_glob,
+    dq, dq_hi, q, q_hi, do, do_hi, lse2, delta, K, V, len_k, diag, rows, start, stop, stride_kt, offs_d, d_mask,
+    offs_hi, qk_scale, keep_scale, drop, head, q_glob, k_glob,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DHI: tl.constexpr,
 ):
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(start, stop, BLOCK_N):
@@ -415,7 +476,17 @@ def _dq_inner(
             kv_mask = d_mask[None, :]
         k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        if BLOCK_DHI > 0:  # the head dim's second column block
+            kv_off_hi = cols[:, None] * stride_kt + offs_hi[None, :]
+            if MASKED:
+                k_hi = tl.load(K + kv_off_hi, mask=(cols < len_k)[:, None], other=0.0)
+                v_hi = tl.load(V + kv_off_hi, mask=(cols < len_k)[:, None], other=0.0)
+            else:
+                k_hi = tl.load(K + kv_off_hi)
+                v_hi = tl.load(V + kv_off_hi)
+            s += tl.dot(q_hi, tl.trans(k_hi), input_precision=PREC)
+        s = s * qk_scale
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
             visible = cols[None, :] < len_k
@@ -423,24 +494,28 @@ def _dq_inner(
                 visible = visible & (cols[None, :] <= rows[:, None] + diag)
             p = tl.where(visible, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        if BLOCK_DHI > 0:
+            dp += tl.dot(do_hi, tl.trans(v_hi), input_precision=PREC)
         if DROPOUT:
             keep = _keep(drop, head, (q_glob + rows)[:, None], (k_glob + cols)[None, :])
             dp = tl.where(keep, dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-    return dq
+        if BLOCK_DHI > 0:
+            dq_hi += tl.dot(ds.to(k_hi.dtype), k_hi, input_precision=PREC)
+    return dq, dq_hi
 
 
 @triton_autotune(
-    configs=_DQ_CONFIGS, key=["BLOCK_D", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_prune_for("dq")
+    configs=_DQ_CONFIGS, key=["BLOCK_D", "BLOCK_DHI", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_prune_for("dq")
 )
 @triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _bwd_dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, qk_scale, sm_scale, keep_scale,
     seed_lo, seed_hi, drop_offset, drop_threshold,
     stride_qt, stride_kt, stride_lh,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DHI: tl.constexpr,
+    CAUSAL: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     if CAUSAL:  # causal tiles further down the diagonal do more work: launch them first
@@ -468,15 +543,23 @@ def _bwd_dq_kernel(
     diag = len_k - len_q
     full, hi = _key_range(m0, len_q, len_k, CAUSAL, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if BLOCK_DHI > 0:
+        offs_hi = BLOCK_D + tl.arange(0, BLOCK_DHI)
+        q_off_hi = q_base + rows[:, None] * stride_qt + offs_hi[None, :]
+        q_hi = tl.load(Q + q_off_hi, mask=row_ok[:, None], other=0.0)
+        do_hi = tl.load(DO + q_off_hi, mask=row_ok[:, None], other=0.0)
+        dq_hi = tl.zeros([BLOCK_M, BLOCK_DHI], dtype=tl.float32)
+    else:  # placeholders, never read
+        offs_hi, q_hi, do_hi, dq_hi = offs_d, q, do, dq
     drop = (seed_lo, seed_hi, drop_offset, drop_threshold)
     q_glob, k_glob = q_start.to(tl.int32), k_start.to(tl.int32)
-    dq = _dq_inner(
-        dq, q, do, lse2, delta, K, V, len_k, diag, rows, 0, full, stride_kt, offs_d, d_mask, qk_scale,
-        keep_scale, drop, head, q_glob, k_glob, False, CAUSAL, PREC, DROPOUT, BLOCK_N,
+    dq, dq_hi = _dq_inner(
+        dq, dq_hi, q, q_hi, do, do_hi, lse2, delta, K, V, len_k, diag, rows, 0, full, stride_kt, offs_d, d_mask,
+        offs_hi, qk_scale, keep_scale, drop, head, q_glob, k_glob, False, CAUSAL, PREC, DROPOUT, BLOCK_N, BLOCK_DHI,
     )
-    dq = _dq_inner(
-        dq, q, do, lse2, delta, K, V, len_k, diag, rows, full, hi, stride_kt, offs_d, d_mask, qk_scale,
-        keep_scale, drop, head, q_glob, k_glob, True, CAUSAL, PREC, DROPOUT, BLOCK_N,
+    dq, dq_hi = _dq_inner(
+        dq, dq_hi, q, q_hi, do, do_hi, lse2, delta, K, V, len_k, diag, rows, full, hi, stride_kt, offs_d, d_mask,
+        offs_hi, qk_scale, keep_scale, drop, head, q_glob, k_glob, True, CAUSAL, PREC, DROPOUT, BLOCK_N, BLOCK_DHI,
     )
     # store offsets rebuilt (see _fwd_kernel)
     s_rows = m0 + tl.arange(0, BLOCK_M)
@@ -484,14 +567,29 @@ def _bwd_dq_kernel(
     s_mask = (s_rows < len_q)[:, None] & (s_d < HEAD_DIM)[None, :]
     tl.store(DQ + q_base + s_rows[:, None] * stride_qt + s_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
              mask=s_mask)
+    if BLOCK_DHI > 0:
+        s_hi = BLOCK_D + tl.arange(0, BLOCK_DHI)
+        tl.store(DQ + q_base + s_rows[:, None] * stride_qt + s_hi[None, :],
+                 (dq_hi * sm_scale).to(DQ.dtype.element_ty), mask=(s_rows < len_q)[:, None])
+
+
+def head_blocks(d: int) -> Tuple[int, int]:
+    """``(BLOCK_D, BLOCK_DHI)`` for head dim ``d``: ``(d, 0)`` for a power of two (>= 16); two power-of-two
+    column blocks of at least 16 when ``d`` is their sum (192 -> (128, 64), 96 -> (64, 32)); otherwise the
+    next power of two, masked (72 -> (128, 0))."""
+    full = max(16, triton.next_power_of_2(d))
+    low, rest = full // 2, d - full // 2
+    if full != d and low >= 16 and rest >= 16 and rest & (rest - 1) == 0:
+        return low, rest
+    return full, 0
 
 
 def _common(q: Tensor, k: Tensor):
     total_q, hq, d = q.shape
     hkv = k.shape[1]
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d, block_dhi = head_blocks(d)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    return total_q, hq, hkv, d, block_d, prec
+    return total_q, hq, hkv, d, block_d, block_dhi, prec
 
 
 def _dropout_args(dropout_p: float, dropout_seed: int, dropout_offset: int):
@@ -515,7 +613,7 @@ def forward(
     Returns:
         ``(out [total_q, Hq, D] in q's dtype, lse [Hq, total_q] float32)``.
     """
-    total_q, hq, hkv, d, block_d, prec = _common(q, k)
+    total_q, hq, hkv, d, block_d, block_dhi, prec = _common(q, k)
     n = cu_seqlens_q.numel() - 1
     out = empty_output(q.shape, q.dtype, q.device)
     lse = empty_output((hq, total_q), torch.float32, q.device)
@@ -526,7 +624,8 @@ def forward(
     _fwd_kernel[grid](
         q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale * LOG2E, *drop_args,
         q.stride(0), k.stride(0), lse.stride(0),
-        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec, DROPOUT=dropout,
+        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, BLOCK_DHI=block_dhi, CAUSAL=causal, PREC=prec,
+        DROPOUT=dropout,
     )
     return out, lse
 
@@ -547,7 +646,7 @@ def backward(
     Returns:
         ``(dq [total_q, Hq, D], dk [total_k, Hkv, D], dv [total_k, Hkv, D])`` in the input dtype.
     """
-    total_q, hq, hkv, d, block_d, prec = _common(q, k)
+    total_q, hq, hkv, d, block_d, block_dhi, prec = _common(q, k)
     n = cu_seqlens_q.numel() - 1
     group = hq // hkv
     lse = lse.contiguous()
@@ -563,7 +662,7 @@ def backward(
     delta = torch.empty((hq, total_q), dtype=torch.float32, device=q.device)
     _bwd_preprocess_kernel[(triton.cdiv(total_q, 64), hq)](
         out, grad_out, delta, total_q, q.stride(0), delta.stride(0),
-        HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=64,
+        HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_M=64,  # elementwise: one padded block
     )
     atomic = not deterministic
     if atomic:
@@ -577,7 +676,8 @@ def backward(
         q, k, v, grad_out, dq_acc, dk, dv, lse, delta, cu_seqlens_q, cu_seqlens_k, qk_scale, softmax_scale,
         *drop_args,
         q.stride(0), k.stride(0), dq_acc.stride(0), lse.stride(0),
-        GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, ATOMIC_DQ=atomic, PREC=prec, DROPOUT=dropout,
+        GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, BLOCK_DHI=block_dhi, CAUSAL=causal, ATOMIC_DQ=atomic, PREC=prec,
+        DROPOUT=dropout,
     )
     if atomic:
         dq = dq_acc if q.dtype == torch.float32 else dq_acc.to(q.dtype)
@@ -587,7 +687,8 @@ def backward(
             q, k, v, grad_out, dq_acc, lse, delta, cu_seqlens_q, cu_seqlens_k, qk_scale, softmax_scale,
             *drop_args,
             q.stride(0), k.stride(0), lse.stride(0),
-            GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, PREC=prec, DROPOUT=dropout,
+            GROUP=group, HEAD_DIM=d, BLOCK_D=block_d, BLOCK_DHI=block_dhi, CAUSAL=causal, PREC=prec,
+            DROPOUT=dropout,
         )
         dq = dq_acc
     return dq, dk, dv

@@ -4,11 +4,11 @@ It computes what the padded reference model computes: the packed sequences are s
 zero-padded ``[N, C_in, T]`` batch, convolved with one ``F.conv1d`` call, and the valid output frames are
 gathered back. Frames past a sequence's end are zeros, which is exactly the zero padding at its right
 edge, so every valid output frame equals the per-sequence convolution. The backward is explicit
-(``torch.nn.grad.conv1d_input`` / ``conv1d_weight`` on the padded batch): no autograd inside.
+(``aten.gelu_backward``, then one ``aten.convolution_backward`` for both gradients on the padded batch): no
+autograd inside.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -17,9 +17,6 @@ from torch import Tensor
 
 from .._utils import empty_output
 from ..varlen import cu_seqlens_to_seqlens
-
-_SQRT_HALF = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def conv_out_lengths(lengths: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
@@ -47,11 +44,6 @@ def phase_offsets(cu_seqlens: Tensor, stride: int, padding: int) -> Tensor:
     cu_ph = torch.zeros(stride, lengths.numel() + 1, dtype=torch.int32, device=cu_seqlens.device)
     cu_ph[:, 1:] = torch.cumsum(counts, 1).to(torch.int32)
     return cu_ph
-
-
-def gelu_grad(z: Tensor) -> Tensor:
-    """d/dz of the exact GELU ``z * Phi(z)``: ``Phi(z) + z * phi(z)`` (same dtype as z)."""
-    return 0.5 * (1.0 + torch.erf(z * _SQRT_HALF)) + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
 
 
 def _masks(cu_seqlens: Tensor, cu_y: Tensor, kernel_size: int, max_len: int = -1):
@@ -128,7 +120,7 @@ def backward(
     """
     c_out, c_in, k = weight.shape
     total = x.shape[0]
-    grad_pre = grad_y * gelu_grad(pre) if activation == "gelu" else grad_y
+    grad_pre = torch.ops.aten.gelu_backward(grad_y, pre) if activation == "gelu" else grad_y  # exact GELU's
     grad_x = empty_output((total if need_dx else 0, c_in), x.dtype, x.device)
     grad_w = empty_output((c_out if need_dw else 0, c_in, k), x.dtype, x.device)
     grad_b = empty_output((c_out,), x.dtype, x.device)
@@ -142,10 +134,14 @@ def backward(
     out_mask = torch.arange(t_out, device=x.device)[None, :] < out_len[:, None]
     g_pad = grad_pre.new_zeros(out_mask.shape[0], t_out, c_out)
     g_pad[out_mask] = grad_pre
-    g_pad = g_pad.transpose(1, 2)  # [N, C_out, T_out]
+    g_pad = g_pad.transpose(1, 2).contiguous()  # [N, C_out, T_out]
+    # one convolution_backward for both gradients, as autograd runs it for nn.Conv1d, on contiguous NCT
+    # tensors (strided ones take a path several times slower on CPU)
+    x_pad = _pad(x, in_mask).contiguous() if need_dw else x.new_zeros(out_mask.shape[0], c_in, t_in)
+    gx, gw, _ = torch.ops.aten.convolution_backward(g_pad, x_pad, weight, None, [stride], [padding], [1], False, [0],
+                                                    1, [need_dx, need_dw, False])
     if need_dx:
-        gx = torch.nn.grad.conv1d_input((out_mask.shape[0], c_in, t_in), weight, g_pad, stride=stride, padding=padding)
         grad_x.copy_(gx.transpose(1, 2)[in_mask])
     if need_dw:
-        grad_w.copy_(torch.nn.grad.conv1d_weight(_pad(x, in_mask), weight.shape, g_pad, stride=stride, padding=padding))
+        grad_w.copy_(gw)
     return grad_x, grad_w, grad_b
