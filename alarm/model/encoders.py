@@ -3,7 +3,8 @@
 Every encoder is an :class:`AudioEncoder`: given 1-D float32 waveforms at ``spec.sample_rate`` it returns
 the *selected* hidden states only, packed: ``k`` tensors ``[total_frames, D]`` plus int32 ``cu_seqlens``
 ``[B+1]`` (``k = len(spec.layers)``; index 0 = the input of the first block, i = the output of block i).
-Encoders always run frozen, in eval mode, under ``torch.no_grad()``. Blocks above the highest selected
+Encoders always run frozen, in eval mode, under ``torch.no_grad()`` and outside autocast (in their own dtype,
+so features computed online under mixed precision equal cached ones). Blocks above the highest selected
 index are dropped at construction and the selected states are captured by forward hooks, so the full
 stack of hidden states never exists. Clips longer than ``spec.chunk_seconds`` are cut into chunks and all
 chunks of a batch run as one batch; each chunk's result does not depend on the other chunks.
@@ -69,6 +70,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import itertools
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -119,11 +121,21 @@ class AudioEncoder(nn.Module, abc.ABC):
             inputs, lengths = self.features(pieces)
         return inputs, lengths, per_clip
 
+    def _device_type(self) -> str:
+        """"cuda" / "cpu" / ...: where this encoder's weights live ("cpu" for one without tensors)."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            return t.device.type
+        return "cpu"
+
     @torch.no_grad()
     def forward(self, waves: List[Tensor]) -> Tuple[List[Tensor], Tensor]:
         """B waveforms (1-D float32, ``spec.sample_rate`` Hz) -> (k x [total, D] packed, cu_seqlens [B+1])."""
         inputs, lengths, per_clip = self.chunk_inputs(waves)
-        states = self.hidden(inputs, lengths)
+        # the frozen encoder runs in its own dtype whatever autocast the caller is under: autocast would mix
+        # dtypes across the selected layers (float32 norms, bf16 matmuls) and make online features differ from
+        # cached ones
+        with torch.autocast(self._device_type(), enabled=False):
+            states = self.hidden(inputs, lengths)
         t = states[0].shape[1]
         valid = torch.arange(t, device=states[0].device)[None, :] < lengths.to(states[0].device)[:, None]
         packed = [s[valid] for s in states]  # chunks are contiguous per clip: packed per chunk == per clip

@@ -213,6 +213,32 @@ def test_bad_clips_are_skipped_and_counted(tmp_path):
     assert json.loads((out / "summary.json").read_text())["skipped_clips"] == 4
 
 
+@pytest.mark.parametrize("fusion", ["CA", "concat"])
+def test_bf16_autocast_run_under_cuda_norm_policy(corpus, tmp_path, monkeypatch, fusion):
+    """``run.precision=bf16``, what a GPU run takes by default, in process. CUDA's autocast runs layer_norm in
+    float32 and CPU's does not, so layer_norm is given CUDA's policy here: the bug class the first GPU run found
+    (a float32 result written into a bf16 buffer) fails this test on CPU."""
+    import torch.nn.functional as F
+
+    from alarm.train.loop import train
+
+    real = F.layer_norm
+
+    def cuda_policy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out.float() if torch.is_autocast_enabled("cpu") else out
+
+    monkeypatch.setattr(F, "layer_norm", cuda_policy)
+    folder, manifest = corpus
+    out = tmp_path / "bf16"
+    recipe = _recipe(tmp_path, manifest, out, model={"fusion": fusion, "n_encoders": 2},
+                     run={"precision": "bf16", "epochs": 1, "save_every": 100})
+    summary = train(load_config(str(recipe)))
+    losses = _losses(out)
+    assert summary["steps"] == 6 and len(losses) == 6
+    assert all(np.isfinite(v) and 0 < v < 50 for v in losses.values()), losses
+
+
 def test_recipe_errors_name_the_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  lr: 1e-4\n  learning_rate: 3\n")
