@@ -213,9 +213,10 @@ def test_bad_clips_are_skipped_and_counted(tmp_path):
     assert json.loads((out / "summary.json").read_text())["skipped_clips"] == 4
 
 
-@pytest.mark.parametrize("fusion", ["CA", "concat"])
-def test_bf16_autocast_run_under_cuda_norm_policy(corpus, tmp_path, monkeypatch, fusion):
-    """``run.precision=bf16``, what a GPU run takes by default, in process. CUDA's autocast runs layer_norm in
+@pytest.mark.parametrize("fusion,llm_dtype", [("CA", "bfloat16"), ("concat", "float32")])
+def test_bf16_autocast_run_under_cuda_norm_policy(corpus, tmp_path, monkeypatch, fusion, llm_dtype):
+    """``run.precision=bf16``, what a GPU run takes by default, in process (also with the frozen LLM in bf16, as
+    the paper's recipes have it). CUDA's autocast runs layer_norm in
     float32 and CPU's does not, so layer_norm is given CUDA's policy here: the bug class the first GPU run found
     (a float32 result written into a bf16 buffer) fails this test on CPU."""
     import torch.nn.functional as F
@@ -231,7 +232,7 @@ def test_bf16_autocast_run_under_cuda_norm_policy(corpus, tmp_path, monkeypatch,
     monkeypatch.setattr(F, "layer_norm", cuda_policy)
     folder, manifest = corpus
     out = tmp_path / "bf16"
-    recipe = _recipe(tmp_path, manifest, out, model={"fusion": fusion, "n_encoders": 2},
+    recipe = _recipe(tmp_path, manifest, out, model={"fusion": fusion, "n_encoders": 2, "llm_dtype": llm_dtype},
                      run={"precision": "bf16", "epochs": 1, "save_every": 100})
     summary = train(load_config(str(recipe)))
     losses = _losses(out)
