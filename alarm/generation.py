@@ -26,6 +26,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from alarm.prompts import BUDGET_AFTER_END, BUDGET_BEFORE_END
+from alarm.seeding import seeded
 
 THINK_START = "<think>"
 THINK_END = "</think>"
@@ -193,11 +194,7 @@ def generate_with_thinking_budget(model, tokenizer, *, input_ids=None, inputs_em
                                  for b, k, c in zip(rows, keep, conts, strict=True)], 0.0)
         return generate(None, emb2, mask2, n)
 
-    devices = [inputs.device] if inputs.device.type == "cuda" else []
-    rng = torch.random.fork_rng(devices=devices) if seed is not None else nullcontext()
-    with rng:
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded(seed, inputs.device) if seed is not None else nullcontext():
         return two_pass(run, batch, max_thinking_tokens=max_thinking_tokens, max_new_tokens=max_new_tokens,
                         suffix=suffix, think_ids=(start_id, end_id), starts_in_thinking=starts_in_thinking,
                         eos_ids=eos_ids, pad_token_id=pad_token_id, device=inputs.device)

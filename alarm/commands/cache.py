@@ -20,12 +20,17 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--shard-size", type=int, default=256, help="clips per shard file (default 256)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per encoder batch (default 8)")
+    p.add_argument("--device", default=None, help="where the frozen encoders run: cpu, cuda, cuda:1 (default: the "
+                   "recipe's run.device; auto = cuda when a GPU is visible)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     if args.shard_size < 1 or args.batch_size < 1:
         raise ValueError("--shard-size and --batch-size must be >= 1")
+    import torch
+
+    from alarm.commands.checks import check_device
     from alarm.train import build_model, load_config
     from alarm.train.cache import build_cache
     from alarm.train.data import load_examples
@@ -33,7 +38,11 @@ def run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if not Path(cfg.data.train_manifest).is_file():  # a cheap check before any model is built
         raise ValueError(f"data.train_manifest: {cfg.data.train_manifest} not found")
-    model = build_model(cfg)
+    device = args.device or cfg.run.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = check_device("--device" if args.device else "run.device", device)
+    model = build_model(cfg).to(device)
     if args.level == "adapter" and model.config.stage != "B":
         raise ValueError("--level adapter needs a stage-B recipe (frozen adapters); use --level encoder")
     examples, skips = load_examples(cfg.data.train_manifest, model.tokenizer, cfg.data.max_seconds)

@@ -49,8 +49,12 @@ def generation_kwargs(args) -> dict:
 
 def load_models(model: str, ensemble: list | None, device: str):
     """An ``ALARMModel`` (or an ``ALARMEnsemble`` sharing its LLM when ``ensemble`` folders are given)."""
+    import torch
+
     from alarm.model import ALARMEnsemble, ALARMModel
 
+    if torch.device(device).type == "cuda":  # this process's GPU (cuda:N under torchrun) becomes the current one
+        torch.cuda.set_device(torch.device(device))
     first = ALARMModel.from_pretrained(model).to(device)
     if not ensemble:
         return first

@@ -209,7 +209,7 @@ class Adapter(nn.Module):
     # ---- padded layout -------------------------------------------------------------------------
     def _norm_valid(self, norm: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
         """Norm over channels of [B, T, C] using valid frames only; padded frames set to 0. The result has the
-        norm's output dtype (float32 under autocast, whatever ``x`` is)."""
+        norm's output dtype (under CUDA autocast LayerNorm gives float32 whatever ``x`` is)."""
         normed = norm(x[mask])
         out = normed.new_zeros(x.shape)
         out[mask] = normed
@@ -244,9 +244,11 @@ class Adapter(nn.Module):
         y = self.conv2(h.transpose(1, 2)).transpose(1, 2)
         if self.folded:
             rows = torch.nonzero(out_len > 0).squeeze(1)
-            y = y.index_put((rows, torch.zeros_like(rows)), -self.edge_first.expand(rows.numel(), -1), accumulate=True)
+            y = y.index_put((rows, torch.zeros_like(rows)), -self.edge_first.to(y.dtype).expand(rows.numel(), -1),
+                            accumulate=True)
             rows = torch.nonzero((out_len > 0) & (lengths % 2 == 0)).squeeze(1)
-            y = y.index_put((rows, out_len[rows] - 1), -self.edge_last.expand(rows.numel(), -1), accumulate=True)
+            y = y.index_put((rows, out_len[rows] - 1), -self.edge_last.to(y.dtype).expand(rows.numel(), -1),
+                            accumulate=True)
         y = F.gelu(y)
         m = valid_mask(out_len, y.shape[1])
         y = self._norm_valid(self.norm2, y, m)

@@ -35,6 +35,7 @@ from ..fileio import atomic_write_folder, atomic_write_text
 from ..audio import resample_batch, validate_audio_batch
 from ..generation import SAMPLING_DEFAULTS, generate_with_thinking_budget
 from ..prompts import SYSTEM_PROMPT, ensemble_header, ensemble_intro, system_turn
+from ..seeding import seeded
 from .adapters import Adapter
 from .config import LAYOUTS, LEGACY_PATHS, ALARMConfig
 from .encoders import build_encoder
@@ -111,8 +112,7 @@ class ALARMModel(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.init_seed)
+        with seeded(config.init_seed, torch.get_default_device()):
             self.encoders = nn.ModuleDict({e.name: build_encoder(e) for e in config.encoders})
             self.audio = AudioSide(config)
         self.llm = llm if llm is not None else FrozenLLM(config, len(self.tokenizer))
@@ -132,6 +132,12 @@ class ALARMModel(nn.Module):
 
     def trainable_parameters(self) -> Dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def training_buffers(self) -> Dict[str, Tensor]:
+        """Buffers that training updates besides the parameters (BatchNorm running statistics of the trainable
+        audio side), by name: a trainer averages them across ranks and checkpoints them."""
+        return {f"audio.{n}": b for n, b in self.audio.named_buffers()
+                if n.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
 
     def fold_batchnorm(self) -> "ALARMModel":
         """Inference: fold every BatchNorm conv adapter's norms into its conv2 / llm_proj (exact; those

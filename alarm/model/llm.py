@@ -21,6 +21,8 @@ from torch.utils.checkpoint import checkpoint
 from alarm.profiling import nvtx_range
 from alarm_kernels.attention.hf import register_hf_attention
 
+from ..seeding import seeded
+
 __all__ = ["FrozenLLM", "load_tokenizer"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -56,8 +58,7 @@ class FrozenLLM(nn.Module):
         else:
             from transformers import Qwen3Config, Qwen3ForCausalLM
             conf = Qwen3Config(**{"vocab_size": vocab_size, "attention_dropout": 0.0, **cfg.llm_config})
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.init_seed + 1)
+            with seeded(cfg.init_seed + 1, torch.get_default_device()):
                 model = Qwen3ForCausalLM._from_config(conf, dtype=dtype, attn_implementation="sdpa")
         self.model = model.requires_grad_(False).eval()
 

@@ -2,6 +2,7 @@
 
 A checkpoint is a folder ``<run>/checkpoints/step-NNNNNNNN`` holding:
 - ``trainable.safetensors``: the trainable parameters (fp32, by name);
+- ``buffers.safetensors``: the buffers training updates (BatchNorm running statistics, by name);
 - ``optimizer.safetensors`` + ``optimizer.json``: AdamW's moment tensors and its param groups/steps;
 - ``rng-<rank>.safetensors``: every rank's torch RNG states (CPU and CUDA);
 - ``state.json``: step, epoch, sampler cursor, token/target/skip counters, world size, accumulation, the
@@ -41,7 +42,8 @@ def _save_tensors(path: Path, tensors: Dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(run_dir: str, step: int, world: World, trainable: Dict[str, torch.nn.Parameter],
-                    optimizer: torch.optim.Optimizer, state: dict, keep_last: int) -> Path:
+                    buffers: Dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, state: dict,
+                    keep_last: int) -> Path:
     """Write checkpoint ``step`` (collective: every rank calls it). Returns the final folder."""
     root = Path(run_dir) / "checkpoints"
     tmp, final = root / (_name(step) + ".tmp"), root / _name(step)
@@ -56,6 +58,7 @@ def save_checkpoint(run_dir: str, step: int, world: World, trainable: Dict[str, 
     _save_tensors(tmp / f"rng-{world.rank}.safetensors", rng)
     if world.is_main:
         _save_tensors(tmp / "trainable.safetensors", trainable)
+        _save_tensors(tmp / "buffers.safetensors", buffers)
         opt = optimizer.state_dict()
         names = {id(p): n for n, p in trainable.items()}
         index_to_name = {}
@@ -109,17 +112,21 @@ def check_resumable(saved: dict, now: dict) -> None:
         raise ValueError("cannot resume: " + "; ".join(problems) + " (start a new run folder, or restore them)")
 
 
-def load_checkpoint(folder: Path, trainable: Dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer
-                    ) -> dict:
-    """Load weights and optimizer state from ``folder``; returns its ``state.json``."""
-    weights = load_file(str(folder / "trainable.safetensors"))
-    missing = sorted(set(trainable) - set(weights))
-    unexpected = sorted(set(weights) - set(trainable))
+def _load_into(path: Path, targets: Dict[str, torch.Tensor], what: str) -> None:
+    saved = load_file(str(path))
+    missing, unexpected = sorted(set(targets) - set(saved)), sorted(set(saved) - set(targets))
     if missing or unexpected:
-        raise ValueError(f"{folder}: trainable parameters differ (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(f"{path.parent}: {what} differ (missing {missing[:5]}, unexpected {unexpected[:5]})")
     with torch.no_grad():
-        for name, p in trainable.items():
-            p.copy_(weights[name])
+        for name, t in targets.items():
+            t.copy_(saved[name])
+
+
+def load_checkpoint(folder: Path, trainable: Dict[str, torch.nn.Parameter], buffers: Dict[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer) -> dict:
+    """Load weights, training buffers and optimizer state from ``folder``; returns its ``state.json``."""
+    _load_into(folder / "trainable.safetensors", trainable, "trainable parameters")
+    _load_into(folder / "buffers.safetensors", buffers, "training buffers")
     meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
     tensors = load_file(str(folder / "optimizer.safetensors"))
     device = next(iter(trainable.values())).device

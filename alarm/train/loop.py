@@ -35,7 +35,7 @@ from .cache import FeatureCache, cache_key
 from .checkpoint import check_resumable, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from .config import RESUMABLE_CHANGES, TrainConfig, build_model_config
 from .data import ClipDataset, Example, Skip, collate, llm_tokens, load_examples, split_eval, write_skip_report
-from .distributed import World, all_reduce_sum, barrier, gather_lists, init_world, shutdown
+from .distributed import World, all_reduce_sum, barrier, broadcast_object, gather_lists, init_world, shutdown
 from .metrics import MetricsLogger, plot_metrics
 from .sampler import PackingSampler, example_cost, plan_epoch
 
@@ -73,6 +73,21 @@ def _peak_memory_gb(world: World) -> float:
 
 def _flat_grads(params: List[torch.nn.Parameter]) -> torch.Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+
+
+def _average_running_stats(buffers: Dict[str, torch.Tensor], world: World) -> None:
+    """Average the floating-point training buffers (BatchNorm running statistics) over ranks, in place: each
+    rank updated them from its own micro-batches; afterwards every rank holds the same values."""
+    floats = [b for b in buffers.values() if b.is_floating_point()]
+    if not world.distributed or not floats:
+        return
+    flat = torch.cat([b.reshape(-1).double() for b in floats])
+    all_reduce_sum(flat, world)
+    flat /= world.world_size
+    offset = 0
+    for b in floats:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
 
 
 def _set_grads(params: List[torch.nn.Parameter], flat: torch.Tensor) -> None:
@@ -125,12 +140,12 @@ def _samples(model: ALARMModel, examples: List[Example], n: int) -> List[dict]:
     out = []
     model.eval()
     for e in examples[:n]:
-        try:
+        try:  # a clip the model refuses (unreadable, too short) costs its sample, not the run (only rank 0 is here)
             wave, rate = load_audio(e.audio)
+            answer = model.generate(wave, e.prompt, sampling_rate=rate, max_thinking_tokens=None, max_new_tokens=48,
+                                    system_prompt=None, do_sample=False)  # the training layout: no system turn
         except (ValueError, OSError):
             continue
-        answer = model.generate(wave, e.prompt, sampling_rate=rate, max_thinking_tokens=None, max_new_tokens=48,
-                                system_prompt=None, do_sample=False)  # the training layout: no system turn
         out.append({"id": e.id, "prompt": e.prompt, "answer": answer["text"][0]})
     model.train()
     return out
@@ -167,10 +182,15 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     header_len = len(model.tokenizer.encode(ASSISTANT_SUFFIX, add_special_tokens=False))
 
     # ---- data --------------------------------------------------------------------------------
+    failure = None  # rank 0 tokenises once and the others read its cache; a failure there stops every rank
     if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        load_examples(cfg.data.train_manifest, model.tokenizer, cfg.data.max_seconds, str(run_dir / "tokens"))
-    barrier(world)  # rank 0 tokenised once; the others read its cache
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            load_examples(cfg.data.train_manifest, model.tokenizer, cfg.data.max_seconds, str(run_dir / "tokens"))
+        except (ValueError, OSError) as exc:
+            failure = exc
+    if broadcast_object(None if failure is None else str(failure), world) is not None:
+        raise failure if failure is not None else ValueError("rank 0 could not read the training data (see its log)")
     examples, skips = load_examples(cfg.data.train_manifest, model.tokenizer, cfg.data.max_seconds,
                                     str(run_dir / "tokens"))
     if cfg.data.eval_manifest:
@@ -197,7 +217,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     collate_fn = collate(train_ex, prefix, header_len, rate)
 
     # ---- optimizer and resume ------------------------------------------------------------------
-    trainable = model.trainable_parameters()
+    trainable, buffers = model.trainable_parameters(), model.training_buffers()
     params = list(trainable.values())
     if not params:
         raise ValueError("the model has no trainable parameter (check model.stage and init_adapters)")
@@ -222,7 +242,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
             raise ValueError(f"{resume}: not a complete checkpoint folder")
     if start is not None:
         check_resumable(json.loads((start / "state.json").read_text(encoding="utf-8")), identity)
-        saved = load_checkpoint(start, trainable, optimizer)
+        saved = load_checkpoint(start, trainable, buffers, optimizer)
         restore_rng(start, world)
         state.update({k: saved[k] for k in state})
     sampler.load_state({"epoch": state["epoch"], "cursor": state["cursor"]})
@@ -274,11 +294,13 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
             flat = _flat_grads(params)
             all_reduce_sum(flat, world)
             all_reduce_sum(totals, world)
-            n_targets = max(1.0, float(totals[1]))
-            flat /= n_targets
+            _average_running_stats(buffers, world)
+            flat /= totals[1].clamp(min=1.0)
             _set_grads(params, flat)
-            grad_norm = float(torch.linalg.vector_norm(flat))
-            loss = float(totals[0]) / n_targets
+            # one device-to-host read per step for everything logged below
+            totals = torch.cat([totals, torch.linalg.vector_norm(flat).to(totals.dtype)[None]]).tolist()
+            n_targets = max(1.0, totals[1])
+            grad_norm, loss = totals[5], totals[0] / n_targets
             if math.isfinite(loss) and math.isfinite(grad_norm):
                 if cfg.optim.grad_clip > 0 and grad_norm > cfg.optim.grad_clip:
                     for p in params:
@@ -291,7 +313,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
             state.update(step=step, epoch=sampler.epoch, cursor=sampler.cursor)
             state["tokens"] += int(totals[2])
             state["targets"] += int(totals[1])
-            state["audio_seconds"] += float(totals[3])
+            state["audio_seconds"] += totals[3]
             state["skipped_clips"] += int(totals[4])
             seconds = time.perf_counter() - t_step
             if cfg.run.log_every and (step % cfg.run.log_every == 0 or step == total_steps):
@@ -306,14 +328,14 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
                 for row in _samples(model, eval_ex or train_ex, cfg.run.samples):
                     log.log("sample", step, **row)
             if cfg.run.save_every and step % cfg.run.save_every == 0 and step < total_steps:
-                save_checkpoint(str(run_dir), step, world, trainable, optimizer, {**state, **identity},
+                save_checkpoint(str(run_dir), step, world, trainable, buffers, optimizer, {**state, **identity},
                                 cfg.run.keep_last)
         if sampler.cursor >= sampler.steps_per_epoch():
             sampler.load_state({"epoch": sampler.epoch + 1, "cursor": 0})
             state.update(epoch=sampler.epoch, cursor=0)
 
     # ---- the end -------------------------------------------------------------------------------
-    final_ckpt = save_checkpoint(str(run_dir), step, world, trainable, optimizer, {**state, **identity},
+    final_ckpt = save_checkpoint(str(run_dir), step, world, trainable, buffers, optimizer, {**state, **identity},
                                  cfg.run.keep_last)
     all_skips = list({s.id: s for s in gather_lists(all_skips, world)}.values())  # each clip once
     summary = {"steps": step, "tokens": state["tokens"], "targets": state["targets"],
@@ -343,8 +365,11 @@ def _open_cache(cfg: TrainConfig, model: ALARMModel, examples: List[Example], wo
         raise ValueError(f"{cfg.data.cache}: no complete feature cache here (index.json missing; run `alarm cache`)")
     built = json.loads(index_path.read_text(encoding="utf-8"))["key"]
     cache = FeatureCache.open(cfg.data.cache, cache_key(model, built.get("level", "?"), built.get("dtype", "?")))
-    if cfg.data.cache_verify and world.is_main:
-        stale = [e.id for e in examples if cache.audio_sha256(e.id) not in (None, file_sha256(e.audio))]
+    if cfg.data.cache_verify:
+        stale = None  # rank 0 hashes the audio; every rank learns the outcome and fails alike (none left waiting)
+        if world.is_main:
+            stale = [e.id for e in examples if cache.audio_sha256(e.id) not in (None, file_sha256(e.audio))]
+        stale = broadcast_object(stale, world)
         if stale:
             raise ValueError(f"{cfg.data.cache}: stale feature cache: the audio of {len(stale)} clip(s) changed "
                              f"since it was built (first: {stale[0]}); rebuild it with `alarm cache`")

@@ -13,6 +13,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ._utils import on_tensor_device
+
 __all__ = ["OpSpec", "define_op"]
 
 
@@ -58,10 +60,12 @@ def _impl(package: str, backend: str):
 def define_op(spec: OpSpec):
     """Register ``spec`` and return the forward custom op, called as ``op(*inputs, backend)``."""
     def forward(*args):
-        return _impl(spec.package, args[-1]).forward(*args[:-1])
+        with on_tensor_device(args):
+            return _impl(spec.package, args[-1]).forward(*args[:-1])
 
     def backward_impl(*args):
-        return _impl(spec.package, args[-1]).backward(*args[:-1])
+        with on_tensor_device(args):
+            return _impl(spec.package, args[-1]).backward(*args[:-1])
 
     op = torch.library.custom_op(f"alarm_kernels::{spec.name}", forward, mutates_args=(),
                                  schema=_with_backend(spec.schema))

@@ -181,6 +181,14 @@ def triton_autotune(
     return decorate
 
 
+def on_tensor_device(args) -> contextlib.AbstractContextManager:
+    """Make the first tensor in ``args``'s GPU the current one for the block (a no-op for CPU tensors). Triton
+    launches on the current device, so a kernel fed ``cuda:1`` tensors while ``cuda:0`` is current (a process
+    that never called ``torch.cuda.set_device``) would read memory of the wrong GPU."""
+    first = _first_tensor(args)
+    return torch.cuda.device(first.device) if first is not None and first.is_cuda else contextlib.nullcontext()
+
+
 def is_compiling() -> bool:
     """True while torch.compile / dynamo traces (skip host-side value checks then)."""
     return torch.compiler.is_compiling()

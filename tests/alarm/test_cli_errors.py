@@ -57,6 +57,8 @@ def files(tmp_path_factory):
     (d / "lm" / "config.json").write_text("{}")  # passes the cheap model-folder check; never loaded
     (d / "old_run").mkdir()
     (d / "old_run" / "run.json").write_text(json.dumps({"config": {"seed": 123}, "model": "x"}))
+    (d / "recipe.json").write_text(json.dumps({"model": {"preset": "tiny"}, "data": {
+        "train_manifest": str(d / "labels.jsonl")}, "run": {"out_dir": str(d / "out_train")}}))
     return d
 
 
@@ -125,6 +127,10 @@ TABLE = [
                                      f"{f}/out_run", "--model", f"{f}/lm"], "'events' must be a list"),
     ("run-different-settings", lambda f: _run_args(f, out="old_run"), "holds a run with different settings"),
     ("demo-steps", lambda f: ["demo", "--steps", "0", "--out", f"{f}/out_demo"], "--steps must be >= 1, got 0"),
+    ("cache-device", lambda f: ["cache", "--config", f"{f}/recipe.json", "--out", f"{f}/out_cache", "--device",
+                                "banana"], "--device 'banana' is not a torch device"),
+    ("cache-device-cuda", lambda f: ["cache", "--config", f"{f}/recipe.json", "--out", f"{f}/out_cache", "--device",
+                                     "cuda"], "--device cuda: CUDA requested but", GPU_VISIBLE),
 ]
 
 

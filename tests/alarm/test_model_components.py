@@ -263,6 +263,9 @@ def test_fold_batchnorm_exact():
         ad.fold_batchnorm()
         torch.testing.assert_close(ad(Packed(layers, cu)).data, yp, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(ad(Padded(padded, lengths)).data, yr, rtol=1e-4, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the folded edge terms follow the bf16 conv output
+            for got, want in ((ad(Packed(layers, cu)).data, yp), (ad(Padded(padded, lengths)).data, yr)):
+                torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=5e-2)
 
 
 def test_pretrained_parts_from_local_paths(tmp_path):
@@ -299,3 +302,21 @@ def test_stage_b_loads_stage_a_adapter(ca_model, tmp_path):
         assert torch.equal(v, stage_b.audio.adapters["whisper"].state_dict()[k]), k
     with pytest.raises(ValueError, match="no adapter"):
         stage_b.load_adapter("w2v-bert", str(tmp_path / "a"))
+
+
+def test_model_build_leaves_other_generators_alone(monkeypatch):
+    """Building a model seeds its own init and restores the CPU generator; it must not reseed CUDA generators
+    (``torch.manual_seed`` would, lazily even before CUDA starts, wiping a trainer's per-rank CUDA seed so that
+    every rank drew the same dropout masks)."""
+    cuda_seeds = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", cuda_seeds.append)
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    cuda_seeds.clear()  # the test's own seeding above
+    first = ALARMModel(ALARMConfig.tiny("CA"))
+    assert torch.equal(torch.rand(3), expected)  # the CPU stream continues as if nothing happened
+    second = ALARMModel(ALARMConfig.tiny("CA"))
+    assert cuda_seeds == []
+    for (name, a), b in zip(first.audio.state_dict().items(), second.audio.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # the init is still a function of config.init_seed alone

@@ -71,6 +71,17 @@ def _params(run: Path) -> dict:
     return load_file(str(latest_checkpoint(str(run)) / "trainable.safetensors"))
 
 
+def _buffers(run: Path) -> dict:
+    return load_file(str(latest_checkpoint(str(run)) / "buffers.safetensors"))
+
+
+def _same_buffers(run: Path, reference: Path) -> None:
+    """The BatchNorm running statistics (the tiny Whisper adapter's) survived the stops and resumptions."""
+    want, got = _buffers(reference), _buffers(run)
+    assert any("running_mean" in k for k in want) and want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want), [k for k in want if not torch.equal(want[k], got[k])]
+
+
 def _losses(run: Path) -> dict:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
@@ -114,6 +125,7 @@ def test_resume_twice_in_an_epoch_is_bitwise_identical(corpus, reference_run):
     want, got = _params(reference_run), _params(out)
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want)
+    _same_buffers(out, reference_run)
     assert _losses(out) == _losses(reference_run)
 
 
@@ -137,6 +149,7 @@ def test_kill_9_mid_run_then_resume_is_bitwise_identical(corpus, reference_run):
     assert r.returncode == 0, r.stderr[-3000:]
     want, got = _params(reference_run), _params(out)
     assert all(torch.equal(want[k], got[k]) for k in want)
+    _same_buffers(out, reference_run)
     losses, ref = _losses(out), _losses(reference_run)
     assert all(losses[s] == ref[s] for s in ref if s in losses)
 

@@ -16,7 +16,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._utils import check_tensor
+from .._utils import check_tensor, on_tensor_device
 from ..backend import select_backend
 from ..varlen import cu_seqlens_to_seqlens, validate_cu_seqlens
 from .reference import OFFSET_LIMIT, SEED_BITS
@@ -38,10 +38,11 @@ def _packed_attention_op(
     max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool, backend: str, dropout_p: float,
     dropout_seed: int, dropout_offset: int,
 ) -> Tuple[Tensor, Tensor]:
-    return _impl(backend).forward(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, dropout_p,
-        dropout_seed, dropout_offset,
-    )
+    with on_tensor_device((q,)):
+        return _impl(backend).forward(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, dropout_p,
+            dropout_seed, dropout_offset,
+        )
 
 
 @_packed_attention_op.register_fake
@@ -57,10 +58,11 @@ def _packed_attention_backward_op(
     cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
     deterministic: bool, backend: str, dropout_p: float, dropout_seed: int, dropout_offset: int,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    return _impl(backend).backward(
-        grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-        softmax_scale, deterministic, dropout_p, dropout_seed, dropout_offset,
-    )
+    with on_tensor_device((q,)):
+        return _impl(backend).backward(
+            grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+            softmax_scale, deterministic, dropout_p, dropout_seed, dropout_offset,
+        )
 
 
 @_packed_attention_backward_op.register_fake
