@@ -183,6 +183,19 @@ def test_two_gloo_processes_equal_one_process(corpus, reference_run):
         assert abs(loss - ref[step]) <= 1e-5 * abs(ref[step])
 
 
+def test_a_failure_on_rank_0_alone_stops_every_rank(tmp_path):
+    """Rank 0 reads the manifest first; when it fails, rank 1 must not wait in a collective until the timeout."""
+    manifest = _write_corpus(tmp_path, n=2)
+    with open(manifest, "a", encoding="utf-8") as fh:
+        fh.write("{not json\n")
+    recipe = _recipe(tmp_path, manifest, tmp_path / "run", batch={"accumulation": 1})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+           "-m", "alarm", "train", "--config", str(recipe)]
+    r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180)
+    assert r.returncode != 0
+    assert "manifest.jsonl:3" in r.stderr and "rank 0 could not read the training data" in r.stderr, r.stderr[-3000:]
+
+
 def test_resume_with_another_world_size_or_config_is_refused(corpus, reference_run, tmp_path):
     import shutil
     folder, manifest = corpus
