@@ -13,7 +13,8 @@
 #   (c) memory_bound.json    pooling and layer mix: GB/s against the measured copy bandwidth
 #   (d) gemm.json            fused concat + projection and conv vs cuBLAS (F.linear on a materialized concat)
 #   (e) syncs.json           host syncs in one training step (torch.cuda.set_sync_debug_mode)
-#   (f) e2e_step.json        end-to-end training steps, reference vs fast path, with the time left
+#   (f) train_run.json       a 60-step torchrun training run of tiny ALARM-CA (bench/train_run.py): tokens/s, memory
+#   (g) e2e_step.json        end-to-end training steps, reference vs fast path, with the time left
 # Stage limits follow the first H200 run (bench/results/h200-2026-11-29): correctness 67 + 20 s, attention
 # 9 cases x ~15 s of autotuning, pooling + layer mix ~110 s, gemm ~61 s, e2e ~56 s.
 # stages.jsonl has one line per stage (name, exit status, seconds; 124 = hit its time limit). The Triton
@@ -110,8 +111,11 @@ stage memory_bound 110 $PY -m bench.kernels ${BENCH[@]+"${BENCH[@]}"} --ops "$ME
 stage gemm 75 $PY -m bench.kernels ${BENCH[@]+"${BENCH[@]}"} --ops "$GEMM_OPS" --out "$OUT/gemm.json"
 stage syncs 45 $PY -m bench.sync_count --out "$OUT/syncs.json"
 if [ "$DRY" = 0 ]; then
+  stage train_run 80 $PY bench/train_run.py --out "$OUT" --work "${TMPDIR:-/tmp}/alarm-train-run" --steps 60
   stage e2e_step "$(left)" $PY bench/e2e_step.py --steps 2 --out "$OUT"
 else
+  stage train_run 60 $PY bench/train_run.py --out "$OUT" --work "$OUT/train-run-work" --device cpu --steps 3 \
+    --clips 8 --workers 0
   printf '{"stage": "e2e_step", "status": "skipped (dry run)", "seconds": 0}\n' >>"$OUT/stages.jsonl"
 fi
 echo; echo "gpu_check: done in $(( $(date +%s) - T0 )) s, status $status; results in $OUT"

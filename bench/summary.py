@@ -8,6 +8,7 @@ Reads every ``*.json`` below the folder and prints, per kind of file found:
   over the reference and over the fastest peer (torch.compile, FlexAttention, torch's varlen attention, flash-attn,
   cuBLAS on a materialized concat), with its achieved TFLOP/s or GB/s and fraction of the measured ceiling;
 - end-to-end files (``bench/e2e_step.py``): tokens/s, peak memory and loss per path;
+- training runs (``bench/train_run.py``): tokens/s, audio hours/s, step time, data wait, peak memory, losses;
 - sync counts (``bench/sync_count.py``).
 Rows of the same case in several files: the file named later (sorted path) wins.
 """
@@ -26,9 +27,11 @@ def _load(folder: Path) -> List[Tuple[Path, dict]]:
     found = []
     for path in sorted(folder.rglob("*.json")):
         try:
-            found.append((path, json.loads(path.read_text(encoding="utf-8"))))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: not readable as JSON ({exc})") from exc
+        if isinstance(data, dict):  # result files are objects; other JSON files beside them are not results
+            found.append((path, data))
     return found
 
 
@@ -91,6 +94,16 @@ def e2e_table(files: List[Tuple[Path, dict]]) -> List[str]:
     return lines
 
 
+def train_run_table(files: List[Tuple[Path, dict]]) -> List[str]:
+    lines = ["| device | ranks | steps | tokens/s | audio h/s | step ms | data wait | peak GB | loss first -> last |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for _, d in files:
+        lines.append(f"| {d['device']} | {d['nproc']} | {d['steps']} | {d['tokens_per_s']:.0f} | "
+                     f"{d['audio_hours_per_s']:.3f} | {d['step_s'] * 1e3:.0f} | {d['data_wait_share']:.0%} | "
+                     f"{d['peak_memory_gb']:.2f} | {d['loss_first']:.3f} -> {d['loss_last']:.3f} |")
+    return lines
+
+
 def sync_table(files: List[Tuple[Path, dict]]) -> List[str]:
     lines = ["| step | host transfers | inside alarm_kernels | CUDA syncs (torch) |", "|---|---:|---:|---:|"]
     for _, data in files:
@@ -109,6 +122,7 @@ def summarize(folder: Path) -> List[str]:
                                                    [f for f in loaded if "rows" in f[1] and "autotune" in f[1]]),
         "Kernels": (kernel_table, [f for f in loaded if "rows" in f[1] and "ceilings" in f[1]]),
         "End-to-end training step": (e2e_table, [f for f in loaded if f[1].get("bench") == "e2e_step"]),
+        "Training run (torchrun)": (train_run_table, [f for f in loaded if f[1].get("bench") == "train_run"]),
         "Host syncs in one fast-path step (tiny model)": (sync_table,
                                                           [f for f in loaded if "host_transfers" in f[1]]),
     }

@@ -32,12 +32,12 @@ from alarm.train.loop import train
 from .synth import RATE, Question, describe, make_clip, questions_for
 from .text_lm import text_accuracy, train_text_lm
 
-__all__ = ["run_demo", "RECIPE"]
+__all__ = ["run_demo", "write_corpus", "RECIPE"]
 
 RECIPE = Path(__file__).resolve().parent.parent / "train" / "recipes" / "demo.yaml"
 
 
-def _write_corpus(folder: Path, n_clips: int, seed: int) -> Tuple[Path, List[Tuple[str, Question]]]:
+def write_corpus(folder: Path, n_clips: int, seed: int) -> Tuple[Path, List[Tuple[str, Question]]]:
     """WAV clips + ``folder/manifest.jsonl`` (one record per question); returns (manifest, [(wav, question)])."""
     rng = np.random.default_rng(seed)
     audio = folder / "audio"
@@ -130,8 +130,8 @@ def run_demo(out_dir: str = "out/demo", text_steps: int = 400, train_clips: int 
           f"({time.perf_counter() - t0:.0f} s so far)", flush=True)
 
     print("\n== 2. synthetic audio corpus ==", flush=True)
-    _write_corpus(manifest.parent, train_clips, seed + 1)
-    _, eval_items = _write_corpus(out / "eval", eval_clips, seed + 2)
+    write_corpus(manifest.parent, train_clips, seed + 1)
+    _, eval_items = write_corpus(out / "eval", eval_clips, seed + 2)
     print(f"{train_clips} training clips ({3 * train_clips} questions) in {manifest}; "
           f"{len(eval_items)} held-out questions", flush=True)
 

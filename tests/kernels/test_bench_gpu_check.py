@@ -10,7 +10,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.sh"
 
 
 def test_gpu_check_dry_run_writes_each_stage(tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, ALARM_GPU_CHECK_ONLY="environment,correctness-triton")
+    env = dict(os.environ, PYTHON=sys.executable, ALARM_GPU_CHECK_ONLY="environment,correctness-triton,train_run")
     proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(tmp_path)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -21,3 +21,6 @@ def test_gpu_check_dry_run_writes_each_stage(tmp_path):
     correctness = json.loads((tmp_path / "correctness-triton.json").read_text())
     assert correctness["complete"] and correctness["autotune"] == "0"
     assert correctness["rows"] and all(r["status"] == "ok" for r in correctness["rows"])
+    assert stages["train_run"]["exit"] == 0  # a real torchrun training run of tiny ALARM-CA, on CPU here
+    run = json.loads((tmp_path / "train_run.json").read_text())
+    assert run["steps"] == 3 and run["tokens_per_s"] > 0 and run["loss_first"] > 0 and run["nproc"] == 1

@@ -34,7 +34,11 @@ def test_correctness_e2e_and_sync_files(tmp_path):
             "fast": dict(step_s_median=2.0, tokens_per_s=150.0, peak_memory_mb=8.0, loss=1.0)}}))
     (tmp_path / "syncs.json").write_text(json.dumps({"host_transfers": 5, "host_transfers_in_kernels": 1,
         "cuda_syncs": 7, "from_features": {"host_transfers": 2, "host_transfers_in_kernels": 0, "cuda_syncs": 3}}))
+    (tmp_path / "train_run.json").write_text(json.dumps({"bench": "train_run", "device": "X", "nproc": 2,
+        "steps": 60, "tokens_per_s": 1234.4, "audio_hours_per_s": 0.5, "step_s": 0.25, "data_wait_share": 0.1,
+        "peak_memory_gb": 3.0, "loss_first": 6.0, "loss_last": 2.5}))
     text = "\n".join(summarize(tmp_path))
+    assert "| X | 2 | 60 | 1234 | 0.500 | 250 | 10% | 3.00 | 6.000 -> 2.500 |" in text
     assert "| correctness.json | triton | bfloat16 | 1 | 1 | 0 |" in text
     assert "| correctness.json | cuda | bfloat16 | 1 | 0 | 0 |" in text
     assert "| fast | 2.000 | 150 | 8 | 1.00000 | 1.50x |" in text
