@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     work = Path(args.work) if args.work else out / "work"
+    shutil.rmtree(work / "run", ignore_errors=True)  # this script's own run folder: a rerun starts afresh
     manifest, _ = write_corpus(work / "corpus", args.clips, seed=0)
     recipe = write_recipe(work, manifest, args)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
