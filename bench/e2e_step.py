@@ -25,7 +25,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -34,6 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alarm.fileio import atomic_write_json  # noqa: E402
+from bench.harness import git_state  # noqa: E402
 from alarm.audio import validate_audio_batch  # noqa: E402
 from alarm.model import ALARMConfig, ALARMModel, EncoderSpec  # noqa: E402
 from alarm.model.config import LEGACY_PATHS, QWEN3_4B_CONFIG  # noqa: E402
@@ -56,16 +56,6 @@ def full_config(fusion: str) -> ALARMConfig:
     return ALARMConfig(encoders=[whisper, w2v], fusion=fusion, stage="B" if fusion in ("CA", "P") else "A",
                        llm_path=None, llm_config=llm, llm_dtype="bfloat16", tiny_tokenizer_vocab=384,
                        dropout=0.0)
-
-
-def git_sha() -> str:
-    if os.environ.get("ALARM_GIT_SHA"):  # a copy sent to a GPU machine: its sender names the commit
-        return os.environ["ALARM_GIT_SHA"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -161,7 +151,7 @@ def main(argv=None) -> int:
         bench="e2e_step", quick=args.quick, fusion=args.fusion, batch=batch_n, clip_seconds=seconds,
         cached_features=args.cached_features,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        torch=torch.__version__, transformers=__import__("transformers").__version__, git_sha=git_sha(),
+        torch=torch.__version__, transformers=__import__("transformers").__version__, git_sha=git_state()[0],
         trainable_params=trainable, token_rate_ratio=args.token_rates[0], results=results,
         token_rates={str(r): v for r, v in by_rate.items()}, loss_abs_diff=abs(ref["loss"] - fast["loss"]),
         loss_rel_diff=abs(ref["loss"] - fast["loss"]) / max(abs(ref["loss"]), 1e-12),

@@ -3,8 +3,11 @@ variants side by side in one process and reports time, achieved GB/s or TFLOP/s,
 measured device ceiling, speedup over the reference PyTorch, and peak memory."""
 from __future__ import annotations
 
+import os
+import subprocess
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -53,3 +56,19 @@ def compile_static(fn: Callable) -> Callable:
     constants and shapes, so the per-code recompile limit (8) is raised while these variants run;
     otherwise later cases would silently fall back to eager."""
     return torch._dynamo.config.patch(recompile_limit=64)(torch.compile(fn, dynamic=False))
+
+
+def git_state() -> Tuple[str, bool]:
+    """``(sha, dirty)`` of this checkout, recorded with every result. ``ALARM_GIT_SHA`` wins: a copy sent to a GPU
+    machine may carry a stale ``.git`` or none, so its sender names the commit (dirty is then False)."""
+    if os.environ.get("ALARM_GIT_SHA"):
+        return os.environ["ALARM_GIT_SHA"], False
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10,
+                             cwd=root).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=30,
+                               cwd=root).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+    return sha or "unknown", bool(dirty)

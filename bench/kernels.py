@@ -17,7 +17,6 @@ import os
 import pkgutil
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -25,7 +24,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from bench.harness import BenchCase
+from bench.harness import BenchCase, git_state
 
 __all__ = ["time_fn", "measure_ceilings", "run_cases", "collect_cases", "run_suite", "environment", "format_table",
            "main"]
@@ -140,16 +139,7 @@ def run_cases(cases: List[BenchCase], device: torch.device, ceilings: Dict[str, 
 
 def environment(device: torch.device) -> dict:
     """Device name, library versions and git sha, recorded with every result."""
-    if os.environ.get("ALARM_GIT_SHA"):  # a copy sent elsewhere (a lent GPU machine): its sender names the commit
-        sha, dirty = os.environ["ALARM_GIT_SHA"], False
-    else:
-        try:
-            sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                 check=True).stdout.strip()
-            dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True,
-                                        text=True).stdout.strip())
-        except (OSError, subprocess.CalledProcessError):
-            sha, dirty = "unknown", False
+    sha, dirty = git_state()
     try:
         import triton
 

@@ -27,16 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from alarm.fileio import atomic_write_json  # noqa: E402
-
-
-def git_sha() -> str:
-    if os.environ.get("ALARM_GIT_SHA"):  # a copy sent to a GPU machine: its sender names the commit
-        return os.environ["ALARM_GIT_SHA"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=REPO).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+from bench.harness import git_state  # noqa: E402
 
 
 def write_recipe(folder: Path, manifest: Path, args) -> Path:
@@ -106,7 +97,7 @@ def main(argv=None) -> int:
     result = {
         "bench": "train_run", "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else
         platform.processor() or platform.machine(), "torch": torch.__version__, "python": platform.python_version(),
-        "git_sha": git_sha(), "nproc": args.nproc, "clips": args.clips, "max_tokens": args.max_tokens,
+        "git_sha": git_state()[0], "nproc": args.nproc, "clips": args.clips, "max_tokens": args.max_tokens,
         "recipe": json.loads(recipe.read_text(encoding="utf-8")), "command": cmd,
         **summarize(work / "run" / "metrics.jsonl"),
     }

@@ -182,6 +182,17 @@ def _keep(drop, head, q_idx, k_idx):
 
 
 @triton.jit
+def _kv_hi(K, V, cols, len_k, offs_hi, stride_kt, MASKED: tl.constexpr):
+    """The key and value tiles of the head dim's second column block (exact width: no column mask; rows masked
+    past the sequence's end only in the ragged last key block)."""
+    off = cols[:, None] * stride_kt + offs_hi[None, :]
+    if MASKED:
+        return (tl.load(K + off, mask=(cols < len_k)[:, None], other=0.0),
+                tl.load(V + off, mask=(cols < len_k)[:, None], other=0.0))
+    return tl.load(K + off), tl.load(V + off)
+
+
+@triton.jit
 def _fwd_inner(
     acc, acc_hi, l_i, m_i, q, q_hi, K, V, len_k, diag, rows, start, stop, stride_kt, offs_d, d_mask, offs_hi,
     qk_scale, drop, head, q_glob, k_glob,
@@ -199,14 +210,8 @@ def _fwd_inner(
         k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)
-        if BLOCK_DHI > 0:  # the head dim's second column block (exact: no column mask)
-            kv_off_hi = cols[:, None] * stride_kt + offs_hi[None, :]
-            if MASKED:
-                k_hi = tl.load(K + kv_off_hi, mask=(cols < len_k)[:, None], other=0.0)
-                v_hi = tl.load(V + kv_off_hi, mask=(cols < len_k)[:, None], other=0.0)
-            else:
-                k_hi = tl.load(K + kv_off_hi)
-                v_hi = tl.load(V + kv_off_hi)
+        if BLOCK_DHI > 0:  # the head dim's second column block
+            k_hi, v_hi = _kv_hi(K, V, cols, len_k, offs_hi, stride_kt, MASKED)
             s += tl.dot(q_hi, tl.trans(k_hi), input_precision=PREC)
         s = s * qk_scale
         if MASKED:
@@ -478,13 +483,7 @@ def _dq_inner(
         v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)
         if BLOCK_DHI > 0:  # the head dim's second column block
-            kv_off_hi = cols[:, None] * stride_kt + offs_hi[None, :]
-            if MASKED:
-                k_hi = tl.load(K + kv_off_hi, mask=(cols < len_k)[:, None], other=0.0)
-                v_hi = tl.load(V + kv_off_hi, mask=(cols < len_k)[:, None], other=0.0)
-            else:
-                k_hi = tl.load(K + kv_off_hi)
-                v_hi = tl.load(V + kv_off_hi)
+            k_hi, v_hi = _kv_hi(K, V, cols, len_k, offs_hi, stride_kt, MASKED)
             s += tl.dot(q_hi, tl.trans(k_hi), input_precision=PREC)
         s = s * qk_scale
         p = tl.math.exp2(s - lse2[:, None])
