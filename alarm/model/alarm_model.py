@@ -209,7 +209,7 @@ class ALARMModel(nn.Module):
             y = self.audio.fusion(streams)
             if isinstance(y, Packed):
                 return y.data, y.cu_seqlens, y.lengths
-            return [y.data[i, : int(y.lengths[i])] for i in range(y.data.shape[0])]
+            return [y.data[i, :n] for i, n in enumerate(y.lengths.tolist())]  # one host read, not one per example
 
     def _resolve_layout(self, layout: Optional[str], path: Optional[str]) -> str:
         """The execution layout of a call: ``layout``, else the deprecated ``path`` ("fast" / "reference",
