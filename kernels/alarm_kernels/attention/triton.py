@@ -182,14 +182,41 @@ def _keep(drop, head, q_idx, k_idx):
 
 
 @triton.jit
-def _kv_hi(K, V, cols, len_k, offs_hi, stride_kt, MASKED: tl.constexpr):
-    """The key and value tiles of the head dim's second column block (exact width: no column mask; rows masked
-    past the sequence's end only in the ragged last key block)."""
-    off = cols[:, None] * stride_kt + offs_hi[None, :]
+def _key_tile(q, q_hi, K, V, cols, len_k, stride_kt, offs_d, d_mask, offs_hi, qk_scale,
+              MASKED: tl.constexpr, PREC: tl.constexpr, BLOCK_DHI: tl.constexpr):
+    """One key block for a query tile: ``(k, v, k_hi, v_hi, s)`` with the scaled scores ``s = q k^T * qk_scale``
+    (base 2). Rows past the sequence's end are masked only in the ragged last block (``MASKED``); the head dim's
+    second column block (``BLOCK_DHI`` > 0, exact width: no column mask) adds its product, else ``k_hi``/``v_hi``
+    are placeholders."""
+    kv_off = cols[:, None] * stride_kt + offs_d[None, :]
     if MASKED:
-        return (tl.load(K + off, mask=(cols < len_k)[:, None], other=0.0),
-                tl.load(V + off, mask=(cols < len_k)[:, None], other=0.0))
-    return tl.load(K + off), tl.load(V + off)
+        kv_mask = (cols < len_k)[:, None] & d_mask[None, :]
+    else:
+        kv_mask = d_mask[None, :]
+    k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
+    v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)
+    if BLOCK_DHI > 0:
+        off_hi = cols[:, None] * stride_kt + offs_hi[None, :]
+        if MASKED:
+            k_hi = tl.load(K + off_hi, mask=(cols < len_k)[:, None], other=0.0)
+            v_hi = tl.load(V + off_hi, mask=(cols < len_k)[:, None], other=0.0)
+        else:
+            k_hi = tl.load(K + off_hi)
+            v_hi = tl.load(V + off_hi)
+        s += tl.dot(q_hi, tl.trans(k_hi), input_precision=PREC)
+    else:
+        k_hi, v_hi = k, v
+    return k, v, k_hi, v_hi, s * qk_scale
+
+
+@triton.jit
+def _visible(rows, cols, len_k, diag, CAUSAL: tl.constexpr):
+    """[rows, cols] keys each query row sees: inside the sequence and, causal, on or before its diagonal."""
+    visible = cols[None, :] < len_k
+    if CAUSAL:
+        visible = visible & (cols[None, :] <= rows[:, None] + diag)
+    return visible
 
 
 @triton.jit
@@ -202,23 +229,10 @@ def _fwd_inner(
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(start, stop, BLOCK_N):
         cols = start_n + offs_n
-        kv_off = cols[:, None] * stride_kt + offs_d[None, :]
+        k, v, k_hi, v_hi, s = _key_tile(q, q_hi, K, V, cols, len_k, stride_kt, offs_d, d_mask, offs_hi, qk_scale,
+                                        MASKED, PREC, BLOCK_DHI)
         if MASKED:
-            kv_mask = (cols < len_k)[:, None] & d_mask[None, :]
-        else:
-            kv_mask = d_mask[None, :]
-        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC)
-        if BLOCK_DHI > 0:  # the head dim's second column block
-            k_hi, v_hi = _kv_hi(K, V, cols, len_k, offs_hi, stride_kt, MASKED)
-            s += tl.dot(q_hi, tl.trans(k_hi), input_precision=PREC)
-        s = s * qk_scale
-        if MASKED:
-            visible = cols[None, :] < len_k
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= rows[:, None] + diag)
-            s = tl.where(visible, s, float("-inf"))
+            s = tl.where(_visible(rows, cols, len_k, diag, CAUSAL), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
@@ -474,24 +488,11 @@ def _dq_inner(
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(start, stop, BLOCK_N):
         cols = start_n + offs_n
-        kv_off = cols[:, None] * stride_kt + offs_d[None, :]
-        if MASKED:
-            kv_mask = (cols < len_k)[:, None] & d_mask[None, :]
-        else:
-            kv_mask = d_mask[None, :]
-        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC)
-        if BLOCK_DHI > 0:  # the head dim's second column block
-            k_hi, v_hi = _kv_hi(K, V, cols, len_k, offs_hi, stride_kt, MASKED)
-            s += tl.dot(q_hi, tl.trans(k_hi), input_precision=PREC)
-        s = s * qk_scale
+        k, v, k_hi, v_hi, s = _key_tile(q, q_hi, K, V, cols, len_k, stride_kt, offs_d, d_mask, offs_hi, qk_scale,
+                                        MASKED, PREC, BLOCK_DHI)
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
-            visible = cols[None, :] < len_k
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= rows[:, None] + diag)
-            p = tl.where(visible, p, 0.0)
+            p = tl.where(_visible(rows, cols, len_k, diag, CAUSAL), p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         if BLOCK_DHI > 0:
             dp += tl.dot(do_hi, tl.trans(v_hi), input_precision=PREC)
