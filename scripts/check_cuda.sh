@@ -2,7 +2,7 @@
 # Compile checks of the CUDA sources without a GPU.
 #   scripts/check_cuda.sh           every csrc/*.cu with plain nvcc for sm_90 (seconds per file)
 #   scripts/check_cuda.sh --full    also builds the whole torch extension alarm_kernels._C in a separate
-#                                   venv holding a CUDA build of torch (docs/building.md; ~5 GB, minutes)
+#                                   venv made from requirements/gpu.lock (CUDA torch; docs/building.md; ~5 GB, minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,8 +33,8 @@ if [ "${1:-}" = "--full" ]; then
   if ! "$venv/bin/python" -c "import torch; assert torch.version.cuda" 2>/dev/null; then
     echo "check_cuda: creating $venv with a CUDA build of torch (once)"
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip -q --disable-pip-version-check install "torch==2.14.1" numpy ninja setuptools wheel \
-      >"$tmp/pip.log" 2>&1 || { grep -v "^WARNING: Location" "$tmp/pip.log" | tail -n 20; exit 1; }
+    "$venv/bin/python" -m pip -q --disable-pip-version-check install --require-hashes --no-deps \
+      -r requirements/gpu.lock >"$tmp/pip.log" 2>&1 || { grep -v "^WARNING: Location" "$tmp/pip.log" | tail -n 20; exit 1; }
   fi
   start=$(date +%s)
   inc=$("$venv/bin/python" -c "import glob, site; print(':'.join(glob.glob(site.getsitepackages()[0] + '/nvidia/cu13/include')))")

@@ -1,30 +1,42 @@
 #!/usr/bin/env bash
-# Set up (or refresh) the project's virtual environment in .venv: torch, then this project with its
-# test extra, editable. Safe to rerun: it does nothing when pyproject.toml and setup.py are unchanged.
+# Set up (or refresh) the project's virtual environment in .venv: the locked dependencies, then this project
+# editable. Safe to rerun: it does nothing when the lock, pyproject.toml and setup.py are unchanged, and makes the
+# venv anew when any of them changed.
 #
-#   ALARM_TORCH_SPEC   torch requirement to install first (default torch==2.13.0: the CPU build these
-#                      machines keep on disk; on a GPU machine set e.g. ALARM_TORCH_SPEC='torch==2.11.0')
-#   ALARM_PYTHON       interpreter to create the venv with (default python3)
-#   ALARM_EXTRAS       extras to install (default test)
+#   ALARM_DEPS     locked (default): exactly the versions in $ALARM_LOCK, verified by their hashes.
+#                  latest: the newest versions pyproject.toml allows (torch stays the lock's build), to see what
+#                  the next releases break before refreshing the lock (scripts/lock.sh).
+#   ALARM_LOCK     the lock to install (default requirements/cpu.lock: CPython 3.11, Linux x86_64, CPU torch;
+#                  requirements/gpu.lock: the CUDA build of torch, any CPython 3.10+ on Linux)
+#   ALARM_PYTHON   interpreter to create the venv with (default python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${ALARM_PYTHON:-python3}
-TORCH_SPEC=${ALARM_TORCH_SPEC:-torch==2.13.0}
-EXTRAS=${ALARM_EXTRAS:-test}
+DEPS=${ALARM_DEPS:-locked}
+LOCK=${ALARM_LOCK:-requirements/cpu.lock}
 VENV=.venv
 STAMP=$VENV/.alarm-setup-stamp
 
-want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)-$TORCH_SPEC-$EXTRAS
+case "$DEPS" in
+  locked|latest) ;;
+  *) echo "setup: ALARM_DEPS must be 'locked' or 'latest', not '$DEPS'" >&2; exit 2 ;;
+esac
+[ -f "$LOCK" ] || { echo "setup: ALARM_LOCK: no such file: $LOCK" >&2; exit 2; }
+
+want=$(cat "$LOCK" pyproject.toml setup.py | sha256sum | cut -d' ' -f1)-$DEPS
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
   exit 0
 fi
 
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "setup: creating $VENV with $($PYTHON --version 2>&1)"
-  "$PYTHON" -m venv "$VENV"
+# A venv made from another lock, mode or project version is made anew: what a lock leaves out must not linger.
+if [ -d "$VENV" ]; then
+  echo "setup: $VENV is out of date; making it anew"
+  rm -rf "$VENV"
 fi
-# pip, quiet, minus the noise of this machine's unused local index locations; fails when pip fails
+echo "setup: creating $VENV with $($PYTHON --version 2>&1)"
+"$PYTHON" -m venv "$VENV"
+# pip, quiet, minus the noise of unused local index locations; fails when pip fails
 pip() {
   local log status=0
   log=$(mktemp)
@@ -33,13 +45,20 @@ pip() {
   rm -f "$log"
   return $status
 }
-if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  echo "setup: installing $TORCH_SPEC"
-  pip install "$TORCH_SPEC"
+
+if [ "$DEPS" = locked ]; then
+  echo "setup: installing $LOCK (hash-checked)"
+  pip install --require-hashes --no-deps -r "$LOCK"
+else
+  torch_pin=$(grep -oE '^torch==[^ ;]+' "$LOCK")
+  echo "setup: installing the newest versions pyproject.toml allows, with $torch_pin"
+  echo "$torch_pin" > "$VENV/torch-pin.txt"
+  pip install --upgrade setuptools wheel
+  pip install --upgrade --upgrade-strategy eager -c "$VENV/torch-pin.txt" --no-build-isolation -e ".[test]"
 fi
-pip install setuptools wheel
-echo "setup: installing the project (.[${EXTRAS}], editable)"
-pip install --no-build-isolation -e ".[${EXTRAS}]"
+echo "setup: installing the project (editable, no dependencies of its own)"
+pip install --no-deps --no-build-isolation -e .
+pip check || { echo "setup: the installed packages do not agree (pip check above)" >&2; exit 1; }
 "$VENV/bin/python" -c "import torch, alarm_kernels, alarm" || { echo "setup: the install did not import" >&2; exit 1; }
 echo "$want" > "$STAMP"
-echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
+echo "setup: done ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'), $DEPS)"
