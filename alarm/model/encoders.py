@@ -79,6 +79,7 @@ from torch import Tensor, nn
 
 from alarm_kernels.varlen import seqlens_to_cu_seqlens
 
+from ..hf import load_pretrained
 from .config import EncoderSpec
 
 __all__ = ["AudioEncoder", "WhisperAudioEncoder", "HiddenStatesEncoder", "W2VBertAudioEncoder", "ENCODERS",
@@ -147,7 +148,7 @@ class AudioEncoder(nn.Module, abc.ABC):
 def _load_hf(spec: EncoderSpec, model_cls, config_cls):
     dtype = _DTYPES[spec.dtype]
     if spec.path is not None:
-        return model_cls.from_pretrained(spec.path, dtype=dtype)
+        return load_pretrained(model_cls, spec.path, dtype=dtype)
     if spec.hf_config is None:
         raise ValueError(f"encoder {spec.name}: give a path (pretrained) or hf_config (random init)")
     return model_cls._from_config(config_cls(**spec.hf_config), dtype=dtype)
@@ -164,7 +165,7 @@ class WhisperAudioEncoder(AudioEncoder):
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         if spec.path is not None:
-            full = WhisperModel.from_pretrained(spec.path, dtype=_DTYPES[spec.dtype])
+            full = load_pretrained(WhisperModel, spec.path, dtype=_DTYPES[spec.dtype])
             enc = full.get_encoder()
             del full
         else:

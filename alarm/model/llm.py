@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from alarm.profiling import nvtx_range
 from alarm_kernels.attention.hf import register_hf_attention
 
+from ..hf import load_pretrained
 from ..seeding import seeded
 
 __all__ = ["FrozenLLM", "load_tokenizer"]
@@ -54,7 +55,7 @@ class FrozenLLM(nn.Module):
         dtype = _DTYPES[cfg.llm_dtype]
         if cfg.llm_path is not None:
             from transformers import AutoModelForCausalLM
-            model = AutoModelForCausalLM.from_pretrained(cfg.llm_path, dtype=dtype, attn_implementation="sdpa")
+            model = load_pretrained(AutoModelForCausalLM, cfg.llm_path, dtype=dtype, attn_implementation="sdpa")
         else:
             from transformers import Qwen3Config, Qwen3ForCausalLM
             conf = Qwen3Config(**{"vocab_size": vocab_size, "attention_dropout": 0.0, **cfg.llm_config})

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alarm.generation import budget_suffix_ids, generate_with_thinking_budget, token_id, two_pass
+from alarm.hf import load_pretrained
 
 THINK_OPEN = "<think>\n"
 
@@ -75,7 +76,7 @@ class HFBackend:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         tok = AutoTokenizer.from_pretrained(name)
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype).to(device).eval()
+        model = load_pretrained(AutoModelForCausalLM, name, dtype=torch_dtype).to(device).eval()
         return cls(model, tok, batch_size)
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, max_thinking_tokens: int | None = None,

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Sequence
 
@@ -114,7 +115,8 @@ def _workload(widths: Sequence[int], llm_width: int, tokens: int, dtype: torch.d
     for w, b in ((None, None), (weight, leaf(llm_width))):
         y, _ = ak.multi_encoder_concat(streams, [cu] * len(streams), w, b, backend="triton")
         y.float().sum().backward()
-    torch.cuda.synchronize(device)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def tune(widths: Sequence[int], llm_width: int, tokens: int, dtype: torch.dtype, save: bool = True) -> dict:
@@ -146,16 +148,33 @@ def tune(widths: Sequence[int], llm_width: int, tokens: int, dtype: torch.dtype,
         entries = box[0]
     install(entries)
     if save and (not distributed or dist.get_rank() == 0):
-        from alarm.fileio import atomic_write_json
-
         path = cache_file(device.index or 0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        import triton
-
-        atomic_write_json(path, {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
-                                 "triton": triton.__version__, "entries": entries})
+        save_entries(path, entries, torch.cuda.get_device_name(device))
         print(f"wrote {path}")
     return entries
+
+
+def save_entries(path: Path, entries: Mapping[str, Mapping[str, dict]], device_name: str) -> None:
+    """Write tuned ``entries`` (kernel name -> shape key -> config record) to ``path`` as JSON, atomically: a
+    temporary file in the same folder, flushed to disk, then renamed over ``path`` (readers never see half a
+    file). The toolkit stands alone, so this is its own small writer rather than the application's."""
+    import triton
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"device": device_name, "torch": torch.__version__, "triton": triton.__version__,
+                       "entries": entries}, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix="-" + path.name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def main(argv=None) -> int:

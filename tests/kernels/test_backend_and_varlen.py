@@ -133,56 +133,6 @@ def test_parity_flags_nan_and_large_errors():
         assert_parity(low + 0.1, low, oracle)
 
 
-# ---- the top-level kernels/ folder and the bare name `kernels` ----------------------------------
-def _run_from_repo_root(code, env=None):
-    """Run ``code`` in a fresh interpreter whose working directory and sys.path[0] are the repository root."""
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r})\n" + code],
-                          capture_output=True, text=True, timeout=300, cwd=root, env={**os.environ, **(env or {})})
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
-
-
-def test_repo_folder_kernels_does_not_run_the_package_twice():
-    """transformers imports a package named `kernels` when it can find one; with the repo root on sys.path
-    the folder kernels/ is found as an empty namespace package. That must not look installed to transformers
-    nor run alarm_kernels a second time (double op registration corrupts the dispatcher)."""
-    code = (
-        "import alarm_kernels, torch\n"
-        "from transformers.utils.import_utils import is_kernels_available\n"
-        "assert not is_kernels_available()\n"
-        "import kernels\n"
-        "assert not hasattr(kernels, 'varlen_pool') and getattr(kernels, '__file__', None) is None\n"
-        "x = torch.randn(10, 4); cu = alarm_kernels.seqlens_to_cu_seqlens([3, 7])\n"
-        "for _ in range(50): alarm_kernels.varlen_pool(x, cu, 2)\n"
-        "print('ok')\n"
-    )
-    for seed in ("1", "2"):
-        _run_from_repo_root(code, {"PYTHONHASHSEED": seed})
-
-
-def test_installed_kernels_package_is_not_shadowed_by_the_repo_folder(tmp_path):
-    """A real package named `kernels` (e.g. the hub's) installed beside the repository wins over the folder
-    kernels/, even with the repository root first on sys.path, and alarm_kernels still imports."""
-    import os
-
-    (tmp_path / "kernels").mkdir()
-    (tmp_path / "kernels" / "__init__.py").write_text("STAND_IN_MARKER = 'installed kernels'\n")
-    code = (
-        "import kernels\n"
-        "assert getattr(kernels, 'STAND_IN_MARKER', None) == 'installed kernels', kernels\n"
-        f"assert kernels.__file__ == {str(tmp_path / 'kernels' / '__init__.py')!r}, kernels.__file__\n"
-        "import alarm_kernels\n"
-        "assert callable(alarm_kernels.varlen_pool)\n"
-        "print('ok')\n"
-    )
-    pythonpath = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
-    _run_from_repo_root(code, {"PYTHONPATH": pythonpath})
-
-
 def test_strided_cu_seqlens_view_gives_the_same_answer():
     """A non-contiguous offsets view (here every other element) must not be misread by a fast backend."""
     strided = torch.tensor([0, 99, 3, 99, 10, 99], dtype=torch.int32)[::2]
