@@ -5,6 +5,10 @@
 - ``alarm eval fill``: raw responses (``--response-key``, default ``model_response``) -> the benchmark's
   official prediction key;
 - ``alarm eval score``: official and strict accuracies of a filled file.
+
+``--protocol paper`` (fill, score, run) adds the ALARM repository's own parsing and scoring: ``fill`` also
+writes ``model_prediction`` as the published evaluation parses it, and the report gets a ``paper`` column
+beside the official and strict ones (docs/evaluation.md, "Scoring protocols").
 """
 from __future__ import annotations
 
@@ -12,9 +16,15 @@ import argparse
 import os
 from pathlib import Path
 
-from alarm.commands.checks import check_input_file
+from alarm.commands.checks import check_backend_installed, check_input_file
 from alarm.fileio import atomic_write_json
 from alarm.commands.generate import add_generation_args, generation_kwargs, load_models
+
+
+def _add_protocol(p) -> None:
+    p.add_argument("--protocol", choices=("official", "paper"), default="official",
+                   help="official: the upstream scripts' scores (with strict); paper: also the ALARM repository's "
+                        "own parsing into model_prediction and its scripts' scores")
 
 
 def register(subparsers) -> None:
@@ -43,6 +53,7 @@ def register(subparsers) -> None:
     r.add_argument("--part", type=int, default=None, help="this process's part (default: RANK or 0)")
     r.add_argument("--num-parts", type=int, default=None, help="number of parts (default: WORLD_SIZE or 1)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_protocol(r)
     add_generation_args(r)
     r.set_defaults(func=_run)
 
@@ -50,7 +61,9 @@ def register(subparsers) -> None:
     s.add_argument("--benchmark", required=True, help=f"one of: {names}")
     s.add_argument("--input", required=True, help="JSON list or JSONL of items with the official key filled")
     s.add_argument("--output", required=True, help="report JSON")
-    s.add_argument("--scored-items", help="also write the items with a strict 0/1 'match' field")
+    s.add_argument("--scored-items", help="also write the items with their 0/1 'match' (strict), "
+                                          "'official_match' and 'paper_match' fields")
+    _add_protocol(s)
     s.set_defaults(func=_score)
 
     f = sub.add_parser("fill", help="parse raw responses into the benchmark's official prediction key")
@@ -58,6 +71,7 @@ def register(subparsers) -> None:
     f.add_argument("--input", required=True)
     f.add_argument("--output", required=True, help="filled items (.jsonl: JSON Lines, else a JSON list)")
     f.add_argument("--response-key", default="model_response", help="where the raw responses are")
+    _add_protocol(f)
     f.set_defaults(func=_fill)
 
 
@@ -68,7 +82,7 @@ def _score(args) -> int:
     bench = get_benchmark(args.benchmark)
     check_input_file("--input", args.input)
     items = load_items(args.input, bench)
-    report = score(bench, items)
+    report = score(bench, items, args.protocol)
     report["input"] = str(args.input)
     atomic_write_json(args.output, report)
     if args.scored_items:
@@ -78,7 +92,9 @@ def _score(args) -> int:
 
 
 def _fill(args) -> int:
-    from alarm.eval.benchmarks import fill_item, get_benchmark, load_items
+    from collections import Counter
+
+    from alarm.eval.benchmarks import PAPER_PARSE_KEY, fill_item, get_benchmark, load_items
     from alarm.eval.mcqa import OK
     from alarm.eval.run import write_items
 
@@ -88,9 +104,12 @@ def _fill(args) -> int:
     for i, item in enumerate(items):
         if args.response_key not in item:
             raise ValueError(f"{args.input}: item {i} ({item[bench.id_key]!r}) has no {args.response_key!r} field")
-    bad = sum(fill_item(bench, item, item[args.response_key]) != OK for item in items)
+    bad = sum(fill_item(bench, item, item[args.response_key], args.protocol) != OK for item in items)
     write_items(args.output, items)
     print(f"{len(items)} items, {bad} malformed answers (empty {bench.official_key!r}; see answer_status)")
+    if args.protocol == "paper":
+        rules = Counter(item[PAPER_PARSE_KEY] for item in items)
+        print(f"model_prediction (published parsing): {dict(sorted(rules.items()))}")
     return 0
 
 
@@ -123,6 +142,8 @@ def _run(args) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not os.path.isdir(args.audio_root):
         raise ValueError(f"--audio-root is not a folder: {args.audio_root}")
+    if args.backend == "vllm":
+        check_backend_installed("--backend", "vllm", "vllm")
     part, num_parts, device = _part(args)
     gen_kwargs = generation_kwargs(args)
     system_prompt = mcqa_system_prompt(args.prompt_style)
@@ -133,6 +154,9 @@ def _run(args) -> int:
               "batch_size": args.batch_size, "num_parts": num_parts}
     folder = work_dir(args.output)
     check_config(folder, config)
+    if args.backend == "vllm":  # before CUDA starts: the engine goes to the first visible GPU
+        from alarm.eval.vllm_backend import pin_engine_gpu
+        device = pin_engine_gpu(device)
     model = load_models(args.model, args.ensemble, device)
     if args.backend == "vllm":
         from alarm.eval.vllm_backend import VLLMGenerator
@@ -141,7 +165,7 @@ def _run(args) -> int:
                         num_parts=num_parts, batch_size=args.batch_size, prompt_style=args.prompt_style,
                         system_prompt=system_prompt, gen_kwargs=gen_kwargs, progress=not args.no_progress)
     report_path = args.report or str(Path(args.output).with_suffix(".report.json"))
-    report = finish(bench, items, folder, args.output, report_path)
+    report = finish(bench, items, folder, args.output, report_path, args.protocol)
     if report is None:
         print(f"part {part}/{num_parts}: {new} item(s) answered; other parts still running")
         return 0

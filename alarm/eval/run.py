@@ -159,20 +159,20 @@ def generate_part(bench: Benchmark, items: list[dict], model, *, audio_root: str
 
 
 def finish(bench: Benchmark, items: list[dict], folder: Path, output: str | Path,
-           report_path: str | Path) -> dict | None:
-    """When every item has a response: fill the official keys, write ``output`` and the report (returned);
-    otherwise None (another part is still running)."""
+           report_path: str | Path, protocol: str = "official") -> dict | None:
+    """When every item has a response: fill the official keys (and ``model_prediction`` with ``protocol=
+    "paper"``), write ``output`` and the report (returned); otherwise None (another part is still running)."""
     done = read_responses(folder)
     if any(str(it[bench.id_key]) not in done for it in items):
         return None
     stats = {"budget_hit": 0, "unfinished": 0, "cropped_audio": 0}
     for it in items:
         row = done[str(it[bench.id_key])]
-        fill_item(bench, it, row["response"])
+        fill_item(bench, it, row["response"], protocol)
         stats["budget_hit"] += row["budget_hit"]
         stats["unfinished"] += not row["finished"]
         stats["cropped_audio"] += row["cropped"]
-    report = score(bench, items)
+    report = score(bench, items, protocol)
     report["generation"] = stats
     report["answer_status"] = _count(it["answer_status"] for it in items)
     write_items(output, items)

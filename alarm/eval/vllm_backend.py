@@ -4,10 +4,18 @@ The audio side (encoders, adapters, fusion, separators) and the prompt layout st
 ``prompt_embeddings``); vLLM runs the frozen LLM on those embeddings (``enable_prompt_embeds``), with the
 same two-pass thinking budget as the HF path (``alarm.generation.two_pass``). Every request of a call uses
 the same sampling seed, as the published evaluation does.
+
+vLLM starts its engine on the first GPU the process sees, whatever device the ALARM model is on (its
+``device`` engine option was never honoured and is gone since vLLM 0.10). ``pin_engine_gpu`` therefore makes
+the chosen GPU (under torchrun: ``cuda:LOCAL_RANK``) the only visible one by setting
+``CUDA_VISIBLE_DEVICES``, as the published evaluation does per worker, before CUDA starts in the process;
+the model then goes to ``cuda:0``, the same GPU.
 """
 from __future__ import annotations
 
-from typing import Optional
+import logging
+import os
+from typing import MutableMapping, Optional
 
 import torch
 
@@ -17,6 +25,36 @@ from alarm.prompts import SYSTEM_PROMPT
 # engine settings of the published evaluation
 VLLM_DEFAULTS = dict(enable_prefix_caching=True, max_model_len=16384, max_num_seqs=32, max_num_batched_tokens=16384,
                      gpu_memory_utilization=0.70)
+_log = logging.getLogger(__name__)
+
+
+def pin_engine_gpu(device: str, environ: Optional[MutableMapping[str, str]] = None) -> str:
+    """Make ``device``'s GPU the only one this process sees, so that the vLLM engine starts on it; returns the
+    device to load the ALARM model on.
+
+    ``cuda:N`` -> ``CUDA_VISIBLE_DEVICES`` (in ``environ``, default ``os.environ``) becomes the N-th GPU
+    visible now (the N-th entry of an inherited ``CUDA_VISIBLE_DEVICES``, else ``N``) and ``"cuda:0"`` is
+    returned. ``"cuda"``, ``"cpu"`` and other devices are returned unchanged. Calling it again with the
+    returned device changes nothing. ValueError when N is not visible; RuntimeError when N > 0 and CUDA has
+    already started in this process (it reads ``CUDA_VISIBLE_DEVICES`` once)."""
+    environ = os.environ if environ is None else environ
+    dev = torch.device(device)
+    if dev.type != "cuda" or dev.index is None:
+        return device
+    inherited = environ.get("CUDA_VISIBLE_DEVICES")
+    visible = None if inherited is None else [d.strip() for d in inherited.split(",") if d.strip()]
+    if visible is not None and dev.index >= len(visible):
+        raise ValueError(f"--device {device}: CUDA_VISIBLE_DEVICES={inherited!r} lists {len(visible)} GPU(s)")
+    chosen = str(dev.index) if visible is None else visible[dev.index]
+    if chosen == inherited:
+        return "cuda:0"
+    if torch.cuda.is_initialized():
+        if dev.index == 0:  # already the first visible GPU, where the engine starts
+            return "cuda:0"
+        raise RuntimeError(f"the vLLM engine's GPU ({device}) must be chosen before CUDA starts in this process")
+    environ["CUDA_VISIBLE_DEVICES"] = chosen
+    _log.info("vLLM engine on GPU %s (CUDA_VISIBLE_DEVICES=%s, was %r)", device, chosen, inherited)
+    return "cuda:0"
 
 
 class VLLMGenerator:

@@ -185,7 +185,7 @@ def test_mmsu_adversarial(tmp_path):
                    "category": "perception", "sub-category": "emotion"}, "response", resp)
              for i, (resp, ans, _, _) in enumerate(MMSU_CASES)]
     report = _check("mmsu", items, [(o, s) for _, _, o, s in MMSU_CASES], tmp_path, "mmsu.jsonl")
-    assert report["official"]["script_errors"] == [0]
+    assert [e["id"] for e in report["official"]["script_errors"]] == [0]
 
 
 def test_airbench_adversarial(tmp_path):

@@ -1,6 +1,7 @@
 """``alarm eval run`` end to end on CPU: a tiny random ALARM checkpoint, a tiny MMAU-format benchmark whose audio is
 written as WAV files, a kill after the first batch, a resume, a refused change of settings, and two parts."""
 import json
+import os
 import wave
 
 import numpy as np
@@ -184,3 +185,52 @@ def test_generate_cli_options(bench, capsys):
     assert capsys.readouterr().out == greedy and greedy.strip()
     assert main([*base, "--max-thinking-tokens", "-2"]) == 2
     assert "--max-thinking-tokens must be >= -1" in capsys.readouterr().err
+
+
+def test_vllm_under_torchrun_one_gpu_per_rank(bench, tmp_path, monkeypatch, capsys):
+    """Two torchrun ranks with --backend vllm: before the model is loaded and before the engine is built, each
+    rank sees only its own GPU (the LOCAL_RANK-th of the inherited CUDA_VISIBLE_DEVICES) and loads on cuda:0."""
+    import importlib.machinery
+    import sys
+    import types
+
+    import alarm.commands.eval as eval_cmd
+
+    seen, eos_id = [], []
+
+    class FakeLLM:  # answers every request with EOS at once
+        def __init__(self, model, dtype, enable_prompt_embeds, **kw):
+            seen.append(("engine", os.environ.get("CUDA_VISIBLE_DEVICES")))
+
+        def generate(self, requests, params, use_tqdm):
+            eos = types.SimpleNamespace(token_ids=eos_id, finish_reason="stop")
+            return [types.SimpleNamespace(outputs=[eos]) for _ in requests]
+
+    fake = types.ModuleType("vllm")
+    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    fake.LLM, fake.SamplingParams = FakeLLM, lambda **kw: types.SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+
+    def load_on_cpu(model, ensemble, device):  # records where the command would load, loads on the CPU
+        seen.append(("model", device, os.environ.get("CUDA_VISIBLE_DEVICES")))
+        loaded = ALARMModel.from_pretrained(model)
+        loaded.config.llm_path = "stand-in/llm"
+        eos_id[:] = [loaded.tokenizer.eos_token_id]
+        return loaded
+
+    monkeypatch.setattr(eval_cmd, "load_models", load_on_cpu)
+    out = tmp_path / "vllm.json"
+    for rank in (1, 0):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # what torchrun's parent was given
+        for name, value in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", 2)):
+            monkeypatch.setenv(name, str(value))
+        seen.clear()
+        assert main(_args(bench, out, "--backend", "vllm", "--device", "cuda", "--greedy", "--protocol", "paper")) == 0
+        gpu = "3,5".split(",")[rank]
+        assert seen == [("model", "cuda:0", gpu), ("engine", gpu)]
+    assert sorted(_responses(out)) == ["q0", "q1", "q2", "q3"]
+    report = json.loads((tmp_path / "vllm.report.json").read_text())
+    assert report["strict"]["total"]["count"] == report["paper"]["total"]["count"] == 4
+    assert report["paper"]["parse"] == {"not_an_integer_option_0": 4}  # EOS at once: no answer, option 0
+    capsys.readouterr()
+

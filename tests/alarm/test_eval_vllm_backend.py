@@ -105,3 +105,35 @@ def test_vllm_missing_or_unsuitable(monkeypatch, fake_vllm):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(RuntimeError, match="pip install vllm"):
         VLLMGenerator(_StubModel())
+
+
+@pytest.mark.parametrize("device, inherited, expected, visible", [
+    ("cuda:1", None, "cuda:0", "1"),                       # torchrun rank 1, nothing inherited
+    ("cuda:0", None, "cuda:0", "0"),
+    ("cuda:1", "4,6", "cuda:0", "6"),                      # the rank's entry of an inherited list
+    ("cuda:0", " GPU-aa , GPU-bb", "cuda:0", "GPU-aa"),    # UUIDs pass through
+    ("cuda", "4,6", "cuda", "4,6"),                        # no index: the first visible GPU already
+    ("cpu", None, "cpu", None),
+])
+def test_pin_engine_gpu(device, inherited, expected, visible):
+    from alarm.eval.vllm_backend import pin_engine_gpu
+
+    env = {} if inherited is None else {"CUDA_VISIBLE_DEVICES": inherited}
+    assert pin_engine_gpu(device, env) == expected
+    assert env.get("CUDA_VISIBLE_DEVICES") == visible
+    assert pin_engine_gpu(expected, env) == expected and env.get("CUDA_VISIBLE_DEVICES") == visible  # idempotent
+
+
+def test_pin_engine_gpu_errors(monkeypatch):
+    from alarm.eval.vllm_backend import pin_engine_gpu
+
+    env = {"CUDA_VISIBLE_DEVICES": "4,6"}
+    with pytest.raises(ValueError, match=r"--device cuda:2: CUDA_VISIBLE_DEVICES='4,6' lists 2 GPU\(s\)"):
+        pin_engine_gpu("cuda:2", env)
+    with pytest.raises(ValueError, match="lists 0 GPU"):
+        pin_engine_gpu("cuda:0", {"CUDA_VISIBLE_DEVICES": ""})
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="before CUDA starts"):
+        pin_engine_gpu("cuda:1", env)
+    assert env == {"CUDA_VISIBLE_DEVICES": "4,6"}  # nothing changed
+    assert pin_engine_gpu("cuda:0", env) == "cuda:0" and env == {"CUDA_VISIBLE_DEVICES": "4,6"}
