@@ -34,10 +34,11 @@ def register(subparsers) -> None:
                         "header; relative paths are relative to the table); repeatable; wins over --audio-root")
     i.add_argument("--clips-dir", help="where built clips (VoxCeleb pairs, dialogue/meeting windows, segments) are "
                                        "written once as FLAC (default: OUT/clips)")
-    i.add_argument("--tokenizer", help="--mode raw: local folder of the reasoning model's tokenizer "
-                                       "(Qwen3-4B-Thinking-2507 in the paper) counting target tokens")
-    i.add_argument("--min-tokens", type=int, default=100, help="--mode raw: shortest target kept (default 100)")
-    i.add_argument("--max-tokens", type=int, default=612, help="--mode raw: longest target kept (default 612)")
+    i.add_argument("--tokenizer", help="local folder of the reasoning model's tokenizer (Qwen3-4B-Thinking-2507 in "
+                                       "the paper): keep targets of --min-tokens..--max-tokens tokens (the 31 audio "
+                                       "datasets; required by --mode raw, optional with filtered)")
+    i.add_argument("--min-tokens", type=int, default=100, help="with --tokenizer: shortest target kept (default 100)")
+    i.add_argument("--max-tokens", type=int, default=612, help="with --tokenizer: longest target kept (default 612)")
     i.add_argument("--max-seconds", type=float, default=60.0,
                    help="clips this long or longer are dropped (default 60, as published)")
     i.add_argument("--duration-tolerance", type=float, default=1.0,

@@ -400,7 +400,7 @@ def test_rerun_writes_identical_bytes(world, imported, tmp_path):
 
 
 def test_parquet_shards_give_the_same_manifests(world, imported, tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # in the test extra: a missing pyarrow fails here rather than skipping
     import pyarrow.parquet as pq
 
     out, _ = imported
@@ -458,7 +458,8 @@ def test_youtube_ids_in_file_names():
 
 # ---------------------------------------------------------------------- raw mode: the official split and filter
 
-def test_raw_mode_rebuilds_the_published_split_and_token_filter(world, tmp_path):
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_raw_mode_rebuilds_the_published_split_and_token_filter(world, tmp_path, fmt):
     from alarm.testing_tokenizer import build_tiny_tokenizer
 
     tok_dir = tmp_path / "tokenizer"
@@ -478,7 +479,14 @@ def test_raw_mode_rebuilds_the_published_split_and_token_filter(world, tmp_path)
     corpus.mkdir()
     rows_shuffled = rows[::-1] + [{**heysquad, "unique_id_1": "5733be284776f41900661182", "unique_id_2": "False",
                                    "dataset_index": 0}]
-    (corpus / "raw_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_shuffled))
+    if fmt == "jsonl":
+        (corpus / "raw_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_shuffled))
+    else:  # two shards, as the hub stores a split
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for k, part in enumerate((rows_shuffled[:12], rows_shuffled[12:])):
+            pq.write_table(pa.Table.from_pylist(part), corpus / f"raw_train-{k:05d}-of-00002.parquet")
     (corpus / "raw_validation.jsonl").write_text(json.dumps(
         {**heysquad, "unique_id_1": "56ddde6b9a695914005b9628", "unique_id_2": "True", "dataset_index": 0}) + "\n")
     out = tmp_path / "out"
@@ -500,6 +508,25 @@ def test_raw_mode_rebuilds_the_published_split_and_token_filter(world, tmp_path)
     dropped = sum(report["splits"][s]["datasets"]["esc50"]["target_tokens"] for s in ("train", "validation"))
     assert dropped == n - len(keep) == 2
     assert report["settings"]["split_seed"] == 123 and report["mode"] == "raw"
+
+
+def test_filtered_mode_applies_the_token_filter_when_given_a_tokenizer(world, tmp_path):
+    from alarm.testing_tokenizer import build_tiny_tokenizer
+
+    build_tiny_tokenizer().save_pretrained(str(tmp_path / "tok"))
+    lengths = (99, 100, 612, 613)
+    rows = [{**GOOD_ROW, "unique_id_2": f"src{i}", "dataset_index": i, "llm_answer_with_context": "<think>" * n}
+            for i, n in enumerate(lengths)]
+    rows.append({**GOOD_ROW, "dataset_name": "heysquad_human", "unique_id_1": "5733be284776f41900661182",
+                 "unique_id_2": "False", "llm_answer_with_context": "short"})
+    corpus = _corpus_with(tmp_path, rows)
+    report = import_corpora(ImportOptions(corpus=str(corpus), out=str(tmp_path / "out"),
+                                          tokenizer=str(tmp_path / "tok"), roots={"esc50": world["roots"]["esc50"]},
+                                          maps=(world["map"],)))
+    kept = [(r.dataset, r.meta["dataset_index"]) for r in read_manifest(tmp_path / "out" / "train.jsonl")]
+    assert kept == [("esc50", 1), ("esc50", 2), ("heysquad_human", 0)]  # HeySQuAD is not token-filtered
+    assert report["splits"]["train"]["datasets"]["esc50"]["target_tokens"] == 2
+    assert report["settings"]["max_tokens"] == 612 and "split_seed" not in report["settings"]
 
 
 def test_raw_mode_needs_the_complete_raw_train_split(world, tmp_path, capsys):
@@ -602,7 +629,7 @@ def test_bad_input_is_one_error_line(world, tmp_path, capsys, case):
 
 
 def test_parquet_errors_name_the_file_and_row(tmp_path, capsys):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # in the test extra: a missing pyarrow fails here rather than skipping
     import pyarrow.parquet as pq
 
     corpus = tmp_path / "corpus"

@@ -17,7 +17,9 @@ Modes:
   InstructS2S is train only.
 In both modes clips of ``max_seconds`` (60) or more are dropped, as validate_and_filter_indexes.py did, and
 every HeySQuAD row also yields its no-context copy (empty prompt, target ``llm_answer_no_context``), as the
-published recipe trains it.
+published recipe trains it. ``tokenizer`` in filtered mode applies the token filter there too: the official
+validate_and_filter_answers.py writes its indexes where upload_dataset.py and the training loader do not
+look for them (docs/model.md, differences), so the published splits may not have been token-filtered.
 """
 from __future__ import annotations
 
@@ -32,10 +34,11 @@ from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
+from alarm.audio import audio_info
 from alarm.data.manifest import ManifestRecord
 from alarm.fileio import atomic_write, atomic_write_json
 
-from .reader import CorpusRow, count_rows, iter_batches, split_files
+from .reader import CorpusRow, count_rows, iter_batches, iter_indexes, split_files
 from .registry import ALIASES, NO_CONTEXT_DATASETS, SOURCES, SPLIT_DATASETS, names_of, source_class
 from .sources import AudioMap, ClipMissing, Source
 
@@ -138,8 +141,6 @@ class _Importer:
         if opts.mode == "raw" and not opts.tokenizer:
             raise ValueError("--mode raw filters targets by their token count: give --tokenizer (the reasoning "
                              "model's tokenizer folder)")
-        if opts.mode == "filtered" and opts.tokenizer:
-            raise ValueError("--tokenizer is used by --mode raw only (the filtered splits are filtered already)")
         if not (1 <= opts.min_tokens <= opts.max_tokens):
             raise ValueError(f"--min-tokens/--max-tokens must satisfy 1 <= min <= max, got "
                              f"{opts.min_tokens}/{opts.max_tokens}")
@@ -161,8 +162,9 @@ class _Importer:
         check_roots(opts.roots)
         self.sources: Dict[str, Source] = {name: SOURCES[name](folder, clips) for name, folder in opts.roots.items()}
         self.audio_map = AudioMap.load(opts.maps, known=list(SOURCES) + list(ALIASES))
-        self.tokenizer = _load_tokenizer(opts.tokenizer) if opts.mode == "raw" else None
+        self.tokenizer = _load_tokenizer(opts.tokenizer) if opts.tokenizer else None
         self.validation_masks: Dict[str, np.ndarray] = {}
+        self.pool: Optional[ThreadPoolExecutor] = None
         self.counts = {split: {} for split in OUTPUT_SPLITS}
         self.seen = {split: set() for split in OUTPUT_SPLITS}
 
@@ -174,10 +176,10 @@ class _Importer:
         indexes: Dict[str, List[int]] = {}
         files = self.inputs["raw_train"]
         with tqdm(total=count_rows(files), unit="row", desc="raw split", disable=not self.opts.progress) as bar:
-            for batch in iter_batches(files):
-                for row in batch:
-                    if row.dataset_name in SPLIT_DATASETS:
-                        indexes.setdefault(row.dataset_name, []).append(row.dataset_index)
+            for batch in iter_indexes(files):
+                for name, index in batch:
+                    if name in SPLIT_DATASETS:
+                        indexes.setdefault(name, []).append(index)
                 bar.update(len(batch))
         for name, values in indexes.items():
             seen = np.unique(np.asarray(values, dtype=np.int64))
@@ -215,8 +217,6 @@ class _Importer:
                         raise ClipMissing("no --audio-map entry for these ids")
                     return None
                 path = source.clip(row.uid1, row.uid2)
-            from alarm.audio import audio_info
-
             if not os.path.isfile(path):
                 raise ClipMissing("audio file not found", path)
             try:
@@ -264,11 +264,7 @@ class _Importer:
                 self.count(todo[i][1], todo[i][0].dataset_name, "target_tokens")
             todo = [item for i, item in enumerate(todo) if i not in drop]
         rows = [row for row, _ in todo]
-        if opts.workers > 1 and len(rows) > 1:
-            with ThreadPoolExecutor(opts.workers) as pool:
-                found = list(pool.map(self.locate, rows))
-        else:
-            found = [self.locate(row) for row in rows]
+        found = list(self.pool.map(self.locate, rows)) if self.pool is not None else [self.locate(r) for r in rows]
         for (row, split), result in zip(todo, found, strict=True):
             self.emit(row, split, result, outs[split], missing)
 
@@ -331,10 +327,13 @@ class _Importer:
                         self.process(batch, split, {"train": train, "validation": validation}, missing)
                         bar.update(len(batch))
 
+        self.pool = ThreadPoolExecutor(self.opts.workers) if self.opts.workers > 1 else None
         try:
             _write_together([self.out / "train.jsonl", self.out / "validation.jsonl", self.out / "missing.tsv"], fill)
         finally:
             bar.close()
+            if self.pool is not None:
+                self.pool.shutdown()
         report = self.report()
         atomic_write_json(self.out / "report.json", report)
         return report
@@ -357,8 +356,9 @@ class _Importer:
                        for split, files in self.inputs.items()},
             "settings": {"max_seconds": self.opts.max_seconds, "duration_tolerance": self.opts.duration_tolerance,
                          **({"tokenizer": os.path.abspath(self.opts.tokenizer), "min_tokens": self.opts.min_tokens,
-                             "max_tokens": self.opts.max_tokens, "split_seed": SPLIT_SEED,
-                             "validation_fraction": VALIDATION_FRACTION} if self.opts.mode == "raw" else {})},
+                             "max_tokens": self.opts.max_tokens} if self.tokenizer is not None else {}),
+                         **({"split_seed": SPLIT_SEED, "validation_fraction": VALIDATION_FRACTION}
+                            if self.opts.mode == "raw" else {})},
             "sources": {**{name: {"kind": src.kind, "root": str(src.root)} for name, src in self.sources.items()},
                         **{name: {"kind": "map", "entries": n} for name, n in sorted(self.audio_map.counts.items())
                            if name not in self.sources}},

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from alarm.data.jsonl import iter_jsonl
 
-__all__ = ["CorpusRow", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "split_files", "iter_batches", "count_rows"]
+__all__ = ["CorpusRow", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "split_files", "iter_batches", "iter_indexes",
+           "count_rows"]
 
 #: Columns every row needs (the published schema; ``context`` may be empty).
 REQUIRED_COLUMNS = ("dataset_name", "context", "audio_description", "llm_answer_with_context", "unique_id_1",
@@ -133,3 +134,28 @@ def iter_batches(files: Sequence[Path], batch_rows: int = 1024) -> Iterator[List
             yield from _parquet_batches(path, batch_rows)
         else:
             yield from _jsonl_batches(path, batch_rows)
+
+
+def iter_indexes(files: Sequence[Path], batch_rows: int = 65536) -> Iterator[List[Tuple[str, int]]]:
+    """``(dataset_name, dataset_index)`` of every row of ``files``, in batches; parquet files are read for
+    these two columns only. Errors as :func:`iter_batches`."""
+    for path in files:
+        if path.suffix != ".parquet":
+            for batch in _jsonl_batches(path, batch_rows):
+                yield [(row.dataset_name, row.dataset_index) for row in batch]
+            continue
+        pf = _open_parquet(path)
+        names = set(pf.schema_arrow.names)
+        for column in ("dataset_name", "dataset_index"):
+            if column not in names:
+                raise ValueError(f"{path}: row 1: missing column {column!r} (the file has no such column)")
+        row = 0
+        for record_batch in pf.iter_batches(batch_size=batch_rows, columns=["dataset_name", "dataset_index"]):
+            batch = []
+            for name, index in zip(*(c.to_pylist() for c in record_batch.columns), strict=True):
+                row += 1
+                if not isinstance(name, str) or isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                    raise ValueError(f"{path}: row {row}: dataset_name must be a string and dataset_index an "
+                                     f"integer >= 0, got {name!r} and {index!r}")
+                batch.append((name, index))
+            yield batch
