@@ -226,9 +226,9 @@ def world(tmp_path_factory):
 
     # map sources: HeySQuAD (with its no-context copy), InstructS2S (empty context), CAMEO not provided
     maps = base / "maps"
-    hq1 = _write(maps / "heysquad/q1.wav", _tone(1.1, seed=501))
-    hq2 = _write(maps / "heysquad/q2.wav", _tone(0.9, seed=502))
-    ins = _write(maps / "instructs2s/t0.flac", _tone(0.8, seed=503))
+    _write(maps / "heysquad/q1.wav", _tone(1.1, seed=501))
+    _write(maps / "heysquad/q2.wav", _tone(0.9, seed=502))
+    _write(maps / "instructs2s/t0.flac", _tone(0.8, seed=503))
     _write(maps / "heysquad/long.flac", np.zeros(60 * 8000, np.float32), rate=8000)
     (maps / "audio_map.tsv").write_text(
         "dataset_name\tunique_id_1\tunique_id_2\tpath\n"
@@ -236,7 +236,6 @@ def world(tmp_path_factory):
         "heysquad_human\t56ddde6b9a695914005b9628\tTrue\theysquad/q2.wav\n"
         "heysquad_human\tlong\tFalse\theysquad/long.flac\n"
         "instructs2s\t42\t0\tinstructs2s/t0.flac\n", encoding="utf-8")
-    del hq1, hq2, ins
     c.add("train", "heysquad_human_filtered", "5733be284776f41900661182", "False", 1.1, maps / "heysquad/q1.wav",
           no_context="<think>\nThe spoken question asks about Notre Dame.\n</think>\n\nSaint Bernadette.")
     c.add("validation", "heysquad_human", "56ddde6b9a695914005b9628", "True", 0.9, maps / "heysquad/q2.wav",
@@ -249,6 +248,8 @@ def world(tmp_path_factory):
     c.add("train", "esc50", "1-100032-A-0.wav", "100032", 1.0)  # duplicate of a row above
     c.add("train", "heysquad_human", "long", "False", 60.0, maps / "heysquad/long.flac", dropped=True)  # >= 60 s
     c.add("train", "nsynth", "guitar_missing_000-050-100", "50", 4.0, dropped=True)  # missing file
+    (a / "vocalsound/audio_16k/f0004_0_sigh.wav").write_text("not audio\n")  # unreadable
+    c.add("train", "vocalsound", "f0004", "f0004_0_sigh.wav", 1.0, dropped=True)
     p = clip("nsynth", "nsynth-train/audio/keyboard_acoustic_001-060-050.wav", 1.0)
     c.add("train", "nsynth", "keyboard_acoustic_001-060-050", "60", 1.0, p, described=4.0, dropped=True)  # 1 s, not 4
     corpus = c.write_jsonl(base / "corpus")
@@ -367,6 +368,7 @@ def test_report_counts_and_missing_table(world, imported):
     assert train["heysquad_human"]["too_long"] == 1
     assert train["nsynth"] == {**train["nsynth"], "rows": 3, "matched": 1, "missing": 1, "duration_mismatch": 1}
     assert train["meld"]["matched"] == 1 and train["meld"]["missing"] == 1
+    assert train["vocalsound"]["unreadable"] == 1 and train["vocalsound"]["matched"] == 1
     assert train["heysquad_human_filtered"]["no_context_copies"] == 1
     manifest_lines = (out / "train.jsonl").read_text().count("\n")
     assert report["splits"]["train"]["records"] == manifest_lines
@@ -375,11 +377,13 @@ def test_report_counts_and_missing_table(world, imported):
     by_key = {(r[1], r[2], r[3]): r for r in rows[1:]}
     assert set(by_key) == {("clotho", "Distorted AM Radio noise.wav", "caption_6"), ("meld", "1", "1_0_0"),
                            ("nsynth", "guitar_missing_000-050-100", "50"),
-                           ("nsynth", "keyboard_acoustic_001-060-050", "60")}
+                           ("nsynth", "keyboard_acoustic_001-060-050", "60"),
+                           ("vocalsound", "f0004", "f0004_0_sigh.wav")}
     assert "extract their audio" in by_key[("meld", "1", "1_0_0")][5]
     assert by_key[("nsynth", "guitar_missing_000-050-100", "50")][6].endswith(
         "nsynth-train/audio/guitar_missing_000-050-100.wav")
     assert by_key[("nsynth", "keyboard_acoustic_001-060-050", "60")][4] == "duration_mismatch"
+    assert by_key[("vocalsound", "f0004", "f0004_0_sigh.wav")][4] == "unreadable"
     assert report["sources"]["heysquad_human"] == {"kind": "map", "entries": 3}
 
 
@@ -436,16 +440,26 @@ def test_trainer_accepts_the_manifests(imported):
             assert reason is None and wave.numel() == pytest.approx(examples[i].duration * RATE, abs=2)
 
 
-def test_alarm_train_runs_on_the_imported_manifest(imported, tmp_path, capsys):
-    out, _ = imported
+def test_alarm_train_runs_on_the_imported_manifest(imported, tmp_path):
+    """``alarm train`` (its own process, as tests/alarm/test_train.py runs it) on the validation manifest:
+    LibriSpeech, HeySQuAD and HeySQuAD's empty-prompt copy, one example per step."""
+    import os
+    import subprocess
+
+    out, report = imported
     recipe = {"model": {"preset": "tiny", "fusion": "sum", "n_encoders": 1, "stage": "A"},
               "data": {"train_manifest": str(out / "validation.jsonl"), "max_seconds": 5.0},
               "optim": {"lr": 1e-3, "warmup_steps": 1}, "batch": {"max_tokens": 1, "accumulation": 1},
               "run": {"out_dir": str(tmp_path / "run"), "epochs": 1, "save_every": 100, "log_every": 1,
                       "progress": "lines", "device": "cpu", "plot": False}}
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
-    assert main(["train", "--config", str(tmp_path / "recipe.json")]) == 0
-    assert (tmp_path / "run").is_dir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    env.pop("WORLD_SIZE", None)
+    r = subprocess.run([sys.executable, "-m", "alarm", "train", "--config", str(tmp_path / "recipe.json")],
+                       cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == report["splits"]["validation"]["records"] == 3 and summary["skipped_clips"] == 0
 
 
 def test_youtube_ids_in_file_names():
@@ -527,6 +541,18 @@ def test_filtered_mode_applies_the_token_filter_when_given_a_tokenizer(world, tm
     assert kept == [("esc50", 1), ("esc50", 2), ("heysquad_human", 0)]  # HeySQuAD is not token-filtered
     assert report["splits"]["train"]["datasets"]["esc50"]["target_tokens"] == 2
     assert report["settings"]["max_tokens"] == 612 and "split_seed" not in report["settings"]
+
+
+def test_an_audio_map_entry_wins_over_the_root(world, tmp_path):
+    _write(tmp_path / "mine" / "dog.flac", _tone(1.0, seed=77))
+    (tmp_path / "map.tsv").write_text("dataset_name\tunique_id_1\tunique_id_2\tpath\n"
+                                      "esc50\t1-100032-A-0.wav\t100032\tmine/dog.flac\n")
+    corpus = _corpus_with(tmp_path, [GOOD_ROW, {**GOOD_ROW, "unique_id_2": "other source"}])
+    import_corpora(ImportOptions(corpus=str(corpus), out=str(tmp_path / "out"), maps=(str(tmp_path / "map.tsv"),),
+                                 roots={"esc50": world["roots"]["esc50"]}))
+    audio = [r.audio for r in read_manifest(tmp_path / "out" / "train.jsonl")]
+    assert audio == [str(tmp_path / "mine" / "dog.flac"), str(Path(world["roots"]["esc50"]) / "ESC-50-master" /
+                                                              "audio" / "1-100032-A-0.wav")]
 
 
 def test_raw_mode_needs_the_complete_raw_train_split(world, tmp_path, capsys):

@@ -135,6 +135,9 @@ def _load_tokenizer(path: str):
 
 
 class _Importer:
+    """One run: every cheap check in ``__init__`` (options, corpus files, roots, map, tokenizer), then
+    :meth:`run` streams the rows through :meth:`process` (route, dedupe, filter, locate) and :meth:`emit`."""
+
     def __init__(self, opts: ImportOptions):
         if opts.mode not in MODES:
             raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {opts.mode!r}")
@@ -195,6 +198,7 @@ class _Importer:
             self.validation_masks[name] = mask
 
     def output_split(self, row: CorpusRow, input_split: str) -> str:
+        """The output split of a row: raw mode's rebuilt split for the 31 audio datasets, else its own."""
         if self.opts.mode == "raw" and row.dataset_name in self.validation_masks:
             mask = self.validation_masks[row.dataset_name]
             return "validation" if row.dataset_index < mask.size and mask[row.dataset_index] else "train"
@@ -202,6 +206,7 @@ class _Importer:
 
     # ------------------------------------------------------------------ one row
     def count(self, split: str, dataset: str, what: str) -> None:
+        """Add one to a counter of report.json."""
         per = self.counts[split].setdefault(dataset, dict.fromkeys(COUNTS, 0))
         per[what] += 1
 
@@ -235,6 +240,7 @@ class _Importer:
             return path
 
     def process(self, batch: List[CorpusRow], input_split: str, outs: Dict[str, TextIO], missing: TextIO) -> None:
+        """Route, dedupe and filter a batch of rows, locate their clips (threads, order kept), emit them."""
         opts = self.opts
         todo: List[Tuple[CorpusRow, str]] = []
         for row in batch:
@@ -269,6 +275,7 @@ class _Importer:
             self.emit(row, split, result, outs[split], missing)
 
     def emit(self, row: CorpusRow, split: str, result, out: TextIO, missing: TextIO) -> None:
+        """Write the row's example(s), or count why it is dropped (raising for missing audio by default)."""
         name = row.dataset_name
         if result is None:
             self.count(split, name, "unsupported")
@@ -310,6 +317,7 @@ class _Importer:
 
     # ------------------------------------------------------------------ the whole run
     def run(self) -> dict:
+        """The whole import; returns the report."""
         from tqdm.auto import tqdm
 
         if self.opts.mode == "raw":
@@ -339,6 +347,7 @@ class _Importer:
         return report
 
     def report(self) -> dict:
+        """report.json: mode, inputs, settings, sources and the counts per split and dataset."""
         order = {name: i for i, name in enumerate(list(SOURCES) + list(ALIASES))}
         splits = {}
         for split in OUTPUT_SPLITS:
