@@ -251,9 +251,9 @@ class _YouTubeClips(IndexedSource):
         return youtube_id(rel.stem)
 
     def row_key(self, uid1, uid2):
-        vid = uid2[1:] if len(uid2) == 12 and uid2.startswith("Y") else uid2
-        if not _YOUTUBE_ID.fullmatch(vid):
-            raise ValueError(f"{uid2!r} is not a YouTube id")
+        vid = youtube_id(uid2)
+        if vid is None:
+            raise ValueError(f"{uid2!r} names no YouTube id")
         return vid
 
 
