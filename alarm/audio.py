@@ -5,6 +5,8 @@
   when the installed libsndfile has it (1.1 or later), MP3. Channels are averaged. A WAV file cut short
   (its header declares more data than the file holds) is read up to its last complete frame and a warning
   naming the file is logged: a truncated recording is still usable audio.
+- :func:`audio_info` reads a file's length and rate from its header (and decodes its first 10 ms to prove
+  it reads), for listing many files without decoding them.
 - :func:`resample` and :func:`resample_batch` use ``soxr`` (the SoX resampler, high-quality preset): its
   memory and time grow with the clip's length only, whatever the pair of rates (11127 -> 16000 Hz costs
   what 44100 -> 16000 Hz costs).
@@ -28,7 +30,7 @@ import torch
 
 AudioLike = Union[torch.Tensor, np.ndarray]
 
-__all__ = ["load_audio", "resample", "resample_batch", "as_waveform", "validate_audio_batch",
+__all__ = ["load_audio", "audio_info", "resample", "resample_batch", "as_waveform", "validate_audio_batch",
            "MIN_CLIP_SECONDS", "MAX_PEAK", "MAX_CHANNELS"]
 
 logger = logging.getLogger(__name__)
@@ -110,6 +112,27 @@ def load_audio(path: Union[str, "os.PathLike[str]"], start_seconds: float = 0.0,
                        "read its %d complete frames", path, data.shape[0])
     mono = data.mean(axis=1, dtype=np.float64) if channels > 1 else data[:, 0].astype(np.float64)
     return _unit_range(mono, f"audio file {path}").astype(np.float32), int(rate)
+
+
+def audio_info(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, int]:
+    """(frames, sample rate in Hz) of an audio file, from its header; its first 10 ms are decoded to check
+    that it reads. Raises ValueError naming ``path`` and the reason (missing, empty, unreadable, no frames)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"audio file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"cannot read audio file {path}: the file is empty")
+    try:
+        with sf.SoundFile(path) as f:
+            frames, rate = f.frames, f.samplerate
+            probe = f.read(frames=max(1, rate // 100), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        raise ValueError(f"cannot read audio file {path}: {e.error_string or e}") from None
+    except (RuntimeError, OSError) as e:
+        raise ValueError(f"cannot read audio file {path}: {e}") from None
+    if frames <= 0 or probe.shape[0] == 0 or rate <= 0:
+        raise ValueError(f"audio file {path} holds no audio frames (header only or cut short)")
+    return int(frames), int(rate)
 
 
 def _unit_range(x: np.ndarray, where: str) -> np.ndarray:

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "alarm.commands.train",
     "alarm.commands.cache",
     "alarm.commands.convert",
+    "alarm.commands.data",
 )
 
 

@@ -1,1 +1,2 @@
-"""Data: training manifests (``manifest``), label descriptions (``descriptions``), JSONL helpers (``jsonl``)."""
+"""Data: training manifests (``manifest``), label descriptions (``descriptions``), JSONL helpers (``jsonl``), the
+published ALARM corpora -> manifests (``corpora``)."""

@@ -4,7 +4,9 @@ One JSON object per line:
 ``{"id", "audio", "duration", "dataset", "description", "prompt", "target", "meta"}``
 - ``id``: unique string; ``audio``: path of the audio file; ``duration``: seconds (> 0);
 - ``dataset``: source dataset name; ``description``: the text metadata the LLM saw (docs/model.md);
-- ``prompt``: the user prompt; ``target``: the training target, i.e. the text the LLM generates after
+- ``prompt``: the user prompt; may be empty when the request is spoken in the audio (the published ALARM
+  recipe trains HeySQuAD's spoken questions with an empty prompt, ``alarm data import-corpora``);
+- ``target``: the training target, i.e. the text the LLM generates after
   ``<|im_start|>assistant\\n<think>\\n`` (thinking, ``</think>``, answer; no ``</think>`` when cut off);
 - ``meta``: optional free-form object (pipeline bookkeeping such as the target's token count).
 Unknown keys are rejected so that schema drift fails loudly.
@@ -41,7 +43,7 @@ class ManifestRecord:
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise ManifestError(f"field {name!r} must be a string, got {type(value).__name__}")
-            if name in ("id", "audio", "prompt", "target") and not value.strip():
+            if name in ("id", "audio", "target") and not value.strip():
                 raise ManifestError(f"field {name!r} must not be empty")
         if isinstance(self.duration, bool) or not isinstance(self.duration, (int, float)) \
                 or not math.isfinite(self.duration) or self.duration <= 0:
