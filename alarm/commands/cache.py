@@ -11,6 +11,7 @@ Reference: docs/training.md.
 from __future__ import annotations
 
 from pathlib import Path
+
 from alarm.commands import add_command
 
 

@@ -13,8 +13,8 @@ the model is loaded; a clip longer than --max-seconds (default: the model's limi
 from __future__ import annotations
 
 
-from alarm.generation import SAMPLING_DEFAULTS
 from alarm.commands import add_command
+from alarm.generation import SAMPLING_DEFAULTS
 
 
 def add_generation_args(p, max_thinking_tokens: int = 1024, max_new_tokens: int = 8192) -> None:

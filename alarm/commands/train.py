@@ -1,6 +1,6 @@
 """Train an ALARM model's audio side from a recipe file.
 
-Recipes for every published model are in alarm/train/recipes/; any recipe key can be overridden on the
+Recipes with the paper's hyperparameters are in alarm/train/recipes/; any recipe key can be overridden on the
 command line as SECTION.KEY=VALUE. A run continues from its newest complete checkpoint by default.
 
   alarm train --config alarm/train/recipes/alarm_ca.yaml data.train_manifest=data/train.jsonl
@@ -11,6 +11,7 @@ Reference: docs/training.md.
 from __future__ import annotations
 
 from pathlib import Path
+
 from alarm.commands import add_command
 
 
