@@ -1,14 +1,22 @@
 """The ``alarm`` command line. Each subcommand lives in a module of ``alarm.commands`` exposing
-``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed args; its
-return value is the exit status). Bad input (ValueError, OSError such as a missing file) ends with one
-``alarm: error:`` line (a multi-line message is joined into one) and exit status 2; ``-v`` shows the
-traceback too. Any other exception is a bug and keeps its traceback; Ctrl-C exits with status 130."""
+``register(subparsers)``, which adds its parser with ``alarm.commands.add_command`` (the module's docstring
+is its ``--help``) and sets ``func`` (called with the parsed args; its return value is the exit status).
+``DESCRIPTION`` is the ``alarm --help`` text. Bad input (ValueError, OSError such as a missing file) ends
+with one ``alarm: error:`` line (a multi-line message is joined into one) and exit status 2; ``-v`` shows
+the traceback too. Any other exception is a bug and keeps its traceback; Ctrl-C exits with status 130."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
 import sys
+
+DESCRIPTION = """Train, run and evaluate ALARM audio-language models, build their training data and convert
+published checkpoints.
+
+Start with "alarm demo" (a few minutes on a CPU, nothing downloaded). "alarm COMMAND --help" describes a
+command; README.md lists the documentation in docs/.
+"""
 
 COMMAND_MODULES = (
     "alarm.commands.demo",
@@ -23,7 +31,8 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alarm", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="alarm", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (backend choices etc.)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:

@@ -1,17 +1,22 @@
-"""``alarm cache``: precompute the frozen features of a recipe's training data (see ``alarm.train.cache``).
+"""Precompute the frozen encoder or adapter features of a recipe's training data.
 
-    alarm cache --config alarm/train/recipes/alarm_ca.yaml --out cache/ca --level adapter
-    alarm train --config alarm/train/recipes/alarm_ca.yaml data.cache=cache/ca
+The cache is resumable (rerun the same command after a crash) and is refused by alarm train when anything
+it depends on has changed.
+
+  alarm cache --config alarm/train/recipes/alarm_ca.yaml --out cache/ca --level adapter
+  alarm train --config alarm/train/recipes/alarm_ca.yaml data.cache=cache/ca
+
+Reference: docs/training.md.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from alarm.commands import add_command
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("cache", help="precompute frozen encoder/adapter features for training",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "cache", __doc__)
     p.add_argument("--config", required=True, help="recipe file (YAML or JSON)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
     p.add_argument("--out", required=True, help="cache folder (resumable: rerun to finish an interrupted build)")

@@ -1,19 +1,19 @@
-"""``alarm convert``: turn a published ALARM checkpoint into a folder ``ALARMModel.from_pretrained`` loads.
+"""Convert a published ALARM checkpoint (a folder or a hub id) into a model folder this project loads.
 
-Example: ``alarm convert Blinorot/ALARM-CA --out ckpt/alarm-ca`` then ``alarm generate --model
-ckpt/alarm-ca --audio clip.wav --prompt "What do you hear?"``. Only the audio side (adapters, fusion,
-separators, BatchNorm statistics) is copied; the frozen encoders and LLM load from their own checkpoints
-(``--like``: take their paths from a saved ``alarm_config.json``; ``--llm``: the LLM's path).
-The key mapping is documented in ``alarm/convert.py``.
+Only the audio side (adapters, fusion, separators, BatchNorm statistics) is copied; the frozen encoders
+and LLM load from their own checkpoints (--like takes their paths from a saved alarm_config.json, --llm
+names the LLM). The key mapping is documented in alarm/convert.py.
+
+  alarm convert Blinorot/ALARM-CA --out ckpt/alarm-ca
+  alarm generate --model ckpt/alarm-ca --audio clip.wav --prompt "What do you hear?"
 """
 from __future__ import annotations
 
-import argparse
+from alarm.commands import add_command
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("convert", help="convert a published ALARM checkpoint (folder or hub id)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "convert", __doc__)
     p.add_argument("path", help="published checkpoint: transformers folder (config.json + *.safetensors) or hub id")
     p.add_argument("--out", required=True, help="output folder (must not hold a saved model yet)")
     p.add_argument("--like", default=None, help="alarm_config.json (or its folder) giving encoders, LLM, tokenizer")

@@ -1,23 +1,23 @@
-"""``alarm demo``: ALARM's principle at toy scale on a CPU, with nothing downloaded (``alarm.demo.run``).
+"""Train a tiny ALARM to hear synthetic sounds, on a CPU in a few minutes, with nothing downloaded.
 
 A tiny Qwen3 learns a synthetic sound world from text descriptions and is frozen; then the project's
-trainer (``alarm.train``, fast packed path, cached frozen encoder features) teaches the ALARM audio side
-to make that frozen LM answer multiple-choice questions from audio alone. It prints accuracy from audio
-before and after training next to the text-form ceiling and writes a loss curve.
+trainer (fast packed path, cached frozen encoder features) teaches the ALARM audio side to make that
+frozen LM answer multiple-choice questions from audio alone. It prints the accuracy from audio before
+and after training next to the text-form ceiling and writes a loss curve.
 
-The kernels have their own commands: ``python -m alarm_kernels.report`` (parity against the float64
-oracle) and ``python -m bench`` (timings; on a CPU the Triton interpreter proves correctness only).
+The kernels have their own commands: python -m alarm_kernels.report (parity against the float64
+oracle) and python -m bench (timings; on a CPU the Triton interpreter proves correctness only).
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
+from alarm.commands import add_command
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="train a tiny ALARM to hear (synthetic audio, CPU, a few minutes)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "demo", __doc__)
     p.add_argument("--out", default="out/demo", help="folder for everything the demo writes (default out/demo; "
                    "the demo replaces its own run there)")
     p.add_argument("--text-steps", type=int, default=400, help="training steps of the text LM (default 400)")

@@ -1,24 +1,32 @@
-"""``alarm eval``: MCQA benchmarks (MMAU, MMAR, MMSU, AIR-Bench foundation), from a checkpoint to a score.
+"""Evaluate a saved model on MCQA benchmarks (MMAU, MMAR, MMSU, AIR-Bench foundation), from checkpoint to score.
 
-- ``alarm eval run``: generate an answer for every item with a saved model (resumable, one process per
-  GPU with ``--part``/``--num-parts`` or under ``torchrun``), then fill and score;
-- ``alarm eval fill``: raw responses (``--response-key``, default ``model_response``) -> the benchmark's
-  official prediction key;
-- ``alarm eval score``: official and strict accuracies of a filled file.
-
-``--protocol paper`` (fill, score, run) adds the ALARM repository's own parsing and scoring: ``fill`` also
-writes ``model_prediction`` as the published evaluation parses it, and the report gets a ``paper`` column
-beside the official and strict ones (docs/evaluation.md, "Scoring protocols").
+"alarm eval run" answers and scores in one go; "fill" and "score" process responses produced elsewhere.
+--protocol paper adds the ALARM repository's own parsing and scoring beside the official and strict scores.
+Reference: docs/evaluation.md.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
+from alarm.commands import add_command
 from alarm.commands.checks import check_backend_installed, check_input_file
-from alarm.fileio import atomic_write_json
 from alarm.commands.generate import add_generation_args, generation_kwargs, load_models
+from alarm.fileio import atomic_write_json
+
+RUN_DOC = """Answer every item of a benchmark with a saved model, then fill and score the predictions.
+
+Answers are appended after every batch, so rerunning the same command after a crash skips the items
+already answered. Several GPUs: one process per GPU with --part i --num-parts N, or torchrun. The
+predictions are written in the benchmark's own format and the report beside them.
+"""
+FILL_DOC = """Parse raw model responses into the key each benchmark's official scoring script reads.
+
+The raw replies are read from --response-key (default model_response); an unparseable reply is recorded
+as such, never mapped to an option.
+"""
+SCORE_DOC = """Score a filled predictions file: the official and strict accuracies side by side (and the paper's).
+"""
 
 
 def _add_protocol(p) -> None:
@@ -32,11 +40,10 @@ def register(subparsers) -> None:
     from alarm.prompts import PROMPT_STYLES
 
     names = ", ".join(sorted(BENCHMARKS))
-    p = subparsers.add_parser("eval", help="evaluate on MCQA benchmarks (run, fill, score)", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "eval", __doc__)
     sub = p.add_subparsers(dest="eval_command", required=True)
 
-    r = sub.add_parser("run", help="generate answers with a saved model, then fill and score")
+    r = add_command(sub, "run", RUN_DOC)
     r.add_argument("--benchmark", required=True, help=f"one of: {names}")
     r.add_argument("--model", required=True, help="folder written by ALARMModel.save_pretrained")
     r.add_argument("--ensemble", action="append", help="another model folder: ALARM-E (repeatable)")
@@ -57,7 +64,7 @@ def register(subparsers) -> None:
     add_generation_args(r)
     r.set_defaults(func=_run)
 
-    s = sub.add_parser("score", help="official and strict accuracies of a filled predictions file")
+    s = add_command(sub, "score", SCORE_DOC)
     s.add_argument("--benchmark", required=True, help=f"one of: {names}")
     s.add_argument("--input", required=True, help="JSON list or JSONL of items with the official key filled")
     s.add_argument("--output", required=True, help="report JSON")
@@ -66,7 +73,7 @@ def register(subparsers) -> None:
     _add_protocol(s)
     s.set_defaults(func=_score)
 
-    f = sub.add_parser("fill", help="parse raw responses into the benchmark's official prediction key")
+    f = add_command(sub, "fill", FILL_DOC)
     f.add_argument("--benchmark", required=True, help=f"one of: {names}")
     f.add_argument("--input", required=True)
     f.add_argument("--output", required=True, help="filled items (.jsonl: JSON Lines, else a JSON list)")

@@ -1,18 +1,19 @@
-"""``alarm generate``: answer a prompt about an audio file with a saved ALARM model (published protocol).
+"""Answer a prompt about an audio file with a saved ALARM model, following the published protocol.
 
-Example: ``alarm generate --model out/alarm-ca --audio clip.wav --prompt "What do you hear?"``. The model
-folder is what ``ALARMModel.save_pretrained`` wrote; its frozen LLM and encoders are loaded from the paths
-recorded in its config. ``--ensemble OTHER`` adds a second model (ALARM-E). Defaults follow the published
-inference: the system prompt of ``alarm.prompts``, a 1024-token thinking budget followed by up to 8192
-answer tokens, sampling at T=0.6, top-p 0.95, top-k 20 with seed 0 (``--greedy`` for greedy decoding).
-The audio file (WAV, FLAC, OGG, MP3, any rate, channels averaged) is read and checked before the model is
-loaded; a clip longer than ``--max-seconds`` (default: the model's limit) is refused unless ``--crop``
-keeps its first part.
+The model folder is what ALARMModel.save_pretrained (or alarm convert) wrote; its frozen LLM and encoders
+are loaded from the paths recorded in its config. --ensemble OTHER adds a second model (ALARM-E).
+Defaults follow the published inference: its system prompt, a 1024-token thinking budget followed by up
+to 8192 answer tokens, sampling at T=0.6, top-p 0.95, top-k 20 with seed 0 (--greedy for greedy
+decoding). The audio file (WAV, FLAC, OGG, MP3, any rate, channels averaged) is read and checked before
+the model is loaded; a clip longer than --max-seconds (default: the model's limit) is refused unless
+--crop keeps its first part.
+
+  alarm generate --model ckpt/alarm-ca --audio clip.wav --prompt "What do you hear?"
 """
 from __future__ import annotations
 
-import argparse
 
+from alarm.commands import add_command
 from alarm.generation import SAMPLING_DEFAULTS
 
 
@@ -63,8 +64,7 @@ def load_models(model: str, ensemble: list | None, device: str):
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="answer a prompt about an audio file with a saved ALARM model",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "generate", __doc__)
     p.add_argument("--model", required=True, help="folder written by ALARMModel.save_pretrained")
     p.add_argument("--ensemble", action="append", help="another model folder: ALARM-E (repeatable)")
     p.add_argument("--audio", required=True, help="audio file: WAV/FLAC/OGG/MP3, any rate; channels are averaged")

@@ -1,24 +1,35 @@
-"""``alarm rephrase``: the self-rephrasing data pipeline.
+"""Build ALARM training targets from labelled clips by self-generation and self-rephrasing.
 
-- ``alarm rephrase describe --input LABELS.jsonl --output DESCRIPTIONS.jsonl``: text descriptions only.
-- ``alarm rephrase run --input LABELS.jsonl --output-dir DIR --model PATH_OR_NAME``: prompts (optional),
-  R0, rephrasing, filtering; sharded and resumable (rerun the same command after a crash).
+  alarm rephrase describe --input LABELS.jsonl --output DESCRIPTIONS.jsonl
+  alarm rephrase run --input LABELS.jsonl --output-dir DIR --model PATH_OR_NAME
+
+Reference: docs/training.md.
 """
 from __future__ import annotations
 
+from alarm.commands import add_command
+
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Thinking-2507"
+DESCRIBE_DOC = """Write the text description of every labelled clip, without loading a model.
+"""
+RUN_DOC = """Run the pipeline (prompts, R0, rephrasing, filtering) and write the training manifest DIR/manifest.jsonl.
+
+Work is sharded and resumable: rerun the same command after a crash and finished shards are skipped. A
+rerun with other settings into the same folder is refused. Several GPUs: one process per GPU on the same
+--output-dir with --part i --num-parts N.
+"""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("rephrase", help="self-generation / self-rephrasing data pipeline")
+    p = add_command(subparsers, "rephrase", __doc__)
     sub = p.add_subparsers(dest="rephrase_command", required=True)
 
-    d = sub.add_parser("describe", help="write the text description of every labelled clip")
+    d = add_command(sub, "describe", DESCRIBE_DOC)
     d.add_argument("--input", required=True, help="labels JSONL (see alarm/data/descriptions.py)")
     d.add_argument("--output", required=True, help="JSONL of {id, dataset, description}")
     d.set_defaults(func=_describe)
 
-    r = sub.add_parser("run", help="run the pipeline and write DIR/manifest.jsonl")
+    r = add_command(sub, "run", RUN_DOC)
     r.add_argument("--input", required=True, help="labels JSONL (see alarm/data/descriptions.py)")
     r.add_argument("--output-dir", required=True)
     r.add_argument("--model", default=DEFAULT_MODEL, help="reasoning LLM (local path or hub id)")

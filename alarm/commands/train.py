@@ -1,17 +1,22 @@
-"""``alarm train``: train an ALARM model from a recipe (see ``alarm.train.config``).
+"""Train an ALARM model's audio side from a recipe file.
 
-    alarm train --config alarm/train/recipes/alarm_ca.yaml data.train_manifest=data/train.jsonl
-    torchrun --nproc_per_node 8 -m alarm train --config ... run.out_dir=runs/ca   # 8 GPUs, one node
+Recipes with the paper's hyperparameters are in alarm/train/recipes/; any recipe key can be overridden on the
+command line as SECTION.KEY=VALUE. A run continues from its newest complete checkpoint by default.
+
+  alarm train --config alarm/train/recipes/alarm_ca.yaml data.train_manifest=data/train.jsonl
+  torchrun --nproc_per_node 8 -m alarm train --config ... run.out_dir=runs/ca   # 8 GPUs, one node
+
+Reference: docs/training.md.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from alarm.commands import add_command
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train an ALARM model from a recipe", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "train", __doc__)
     p.add_argument("--config", required=True, help="recipe file (YAML or JSON)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. optim.lr=3e-4")
     p.add_argument("--resume", default="auto",

@@ -5,8 +5,8 @@ before this name the argument was ``path="fast"`` / ``"reference"``, still accep
 - packed: varlen tensors end to end (fused ``alarm_kernels`` ops, packed attention in the fusion and
   the LLM, LM head only at target positions);
 - padded: padded batches, ``nn.Conv1d``/SDPA with masks, per-example splicing and full fp32 logits:
-  the published computation re-expressed, with the changes listed in the README ("Where this project
-  differs from the published code").
+  the published computation re-expressed, with the changes listed in docs/model.md ("Differences from the
+  published implementation").
 NVTX ranges: ``alarm/encoder``, ``alarm/adapter``, ``alarm/fusion``, ``alarm/splice``, ``alarm/llm``
 and, nested in it, ``alarm/loss`` (LM head + cross-entropy in the packed layout; cross-entropy in the padded
 layout, whose HF forward computes the full logits inside ``alarm/llm``).
