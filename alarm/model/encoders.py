@@ -316,9 +316,21 @@ class W2VBertAudioEncoder(HiddenStatesEncoder):
         return {"input_features": batch, "attention_mask": mask}, lengths, [len(parts) for parts in clips]
 
 
+def _sslam(spec: EncoderSpec) -> AudioEncoder:
+    from .sslam import SSLAMAudioEncoder  # its module imports this one
+    return SSLAMAudioEncoder(spec)
+
+
+def _muq(spec: EncoderSpec) -> AudioEncoder:
+    from .muq import MuQAudioEncoder
+    return MuQAudioEncoder(spec)
+
+
 ENCODERS: Dict[str, Callable[[EncoderSpec], AudioEncoder]] = {
     "whisper": WhisperAudioEncoder,
     "w2v-bert": W2VBertAudioEncoder,
+    "muq": _muq,
+    "sslam": _sslam,
 }
 
 
