@@ -23,7 +23,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -290,31 +290,33 @@ class SSLAMAudioEncoder(HiddenStatesEncoder):
                              "10.24 s = 1024)")
         super().__init__(spec, model, blocks="blocks", drop_tokens=1, call=lambda m, kw: m(kw["fbank"]))
 
-    def clip_fbank(self, wave: Tensor) -> Tensor:
-        """One 1-D 16 kHz clip -> its normalised fbank ``[F, 128]`` (float32, unpadded)."""
+    def fbank(self, waves: List[Tensor]) -> Tuple[Tensor, List[int]]:
+        """B 1-D 16 kHz clips -> (their fbanks packed ``[sum F_i, 128]`` (float32; float64 for float64 clips),
+        ``F_i = 1 + (n_i - 80) // 160`` per clip)."""
         from alarm_kernels.frontend import kaldi_fbank
+        from alarm_kernels.varlen import seqlens_to_cu_seqlens
 
-        if wave.numel() < self.MIN_SAMPLES:
-            raise ValueError(f"encoder {self.spec.name}: a clip of {wave.numel()} samples is too short "
-                             f"(needs >= {self.MIN_SAMPLES})")
-        padded = F.pad(wave.float() - wave.float().mean(), (self.EDGE_SAMPLES, self.EDGE_SAMPLES))
-        cu = torch.tensor([0, padded.numel()], dtype=torch.int32)
-        fbank = kaldi_fbank(padded, cu, num_mel_bins=self.model.cfg.mel_bins, window_type="hanning",
-                            frame_shift_ms=10.0, frame_length_ms=25.0, dither=0.0, htk_compat=True, use_energy=False,
-                            sample_frequency=16000)
-        return fbank
+        for w in waves:
+            if w.numel() < self.MIN_SAMPLES:
+                raise ValueError(f"encoder {self.spec.name}: a clip of {w.numel()} samples is too short "
+                                 f"(needs >= {self.MIN_SAMPLES})")
+        waves = [w if w.dtype == torch.float64 else w.float() for w in waves]  # float64 stays (tests)
+        padded = [F.pad(w - w.mean(), (self.EDGE_SAMPLES, self.EDGE_SAMPLES)) for w in waves]
+        cu = seqlens_to_cu_seqlens(torch.tensor([p.numel() for p in padded]))
+        feats, cu_frames = kaldi_fbank(torch.cat(padded), cu, num_mel_bins=self.model.cfg.mel_bins, window="hanning",
+                                       sample_rate=16000.0, frame_length_ms=25.0, frame_shift_ms=10.0)
+        frames = (cu_frames[1:] - cu_frames[:-1]).tolist()
+        return feats, frames
 
     def chunk_inputs(self, waves):
-        pieces, lengths, per_clip = [], [], []
-        norm = 2 * SSLAM_NORM_STD
         with torch.autocast("cpu", enabled=False):
-            for w in waves:
-                fbank = self.clip_fbank(w)
-                n = fbank.shape[0]
-                whole = -(-n // self.piece_frames) * self.piece_frames
-                image = (F.pad(fbank, (0, 0, 0, whole - n)) - SSLAM_NORM_MEAN) / norm  # padded before normalising
-                parts = list(image.split(self.piece_frames))
-                pieces.extend(parts)
-                lengths.extend(min(self.piece_frames, n - i * self.piece_frames) // 2 for i in range(len(parts)))
-                per_clip.append(len(parts))
+            feats, frames = self.fbank(waves)
+        pieces, lengths, per_clip = [], [], []
+        for clip, n in zip(feats.split(frames), frames, strict=True):
+            whole = -(-n // self.piece_frames) * self.piece_frames
+            image = (F.pad(clip, (0, 0, 0, whole - n)) - SSLAM_NORM_MEAN) / (SSLAM_NORM_STD * 2)  # zeros, then scaled
+            parts = image.split(self.piece_frames)
+            pieces.extend(parts)
+            lengths.extend(min(self.piece_frames, n - i * self.piece_frames) // 2 for i in range(len(parts)))
+            per_clip.append(len(parts))
         return {"fbank": torch.stack(pieces)}, torch.tensor(lengths, dtype=torch.int64), per_clip

@@ -11,6 +11,8 @@ from safetensors.torch import save_file
 from alarm.model import EncoderSpec
 from alarm.model.encoders import build_encoder
 from alarm.model.sslam import SSLAMConfig, SSLAMViT, load_sslam, map_sslam_state, sincos_positions
+from alarm.model.tiny import synthetic_audio
+from tests.kernels import kaldi_numpy
 import published_sslam as pub
 
 
@@ -118,3 +120,34 @@ def test_unsupported_variant_and_missing_weights_are_refused(published, tmp_path
         load_sslam(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="chunk_seconds 10.0 gives 1000-frame pieces"):
         build_encoder(_spec(published[1], chunk_seconds=10.0))
+
+
+def _numpy_fbank(wave):
+    """The published ``torchaudio.compliance.kaldi.fbank`` call, by the suite's float64 NumPy Kaldi."""
+    feats = kaldi_numpy.fbank(wave[0].numpy(), num_mel_bins=128, sample_rate=16000.0, frame_length_ms=25.0,
+                              frame_shift_ms=10.0, window="hanning")
+    return torch.from_numpy(feats)
+
+
+@pytest.mark.parametrize("seconds", [[3.1, 0.02], [10.24], [12.5, 10.225]])
+def test_front_end_and_pieces_equal_published(published, seconds):
+    """Clips shorter than, equal to (10.24 s: 1024 frames) and longer than one piece; 0.02 s: 2 frames, 1 token;
+    10.225 s: 1023 frames (511 tokens: the last row of patches 7/8 used). float64 clips and weights on both sides."""
+    model, folder = published
+    enc = build_encoder(_spec(folder))
+    enc.model.double()
+    clips = [torch.from_numpy(c).double() for c in synthetic_audio(seconds, seed=11)]
+    layers, cu = enc(clips)
+    frames = [1 + (len(c) - 80) // 160 for c in clips]
+    assert (cu[1:] - cu[:-1]).tolist() == [f // 2 for f in frames]
+    want = pub.published_tokens(model.double(), clips, _numpy_fbank, layers=(0, 2))
+    model.float()
+    for b in range(len(clips)):
+        for j in range(2):
+            torch.testing.assert_close(layers[j][cu[b]:cu[b + 1]], want[b][j], rtol=1e-6, atol=1e-6)
+
+
+def test_too_short_clip_is_refused(published):
+    enc = build_encoder(_spec(published[1]))
+    with pytest.raises(ValueError, match="a clip of 79 samples is too short"):
+        enc([torch.zeros(79)])
