@@ -14,8 +14,8 @@ the package's own modules, but this wrapper calls them itself instead of ``MuQ.f
 ``hidden_states`` from the conformer's output and gives the conformer a config without
 ``_attn_implementation``, and transformers >= 5 (which this project needs) returns no ``hidden_states`` from a
 bare encoder and requires that attribute. The selected block outputs are captured by hooks (as for every
-``HiddenStatesEncoder``). The log-mel is computed in float32 on the host (muq's ``preprocessing`` would cast a
-bfloat16 waveform to float16), then cast to the encoder's dtype.
+``HiddenStatesEncoder``). The log-mel is computed in float32 on the encoder's device, as published (muq's
+``preprocessing`` would cast a bfloat16 waveform to float16), then cast to the encoder's dtype.
 
 Tests and CPU demos use ``alarm.model.tiny.TinyMuQ``, a random module of the same structure
 (``hf_config={"tiny_stand_in": True, ...}``); the ``muq`` package is not needed for it.
@@ -117,14 +117,21 @@ class MuQAudioEncoder(HiddenStatesEncoder):
         super().__init__(spec, model, blocks="model.conformer.layers", final_norm="model.conformer.layer_norm",
                          call=self._encode)
 
-    @torch.no_grad()
     def features(self, chunks: List[Tensor]):
+        """Pieces -> (``wav`` zero-padded to the window ``[C, window]`` float32, int64 ``mask`` over their samples;
+        ``n // 960`` frames per piece)."""
         n = torch.tensor([len(c) for c in chunks], dtype=torch.int64)
         wav = torch.stack([nn.functional.pad(c.float(), (0, self.window - len(c))) for c in chunks])
-        mask = (torch.arange(self.window)[None, :] < n[:, None]).to(torch.int64)
+        mask = (torch.arange(self.window, device=wav.device)[None, :] < n.to(wav.device)[:, None]).to(torch.int64)
+        return {"wav": wav, "mask": mask}, n // self.frame_samples
+
+    def hidden(self, inputs, lengths):
+        """MuQ's log-mel of the padded pieces in float32 on the encoder's device (its own ``preprocessing`` and
+        ``normalize``), then the network in the encoder's dtype."""
         core = self.model.model
-        mel = core.normalize(core.preprocessing(wav, features=[MUQ_FEATURE]))[MUQ_FEATURE]  # float32, host
-        return {"mel": mel, "mask": mask}, n // self.frame_samples
+        wav = inputs["wav"].to(next(self.model.parameters()).device, torch.float32)
+        mel = core.normalize(core.preprocessing(wav, features=[MUQ_FEATURE]))[MUQ_FEATURE]
+        return super().hidden({"mel": mel, "mask": inputs["mask"]}, lengths)
 
     @staticmethod
     def _encode(model: nn.Module, inputs) -> None:
