@@ -9,8 +9,9 @@ index are dropped at construction and the selected states are captured by forwar
 stack of hidden states never exists. Clips longer than ``spec.chunk_seconds`` are cut into chunks and all
 chunks of a batch run as one batch; each chunk's result does not depend on the other chunks.
 
-Shipped kinds: ``"whisper"`` (transformers ``WhisperEncoder``) and ``"w2v-bert"`` (``Wav2Vec2BertModel``),
-both computing what the published ALARM computes:
+Built-in kinds, each computing what the published ALARM computes: ``"whisper"`` (transformers
+``WhisperEncoder``), ``"w2v-bert"`` (``Wav2Vec2BertModel``), ``"muq"`` (the ``muq`` package, optional extra;
+``alarm.model.muq``) and ``"sslam"`` (this project's ViT reading the published tensors; ``alarm.model.sslam``):
 
 - Whisper (default, ``spec.clip_length=False``): every clip is cut into 30 s pieces; each piece is
   zero-padded to 30 s (3000 mel frames, log-mel clamped per piece as transformers'
@@ -24,47 +25,39 @@ both computing what the published ALARM computes:
   over the whole clip (``SeamlessM4TFeatureExtractor``: 100 frames/s stacked by 2, so
   ``(1 + (n - 80) // 160) // 2`` frames at 50 Hz); the feature frames are then cut into 30 s (1500-frame)
   chunks that run as one padded batch with an attention mask.
+- MuQ (``muq_large()``): 30 s pieces at 24 kHz, each zero-padded with a mask over its samples; ``n // 960``
+  frames per piece (25 Hz); layers ``[4, 8, 12]`` of MuQ's ``hidden_states``, 12 = the last block after the
+  conformer's final LayerNorm (``final_norm``). Details in ``alarm/model/muq.py``.
+- SSLAM (``sslam()``): mean removed, 160 zero samples on each side, 128-bin Kaldi fbank (Hanning, 10 ms shift),
+  zero frames up to a multiple of 1024, ``(fbank + 4.268) / (2 * 4.569)``; 1024-frame (10.24 s) pieces run
+  whole, ``valid_frames // 2`` tokens kept per piece (512 of a full one, patch order), CLS dropped: ``F // 2``
+  per clip (50 Hz). Layers ``[4, 8, 12]`` = the published ``[3, 7, 11]`` of its block-output list (index 0 =
+  block 1). Details in ``alarm/model/sslam.py``.
 
-Adding an encoder (MuQ, SSLAM, any model returning hidden states)::
+Adding another encoder (any module with a list of blocks)::
 
     import torch
     from alarm.model.encoders import HiddenStatesEncoder, register_encoder
 
-    def build_muq(spec):                                  # spec: alarm.model.config.EncoderSpec
-        from muq import MuQ                               # the encoder's own package
-        model = MuQ.from_pretrained(spec.path)
-        window = 30 * 24000                               # published: 30 s pieces, each zero-padded to 30 s
+    def build_mine(spec):                                 # spec: alarm.model.config.EncoderSpec
+        model = MyEncoder.from_pretrained(spec.path)      # the encoder's own package
 
         def features(chunks):                             # list of 1-D float32 tensors at spec.sample_rate
             lengths = torch.tensor([len(c) for c in chunks])
-            wav = torch.stack([torch.nn.functional.pad(c, (0, window - len(c))) for c in chunks])
-            mask = (torch.arange(window)[None] < lengths[:, None]).long()
-            return {"x": wav, "attention_mask": mask}, lengths // 960   # 25 Hz frames, floor as published
+            wav = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True)
+            mask = (torch.arange(wav.shape[1])[None] < lengths[:, None]).long()
+            return {"x": wav, "attention_mask": mask}, lengths // 320   # output frames per chunk
 
-        return HiddenStatesEncoder(spec, model, blocks="model.conformer.layers", features=features,
-                                   final_norm="model.conformer.layer_norm",
-                                   call=lambda m, kw: m(kw["x"], attention_mask=kw["attention_mask"]))
+        return HiddenStatesEncoder(spec, model, blocks="encoder.layers", features=features,
+                                   final_norm="encoder.layer_norm")
 
-    register_encoder("muq", build_muq)
-    # then: alarm.model.muq_large() (layers [4, 8, 12], MLP adapter, 24 kHz)
+    register_encoder("mine", build_mine)                  # then EncoderSpec(kind="mine", ...)
 
 ``blocks`` names the ``nn.ModuleList`` of transformer blocks (dotted path); each block's output (a tensor,
 or a tuple whose first item is the hidden states ``[C, T, D]``) is captured for the selected indices.
 ``final_norm`` names a module applied to the output of the stack's last block when that index is selected,
-``drop_tokens`` removes leading tokens (a CLS token) from every captured state.
-
-Layer indices of the published recipes, in this project's convention (i = output of block i):
-
-- MuQ: published ``[4, 8, 12]`` index MuQ's ``hidden_states``, where 4 and 8 are block outputs and 12 (the
-  last of its 12 conformer blocks) is taken after the conformer's final LayerNorm: ``muq_large()`` with
-  ``final_norm`` as above selects the same tensors.
-- SSLAM: published ``[3, 7, 11]`` index a list holding only block outputs (its index 0 = block 1), each with
-  the CLS token removed: blocks 4, 8 and 12, so ``sslam()`` uses ``[4, 8, 12]`` with ``drop_tokens=1`` and
-  ``blocks="model.blocks"``. Its published front end: mean removed from the 16 kHz clip, 160 zero samples
-  on each side, 128-bin Kaldi fbank (Hanning window, 10 ms shift), padded to a multiple of 1024 frames,
-  ``(fbank + 4.268) / (2 * 4.569)``, 1024-frame (10.24 s) pieces run whole; ``frames // 2`` tokens kept per
-  clip (512 per piece, in the model's patch order). SSLAM ships only as remote code; load it with its own
-  code (this project never passes ``trust_remote_code``).
+``drop_tokens`` removes leading tokens (a CLS token) from every captured state; the model is called as
+``model(**inputs)`` unless ``call(model, inputs)`` is given.
 """
 from __future__ import annotations
 
