@@ -11,7 +11,8 @@ chunks of a batch run as one batch; each chunk's result does not depend on the o
 
 Built-in kinds, each computing what the published ALARM computes: ``"whisper"`` (transformers
 ``WhisperEncoder``), ``"w2v-bert"`` (``Wav2Vec2BertModel``), ``"muq"`` (the ``muq`` package, optional extra;
-``alarm.model.muq``) and ``"sslam"`` (this project's ViT reading the published tensors; ``alarm.model.sslam``):
+``alarm.model.muq``) and ``"sslam"`` (this project's ViT reading the published tensors; ``alarm.model.sslam``);
+the last two register themselves when the package ``alarm.model`` is imported:
 
 - Whisper (default, ``spec.clip_length=False``): every clip is cut into 30 s pieces; each piece is
   zero-padded to 30 s (3000 mel frames, log-mel clamped per piece as transformers'
@@ -309,21 +310,11 @@ class W2VBertAudioEncoder(HiddenStatesEncoder):
         return {"input_features": batch, "attention_mask": mask}, lengths, [len(parts) for parts in clips]
 
 
-def _sslam(spec: EncoderSpec) -> AudioEncoder:
-    from .sslam import SSLAMAudioEncoder  # its module imports this one
-    return SSLAMAudioEncoder(spec)
-
-
-def _muq(spec: EncoderSpec) -> AudioEncoder:
-    from .muq import MuQAudioEncoder
-    return MuQAudioEncoder(spec)
-
-
+# "muq" and "sslam" are registered by their modules (alarm.model.muq, alarm.model.sslam), which the package
+# alarm.model imports: they build on HiddenStatesEncoder, so this module cannot import them
 ENCODERS: Dict[str, Callable[[EncoderSpec], AudioEncoder]] = {
     "whisper": WhisperAudioEncoder,
     "w2v-bert": W2VBertAudioEncoder,
-    "muq": _muq,
-    "sslam": _sslam,
 }
 
 

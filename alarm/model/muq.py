@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from .config import EncoderSpec
-from .encoders import _DTYPES, HiddenStatesEncoder
+from .encoders import _DTYPES, HiddenStatesEncoder, register_encoder
+from .hub import checkpoint_folder
 
 __all__ = ["MuQAudioEncoder", "load_muq", "MissingExtraError", "MUQ_FEATURE"]
 
@@ -60,8 +61,6 @@ def load_muq(spec: EncoderSpec) -> nn.Module:
         return TinyMuQ(**{k: v for k, v in spec.hf_config.items() if k != "tiny_stand_in"}).to(dtype)
     MuQ, MuQConfig = _import_muq()
     if spec.path is not None:
-        from .sslam import checkpoint_folder
-
         folder = checkpoint_folder(spec.path, ["config.json", "model.safetensors"])
         model = MuQ.from_pretrained(folder)
         _check_encoder_weights(model, folder)
@@ -140,3 +139,6 @@ class MuQAudioEncoder(HiddenStatesEncoder):
         mask = inputs["mask"].bool()
         skip = int(mask.shape[-1] / x.shape[1])  # as MuQ: the mask sampled every 960 samples
         core.conformer(x, attention_mask=mask[:, ::skip][:, : x.shape[1]])
+
+
+register_encoder("muq", MuQAudioEncoder)

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import EncoderSpec
-from .encoders import _DTYPES, HiddenStatesEncoder
+from .encoders import _DTYPES, HiddenStatesEncoder, register_encoder
+from .hub import checkpoint_folder
 
 __all__ = ["SSLAMConfig", "SSLAMViT", "SSLAMAudioEncoder", "sincos_positions", "map_sslam_state", "load_sslam",
            "SSLAM_NORM_MEAN", "SSLAM_NORM_STD"]
@@ -228,17 +229,6 @@ def _read_state(file: str) -> Dict[str, Tensor]:
     return torch.load(file, map_location="cpu", weights_only=True)  # never unpickle objects
 
 
-def checkpoint_folder(path: str, patterns: List[str]) -> str:
-    """A local folder, or a hub id (``owner/name``) fetched with huggingface_hub, only the files matching
-    ``patterns`` (never code). ValueError for a path that is neither."""
-    if os.path.isdir(path):
-        return path
-    if os.path.exists(path) or path.count("/") != 1:
-        raise ValueError(f"{path}: not a checkpoint folder (nor a hub id of the form owner/name)")
-    from huggingface_hub import snapshot_download
-    return snapshot_download(path, allow_patterns=patterns)
-
-
 def load_sslam(path: str, dtype: torch.dtype = torch.float32) -> SSLAMViT:
     """``SSLAMViT`` with the published weights: ``path`` is a folder holding ``config.json`` and
     ``model.safetensors`` (or ``pytorch_model.bin``, read with ``weights_only=True``), or a hub id."""
@@ -320,3 +310,6 @@ class SSLAMAudioEncoder(HiddenStatesEncoder):
             lengths.extend(min(self.piece_frames, n - i * self.piece_frames) // 2 for i in range(len(parts)))
             per_clip.append(len(parts))
         return {"fbank": torch.stack(pieces)}, torch.tensor(lengths, dtype=torch.int64), per_clip
+
+
+register_encoder("sslam", SSLAMAudioEncoder)
