@@ -250,10 +250,14 @@ def load_sslam(path: str, dtype: torch.dtype = torch.float32) -> SSLAMViT:
     return model.to(dtype)
 
 
+def _run_vit(model: SSLAMViT, inputs: Dict[str, Tensor]) -> Tensor:
+    return model(inputs["fbank"])
+
+
 class SSLAMAudioEncoder(HiddenStatesEncoder):
     """SSLAM with the published front end (ALARM's ``SSLAMFeatureExtractor``): per clip, the mean removed,
-    160 zero samples on each side, a 128-bin Kaldi fbank (Hanning window, 25 ms, 10 ms shift, no dither, HTK
-    compatible, no energy), ``F = 1 + (n - 80) // 160`` frames, zero frames appended up to a multiple of
+    160 zero samples on each side, a 128-bin Kaldi fbank (Hanning window, 25 ms, 10 ms shift, no dither, no
+    energy), ``F = 1 + (n - 80) // 160`` frames, zero frames appended up to a multiple of
     ``spec.chunk_seconds * 100`` (1024), ``(fbank + 4.268) / (2 * 4.569)``; the pieces run whole and each
     keeps ``valid_frames // 2`` tokens (all 512 of a full piece), so a clip gives ``F // 2`` tokens (50 Hz),
     in the patch order (time-major), the CLS token dropped.
@@ -278,7 +282,7 @@ class SSLAMAudioEncoder(HiddenStatesEncoder):
             raise ValueError(f"encoder {spec.name}: chunk_seconds {spec.chunk_seconds} gives {self.piece_frames}-frame "
                              f"pieces; SSLAM needs a multiple of {p} frames, at most {model.max_frames} (published "
                              "10.24 s = 1024)")
-        super().__init__(spec, model, blocks="blocks", drop_tokens=1, call=lambda m, kw: m(kw["fbank"]))
+        super().__init__(spec, model, blocks="blocks", drop_tokens=1, call=_run_vit)
 
     def fbank(self, waves: List[Tensor]) -> Tuple[Tensor, List[int]]:
         """B 1-D 16 kHz clips -> (their fbanks packed ``[sum F_i, 128]`` (float32; float64 for float64 clips),
