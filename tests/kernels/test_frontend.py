@@ -7,14 +7,17 @@
   torch path on a zero-padded batch (the clip-length mode);
 
 each on random signals of odd lengths (a too-short clip, exactly 30 s, longer than 30 s), in float64 (agreement to
-rounding) and float32 (the tolerances docs/kernels.md states: log units, w2v-BERT in normalised units). Then bad inputs.
+rounding) and float32 (the tolerances docs/kernels.md states: log units, w2v-BERT in normalised units). Then the
+Triton backend (interpreter on CPU) against the reference, NaN-prefilled outputs, and bad inputs.
 """
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICE, HAS_CUDA
 from kaldi_numpy import fbank as kaldi_fbank_numpy
 
 import alarm_kernels as ak
+from alarm_kernels._utils import nan_prefill
 
 # float32 tolerances (max abs error) against the float64 computations, stated in docs/kernels.md
 KALDI_LOG_TOL = 1e-3  # natural-log energies
@@ -135,6 +138,45 @@ def test_whisper_log_mel_clip_length_matches_padded_batch():
         assert err <= WHISPER_TOL, f"n_frames={n_frames}: max error {err:.3e}"
 
 
+@pytest.mark.parametrize("op", ["kaldi", "w2v_bert", "whisper", "whisper_clip"])
+def test_triton_matches_reference(op):
+    """The Triton backend (interpreter on CPU, fp32) against the reference in float64 and float32, every output
+    element written (NaN-prefilled allocations), including empty and too-short pieces and an empty batch."""
+    lengths = [0, 1, 399, 883, 2500, 0, 1777]
+    x, cu, _ = _packed(lengths, seed=7, scale=1.0)
+    x, cu = x.to(DEVICE), cu.to(DEVICE)
+
+    def run(backend, dtype, xs=x, cus=cu):
+        if op == "kaldi":
+            return ak.kaldi_fbank(xs.to(dtype), cus, num_mel_bins=40, window="hanning", snip_edges=False,
+                                  backend=backend)[0]
+        if op == "w2v_bert":
+            return ak.w2v_bert_fbank(xs.to(dtype), cus, backend=backend)[0]
+        if op == "whisper":
+            return ak.whisper_log_mel(xs.to(dtype), cus, 80, window_samples=4000, backend=backend)
+        return ak.whisper_log_mel(xs.to(dtype), cus, 128, window_samples=None, n_frames=20, backend=backend)
+
+    oracle = run("reference", torch.float64)
+    low = run("reference", torch.float32)
+    with nan_prefill():
+        fast = run("triton", torch.float32)
+    assert fast.shape == oracle.shape and fast.dtype == torch.float32
+    assert not torch.isnan(fast).any()
+    ref_err = (low.double() - oracle).abs().max().item()
+    err = (fast.double() - oracle).abs().max().item()
+    assert err <= 2 * ref_err + 1e-5 * max(1.0, oracle.abs().max().item()), (err, ref_err)
+    empty = torch.zeros(0, device=DEVICE)
+    assert run("triton", torch.float32, empty, torch.zeros(1, dtype=torch.int32, device=DEVICE)).shape[0] == 0
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_auto_runs_triton_on_cuda():
+    x, cu, _ = _packed([16000, 3000], seed=1)
+    mel = ak.whisper_log_mel(x.cuda(), cu.cuda())
+    ref = ak.whisper_log_mel(x, cu)
+    assert (mel.cpu() - ref).abs().max() <= WHISPER_TOL
+
+
 def test_bad_inputs_name_the_argument():
     x, cu, _ = _packed([1000, 500], seed=0)
     cases = [
@@ -156,3 +198,5 @@ def test_bad_inputs_name_the_argument():
     for call, name in cases:
         with pytest.raises(ValueError, match=name):
             call()
+    with pytest.raises(RuntimeError, match="float64"):
+        ak.whisper_log_mel(x.double(), cu, backend="triton")

@@ -28,7 +28,7 @@ from .framing import Framing
 
 __all__ = ["kaldi_fbank", "w2v_bert_fbank", "whisper_log_mel", "KALDI_EPSILON", "WHISPER_WINDOW_SAMPLES"]
 
-IMPLEMENTED = ("reference",)
+IMPLEMENTED = ("triton", "reference")
 KALDI_EPSILON = float(torch.finfo(torch.float32).eps)  # Kaldi's (and torchaudio's) floor before the log
 W2V_BERT_MEL_FLOOR = 1.192092955078125e-07  # SeamlessM4TFeatureExtractor's floor (as transformers spells it)
 WHISPER_WINDOW_SAMPLES = 480000  # 30 s at 16 kHz
@@ -137,8 +137,8 @@ def kaldi_fbank(
     impl = _backend_module(_select("kaldi_fbank", backend, waves))
     bank = on_device(kaldi_mel_banks(num_mel_bins, n_fft, float(sample_rate), float(low_freq), float(high)),
                      waves.dtype, waves.device)
-    feats = impl.log_mel_frames(waves, offsets, counts, framing, bank, "ln" if use_log else None, KALDI_EPSILON,
-                                use_power=bool(use_power))
+    feats = impl.log_mel_frames(waves, cu_seqlens, offsets, counts, framing, bank, "ln" if use_log else None,
+                                KALDI_EPSILON, use_power=bool(use_power))
     return feats, _cu(counts, waves.device)
 
 
@@ -169,7 +169,7 @@ def w2v_bert_fbank(waves: Tensor, cu_seqlens: Tensor, *, edge_samples: int = 160
     impl = _backend_module(_select("w2v_bert_fbank", backend, waves))
     # the 2**15 scale enters as 2**30 on the (linear) filterbank: powers of two scale every rounding exactly
     bank = on_device(kaldi_mel_banks(80, 512, 16000.0, 20.0, 8000.0), waves.dtype, waves.device, scale=2.0 ** 30)
-    mel = impl.log_mel_frames(waves, offsets, counts, framing, bank, "ln", W2V_BERT_MEL_FLOOR)
+    mel = impl.log_mel_frames(waves, cu_seqlens, offsets, counts, framing, bank, "ln", W2V_BERT_MEL_FLOOR)
     feats = impl.normalize_stack(mel, counts, 2, 1e-7)
     return feats, _cu([c // 2 for c in counts], waves.device)
 
@@ -211,7 +211,6 @@ def whisper_log_mel(waves: Tensor, cu_seqlens: Tensor, n_mels: int = 128, *,
     counts = framing.counts(lengths)
     impl = _backend_module(_select("whisper_log_mel", backend, waves))
     bank = on_device(slaney_mel_banks(n_mels, 400, 16000, 0.0, 8000.0), waves.dtype, waves.device)
-    mel = impl.log_mel_frames(waves, offsets, counts, framing, bank, "log10", WHISPER_MEL_FLOOR)
-    floor_log = float(torch.tensor(WHISPER_MEL_FLOOR, dtype=waves.dtype).log10())
-    return impl.whisper_finish(mel, counts, n_frames, floor_log)
+    floor_log = float(torch.tensor(WHISPER_MEL_FLOOR, dtype=waves.dtype).log10())  # an all-zero frame's value
+    return impl.whisper(waves, cu_seqlens, offsets, counts, framing, bank, WHISPER_MEL_FLOOR, floor_log, n_frames)
 

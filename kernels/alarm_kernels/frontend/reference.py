@@ -91,11 +91,11 @@ def frames(x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Fr
     return out, rows
 
 
-def log_mel_frames(x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Framing, bank: Tensor,
-                   log: Optional[str], floor: float, use_power: bool = True) -> Tensor:
-    """Packed waveform -> packed mel energies ``[sum counts, n_mels]``: ``|rfft|^2`` (or ``|rfft|``) of every frame
-    times ``bank`` (``[n_fft // 2 + 1, n_mels]`` in x's dtype); with ``log`` ("ln" / "log10") the log of
-    ``max(energy, floor)``."""
+def log_mel_frames(x: Tensor, cu_x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Framing,
+                   bank: Tensor, log: Optional[str], floor: float, use_power: bool = True) -> Tensor:
+    """Packed waveform ``x`` (offsets: ``cu_x`` on its device, ``offsets`` on the host) -> packed mel energies
+    ``[sum counts, n_mels]``: ``|rfft|^2`` (or ``|rfft|``) of every frame times ``bank`` (``[n_fft // 2 + 1,
+    n_mels]`` in x's dtype); with ``log`` ("ln" / "log10") the log of ``max(energy, floor)``."""
     conditioned, rows = frames(x, offsets, counts, framing)
     spec = torch.fft.rfft(conditioned)
     power = torch.addcmul(spec.real.square(), spec.imag, spec.imag)
@@ -113,9 +113,11 @@ def _piece_index(counts: Sequence[int], device) -> Tensor:
     return torch.repeat_interleave(torch.arange(len(counts), device=device), counts_t), counts_t
 
 
-def whisper_finish(mel: Tensor, counts: Sequence[int], n_frames: int, floor_log: float) -> Tensor:
-    """Packed log10 mel ``[sum counts, M]`` -> ``[N, M, n_frames]``: frames past a piece's ``count`` take
+def whisper(x: Tensor, cu_x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Framing, bank: Tensor,
+            floor: float, floor_log: float, n_frames: int) -> Tensor:
+    """Whisper's log-mel ``[N, M, n_frames]``: the log10 mel of each piece's ``count`` frames, frames past them at
     ``floor_log`` (an all-zero frame's value), then per piece ``(max(v, max_piece - 8) + 4) / 4``."""
+    mel = log_mel_frames(x, cu_x, offsets, counts, framing, bank, "log10", floor)
     n, m = len(counts), mel.shape[1]
     piece, counts_t = _piece_index(counts, mel.device)
     peak = mel.new_full((n,), floor_log)
