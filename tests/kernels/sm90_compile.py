@@ -145,12 +145,15 @@ def _frontend(m, dt):
     if dt != torch.float32:  # the front ends compute in fp32 only
         return
     f32, cu = _ptr(torch.float32), _i32()
-    for edges, dc, pre in ((0, True, True), (1, True, True), (2, False, False)):  # w2v-BERT / Kaldi / Whisper framing
-        yield m._frames_kernel, (f32, cu, cu, f32, f32, 16000, 8, 4, -160, 160, 0, 400, 512, 0.97), dict(
+    for edges, dc, pre, out in ((0, True, True, torch.float64), (1, True, True, torch.float32),
+                                (2, False, False, torch.float32)):  # w2v-BERT (fp64 frames) / Kaldi / Whisper
+        o = _ptr(out)
+        yield m._frames_kernel, (f32, cu, cu, o, o, o, 16000, 8, 4, -160, 160, 0, 400, 512), dict(
             EDGES=edges, DC=dc, PRE=pre, BLOCK_W=512)
-    for n_freq, n_mels, log, peak in ((257, 80, 1, False), (201, 128, 2, True)):  # w2v-BERT / Whisper bands
-        yield m._mel_kernel, (f32, f32, f32, f32, cu, 16000, 8, 4, n_freq, n_mels, 1e-7, -10.0), dict(
-            LOG=log, POWER=True, PEAK=peak, BLOCK_M=128)
+    f64 = _ptr(torch.float64)
+    for spectrum, n_freq, n_mels, log, peak in ((f64, 257, 80, 1, False), (f32, 201, 128, 2, True)):  # w2v / Whisper
+        yield m._mel_kernel, (spectrum, f32, f32, f32, cu, 16000, 8, 4, n_freq, n_mels, 1e-7, -10.0), dict(
+            LOG=log, POWER=True, PEAK=peak, ROUND=spectrum is f64, BLOCK_M=128)
     yield m._whisper_finish_kernel, (f32, f32, cu, f32, 128, 3000, -10.0), dict(BLOCK_M=128)
     yield m._normalize_stack_kernel, (f32, cu, cu, f32, 80, 1e-7), dict(STRIDE=2)
 

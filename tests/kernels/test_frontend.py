@@ -21,7 +21,7 @@ from alarm_kernels._utils import nan_prefill
 
 # float32 tolerances (max abs error) against the float64 computations, stated in docs/kernels.md
 KALDI_LOG_TOL = 1e-3  # natural-log energies
-W2V_BERT_TOL = 3e-3  # normalised features (unit variance per band)
+W2V_BERT_TOL = 3e-3  # normalised features (unit variance per band), fft_dtype=float32
 WHISPER_TOL = 1e-4  # Whisper's (log10 + 4) / 4 units
 KALDI_OPTIONS = [
     {},
@@ -61,8 +61,10 @@ def test_kaldi_fbank_matches_kaldi_rules(options):
     x, cu, pieces = _packed(lengths, seed=len(options), scale=3000.0, dtype=torch.float64)
     expected = [kaldi_fbank_numpy(p, **options) for p in pieces]
     linear = options.get("use_log", True) is False
-    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-5 if linear else KALDI_LOG_TOL)):
-        feats, cu_frames = ak.kaldi_fbank(x.to(dtype), cu, **options)
+    cases = [(torch.float64, None, 1e-9), (torch.float32, None, 1e-5 if linear else KALDI_LOG_TOL),
+             (torch.float32, torch.float64, 1e-5)]  # an exact spectrum leaves the fp32 rounding of the output
+    for dtype, fft_dtype, tol in cases:
+        feats, cu_frames = ak.kaldi_fbank(x.to(dtype), cu, fft_dtype=fft_dtype, **options)
         assert feats.dtype == dtype and cu_frames.dtype == torch.int32
         got = _segments(feats, cu_frames)
         for i, (mine, ref) in enumerate(zip(got, expected, strict=True)):
@@ -86,8 +88,12 @@ def test_w2v_bert_fbank_matches_seamless_extractor():
     lengths = [79, 80, 81, 401, 16001, 480000, 720007]
     x, cu, pieces = _packed(lengths, seed=3)
     frames = [1 + (n + 320 - 400) // 160 if n + 320 >= 400 else 0 for n in lengths]
-    for dtype, tol in ((torch.float64, 1e-4), (torch.float32, W2V_BERT_TOL)):
-        feats, cu_out = ak.w2v_bert_fbank(x.to(dtype), cu)
+    # float32 waves with the default float64 spectrum follow the extractor's arithmetic (bitwise equal here);
+    # float64 waves skip its float32 roundings; a float32 spectrum is the fast approximation
+    cases = [(torch.float32, torch.float64, 1e-5), (torch.float64, torch.float64, 1e-4),
+             (torch.float32, torch.float32, W2V_BERT_TOL)]
+    for dtype, fft_dtype, tol in cases:
+        feats, cu_out = ak.w2v_bert_fbank(x.to(dtype), cu, fft_dtype=fft_dtype)
         assert feats.shape[1] == 160 and feats.dtype == dtype
         assert (cu_out[1:] - cu_out[:-1]).tolist() == [f // 2 for f in frames]
         for i, mine in enumerate(_segments(feats, cu_out)):
@@ -95,7 +101,6 @@ def test_w2v_bert_fbank_matches_seamless_extractor():
                 continue  # the extractor cannot take a padded clip shorter than one window
             ref = _seamless(pieces[i], extractor)
             err = np.abs(mine.double().numpy() - ref).max()
-            # float64 is limited by the extractor's own float32 rounding of the log-mel and of its normalisation
             assert err <= tol, f"{dtype} clip {i} ({lengths[i]} samples): max error {err:.3e} > {tol}"
 
 

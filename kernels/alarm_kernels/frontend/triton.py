@@ -6,14 +6,15 @@ stacking).
   the frame offsets, maps its sample positions by the edge rule of :mod:`.framing` (zeros, Kaldi's mirror, or the
   centred STFT's mirror), gathers them, removes the frame's mean, applies pre-emphasis (a second, shifted gather)
   and the window, and writes the frame zero padded to ``n_fft``: one pass over the samples, no per-piece copies.
+  It computes in its output's dtype: fp32, or fp64 where the front end's reference computes in float64.
 - ``_mel_kernel``: a tile of frames reads the interleaved complex spectrum, squares it (or takes its magnitude) in
   fp32 and multiplies it with the filterbank by ``tl.dot`` in fp32 (``"ieee"``: no TF32), then floors and takes
   the log; with ``PEAK`` it also folds each frame's maximum into its piece's maximum (``atomic_max``: order-free,
   so deterministic).
 - ``_whisper_finish_kernel``: ``(max(v, peak - 8) + 4) / 4`` written transposed into ``[N, M, T]``; frames past a
   piece's computed ones take the all-zero frame's value.
-- ``_normalize_stack_kernel``: one program per (piece, band block): mean and variance (two passes, fp32, ddof=1),
-  then the normalised frames written in stacked pairs.
+- ``_normalize_stack_kernel``: one program per (piece, band block): mean and variance (two passes, fp64
+  accumulators, ddof=1), then the normalised frames written in stacked pairs.
 
 Sizes that change per batch (frame counts, pieces, lengths) are run-time arguments; block widths derived from the
 FFT size and the number of bands are constexprs (a handful of compiles).
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from .._utils import DefaultConfig, empty_output, triton_autotune
 from .filters import on_device, window
-from .framing import Framing, offsets_of
+from .framing import Framing, MelSpec, offsets_of
 
 _EDGE_CODES = {"snip": 0, "reflect": 1, "center": 2}
 _LOG_CODES = {None: 0, "ln": 1, "log10": 2}
@@ -73,7 +74,7 @@ def _piece_of(rows, cu_ptr, n_seq, n_iter):
 
 
 @triton.jit
-def _gather(x_ptr, base, n, p, ok, row, EDGES: tl.constexpr):
+def _gather(x_ptr, base, n, p, ok, row, dtype, EDGES: tl.constexpr):
     """Samples at piece positions ``p`` (``[BF, BW]``) by the edge rule: 0 zeros outside, 1 Kaldi's mirror (edge
     repeated), 2 the centred STFT's mirror (edge not repeated, mirrored again at ``row`` when ``row > 0``)."""
     if EDGES == 1:
@@ -87,16 +88,18 @@ def _gather(x_ptr, base, n, p, ok, row, EDGES: tl.constexpr):
     else:
         q = p
     inside = (q >= 0) & (q < n)
-    return tl.load(x_ptr + base + tl.where(inside, q, 0), mask=ok & inside, other=0.0).to(tl.float32)
+    return tl.load(x_ptr + base + tl.where(inside, q, 0), mask=ok & inside, other=0.0).to(dtype)
 
 
 @triton_autotune(configs=_FRAME_CONFIGS, key=["BLOCK_W", "EDGES"], defaults=_DEFAULTS)
 @triton.jit
 def _frames_kernel(
-    x_ptr, cu_x_ptr, cu_f_ptr, win_ptr, out_ptr, total_frames, n_seq, n_iter, first, shift, row, win, n_fft,
-    preemphasis, EDGES: tl.constexpr, DC: tl.constexpr, PRE: tl.constexpr, BLOCK_F: tl.constexpr,
-    BLOCK_W: tl.constexpr,
+    x_ptr, cu_x_ptr, cu_f_ptr, win_ptr, coef_ptr, out_ptr, total_frames, n_seq, n_iter, first, shift, row, win,
+    n_fft, EDGES: tl.constexpr, DC: tl.constexpr, PRE: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
+    """Computes in the output's dtype (fp32, or fp64 for an exact spectrum); ``coef_ptr``: the pre-emphasis
+    coefficient in that dtype (a scalar argument would be rounded to fp32)."""
+    dtype = out_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_F + tl.arange(0, BLOCK_F)
     row_ok = rows < total_frames
     rows_c = tl.minimum(rows, total_frames - 1)
@@ -108,14 +111,14 @@ def _frames_kernel(
     in_win = cols < win
     ok = row_ok[:, None] & in_win[None, :]
     p = (first + k * shift)[:, None] + cols[None, :]
-    v = _gather(x_ptr, base[:, None], n[:, None], p, ok, row, EDGES)
-    mean = tl.zeros_like(rows_c).to(tl.float32)
+    v = _gather(x_ptr, base[:, None], n[:, None], p, ok, row, dtype, EDGES)
+    mean = tl.zeros_like(rows_c).to(dtype)
     if DC:
         mean = tl.sum(v, 1) / win
     y = v - mean[:, None]
     if PRE:  # Kaldi: y[j] -= c * y[j - 1], y[0] -= c * y[0]
-        prev = _gather(x_ptr, base[:, None], n[:, None], p - (cols > 0).to(tl.int32)[None, :], ok, row, EDGES)
-        y = y - preemphasis * (prev - mean[:, None])
+        prev = _gather(x_ptr, base[:, None], n[:, None], p - (cols > 0).to(tl.int32)[None, :], ok, row, dtype, EDGES)
+        y = y - tl.load(coef_ptr) * (prev - mean[:, None])
     w = tl.load(win_ptr + cols, mask=in_win, other=0.0)
     y = tl.where(ok, y * w[None, :], 0.0)
     out = out_ptr + rows.to(tl.int64)[:, None] * n_fft + cols[None, :]
@@ -126,8 +129,8 @@ def _frames_kernel(
 @triton.jit
 def _mel_kernel(
     spec_ptr, bank_ptr, out_ptr, peak_ptr, cu_f_ptr, total_frames, n_seq, n_iter, n_freq, n_mels, floor, floor_log,
-    LOG: tl.constexpr, POWER: tl.constexpr, PEAK: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    LOG: tl.constexpr, POWER: tl.constexpr, PEAK: tl.constexpr, ROUND: tl.constexpr, BLOCK_F: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_F + tl.arange(0, BLOCK_F)
     row_ok = rows < total_frames
@@ -141,9 +144,13 @@ def _mel_kernel(
         m = row_ok[:, None] & k_ok[None, :]
         re = tl.load(at, mask=m, other=0.0)
         im = tl.load(at + 1, mask=m, other=0.0)
-        p = re * re + im * im
+        if ROUND:  # the spectrum rounded to complex64, as SeamlessM4TFeatureExtractor stores it
+            re = re.to(tl.float32).to(re.dtype)
+            im = im.to(tl.float32).to(im.dtype)
+        p = re * re + im * im  # in the spectrum's dtype (fp64 for an exact spectrum), then fp32
         if not POWER:
             p = tl.sqrt(p)
+        p = p.to(tl.float32)
         b = tl.load(bank_ptr + ks[:, None] * n_mels + mels[None, :], mask=k_ok[:, None] & mel_ok[None, :], other=0.0)
         acc += tl.dot(p, b, input_precision="ieee")
     if LOG != 0:
@@ -186,27 +193,27 @@ def _normalize_stack_kernel(mel_ptr, cu_f_ptr, cu_o_ptr, out_ptr, n_mels, eps, S
     first = tl.load(cu_f_ptr + s)
     count = tl.load(cu_f_ptr + s + 1) - first
     out_first = tl.load(cu_o_ptr + s).to(tl.int64)
-    total = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    total = tl.zeros((BLOCK_M,), dtype=tl.float64)  # sums over thousands of frames: fp64 accumulators
     for t0 in range(0, count, BLOCK_T):
         ts = t0 + tl.arange(0, BLOCK_T)
         v = tl.load(mel_ptr + (first + ts).to(tl.int64)[:, None] * n_mels + mels[None, :],
                     mask=(ts < count)[:, None] & mel_ok[None, :], other=0.0)
-        total += tl.sum(v, 0)
-    mean = total / tl.maximum(count, 1).to(tl.float32)  # a piece of < 2 frames yields no row
-    squares = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        total += tl.sum(v.to(tl.float64), 0)
+    mean = total / tl.maximum(count, 1).to(tl.float64)  # a piece of < 2 frames yields no row
+    squares = tl.zeros((BLOCK_M,), dtype=tl.float64)
     for t0 in range(0, count, BLOCK_T):
         ts = t0 + tl.arange(0, BLOCK_T)
         m = (ts < count)[:, None] & mel_ok[None, :]
         v = tl.load(mel_ptr + (first + ts).to(tl.int64)[:, None] * n_mels + mels[None, :], mask=m, other=0.0)
-        d = tl.where(m, v - mean[None, :], 0.0)
+        d = tl.where(m, v.to(tl.float64) - mean[None, :], 0.0)
         squares += tl.sum(d * d, 0)
-    scale = 1.0 / tl.sqrt(squares / tl.maximum(count - 1, 1).to(tl.float32) + eps)
+    scale = 1.0 / tl.sqrt(squares / tl.maximum(count - 1, 1).to(tl.float64) + eps)
     kept = count // STRIDE * STRIDE
     for t0 in range(0, kept, BLOCK_T):
         ts = t0 + tl.arange(0, BLOCK_T)
         m = (ts < kept)[:, None] & mel_ok[None, :]
         v = tl.load(mel_ptr + (first + ts).to(tl.int64)[:, None] * n_mels + mels[None, :], mask=m, other=0.0)
-        y = (v - mean[None, :]) * scale[None, :]
+        y = ((v.to(tl.float64) - mean[None, :]) * scale[None, :]).to(tl.float32)
         out = out_ptr + (out_first + ts // STRIDE)[:, None] * (STRIDE * n_mels) + ((ts % STRIDE) * n_mels)[:, None] \
             + mels[None, :]
         tl.store(out, y, mask=m)
@@ -216,40 +223,44 @@ def _search_steps(n_seq: int) -> int:
     return max(1, n_seq.bit_length())
 
 
-def _mel(x: Tensor, cu_x: Tensor, counts: Sequence[int], framing: Framing, bank: Tensor, log: Optional[str],
-         floor: float, floor_log: float, use_power: bool, peak: Optional[Tensor]):
-    """(packed mel ``[F, M]`` fp32, int32 frame offsets ``[N+1]`` on x's device)."""
+def _mel(x: Tensor, cu_x: Tensor, counts: Sequence[int], framing: Framing, spec: MelSpec, floor_log: float,
+         peak: Optional[Tensor]):
+    """(packed mel ``[F, M]`` fp32, int32 frame offsets ``[N+1]`` on x's device); frames, FFT and spectrum in
+    ``spec.fft_dtype`` (default fp32), the filterbank product and the log in fp32."""
     cu_f = torch.tensor(offsets_of(counts), dtype=torch.int32, device=x.device)
     total, n_seq = sum(counts), len(counts)
-    n_mels = bank.shape[1]
+    n_mels = spec.n_mels
     mel = empty_output((total, n_mels), torch.float32, x.device)
     if total == 0:
         return mel, cu_f
-    n_fft = framing.n_fft
-    frames = empty_output((total, n_fft), torch.float32, x.device)
-    w = on_device(window(framing.window, framing.win, framing.blackman_coeff), torch.float32, x.device)
+    n_fft, dtype = framing.n_fft, spec.fft_dtype or torch.float32
+    frames = empty_output((total, n_fft), dtype, x.device)
+    w = on_device(window(framing.window, framing.win, framing.blackman_coeff), dtype, x.device)
+    coef = torch.tensor([framing.preemphasis], dtype=dtype, device=x.device)
     _frames_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK_F"]),)](
-        x, cu_x, cu_f, w, frames, total, n_seq, _search_steps(n_seq), framing.first, framing.shift,
-        framing.row or 0, framing.win, n_fft, float(framing.preemphasis), EDGES=_EDGE_CODES[framing.edges],
-        DC=framing.remove_dc, PRE=framing.preemphasis != 0.0, BLOCK_W=triton.next_power_of_2(n_fft),
+        x, cu_x, cu_f, w, coef, frames, total, n_seq, _search_steps(n_seq), framing.first, framing.shift,
+        framing.row or 0, framing.win, n_fft, EDGES=_EDGE_CODES[framing.edges], DC=framing.remove_dc,
+        PRE=framing.preemphasis != 0.0, BLOCK_W=triton.next_power_of_2(n_fft),
     )
-    spec = torch.view_as_real(torch.fft.rfft(frames))
+    spectrum = torch.view_as_real(torch.fft.rfft(frames))
+    bank = on_device(spec.bank, torch.float32, x.device, spec.scale)
     _mel_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK_F"]),)](
-        spec, bank, mel, peak if peak is not None else mel, cu_f, total, n_seq, _search_steps(n_seq), spec.shape[1],
-        n_mels, float(floor), float(floor_log), LOG=_LOG_CODES[log], POWER=use_power, PEAK=peak is not None,
+        spectrum, bank, mel, peak if peak is not None else mel, cu_f, total, n_seq, _search_steps(n_seq),
+        spectrum.shape[1], n_mels, float(spec.floor), float(floor_log), LOG=_LOG_CODES[spec.log],
+        POWER=spec.use_power, PEAK=peak is not None, ROUND=spec.round_spectrum and dtype == torch.float64,
         BLOCK_M=max(16, triton.next_power_of_2(n_mels)),
     )
     return mel, cu_f
 
 
 def log_mel_frames(x: Tensor, cu_x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Framing,
-                   bank: Tensor, log: Optional[str], floor: float, use_power: bool = True) -> Tensor:
-    """Same contract as :func:`.reference.log_mel_frames` (fp32 only)."""
-    return _mel(x, cu_x, counts, framing, bank, log, floor, float("-inf"), use_power, None)[0]
+                   spec: MelSpec) -> Tensor:
+    """Same contract as :func:`.reference.log_mel_frames` (fp32 waveforms; the product and log in fp32)."""
+    return _mel(x, cu_x, counts, framing, spec, float("-inf"), None)[0]
 
 
 def normalize_stack(mel: Tensor, counts: Sequence[int], stride: int, eps: float) -> Tensor:
-    """Same contract as :func:`.reference.normalize_stack` (fp32)."""
+    """Same contract as :func:`.reference.normalize_stack` (fp32; fp64 statistics)."""
     n_mels = mel.shape[1]
     stacked = [c // stride for c in counts]
     out = empty_output((sum(stacked), stride * n_mels), torch.float32, mel.device)
@@ -263,12 +274,12 @@ def normalize_stack(mel: Tensor, counts: Sequence[int], stride: int, eps: float)
     return out
 
 
-def whisper(x: Tensor, cu_x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Framing, bank: Tensor,
-            floor: float, floor_log: float, n_frames: int) -> Tensor:
-    """Same contract as :func:`.reference.whisper` (fp32 only)."""
-    n, n_mels = len(counts), bank.shape[1]
+def whisper(x: Tensor, cu_x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Framing, spec: MelSpec,
+            floor_log: float, n_frames: int) -> Tensor:
+    """Same contract as :func:`.reference.whisper` (fp32 waveforms)."""
+    n, n_mels = len(counts), spec.n_mels
     peak = torch.full((n,), floor_log, dtype=torch.float32, device=x.device)
-    mel, cu_f = _mel(x, cu_x, counts, framing, bank, "log10", floor, floor_log, True, peak)
+    mel, cu_f = _mel(x, cu_x, counts, framing, spec, floor_log, peak)
     out = empty_output((n, n_mels, n_frames), torch.float32, x.device)
     if n and n_frames:
         _whisper_finish_kernel[lambda meta: (n, triton.cdiv(n_frames, meta["BLOCK_T"]))](
