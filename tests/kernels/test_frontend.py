@@ -7,18 +7,21 @@
   torch path on a zero-padded batch (the clip-length mode);
 
 each on random signals of odd lengths (a too-short clip, exactly 30 s, longer than 30 s), in float64 (agreement to
-rounding) and float32 (the tolerances docs/kernels.md states: log units, w2v-BERT in normalised units). Then bad inputs.
+rounding) and float32 (the tolerances docs/kernels.md states: log units, w2v-BERT in normalised units). Then the
+Triton backend (interpreter on CPU) against the reference, NaN-prefilled outputs, and bad inputs.
 """
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICE, HAS_CUDA
 from kaldi_numpy import fbank as kaldi_fbank_numpy
 
 import alarm_kernels as ak
+from alarm_kernels._utils import nan_prefill
 
 # float32 tolerances (max abs error) against the float64 computations, stated in docs/kernels.md
 KALDI_LOG_TOL = 1e-3  # natural-log energies
-W2V_BERT_TOL = 3e-3  # normalised features (unit variance per band)
+W2V_BERT_TOL = 3e-3  # normalised features (unit variance per band), fft_dtype=float32
 WHISPER_TOL = 1e-4  # Whisper's (log10 + 4) / 4 units
 KALDI_OPTIONS = [
     {},
@@ -58,8 +61,10 @@ def test_kaldi_fbank_matches_kaldi_rules(options):
     x, cu, pieces = _packed(lengths, seed=len(options), scale=3000.0, dtype=torch.float64)
     expected = [kaldi_fbank_numpy(p, **options) for p in pieces]
     linear = options.get("use_log", True) is False
-    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-5 if linear else KALDI_LOG_TOL)):
-        feats, cu_frames = ak.kaldi_fbank(x.to(dtype), cu, **options)
+    cases = [(torch.float64, None, 1e-9), (torch.float32, None, 1e-5 if linear else KALDI_LOG_TOL),
+             (torch.float32, torch.float64, 1e-5)]  # an exact spectrum leaves the fp32 rounding of the output
+    for dtype, fft_dtype, tol in cases:
+        feats, cu_frames = ak.kaldi_fbank(x.to(dtype), cu, fft_dtype=fft_dtype, **options)
         assert feats.dtype == dtype and cu_frames.dtype == torch.int32
         got = _segments(feats, cu_frames)
         for i, (mine, ref) in enumerate(zip(got, expected, strict=True)):
@@ -83,8 +88,12 @@ def test_w2v_bert_fbank_matches_seamless_extractor():
     lengths = [79, 80, 81, 401, 16001, 480000, 720007]
     x, cu, pieces = _packed(lengths, seed=3)
     frames = [1 + (n + 320 - 400) // 160 if n + 320 >= 400 else 0 for n in lengths]
-    for dtype, tol in ((torch.float64, 1e-4), (torch.float32, W2V_BERT_TOL)):
-        feats, cu_out = ak.w2v_bert_fbank(x.to(dtype), cu)
+    # float32 waves with the default float64 spectrum follow the extractor's arithmetic (bitwise equal here);
+    # float64 waves skip its float32 roundings; a float32 spectrum is the fast approximation
+    cases = [(torch.float32, torch.float64, 1e-5), (torch.float64, torch.float64, 1e-4),
+             (torch.float32, torch.float32, W2V_BERT_TOL)]
+    for dtype, fft_dtype, tol in cases:
+        feats, cu_out = ak.w2v_bert_fbank(x.to(dtype), cu, fft_dtype=fft_dtype)
         assert feats.shape[1] == 160 and feats.dtype == dtype
         assert (cu_out[1:] - cu_out[:-1]).tolist() == [f // 2 for f in frames]
         for i, mine in enumerate(_segments(feats, cu_out)):
@@ -92,7 +101,6 @@ def test_w2v_bert_fbank_matches_seamless_extractor():
                 continue  # the extractor cannot take a padded clip shorter than one window
             ref = _seamless(pieces[i], extractor)
             err = np.abs(mine.double().numpy() - ref).max()
-            # float64 is limited by the extractor's own float32 rounding of the log-mel and of its normalisation
             assert err <= tol, f"{dtype} clip {i} ({lengths[i]} samples): max error {err:.3e} > {tol}"
 
 
@@ -135,6 +143,45 @@ def test_whisper_log_mel_clip_length_matches_padded_batch():
         assert err <= WHISPER_TOL, f"n_frames={n_frames}: max error {err:.3e}"
 
 
+@pytest.mark.parametrize("op", ["kaldi", "w2v_bert", "whisper", "whisper_clip"])
+def test_triton_matches_reference(op):
+    """The Triton backend (interpreter on CPU, fp32) against the reference in float64 and float32, every output
+    element written (NaN-prefilled allocations), including empty and too-short pieces and an empty batch."""
+    lengths = [0, 1, 399, 883, 2500, 0, 1777]
+    x, cu, _ = _packed(lengths, seed=7, scale=1.0)
+    x, cu = x.to(DEVICE), cu.to(DEVICE)
+
+    def run(backend, dtype, xs=x, cus=cu):
+        if op == "kaldi":
+            return ak.kaldi_fbank(xs.to(dtype), cus, num_mel_bins=40, window="hanning", snip_edges=False,
+                                  backend=backend)[0]
+        if op == "w2v_bert":
+            return ak.w2v_bert_fbank(xs.to(dtype), cus, backend=backend)[0]
+        if op == "whisper":
+            return ak.whisper_log_mel(xs.to(dtype), cus, 80, window_samples=4000, backend=backend)
+        return ak.whisper_log_mel(xs.to(dtype), cus, 128, window_samples=None, n_frames=20, backend=backend)
+
+    oracle = run("reference", torch.float64)
+    low = run("reference", torch.float32)
+    with nan_prefill():
+        fast = run("triton", torch.float32)
+    assert fast.shape == oracle.shape and fast.dtype == torch.float32
+    assert not torch.isnan(fast).any()
+    ref_err = (low.double() - oracle).abs().max().item()
+    err = (fast.double() - oracle).abs().max().item()
+    assert err <= 2 * ref_err + 1e-5 * max(1.0, oracle.abs().max().item()), (err, ref_err)
+    empty = torch.zeros(0, device=DEVICE)
+    assert run("triton", torch.float32, empty, torch.zeros(1, dtype=torch.int32, device=DEVICE)).shape[0] == 0
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_auto_runs_triton_on_cuda():
+    x, cu, _ = _packed([16000, 3000], seed=1)
+    mel = ak.whisper_log_mel(x.cuda(), cu.cuda())
+    ref = ak.whisper_log_mel(x, cu)
+    assert (mel.cpu() - ref).abs().max() <= WHISPER_TOL
+
+
 def test_bad_inputs_name_the_argument():
     x, cu, _ = _packed([1000, 500], seed=0)
     cases = [
@@ -156,3 +203,5 @@ def test_bad_inputs_name_the_argument():
     for call, name in cases:
         with pytest.raises(ValueError, match=name):
             call()
+    with pytest.raises(RuntimeError, match="float64"):
+        ak.whisper_log_mel(x.double(), cu, backend="triton")

@@ -23,12 +23,12 @@ from .._utils import check_tensor
 from ..backend import select_backend
 from ..varlen import seqlens_to_cu_seqlens, validate_cu_seqlens
 from . import reference
-from .filters import WINDOWS, kaldi_mel_banks, on_device, slaney_mel_banks
-from .framing import Framing
+from .filters import WINDOWS, kaldi_mel_banks, slaney_mel_banks
+from .framing import Framing, MelSpec
 
 __all__ = ["kaldi_fbank", "w2v_bert_fbank", "whisper_log_mel", "KALDI_EPSILON", "WHISPER_WINDOW_SAMPLES"]
 
-IMPLEMENTED = ("reference",)
+IMPLEMENTED = ("triton", "reference")
 KALDI_EPSILON = float(torch.finfo(torch.float32).eps)  # Kaldi's (and torchaudio's) floor before the log
 W2V_BERT_MEL_FLOOR = 1.192092955078125e-07  # SeamlessM4TFeatureExtractor's floor (as transformers spells it)
 WHISPER_WINDOW_SAMPLES = 480000  # 30 s at 16 kHz
@@ -65,6 +65,13 @@ def _cu(counts, device) -> Tensor:
     return seqlens_to_cu_seqlens(counts, device=device)
 
 
+def _fft_dtype(fft_dtype, waves: Tensor) -> torch.dtype:
+    fft_dtype = waves.dtype if fft_dtype is None else fft_dtype
+    if fft_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"fft_dtype must be torch.float32 or torch.float64, got {fft_dtype!r}")
+    return fft_dtype
+
+
 def kaldi_fbank(
     waves: Tensor,
     cu_seqlens: Tensor,
@@ -83,6 +90,7 @@ def kaldi_fbank(
     high_freq: float = 0.0,
     use_power: bool = True,
     use_log: bool = True,
+    fft_dtype: Optional[torch.dtype] = None,
     backend: str = "auto",
 ) -> Tuple[Tensor, Tensor]:
     """Kaldi's ``compute-fbank-feats`` (as ``torchaudio.compliance.kaldi.fbank`` computes it, dither 0, no energy
@@ -101,6 +109,8 @@ def kaldi_fbank(
             mirrored (Kaldi's rule).
         low_freq, high_freq: band edges in Hz; ``high_freq <= 0`` is an offset from the Nyquist frequency.
         use_power: power (else magnitude) spectrum; ``use_log``: ``log(max(energy, KALDI_EPSILON))``.
+        fft_dtype: dtype of the frames, FFT and power spectrum (default waves', as torchaudio computes); float64
+            makes the weak bands exact (fp32 rounding of the spectrum is relative to a frame's total energy).
         backend: "auto", "reference" or "triton".
     Returns:
         ``(feats, cu_frames)``: feats ``[sum F_i, num_mel_bins]`` in waves' dtype (natural-log energies with
@@ -135,10 +145,10 @@ def kaldi_fbank(
                       blackman_coeff=float(blackman_coeff))
     counts = framing.counts(lengths)
     impl = _backend_module(_select("kaldi_fbank", backend, waves))
-    bank = on_device(kaldi_mel_banks(num_mel_bins, n_fft, float(sample_rate), float(low_freq), float(high)),
-                     waves.dtype, waves.device)
-    feats = impl.log_mel_frames(waves, offsets, counts, framing, bank, "ln" if use_log else None, KALDI_EPSILON,
-                                use_power=bool(use_power))
+    mel = MelSpec(kaldi_mel_banks(num_mel_bins, n_fft, float(sample_rate), float(low_freq), float(high)),
+                  KALDI_EPSILON, "ln" if use_log else None, use_power=bool(use_power),
+                  fft_dtype=_fft_dtype(fft_dtype, waves))
+    feats = impl.log_mel_frames(waves, cu_seqlens, offsets, counts, framing, mel)
     return feats, _cu(counts, waves.device)
 
 
@@ -147,7 +157,7 @@ W2V_BERT_FRAMING = Framing(win=400, shift=160, n_fft=512, edges="snip", window="
 
 
 def w2v_bert_fbank(waves: Tensor, cu_seqlens: Tensor, *, edge_samples: int = 160,
-                   backend: str = "auto") -> Tuple[Tensor, Tensor]:
+                   fft_dtype: Optional[torch.dtype] = torch.float64, backend: str = "auto") -> Tuple[Tensor, Tensor]:
     """w2v-BERT 2.0's input features per packed 16 kHz clip, as ``SeamlessM4TFeatureExtractor`` computes them on
     the clip with ``edge_samples`` zeros added on each side (ALARM's encoder adds 160).
 
@@ -168,15 +178,16 @@ def w2v_bert_fbank(waves: Tensor, cu_seqlens: Tensor, *, edge_samples: int = 160
     counts = framing.counts(lengths)
     impl = _backend_module(_select("w2v_bert_fbank", backend, waves))
     # the 2**15 scale enters as 2**30 on the (linear) filterbank: powers of two scale every rounding exactly
-    bank = on_device(kaldi_mel_banks(80, 512, 16000.0, 20.0, 8000.0), waves.dtype, waves.device, scale=2.0 ** 30)
-    mel = impl.log_mel_frames(waves, offsets, counts, framing, bank, "ln", W2V_BERT_MEL_FLOOR)
+    spec = MelSpec(kaldi_mel_banks(80, 512, 16000.0, 20.0, 8000.0), W2V_BERT_MEL_FLOOR, "ln", scale=2.0 ** 30,
+                   fft_dtype=_fft_dtype(fft_dtype, waves), round_spectrum=True)
+    mel = impl.log_mel_frames(waves, cu_seqlens, offsets, counts, framing, spec)
     feats = impl.normalize_stack(mel, counts, 2, 1e-7)
     return feats, _cu([c // 2 for c in counts], waves.device)
 
 
 def whisper_log_mel(waves: Tensor, cu_seqlens: Tensor, n_mels: int = 128, *,
                     window_samples: Optional[int] = WHISPER_WINDOW_SAMPLES, n_frames: Optional[int] = None,
-                    backend: str = "auto") -> Tensor:
+                    fft_dtype: Optional[torch.dtype] = None, backend: str = "auto") -> Tensor:
     """Whisper's log-mel spectrogram of every packed 16 kHz piece, as ``WhisperFeatureExtractor`` computes it
     (``n_fft=400``, hop 160, periodic Hann window, centred STFT with reflect padding, slaney mel bank over 0-8000
     Hz, ``log10(max(mel, 1e-10))``, clamped to the piece's maximum - 8, then ``(v + 4) / 4``).
@@ -190,6 +201,7 @@ def whisper_log_mel(waves: Tensor, cu_seqlens: Tensor, n_mels: int = 128, *,
             ``n_frames`` frames, its maximum taken over every frame that touches it (what the extractor gives
             for a batch of pieces zero padded to a common length of at least ``n + 400`` samples).
         n_frames: output frames in the clip-length mode (required there; not allowed with ``window_samples``).
+        fft_dtype: dtype of the frames, FFT and power spectrum (default waves', as the extractor's torch path).
     Returns:
         ``[N, n_mels, T]`` in waves' dtype, ``T = window_samples // 160`` or ``n_frames``.
     """
@@ -210,8 +222,8 @@ def whisper_log_mel(waves: Tensor, cu_seqlens: Tensor, n_mels: int = 128, *,
     framing = Framing(win=400, shift=160, n_fft=400, edges="center", window="hann_periodic", row=window_samples)
     counts = framing.counts(lengths)
     impl = _backend_module(_select("whisper_log_mel", backend, waves))
-    bank = on_device(slaney_mel_banks(n_mels, 400, 16000, 0.0, 8000.0), waves.dtype, waves.device)
-    mel = impl.log_mel_frames(waves, offsets, counts, framing, bank, "log10", WHISPER_MEL_FLOOR)
-    floor_log = float(torch.tensor(WHISPER_MEL_FLOOR, dtype=waves.dtype).log10())
-    return impl.whisper_finish(mel, counts, n_frames, floor_log)
+    spec = MelSpec(slaney_mel_banks(n_mels, 400, 16000, 0.0, 8000.0), WHISPER_MEL_FLOOR, "log10",
+                   fft_dtype=_fft_dtype(fft_dtype, waves))
+    floor_log = float(torch.tensor(WHISPER_MEL_FLOOR, dtype=waves.dtype).log10())  # an all-zero frame's value
+    return impl.whisper(waves, cu_seqlens, offsets, counts, framing, spec, floor_log, n_frames)
 

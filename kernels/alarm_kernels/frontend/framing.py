@@ -70,3 +70,25 @@ def offsets_of(counts: Sequence[int]) -> List[int]:
     for c in counts:
         out.append(out[-1] + c)
     return out
+
+
+@dataclass(frozen=True)
+class MelSpec:
+    """What every frame goes through after framing: an FFT of ``n_fft`` points in ``fft_dtype``, optionally
+    rounded to complex64 (``round_spectrum``: SeamlessM4TFeatureExtractor stores its float64 FFT that way), the
+    power (or with ``use_power=False`` the magnitude) spectrum, times the float64 filterbank ``bank`` ``[n_fft // 2
+    + 1, n_mels]`` scaled by ``scale``, then with ``log`` ("ln" / "log10") the log of ``max(energy, floor)``.
+
+    ``bank`` is one of the cached tables of :mod:`.filters` (each backend casts it to the dtype it multiplies in)."""
+
+    bank: object
+    floor: float
+    log: Optional[str] = "ln"
+    scale: float = 1.0
+    use_power: bool = True
+    fft_dtype: object = None
+    round_spectrum: bool = False
+
+    @property
+    def n_mels(self) -> int:
+        return self.bank.shape[1]

@@ -7,13 +7,14 @@ over pieces only (a few small edge gathers each).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .filters import on_device, window
-from .framing import Framing
+from .framing import Framing, MelSpec
 
 
 def _edge_values(piece: Tensor, positions: Tensor, framing: Framing) -> Tensor:
@@ -33,9 +34,10 @@ def _edge_values(piece: Tensor, positions: Tensor, framing: Framing) -> Tensor:
     return torch.where(inside, piece[q.clamp(0, n - 1)], piece.new_zeros(()))
 
 
-def _piece_samples(piece: Tensor, frames: int, framing: Framing) -> Tensor:
-    """The samples a piece's frames cover, edges included: ``(frames - 1) * shift + win`` of them, zero padded to a
-    multiple of ``shift`` (so that the next piece's frames start on a row of the batch's strided view)."""
+def _piece_parts(piece: Tensor, frames: int, framing: Framing) -> List[Tensor]:
+    """The samples a piece's frames cover, edges included, as consecutive parts: ``(frames - 1) * shift + win`` of
+    them, then zeros up to a multiple of ``shift`` (so that the next piece's frames start on a row of the batch's
+    strided view)."""
     start = framing.first
     end = start + (frames - 1) * framing.shift + framing.win
     a = min(max(start, 0), end)  # the part inside the piece is [a, b)
@@ -48,27 +50,35 @@ def _piece_samples(piece: Tensor, frames: int, framing: Framing) -> Tensor:
     spare = -(end - start) % framing.shift
     if spare:
         parts.append(piece.new_zeros(spare))
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+    return parts
 
 
-def frames(x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Framing) -> Tuple[Tensor, Tensor]:
-    """Packed waveform ``[total]`` -> (conditioned frames ``[R, n_fft]``, int64 ``[sum counts]`` rows that are the
-    pieces' frames in order; the other ``R - sum counts`` rows lie between pieces and are to be dropped).
+def frames(x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Framing,
+           dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
+    """Packed waveform ``[total]`` -> (conditioned frames ``[R, n_fft]`` in ``dtype`` (default x's), int64
+    ``[sum counts]`` rows that are the pieces' frames in order; the other ``R - sum counts`` rows lie between
+    pieces and are to be dropped).
 
     All pieces' samples go into one buffer with each piece starting at a multiple of ``shift``, so one strided view
     holds every frame. Pre-emphasis runs once on that buffer (a frame's first sample is fixed afterwards, Kaldi uses
     it as its own predecessor); DC removal subtracts ``(1 - c) * mean`` (the mean of the frame before pre-emphasis).
     """
     win, shift, n_fft = framing.win, framing.shift, framing.n_fft
+    dtype = dtype or x.dtype
     pieces = [(x[a:b], c) for a, b, c in zip(offsets[:-1], offsets[1:], counts, strict=True) if c > 0]
     if not pieces:
-        return x.new_zeros(0, n_fft), torch.zeros(0, dtype=torch.int64, device=x.device)
-    segments = [_piece_samples(p, c, framing) for p, c in pieces]
+        return x.new_zeros(0, n_fft, dtype=dtype), torch.zeros(0, dtype=torch.int64, device=x.device)
+    parts = [_piece_parts(p, c, framing) for p, c in pieces]
+    sizes = [sum(q.numel() for q in ps) for ps in parts]
     first_rows = [0]
-    for s in segments[:-1]:
-        first_rows.append(first_rows[-1] + s.numel() // shift)
+    for size in sizes[:-1]:
+        first_rows.append(first_rows[-1] + size // shift)
     rows = torch.cat([torch.arange(r, r + c, device=x.device) for r, (_, c) in zip(first_rows, pieces, strict=True)])
-    buf = torch.cat(segments) if len(segments) > 1 else segments[0]
+    buf = torch.empty(sum(sizes), dtype=dtype, device=x.device)  # one copy of the samples, in the FFT's dtype
+    at = 0
+    for q in (q for ps in parts for q in ps):
+        buf[at:at + q.numel()] = q
+        at += q.numel()
     c = framing.preemphasis
     source = buf
     if c:
@@ -76,8 +86,8 @@ def frames(x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Fr
         torch.sub(buf[1:], buf[:-1], alpha=c, out=source[1:])
         source[:1] = buf[:1]
     view = source.unfold(0, win, shift)
-    w = on_device(window(framing.window, win, framing.blackman_coeff), x.dtype, x.device)
-    out = x.new_empty(view.shape[0], n_fft)
+    w = on_device(window(framing.window, win, framing.blackman_coeff), dtype, x.device)
+    out = buf.new_empty(view.shape[0], n_fft)
     out[:, win:] = 0.0
     mean = buf.unfold(0, win, shift).mean(dim=1) if framing.remove_dc else None
     if mean is not None:
@@ -91,21 +101,35 @@ def frames(x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Fr
     return out, rows
 
 
-def log_mel_frames(x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Framing, bank: Tensor,
-                   log: Optional[str], floor: float, use_power: bool = True) -> Tensor:
-    """Packed waveform -> packed mel energies ``[sum counts, n_mels]``: ``|rfft|^2`` (or ``|rfft|``) of every frame
-    times ``bank`` (``[n_fft // 2 + 1, n_mels]`` in x's dtype); with ``log`` ("ln" / "log10") the log of
-    ``max(energy, floor)``."""
-    conditioned, rows = frames(x, offsets, counts, framing)
-    spec = torch.fft.rfft(conditioned)
-    power = torch.addcmul(spec.real.square(), spec.imag, spec.imag)
-    if not use_power:
-        power = power.sqrt_()
-    mel = (power @ bank)[rows]
-    if log is None:
-        return mel
-    mel = mel.clamp_(min=floor)
-    return mel.log_() if log == "ln" else mel.log10_()
+def log_mel_frames(x: Tensor, cu_x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Framing,
+                   mel: MelSpec) -> Tensor:
+    """Packed waveform ``x`` (offsets: ``cu_x`` on its device, ``offsets`` on the host) -> packed mel energies
+    ``[sum counts, n_mels]`` in x's dtype, computed in ``mel.fft_dtype`` (default x's) up to the log.
+
+    With ``mel.round_spectrum`` on CPU tensors the spectrum onwards is SeamlessM4TFeatureExtractor's own arithmetic
+    in NumPy (rfft in float64 stored as complex64, ``np.abs(., dtype=float64) ** 2``, float64 product and log), which
+    reproduces its log-mel bit for bit (and runs 2-3x faster than torch's float64 CPU kernels for the same steps)."""
+    dtype = mel.fft_dtype or x.dtype
+    conditioned, rows = frames(x, offsets, counts, framing, dtype)
+    bank = on_device(mel.bank, dtype, x.device, mel.scale)
+    if mel.round_spectrum and dtype == torch.float64 and x.device.type == "cpu":
+        spectrum = np.fft.rfft(conditioned.numpy()).astype(np.complex64)
+        power = np.abs(spectrum, dtype=np.float64) ** (2.0 if mel.use_power else 1.0)
+        out = torch.from_numpy(power @ bank.numpy())[rows]
+    else:
+        spec = torch.fft.rfft(conditioned)
+        if mel.round_spectrum:  # components rounded to float32, squared and summed in the FFT's dtype
+            parts = torch.view_as_real(spec).to(torch.float32).to(dtype).square_()
+            power = parts[..., 0] + parts[..., 1]
+        else:
+            power = torch.addcmul(spec.real.square(), spec.imag, spec.imag)
+        if not mel.use_power:
+            power = power.sqrt_()
+        out = (power @ bank)[rows]
+    if mel.log is not None:
+        out = out.clamp_(min=mel.floor)
+        out = out.log_() if mel.log == "ln" else out.log10_()
+    return out.to(x.dtype)
 
 
 def _piece_index(counts: Sequence[int], device) -> Tensor:
@@ -113,9 +137,11 @@ def _piece_index(counts: Sequence[int], device) -> Tensor:
     return torch.repeat_interleave(torch.arange(len(counts), device=device), counts_t), counts_t
 
 
-def whisper_finish(mel: Tensor, counts: Sequence[int], n_frames: int, floor_log: float) -> Tensor:
-    """Packed log10 mel ``[sum counts, M]`` -> ``[N, M, n_frames]``: frames past a piece's ``count`` take
+def whisper(x: Tensor, cu_x: Tensor, offsets: Sequence[int], counts: Sequence[int], framing: Framing, spec: MelSpec,
+            floor_log: float, n_frames: int) -> Tensor:
+    """Whisper's log-mel ``[N, M, n_frames]``: the log10 mel of each piece's ``count`` frames, frames past them at
     ``floor_log`` (an all-zero frame's value), then per piece ``(max(v, max_piece - 8) + 4) / 4``."""
+    mel = log_mel_frames(x, cu_x, offsets, counts, framing, spec)
     n, m = len(counts), mel.shape[1]
     piece, counts_t = _piece_index(counts, mel.device)
     peak = mel.new_full((n,), floor_log)
@@ -132,15 +158,28 @@ def whisper_finish(mel: Tensor, counts: Sequence[int], n_frames: int, floor_log:
 def normalize_stack(mel: Tensor, counts: Sequence[int], stride: int, eps: float) -> Tensor:
     """Packed features ``[sum counts, M]`` -> ``[sum (count // stride), stride * M]``: each piece normalised per band
     over its frames (mean, variance with ddof=1, ``(v - mean) / sqrt(var + eps)``), then every ``stride`` consecutive
-    frames concatenated (a trailing partial group is dropped)."""
-    n, m = len(counts), mel.shape[1]
+    frames concatenated (a trailing partial group is dropped).
+
+    On CPU tensors each piece is normalised by NumPy's own reductions in mel's dtype on a column-major copy: the
+    arithmetic of SeamlessM4TFeatureExtractor, whose float32 rounding (pairwise sums per band) this reproduces
+    bit for bit. Elsewhere the statistics are float64 (index sums on the device), the result in mel's dtype."""
+    m = mel.shape[1]
+    if mel.device.type == "cpu":
+        parts = []
+        for piece in torch.split(mel, list(counts)):
+            kept = piece.shape[0] // stride * stride
+            if kept:
+                v = np.asfortranarray(piece.numpy())
+                y = (v - np.expand_dims(v.mean(0), 0)) / np.sqrt(np.expand_dims(v.var(0, ddof=1), 0) + eps)
+                parts.append(torch.from_numpy(np.ascontiguousarray(y[:kept])).reshape(-1, stride * m))
+        return torch.cat(parts) if parts else mel.new_zeros(0, stride * m)
+    n = len(counts)
     piece, counts_t = _piece_index(counts, mel.device)
-    sums = mel.new_zeros(n, m).index_add_(0, piece, mel)
-    mean = sums / counts_t.clamp(min=1).to(mel.dtype)[:, None]
-    dev = mel - mean[piece]
-    var = mel.new_zeros(n, m).index_add_(0, piece, dev * dev) / (counts_t - 1).to(mel.dtype)[:, None]
-    y = dev / torch.sqrt(var[piece] + eps)
+    wide = mel.double()  # the statistics in float64 (sums over thousands of frames)
+    mean = wide.new_zeros(n, m).index_add_(0, piece, wide) / counts_t.clamp(min=1)[:, None]
+    dev = wide - mean[piece]
+    var = wide.new_zeros(n, m).index_add_(0, piece, dev * dev) / (counts_t - 1)[:, None]
+    y = (dev / torch.sqrt(var[piece] + eps)).to(mel.dtype)
     local = torch.arange(mel.shape[0], device=mel.device) - (torch.cumsum(counts_t, 0) - counts_t)[piece]
     keep = local < (counts_t // stride * stride)[piece]
     return y[keep].reshape(-1, stride * m)
-
