@@ -23,16 +23,16 @@ Tests and CPU demos use ``alarm.model.tiny.TinyMuQ``, a random module of the sam
 from __future__ import annotations
 
 import os
-from typing import List
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .config import EncoderSpec
-from .encoders import _DTYPES, HiddenStatesEncoder, register_encoder
+from .encoders import _DTYPES, FrontEnd, HiddenStatesEncoder, _cut, register_encoder
 from .hub import checkpoint_folder
 
-__all__ = ["MuQAudioEncoder", "load_muq", "MissingExtraError", "MUQ_FEATURE"]
+__all__ = ["MuQAudioEncoder", "MuQFrontEnd", "load_muq", "MissingExtraError", "MUQ_FEATURE"]
 
 MUQ_FEATURE = "melspec_2048"  # MuQ's only input feature
 
@@ -96,9 +96,26 @@ def _use_attention_backend(conformer: nn.Module) -> None:
         cfg._attn_implementation = "eager" if relative else "sdpa"
 
 
+@dataclass(frozen=True)
+class MuQFrontEnd(FrontEnd):
+    """MuQ's published front end, no weights: clips cut into ``window``-sample pieces, each zero-padded to the
+    window (``wav [C, window]`` float32) with an int64 ``mask`` over its own samples; ``n // frame_samples`` frames
+    per piece. (MuQ's log-mel needs its module, so it is computed with the network, in ``run``.)"""
+
+    window: int
+    frame_samples: int
+
+    def chunk_inputs(self, waves):
+        pieces, per_clip = _cut(waves, self.window)
+        n = torch.tensor([len(c) for c in pieces], dtype=torch.int64)
+        wav = torch.stack([nn.functional.pad(c.float(), (0, self.window - len(c))) for c in pieces])
+        mask = (torch.arange(self.window, device=wav.device)[None, :] < n.to(wav.device)[:, None]).to(torch.int64)
+        return {"wav": wav, "mask": mask}, n // self.frame_samples, per_clip
+
+
 class MuQAudioEncoder(HiddenStatesEncoder):
-    """MuQ as published (module docstring): ``spec.chunk_seconds`` (30 s) pieces zero-padded to the full window
-    with a mask over their samples, ``n // (sample_rate / 25)`` frames kept per piece (25 Hz), layer
+    """MuQ as published (module docstring): :class:`MuQFrontEnd` (``spec.chunk_seconds`` = 30 s pieces), then
+    MuQ's log-mel, subsampling and conformer; ``n // (sample_rate / 25)`` frames kept per piece (25 Hz), layer
     ``n_blocks`` after the final LayerNorm. ``model``: an already built MuQ-structured module (tests)."""
 
     FRAME_RATE = 25
@@ -107,22 +124,21 @@ class MuQAudioEncoder(HiddenStatesEncoder):
         model = load_muq(spec) if model is None else model
         if spec.sample_rate % self.FRAME_RATE:
             raise ValueError(f"encoder {spec.name}: sample_rate {spec.sample_rate} is not a multiple of 25 Hz")
-        self.frame_samples = spec.sample_rate // self.FRAME_RATE
-        self.window = int(round(spec.chunk_seconds * spec.sample_rate))
-        if self.window % self.frame_samples:
+        frame_samples = spec.sample_rate // self.FRAME_RATE
+        window = int(round(spec.chunk_seconds * spec.sample_rate))
+        if window % frame_samples:
             raise ValueError(f"encoder {spec.name}: chunk_seconds {spec.chunk_seconds} is not a whole number of "
                              f"25 Hz frames")
         _use_attention_backend(model.model.conformer)
         super().__init__(spec, model, blocks="model.conformer.layers", final_norm="model.conformer.layer_norm",
                          call=self._encode)
+        self.front = MuQFrontEnd(window, frame_samples)
 
-    def features(self, chunks: List[Tensor]):
-        """Pieces -> (``wav`` zero-padded to the window ``[C, window]`` float32, int64 ``mask`` over their samples;
-        ``n // 960`` frames per piece)."""
-        n = torch.tensor([len(c) for c in chunks], dtype=torch.int64)
-        wav = torch.stack([nn.functional.pad(c.float(), (0, self.window - len(c))) for c in chunks])
-        mask = (torch.arange(self.window, device=wav.device)[None, :] < n.to(wav.device)[:, None]).to(torch.int64)
-        return {"wav": wav, "mask": mask}, n // self.frame_samples
+    def chunk_inputs(self, waves):
+        return self.front.chunk_inputs(waves)
+
+    def front_end(self) -> MuQFrontEnd:
+        return self.front
 
     def hidden(self, inputs, lengths):
         """MuQ's log-mel of the padded pieces in float32 on the encoder's device (its own ``preprocessing`` and

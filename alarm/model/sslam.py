@@ -29,12 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alarm_kernels.frontend import kaldi_fbank
+from alarm_kernels.varlen import seqlens_to_cu_seqlens
+
 from .config import EncoderSpec
-from .encoders import _DTYPES, HiddenStatesEncoder, register_encoder
+from .encoders import _DTYPES, FrontEnd, HiddenStatesEncoder, register_encoder
 from .hub import checkpoint_folder
 
-__all__ = ["SSLAMConfig", "SSLAMViT", "SSLAMAudioEncoder", "sincos_positions", "map_sslam_state", "load_sslam",
-           "SSLAM_NORM_MEAN", "SSLAM_NORM_STD"]
+__all__ = ["SSLAMConfig", "SSLAMViT", "SSLAMFrontEnd", "SSLAMAudioEncoder", "sincos_positions", "map_sslam_state",
+           "load_sslam", "SSLAM_NORM_MEAN", "SSLAM_NORM_STD"]
 
 SSLAM_NORM_MEAN = -4.268  # the published fbank statistics (ALARM's SSLAMFeatureExtractor, the model card)
 SSLAM_NORM_STD = 4.569
@@ -254,57 +257,37 @@ def _run_vit(model: SSLAMViT, inputs: Dict[str, Tensor]) -> Tensor:
     return model(inputs["fbank"])
 
 
-class SSLAMAudioEncoder(HiddenStatesEncoder):
-    """SSLAM with the published front end (ALARM's ``SSLAMFeatureExtractor``): per clip, the mean removed,
-    160 zero samples on each side, a 128-bin Kaldi fbank (Hanning window, 25 ms, 10 ms shift, no dither, no
-    energy), ``F = 1 + (n - 80) // 160`` frames, zero frames appended up to a multiple of
-    ``spec.chunk_seconds * 100`` (1024), ``(fbank + 4.268) / (2 * 4.569)``; the pieces run whole and each
-    keeps ``valid_frames // 2`` tokens (all 512 of a full piece), so a clip gives ``F // 2`` tokens (50 Hz),
-    in the patch order (time-major), the CLS token dropped.
+@dataclass(frozen=True)
+class SSLAMFrontEnd(FrontEnd):
+    """SSLAM's published front end (ALARM's ``SSLAMFeatureExtractor``), no weights: per clip the mean removed,
+    160 zero samples on each side, a ``mel_bins``-bin Kaldi fbank (``alarm_kernels.kaldi_fbank``: Hanning window,
+    25 ms, 10 ms shift, no dither, no energy), ``F = 1 + (n - 80) // 160`` frames, zero frames appended up to a
+    multiple of ``piece_frames`` (1024), then ``(fbank + 4.268) / (2 * 4.569)``; the pieces ``[C, piece_frames,
+    mel_bins]`` each keep ``valid_frames // 2`` tokens, so a clip gives ``F // 2``. ``name``: the encoder's."""
 
-    Weights: ``spec.path`` (the published checkpoint, ``load_sslam``) or, without a path, random from
-    ``spec.hf_config`` (``SSLAMConfig`` fields)."""
-
-    FRAMES_PER_SECOND = 100
+    name: str
+    piece_frames: int
+    mel_bins: int = 128
     EDGE_SAMPLES = 160
     MIN_SAMPLES = 80  # fewer gives no fbank frame
 
-    def __init__(self, spec: EncoderSpec):
-        if spec.path is not None:
-            model = load_sslam(spec.path, _DTYPES[spec.dtype])
-        elif spec.hf_config is not None:
-            model = SSLAMViT(SSLAMConfig(**spec.hf_config)).to(_DTYPES[spec.dtype])
-        else:
-            raise ValueError(f"encoder {spec.name}: give a path (pretrained) or hf_config (random init)")
-        self.piece_frames = int(round(spec.chunk_seconds * self.FRAMES_PER_SECOND))
-        p = model.cfg.patch_size
-        if self.piece_frames % p or self.piece_frames > model.max_frames:
-            raise ValueError(f"encoder {spec.name}: chunk_seconds {spec.chunk_seconds} gives {self.piece_frames}-frame "
-                             f"pieces; SSLAM needs a multiple of {p} frames, at most {model.max_frames} (published "
-                             "10.24 s = 1024)")
-        super().__init__(spec, model, blocks="blocks", drop_tokens=1, call=_run_vit)
-
     def fbank(self, waves: List[Tensor]) -> Tuple[Tensor, List[int]]:
-        """B 1-D 16 kHz clips -> (their fbanks packed ``[sum F_i, 128]`` (float32; float64 for float64 clips),
-        ``F_i = 1 + (n_i - 80) // 160`` per clip)."""
-        from alarm_kernels.frontend import kaldi_fbank
-        from alarm_kernels.varlen import seqlens_to_cu_seqlens
-
+        """B 1-D 16 kHz clips -> (their fbanks packed ``[sum F_i, mel_bins]`` on the clips' device (float32;
+        float64 for float64 clips), ``F_i`` per clip)."""
         for w in waves:
             if w.numel() < self.MIN_SAMPLES:
-                raise ValueError(f"encoder {self.spec.name}: a clip of {w.numel()} samples is too short "
+                raise ValueError(f"encoder {self.name}: a clip of {w.numel()} samples is too short "
                                  f"(needs >= {self.MIN_SAMPLES})")
         waves = [w if w.dtype == torch.float64 else w.float() for w in waves]  # float64 stays (tests)
         padded = [F.pad(w - w.mean(), (self.EDGE_SAMPLES, self.EDGE_SAMPLES)) for w in waves]
-        cu = seqlens_to_cu_seqlens(torch.tensor([p.numel() for p in padded]))
-        feats, cu_frames = kaldi_fbank(torch.cat(padded), cu, num_mel_bins=self.model.cfg.mel_bins, window="hanning",
-                                       sample_rate=16000.0, frame_length_ms=25.0, frame_shift_ms=10.0)
-        frames = (cu_frames[1:] - cu_frames[:-1]).tolist()
-        return feats, frames
+        x = torch.cat(padded)
+        cu = seqlens_to_cu_seqlens([p.numel() for p in padded]).to(x.device)
+        feats, cu_frames = kaldi_fbank(x, cu, num_mel_bins=self.mel_bins, window="hanning", sample_rate=16000.0,
+                                       frame_length_ms=25.0, frame_shift_ms=10.0)
+        return feats, (cu_frames[1:] - cu_frames[:-1]).tolist()
 
     def chunk_inputs(self, waves):
-        with torch.autocast("cpu", enabled=False):
-            feats, frames = self.fbank(waves)
+        feats, frames = self.fbank(waves)
         pieces, lengths, per_clip = [], [], []
         for clip, n in zip(feats.split(frames), frames, strict=True):
             whole = -(-n // self.piece_frames) * self.piece_frames
@@ -314,6 +297,41 @@ class SSLAMAudioEncoder(HiddenStatesEncoder):
             lengths.extend(min(self.piece_frames, n - i * self.piece_frames) // 2 for i in range(len(parts)))
             per_clip.append(len(parts))
         return {"fbank": torch.stack(pieces)}, torch.tensor(lengths, dtype=torch.int64), per_clip
+
+
+class SSLAMAudioEncoder(HiddenStatesEncoder):
+    """SSLAM with the published front end (:class:`SSLAMFrontEnd`, ``spec.chunk_seconds * 100`` = 1024-frame
+    pieces): the pieces run whole through :class:`SSLAMViT`; the selected block outputs keep ``valid_frames // 2``
+    tokens each (all 512 of a full piece), in the patch order (time-major), the CLS token dropped: ``F // 2``
+    tokens per clip at 50 Hz.
+
+    Weights: ``spec.path`` (the published checkpoint, ``load_sslam``) or, without a path, random from
+    ``spec.hf_config`` (``SSLAMConfig`` fields)."""
+
+    FRAMES_PER_SECOND = 100
+    KERNEL_FRONT_END = True
+
+    def __init__(self, spec: EncoderSpec):
+        if spec.path is not None:
+            model = load_sslam(spec.path, _DTYPES[spec.dtype])
+        elif spec.hf_config is not None:
+            model = SSLAMViT(SSLAMConfig(**spec.hf_config)).to(_DTYPES[spec.dtype])
+        else:
+            raise ValueError(f"encoder {spec.name}: give a path (pretrained) or hf_config (random init)")
+        piece_frames = int(round(spec.chunk_seconds * self.FRAMES_PER_SECOND))
+        p = model.cfg.patch_size
+        if piece_frames % p or piece_frames > model.max_frames:
+            raise ValueError(f"encoder {spec.name}: chunk_seconds {spec.chunk_seconds} gives {piece_frames}-frame "
+                             f"pieces; SSLAM needs a multiple of {p} frames, at most {model.max_frames} (published "
+                             "10.24 s = 1024)")
+        super().__init__(spec, model, blocks="blocks", drop_tokens=1, call=_run_vit)
+        self.front = SSLAMFrontEnd(spec.name, piece_frames, model.cfg.mel_bins)
+
+    def chunk_inputs(self, waves):
+        return self.front.chunk_inputs(waves)
+
+    def front_end(self) -> SSLAMFrontEnd:
+        return self.front
 
 
 register_encoder("sslam", SSLAMAudioEncoder)

@@ -97,3 +97,22 @@ def test_tiny_stand_ins_are_the_built_in_wrappers():
     clips = [torch.randn(12000), torch.randn(30000)]
     out, cu = model.encoders["sslam"](clips)
     assert (cu[1:] - cu[:-1]).tolist() == [(1 + (n - 80) // 160) // 2 for n in (12000, 30000)]
+
+
+def test_muq_and_sslam_front_ends_are_picklable_and_split_cleanly():
+    """``front_end()`` is a small picklable object (no weights) for DataLoader workers; ``run`` of its output is
+    ``forward``."""
+    import pickle
+
+    from alarm.model.alarm_model import ALARMModel
+
+    model = ALARMModel(ALARMConfig.tiny("concat", n_encoders=4))
+    for name, rate in (("muq", 24000), ("sslam", 16000)):
+        enc = model.encoders[name]
+        front = pickle.loads(pickle.dumps(enc.front_end()))
+        assert len(pickle.dumps(enc.front_end())) < 2000, name
+        clips = [torch.randn(int(rate * 0.7)), torch.randn(int(rate * 4.1))]
+        want, cu_want = enc(clips)
+        got, cu = enc.run(front(clips))
+        assert torch.equal(cu, cu_want), name
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), name
