@@ -67,6 +67,7 @@ from torch import Tensor
 
 from .fileio import atomic_write, atomic_write_text
 from .model.config import ALARMConfig, EncoderSpec, muq_large, sslam, w2v_bert_2, whisper_large_v3
+from .model.hub import checkpoint_folder
 
 __all__ = ["convert_published", "published_config", "map_published_key", "IGNORED_PREFIXES"]
 
@@ -247,16 +248,6 @@ def _shards(folder: str) -> List[str]:
     return files
 
 
-def _resolve(path: str) -> str:
-    """A local folder, or a hub id downloaded with huggingface_hub (config and safetensors only)."""
-    if os.path.isdir(path):
-        return path
-    if os.path.exists(path) or path.count("/") != 1:
-        raise ValueError(f"{path}: not a checkpoint folder (nor a hub id of the form owner/name)")
-    from huggingface_hub import snapshot_download
-    return snapshot_download(path, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"])
-
-
 def convert_published(path: str, out: str, like: Optional[str] = None, llm_path: Optional[str] = None) -> dict:
     """Convert the published checkpoint at ``path`` (folder or hub id) into ``out`` (see the module docstring).
 
@@ -265,7 +256,7 @@ def convert_published(path: str, out: str, like: Optional[str] = None, llm_path:
     """
     from .model.alarm_model import CONFIG_NAME, WEIGHTS_NAME, AudioSide
 
-    folder = _resolve(path)
+    folder = checkpoint_folder(path, ["config.json", "*.safetensors", "*.safetensors.index.json"])
     if os.path.exists(os.path.join(out, CONFIG_NAME)) or os.path.exists(os.path.join(out, WEIGHTS_NAME)):
         raise ValueError(f"--out {out} already holds a saved model; choose an empty folder")
     cfg_file = os.path.join(folder, "config.json")

@@ -4,8 +4,10 @@ from .alarm_model import ALARMEnsemble, ALARMModel, ALARMOutput, AudioSide
 from .batch import ModelBatch
 from .config import ALARMConfig, EncoderSpec, muq_large, sslam, w2v_bert_2, whisper_large_v3
 from .encoders import AudioEncoder, HiddenStatesEncoder, register_encoder
+from .muq import MuQAudioEncoder  # registers the "muq" kind
+from .sslam import SSLAMAudioEncoder  # registers the "sslam" kind
 from .layout import Packed, Padded
 
 __all__ = ["ALARMModel", "ALARMConfig", "ALARMEnsemble", "ALARMOutput", "AudioSide", "ModelBatch", "EncoderSpec",
-           "AudioEncoder", "HiddenStatesEncoder", "register_encoder", "whisper_large_v3", "w2v_bert_2", "muq_large",
-           "sslam", "Packed", "Padded"]
+           "AudioEncoder", "HiddenStatesEncoder", "MuQAudioEncoder", "SSLAMAudioEncoder", "register_encoder",
+           "whisper_large_v3", "w2v_bert_2", "muq_large", "sslam", "Packed", "Padded"]

@@ -87,15 +87,15 @@ def w2v_bert_2(**kw) -> EncoderSpec:
 
 
 def muq_large(**kw) -> EncoderSpec:
-    """MuQ-large spec (24 kHz, 25 Hz, layers 4, 8, 12 with 12 after the conformer's final LayerNorm, as
-    published; MLP adapter); needs a registered "muq" encoder (recipe in ``alarm.model.encoders``)."""
+    """MuQ-large spec (24 kHz, 30 s pieces, 25 Hz, layers 4, 8, 12 with 12 after the conformer's final
+    LayerNorm, as published; MLP adapter); runs through the optional ``muq`` package (``alarm.model.muq``)."""
     return EncoderSpec(**{**dict(name="muq", kind="muq", layers=[4, 8, 12], dim=1024, adapter="mlp",
                                  sample_rate=24000, path="OpenMuQ/MuQ-large-msd-iter", dtype="bfloat16"), **kw})
 
 
 def sslam(**kw) -> EncoderSpec:
     """SSLAM spec (outputs of blocks 4, 8, 12 without the CLS token = the published indices 3, 7, 11 of its
-    block-output list; 10.24 s chunks; LayerNorm conv adapter); needs a registered "sslam" encoder."""
+    block-output list; 10.24 s (1024-frame) pieces, 50 Hz; LayerNorm conv adapter); native (``alarm.model.sslam``)."""
     return EncoderSpec(**{**dict(name="sslam", kind="sslam", layers=[4, 8, 12], dim=768, chunk_seconds=10.24,
                                  path="ta012/SSLAM_AS2M_Finetuned", dtype="bfloat16"), **kw})
 
@@ -232,11 +232,19 @@ class ALARMConfig:
                    stage="B", **kw)
 
     @classmethod
-    def tiny(cls, fusion: str = "CA", stage: Optional[str] = None, n_encoders: int = 2, **kw) -> "ALARMConfig":
-        """Random tiny Whisper (3 s window) (+ tiny w2v-BERT) and tiny Qwen3 (head dims 32, widths 64); CPU in seconds.
+    def tiny(cls, fusion: Optional[str] = None, stage: Optional[str] = None, n_encoders: int = 2,
+             encoder: Optional[str] = None, **kw) -> "ALARMConfig":
+        """Random tiny encoders and a tiny Qwen3 (head dims 32, widths 64); CPU in seconds, no download.
 
-        ``stage`` defaults to "A" for sum/concat and "B" for CA/P.
+        Encoders, in order: Whisper (3 s window), w2v-BERT, MuQ (``alarm.model.tiny.TinyMuQ``, the stand-in of
+        MuQ's structure, 3 s pieces at 24 kHz) and SSLAM (a 2-block ViT, 1.28 s pieces), each 32 wide with the
+        adapter of its full-size spec (identity for P's auxiliary streams). ``n_encoders`` takes the first n (1-4);
+        ``encoder`` (a name) takes that one alone, as the single-encoder recipes do. ``fusion`` defaults to "sum"
+        for one encoder and "CA" for more; ``stage`` to "A" for sum/concat and "B" for CA/P.
         """
+        if fusion is None:
+            fusion = "sum" if encoder is not None or n_encoders == 1 else "CA"
+        aux = "identity" if fusion == "P" else None
         whisper = EncoderSpec(  # a 3 s window (150 positions) keeps CPU tests fast; real Whisper's is 30 s
             name="whisper", kind="whisper", layers=[1, 2], dim=32, norm="batch", chunk_seconds=3.0,
             hf_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
@@ -244,12 +252,26 @@ class ALARMConfig:
                            decoder_attention_heads=2, decoder_ffn_dim=64, vocab_size=64, pad_token_id=0,
                            bos_token_id=0, eos_token_id=0, decoder_start_token_id=0))
         w2v = EncoderSpec(
-            name="w2v-bert", kind="w2v-bert", layers=[0, 2], dim=32, norm="layer",
-            adapter="identity" if fusion == "P" else "conv",
+            name="w2v-bert", kind="w2v-bert", layers=[0, 2], dim=32, norm="layer", adapter=aux or "conv",
             hf_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                            output_hidden_size=32, conv_depthwise_kernel_size=5, left_max_position_embeddings=16,
                            right_max_position_embeddings=4, feature_projection_input_dim=160))
-        encoders = [whisper, w2v][:n_encoders]
+        muq = EncoderSpec(
+            name="muq", kind="muq", layers=[1, 2], dim=32, adapter=aux or "mlp", sample_rate=24000, chunk_seconds=3.0,
+            hf_config=dict(tiny_stand_in=True, dim=32, layers=2, heads=2))
+        ssl = EncoderSpec(
+            name="sslam", kind="sslam", layers=[1, 2], dim=32, norm="layer", adapter=aux or "conv", chunk_seconds=1.28,
+            hf_config=dict(embed_dim=32, depth=2, num_heads=2, max_length=8))
+        specs = [whisper, w2v, muq, ssl]
+        if encoder is not None:
+            by_name = {e.name: e for e in specs}
+            if encoder not in by_name:
+                raise ValueError(f"encoder {encoder!r}: the tiny preset knows {sorted(by_name)}")
+            encoders = [by_name[encoder]]
+        elif not 1 <= n_encoders <= len(specs):
+            raise ValueError(f"n_encoders must be 1 to {len(specs)}, got {n_encoders!r}")
+        else:
+            encoders = specs[:n_encoders]
         base = dict(encoders=encoders, fusion=fusion, stage=stage or ("A" if fusion in ("sum", "concat") else "B"),
                     llm_path=None, llm_dtype="float32", tiny_tokenizer_vocab=384, llm_hidden=64,
                     llm_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -9,8 +9,10 @@ index are dropped at construction and the selected states are captured by forwar
 stack of hidden states never exists. Clips longer than ``spec.chunk_seconds`` are cut into chunks and all
 chunks of a batch run as one batch; each chunk's result does not depend on the other chunks.
 
-Shipped kinds: ``"whisper"`` (transformers ``WhisperEncoder``) and ``"w2v-bert"`` (``Wav2Vec2BertModel``),
-both computing what the published ALARM computes:
+Built-in kinds, each computing what the published ALARM computes: ``"whisper"`` (transformers
+``WhisperEncoder``), ``"w2v-bert"`` (``Wav2Vec2BertModel``), ``"muq"`` (the ``muq`` package, optional extra;
+``alarm.model.muq``) and ``"sslam"`` (this project's ViT reading the published tensors; ``alarm.model.sslam``);
+the last two register themselves when the package ``alarm.model`` is imported:
 
 - Whisper (default, ``spec.clip_length=False``): every clip is cut into 30 s pieces; each piece is
   zero-padded to 30 s (3000 mel frames, log-mel clamped per piece as transformers'
@@ -24,72 +26,129 @@ both computing what the published ALARM computes:
   over the whole clip (``SeamlessM4TFeatureExtractor``: 100 frames/s stacked by 2, so
   ``(1 + (n - 80) // 160) // 2`` frames at 50 Hz); the feature frames are then cut into 30 s (1500-frame)
   chunks that run as one padded batch with an attention mask.
+- MuQ (``muq_large()``): 30 s pieces at 24 kHz, each zero-padded with a mask over its samples; ``n // 960``
+  frames per piece (25 Hz); layers ``[4, 8, 12]`` of MuQ's ``hidden_states``, 12 = the last block after the
+  conformer's final LayerNorm (``final_norm``). Details in ``alarm/model/muq.py``.
+- SSLAM (``sslam()``): mean removed, 160 zero samples on each side, 128-bin Kaldi fbank (Hanning, 10 ms shift),
+  zero frames up to a multiple of 1024, ``(fbank + 4.268) / (2 * 4.569)``; 1024-frame (10.24 s) pieces run
+  whole, ``valid_frames // 2`` tokens kept per piece (512 of a full one, patch order), CLS dropped: ``F // 2``
+  per clip (50 Hz). Layers ``[4, 8, 12]`` = the published ``[3, 7, 11]`` of its block-output list (index 0 =
+  block 1). Details in ``alarm/model/sslam.py``.
 
-Adding an encoder (MuQ, SSLAM, any model returning hidden states)::
+Adding another encoder (any module with a list of blocks)::
 
     import torch
     from alarm.model.encoders import HiddenStatesEncoder, register_encoder
 
-    def build_muq(spec):                                  # spec: alarm.model.config.EncoderSpec
-        from muq import MuQ                               # the encoder's own package
-        model = MuQ.from_pretrained(spec.path)
-        window = 30 * 24000                               # published: 30 s pieces, each zero-padded to 30 s
+    def build_mine(spec):                                 # spec: alarm.model.config.EncoderSpec
+        model = MyEncoder.from_pretrained(spec.path)      # the encoder's own package
 
         def features(chunks):                             # list of 1-D float32 tensors at spec.sample_rate
             lengths = torch.tensor([len(c) for c in chunks])
-            wav = torch.stack([torch.nn.functional.pad(c, (0, window - len(c))) for c in chunks])
-            mask = (torch.arange(window)[None] < lengths[:, None]).long()
-            return {"x": wav, "attention_mask": mask}, lengths // 960   # 25 Hz frames, floor as published
+            wav = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True)
+            mask = (torch.arange(wav.shape[1])[None] < lengths[:, None]).long()
+            return {"x": wav, "attention_mask": mask}, lengths // 320   # output frames per chunk
 
-        return HiddenStatesEncoder(spec, model, blocks="model.conformer.layers", features=features,
-                                   final_norm="model.conformer.layer_norm",
-                                   call=lambda m, kw: m(kw["x"], attention_mask=kw["attention_mask"]))
+        return HiddenStatesEncoder(spec, model, blocks="encoder.layers", features=features,
+                                   final_norm="encoder.layer_norm")
 
-    register_encoder("muq", build_muq)
-    # then: alarm.model.muq_large() (layers [4, 8, 12], MLP adapter, 24 kHz)
+    register_encoder("mine", build_mine)                  # then EncoderSpec(kind="mine", ...)
 
 ``blocks`` names the ``nn.ModuleList`` of transformer blocks (dotted path); each block's output (a tensor,
 or a tuple whose first item is the hidden states ``[C, T, D]``) is captured for the selected indices.
 ``final_norm`` names a module applied to the output of the stack's last block when that index is selected,
-``drop_tokens`` removes leading tokens (a CLS token) from every captured state.
-
-Layer indices of the published recipes, in this project's convention (i = output of block i):
-
-- MuQ: published ``[4, 8, 12]`` index MuQ's ``hidden_states``, where 4 and 8 are block outputs and 12 (the
-  last of its 12 conformer blocks) is taken after the conformer's final LayerNorm: ``muq_large()`` with
-  ``final_norm`` as above selects the same tensors.
-- SSLAM: published ``[3, 7, 11]`` index a list holding only block outputs (its index 0 = block 1), each with
-  the CLS token removed: blocks 4, 8 and 12, so ``sslam()`` uses ``[4, 8, 12]`` with ``drop_tokens=1`` and
-  ``blocks="model.blocks"``. Its published front end: mean removed from the 16 kHz clip, 160 zero samples
-  on each side, 128-bin Kaldi fbank (Hanning window, 10 ms shift), padded to a multiple of 1024 frames,
-  ``(fbank + 4.268) / (2 * 4.569)``, 1024-frame (10.24 s) pieces run whole; ``frames // 2`` tokens kept per
-  clip (512 per piece, in the model's patch order). SSLAM ships only as remote code; load it with its own
-  code (this project never passes ``trust_remote_code``).
+``drop_tokens`` removes leading tokens (a CLS token) from every captured state; the model is called as
+``model(**inputs)`` unless ``call(model, inputs)`` is given.
 """
 from __future__ import annotations
 
 import abc
 import functools
 import itertools
-from typing import Callable, Dict, List, Tuple
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alarm_kernels.frontend import w2v_bert_fbank, whisper_log_mel
 from alarm_kernels.varlen import seqlens_to_cu_seqlens
 
 from ..hf import load_pretrained
 from .config import EncoderSpec
 
-__all__ = ["AudioEncoder", "WhisperAudioEncoder", "HiddenStatesEncoder", "W2VBertAudioEncoder", "ENCODERS",
-           "register_encoder", "build_encoder"]
+__all__ = ["AudioEncoder", "PreparedAudio", "WhisperAudioEncoder", "HiddenStatesEncoder", "W2VBertAudioEncoder",
+           "WhisperFrontEnd", "W2VBertFrontEnd", "ENCODERS", "register_encoder", "build_encoder"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@dataclass
+class PreparedAudio:
+    """One encoder's inputs for B clips, made by :meth:`AudioEncoder.prepare` (no weights needed; picklable).
+
+    Attributes:
+        inputs: the batched model inputs of the C chunks (tensors on the CPU, or on the device ``prepare`` was
+            given).
+        lengths: int64 ``[C]`` CPU tensor: output frames per chunk.
+        per_clip: B ints: chunks per clip (chunks are in clip order).
+        samples: B ints: samples per clip at the encoder's rate (for messages).
+    """
+    inputs: Dict[str, Tensor]
+    lengths: Tensor
+    per_clip: List[int]
+    samples: List[int]
+
+    def _map(self, fn) -> "PreparedAudio":
+        return replace(self, inputs={k: fn(v) for k, v in self.inputs.items()})
+
+    def to(self, device, non_blocking: bool = False) -> "PreparedAudio":
+        """The inputs on ``device`` (lengths and counts stay on the host)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "PreparedAudio":
+        """Pinned host copies of the inputs (``DataLoader(pin_memory=True)``)."""
+        return self._map(lambda t: t.pin_memory())
+
+
+def _cut(waves: List[Tensor], chunk: int) -> Tuple[List[Tensor], List[int]]:
+    """Clips -> (their ``chunk``-sample pieces in clip order, pieces per clip)."""
+    pieces, per_clip = [], []
+    for w in waves:
+        parts = list(torch.split(w, chunk))
+        pieces.extend(parts)
+        per_clip.append(len(parts))
+    return pieces, per_clip
+
+
+def _prepare(chunk_inputs, waves: List[Tensor], device: Optional[torch.device]) -> PreparedAudio:
+    """``chunk_inputs(waves)`` in float32 on ``device`` (default: where the waveforms are), as PreparedAudio."""
+    if device is not None:
+        waves = [w.to(device) for w in waves]
+    with torch.no_grad(), torch.autocast(torch.device(device or "cpu").type, enabled=False):
+        inputs, lengths, per_clip = chunk_inputs(waves)
+    return PreparedAudio(inputs, lengths.cpu(), list(per_clip), [w.numel() for w in waves])
+
+
+class FrontEnd(abc.ABC):
+    """An encoder's front end without its weights (picklable, for DataLoader workers):
+    ``front_end(waves, device=None) -> PreparedAudio``."""
+
+    @abc.abstractmethod
+    def chunk_inputs(self, waves: List[Tensor]) -> Tuple[Dict[str, Tensor], Tensor, List[int]]:
+        """As :meth:`AudioEncoder.chunk_inputs`."""
+
+    def __call__(self, waves: List[Tensor], device: Optional[torch.device] = None) -> PreparedAudio:
+        return _prepare(self.chunk_inputs, waves, device)
+
+
 class AudioEncoder(nn.Module, abc.ABC):
-    """Base class: subclasses implement ``features`` (chunks -> model inputs, lengths) and ``hidden``."""
+    """Base class. Subclasses implement ``features`` (chunks -> model inputs, lengths) and ``hidden``; the work
+    splits into :meth:`prepare` (the front end: waveforms -> :class:`PreparedAudio`, no weights, runs in a
+    DataLoader worker on the CPU or on a given device) and :meth:`run` (the frozen network); ``forward`` is both."""
+
+    #: True when the front end is made of device kernels: ``forward`` then computes it on the encoder's device
+    KERNEL_FRONT_END = False
 
     def __init__(self, spec: EncoderSpec):
         super().__init__()
@@ -112,37 +171,48 @@ class AudioEncoder(nn.Module, abc.ABC):
 
         Default: cut each waveform into ``spec.chunk_seconds`` pieces and call ``features`` on the pieces.
         """
-        chunk = max(1, int(round(self.spec.chunk_seconds * self.spec.sample_rate)))
-        pieces, per_clip = [], []
-        for w in waves:
-            parts = list(torch.split(w, chunk))
-            pieces.extend(parts)
-            per_clip.append(len(parts))
-        with torch.autocast("cpu", enabled=False):  # host-side feature extraction stays fp32
-            inputs, lengths = self.features(pieces)
+        pieces, per_clip = _cut(waves, max(1, int(round(self.spec.chunk_seconds * self.spec.sample_rate))))
+        inputs, lengths = self.features(pieces)
         return inputs, lengths, per_clip
 
-    def _device_type(self) -> str:
-        """"cuda" / "cpu" / ...: where this encoder's weights live ("cpu" for one without tensors)."""
+    def prepare(self, waves: List[Tensor], device: Optional[torch.device] = None) -> PreparedAudio:
+        """The front end: B waveforms (1-D float32, ``spec.sample_rate`` Hz) -> :class:`PreparedAudio`, computed in
+        float32 on ``device`` (default: where the waveforms are, the CPU). Needs no weights (default: ``chunk_inputs``
+        on the waveforms)."""
+        return _prepare(self.chunk_inputs, waves, device)
+
+    def front_end(self) -> Callable[..., PreparedAudio]:
+        """The front end as a picklable ``(waves, device=None) -> PreparedAudio`` for DataLoader workers. Default:
+        the bound :meth:`prepare` (pickling it carries the encoder); encoders whose front end needs no weights
+        return a small object instead."""
+        return self.prepare
+
+    def _device(self) -> torch.device:
+        """Where this encoder's weights live (the CPU for one without tensors)."""
         for t in itertools.chain(self.parameters(), self.buffers()):
-            return t.device.type
-        return "cpu"
+            return t.device
+        return torch.device("cpu")
 
     @torch.no_grad()
-    def forward(self, waves: List[Tensor]) -> Tuple[List[Tensor], Tensor]:
-        """B waveforms (1-D float32, ``spec.sample_rate`` Hz) -> (k x [total, D] packed, cu_seqlens [B+1])."""
-        inputs, lengths, per_clip = self.chunk_inputs(waves)
+    def run(self, prepared: PreparedAudio) -> Tuple[List[Tensor], Tensor]:
+        """The frozen network on prepared inputs -> (k x [total, D] packed, int32 cu_seqlens [B+1]) on its device."""
+        inputs, lengths, per_clip = prepared.inputs, prepared.lengths, prepared.per_clip
         # the frozen encoder runs in its own dtype whatever autocast the caller is under: autocast would mix
         # dtypes across the selected layers (float32 norms, bf16 matmuls) and make online features differ from
         # cached ones
-        with torch.autocast(self._device_type(), enabled=False):
+        with torch.autocast(self._device().type, enabled=False):
             states = self.hidden(inputs, lengths)
         t = states[0].shape[1]
         valid = torch.arange(t, device=states[0].device)[None, :] < lengths.to(states[0].device)[:, None]
         packed = [s[valid] for s in states]  # chunks are contiguous per clip: packed per chunk == per clip
-        clip_of_chunk = torch.repeat_interleave(torch.arange(len(waves)), torch.tensor(per_clip))
-        clip_len = torch.zeros(len(waves), dtype=torch.int64).index_add_(0, clip_of_chunk, lengths.cpu())
+        clip_of_chunk = torch.repeat_interleave(torch.arange(len(per_clip)), torch.tensor(per_clip))
+        clip_len = torch.zeros(len(per_clip), dtype=torch.int64).index_add_(0, clip_of_chunk, lengths)
         return packed, seqlens_to_cu_seqlens(clip_len, device=packed[0].device)
+
+    def forward(self, waves: List[Tensor]) -> Tuple[List[Tensor], Tensor]:
+        """B waveforms (1-D float32, ``spec.sample_rate`` Hz) -> (k x [total, D] packed, cu_seqlens [B+1]):
+        ``run(prepare(waves))``, the front end on the encoder's device when it is made of kernels."""
+        return self.run(self.prepare(waves, self._device() if self.KERNEL_FRONT_END else None))
 
 
 def _load_hf(spec: EncoderSpec, model_cls, config_cls):
@@ -154,10 +224,47 @@ def _load_hf(spec: EncoderSpec, model_cls, config_cls):
     return model_cls._from_config(config_cls(**spec.hf_config), dtype=dtype)
 
 
+@dataclass(frozen=True)
+class WhisperFrontEnd(FrontEnd):
+    """Whisper's front end: clips cut into ``chunk_samples`` pieces, each piece's ``n_mels``-bin log-mel by
+    ``alarm_kernels.whisper_log_mel`` (as transformers' ``WhisperFeatureExtractor`` computes it).
+
+    Published (``window_samples`` set): every piece zero padded to the window, ``window_samples // 160`` frames,
+    ``ceil(n / 160) // 2`` output frames (floor division, as published). Clip-length mode (``window_samples`` None):
+    ``min(max(n // 160) + 2, max_frames)`` frames rounded up to even (the last valid output frame's receptive field
+    reaches mel frame ``n // 160 + 1``), ``(max(n // 160, 1) + 1) // 2`` output frames."""
+
+    n_mels: int
+    chunk_samples: int
+    window_samples: Optional[int]
+    max_frames: int
+
+    def features(self, chunks: List[Tensor]) -> Tuple[Dict[str, Tensor], Tensor]:
+        n = torch.tensor([len(c) for c in chunks], dtype=torch.int64)
+        x = torch.cat(chunks) if chunks else torch.zeros(0)
+        cu = seqlens_to_cu_seqlens(n).to(x.device)
+        if self.window_samples is not None:  # published: every piece zero-padded to the full window, no mask
+            mel = whisper_log_mel(x.float(), cu, self.n_mels, window_samples=self.window_samples)
+            return {"mel": mel}, (-(-n // 160)) // 2
+        mel_frames = (n // 160).clamp(min=1)
+        t = min(int(mel_frames.max()) + 2, self.max_frames)
+        t += t % 2
+        mel = whisper_log_mel(x.float(), cu, self.n_mels, window_samples=None, n_frames=t)
+        return {"mel": mel}, (mel_frames + 1) // 2
+
+    def chunk_inputs(self, waves):
+        pieces, per_clip = _cut(waves, self.chunk_samples)
+        inputs, lengths = self.features(pieces)
+        return inputs, lengths, per_clip
+
+
 class WhisperAudioEncoder(AudioEncoder):
     """Whisper encoder on 30 s windows as published, or at the clip's length with ``spec.clip_length`` (see the
-    module docstring); log-mel from transformers' ``WhisperFeatureExtractor``, ``num_mel_bins`` bins,
-    100 frames/s, 50 Hz output."""
+    module docstring); log-mel by :class:`WhisperFrontEnd` (``num_mel_bins`` bins, 100 frames/s), 50 Hz output.
+    ``extractor``: transformers' ``WhisperFeatureExtractor`` with the same parameters (the reference the front end
+    is tested against; not used to compute features)."""
+
+    KERNEL_FRONT_END = True
 
     def __init__(self, spec: EncoderSpec):
         super().__init__(spec)
@@ -182,24 +289,15 @@ class WhisperAudioEncoder(AudioEncoder):
         self.encoder = enc.requires_grad_(False).eval()
         self.extractor = WhisperFeatureExtractor(feature_size=enc.config.num_mel_bins, sampling_rate=16000,
                                                  chunk_length=int(window_seconds))
+        window = enc.config.max_source_positions * 2 * 160
+        self.front = WhisperFrontEnd(enc.config.num_mel_bins, max(1, int(round(spec.chunk_seconds * 16000))),
+                                     None if spec.clip_length else window, 2 * enc.config.max_source_positions)
 
     def features(self, chunks):
-        hop = self.extractor.hop_length
-        n = torch.tensor([len(c) for c in chunks])
-        if not self.spec.clip_length:  # published: every piece zero-padded to the full window, no mask
-            mel = self.extractor([c.numpy() for c in chunks], sampling_rate=16000, return_tensors="pt")
-            return {"mel": mel["input_features"]}, (-(-n // hop)) // 2
-        n_fft = self.extractor.n_fft
-        longest = int(n.max()) + n_fft  # every chunk gets >= n_fft trailing zeros: batch-independent frames
-        batch = torch.zeros(len(chunks), longest)
-        for i, c in enumerate(chunks):
-            batch[i, : len(c)] = c
-        mel_frames = (n // hop).clamp(min=1)
-        mel = torch.from_numpy(self.extractor._torch_extract_fbank_features(batch.numpy()))
-        # the last valid output frame's receptive field reaches mel frame n + 1; at most Whisper's 3000 frames
-        t = min(int(mel_frames.max()) + 2, 2 * self.encoder.config.max_source_positions)
-        t += t % 2
-        return {"mel": mel[..., :t]}, (mel_frames + 1) // 2
+        return self.front.features(chunks)
+
+    def front_end(self) -> WhisperFrontEnd:
+        return self.front
 
     def hidden(self, inputs, lengths):
         enc = self.encoder
@@ -284,39 +382,56 @@ class HiddenStatesEncoder(AudioEncoder):
             self._captured = {}
 
 
-class W2VBertAudioEncoder(HiddenStatesEncoder):
-    """w2v-BERT 2.0 with the published front end: 160 zero samples on each side of the whole clip, fbank
-    features normalized over the whole clip, then cut into ``chunk_seconds`` x 50-frame chunks that run as
-    one padded batch with an attention mask (see the module docstring)."""
+@dataclass(frozen=True)
+class W2VBertFrontEnd(FrontEnd):
+    """w2v-BERT 2.0's published front end: per clip (160 zero samples on each side) the features of
+    ``alarm_kernels.w2v_bert_fbank`` (``SeamlessM4TFeatureExtractor``'s, normalised over the whole clip),
+    ``(1 + (n - 80) // 160) // 2`` frames, cut into ``chunk_frames`` chunks that form one zero-padded batch with an
+    attention mask. ``name``: the encoder's, for messages."""
 
-    FRAMES_PER_SECOND = 50
+    name: str
+    chunk_frames: int
     EDGE_SAMPLES = 160
 
-    def __init__(self, spec: EncoderSpec):
-        from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
-
-        super().__init__(spec, _load_hf(spec, Wav2Vec2BertModel, Wav2Vec2BertConfig), "encoder.layers")
-        self.extractor = SeamlessM4TFeatureExtractor(feature_size=80, num_mel_bins=80, stride=2, sampling_rate=16000)
-
-    def clip_features(self, wave: Tensor) -> Tensor:
-        """One 1-D 16 kHz clip -> its valid feature frames [F, 160] (float32), ``(1 + (n - 80) // 160) // 2``."""
-        if wave.numel() + 2 * self.EDGE_SAMPLES < 400:
-            raise ValueError(f"encoder {self.spec.name}: a clip of {wave.numel()} samples is too short (needs >= 80)")
-        padded = F.pad(wave, (self.EDGE_SAMPLES, self.EDGE_SAMPLES)).numpy()
-        out = self.extractor(padded, sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
-        return out["input_features"][0, : int(out["attention_mask"].sum())]
-
     def chunk_inputs(self, waves):
-        chunk = max(1, int(round(self.spec.chunk_seconds * self.FRAMES_PER_SECOND)))
-        with torch.autocast("cpu", enabled=False):
-            clips = [list(torch.split(self.clip_features(w), chunk)) for w in waves]
+        n = [w.numel() for w in waves]
+        for k in n:
+            if k + 2 * self.EDGE_SAMPLES < 400:
+                raise ValueError(f"encoder {self.name}: a clip of {k} samples is too short (needs >= 80)")
+        x = torch.cat(waves).float()
+        feats, _ = w2v_bert_fbank(x, seqlens_to_cu_seqlens(n).to(x.device), edge_samples=self.EDGE_SAMPLES)
+        rows = [(1 + (k + 2 * self.EDGE_SAMPLES - 400) // 160) // 2 for k in n]  # the op's counts, on the host
+        clips = [list(torch.split(c, self.chunk_frames)) for c in feats.split(rows)]
         pieces = [p for parts in clips for p in parts]
         lengths = torch.tensor([len(p) for p in pieces], dtype=torch.int64)
         batch = nn.utils.rnn.pad_sequence(pieces, batch_first=True)
-        mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).to(torch.int64)
-        return {"input_features": batch, "attention_mask": mask}, lengths, [len(parts) for parts in clips]
+        mask = (torch.arange(batch.shape[1], device=batch.device)[None, :] < lengths.to(batch.device)[:, None])
+        return {"input_features": batch, "attention_mask": mask.to(torch.int64)}, lengths, [len(p) for p in clips]
 
 
+class W2VBertAudioEncoder(HiddenStatesEncoder):
+    """w2v-BERT 2.0 with the published front end (:class:`W2VBertFrontEnd`): 160 zero samples on each side of the
+    whole clip, fbank features normalized over the whole clip, then cut into ``chunk_seconds`` x 50-frame chunks
+    that run as one padded batch with an attention mask (see the module docstring)."""
+
+    FRAMES_PER_SECOND = 50
+    KERNEL_FRONT_END = True
+
+    def __init__(self, spec: EncoderSpec):
+        from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
+
+        super().__init__(spec, _load_hf(spec, Wav2Vec2BertModel, Wav2Vec2BertConfig), "encoder.layers")
+        self.front = W2VBertFrontEnd(spec.name, max(1, int(round(spec.chunk_seconds * self.FRAMES_PER_SECOND))))
+
+    def chunk_inputs(self, waves):
+        return self.front.chunk_inputs(waves)
+
+    def front_end(self) -> W2VBertFrontEnd:
+        return self.front
+
+
+# "muq" and "sslam" are registered by their modules (alarm.model.muq, alarm.model.sslam), which the package
+# alarm.model imports: they build on HiddenStatesEncoder, so this module cannot import them
 ENCODERS: Dict[str, Callable[[EncoderSpec], AudioEncoder]] = {
     "whisper": WhisperAudioEncoder,
     "w2v-bert": W2VBertAudioEncoder,

@@ -5,6 +5,7 @@ A recipe has six sections (every field documented on its dataclass below)::
     model:          # an ALARMConfig: either its fields, or a preset with overrides
       preset: full  #   "full" (4 encoders, stage B), "single" (one encoder, stage A), "tiny" (CPU, random)
       fusion: CA
+      encoder_paths: {sslam: checkpoints/SSLAM_AS2M_Finetuned}  # full/single: local copies of encoders
     init_adapters:  # stage B: encoder name -> folder of a trained stage-A model (its adapter is copied, frozen)
       whisper: runs/al-whisper-r/final
     data: {train_manifest: data/train.jsonl, eval_fraction: 0.01, num_workers: 4}
@@ -262,19 +263,33 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainConf
 
 def build_model_config(model: Dict[str, Any]) -> ALARMConfig:
     """The ALARMConfig of a recipe's ``model`` section (``preset`` + overrides, or plain ALARMConfig fields; an
-    old ``path: fast | reference`` is read as ``layout: packed | padded``)."""
+    old ``path: fast | reference`` is read as ``layout: packed | padded``). ``encoder_paths`` (presets full
+    and single): encoder name -> checkpoint folder (or hub id) replacing the preset's default."""
     fields = ALARMConfig.upgrade_legacy_fields(model)
     preset = fields.pop("preset", None)
+    paths = fields.pop("encoder_paths", None) or {}
+    if paths and preset not in ("full", "single"):
+        raise ValueError("model.encoder_paths is for the full and single presets (give each encoder's path in "
+                         "model.encoders otherwise)")
     if preset is None:
         return ALARMConfig.from_dict(fields)
     if preset == "tiny":
         return ALARMConfig.tiny(**fields)
     if preset == "full":
-        return ALARMConfig.full(fields.pop("fusion", "CA"), **fields)
-    if preset == "single":
+        cfg = ALARMConfig.full(fields.pop("fusion", "CA"), **fields)
+    elif preset == "single":
         encoder = fields.pop("encoder", "whisper")
         specs = {"whisper": whisper_large_v3, "w2v-bert": w2v_bert_2, "muq": muq_large, "sslam": sslam}
         if encoder not in specs:
             raise ValueError(f"model.encoder {encoder!r}: the single-encoder preset knows {sorted(specs)}")
-        return ALARMConfig.single(specs[encoder](), **fields)
-    raise ValueError(f"model.preset must be tiny, full or single, got {preset!r}")
+        cfg = ALARMConfig.single(specs[encoder](), **fields)
+    else:
+        raise ValueError(f"model.preset must be tiny, full or single, got {preset!r}")
+    names = {e.name: e for e in cfg.encoders}
+    for name, path in paths.items():
+        if name not in names:
+            raise ValueError(f"model.encoder_paths: no encoder {name!r} in this model (it has {sorted(names)})")
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"model.encoder_paths.{name} must be a folder or hub id, got {path!r}")
+        names[name].path = path
+    return cfg

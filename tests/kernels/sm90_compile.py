@@ -141,12 +141,30 @@ def _attention(m, dt):
         yield m._bwd_dq_kernel, (q, k, k, q, q, lse, lse, cu, cu, 0.18, 0.12, *drop_args, sq[0], sk[0], 4000), shape
 
 
+def _frontend(m, dt):
+    if dt != torch.float32:  # the front ends compute in fp32 only
+        return
+    f32, cu = _ptr(torch.float32), _i32()
+    for edges, dc, pre, out in ((0, True, True, torch.float64), (1, True, True, torch.float32),
+                                (2, False, False, torch.float32)):  # w2v-BERT (fp64 frames) / Kaldi / Whisper
+        o = _ptr(out)
+        yield m._frames_kernel, (f32, cu, cu, o, o, o, 16000, 8, 4, -160, 160, 0, 400, 512), dict(
+            EDGES=edges, DC=dc, PRE=pre, BLOCK_W=512)
+    f64 = _ptr(torch.float64)
+    for spectrum, n_freq, n_mels, log, peak in ((f64, 257, 80, 1, False), (f32, 201, 128, 2, True)):  # w2v / Whisper
+        yield m._mel_kernel, (spectrum, f32, f32, f32, cu, 16000, 8, 4, n_freq, n_mels, 1e-7, -10.0), dict(
+            LOG=log, POWER=True, PEAK=peak, ROUND=spectrum is f64, BLOCK_M=128)
+    yield m._whisper_finish_kernel, (f32, f32, cu, f32, 128, 3000, -10.0), dict(BLOCK_M=128)
+    yield m._normalize_stack_kernel, (f32, cu, cu, f32, 80, 1e-7), dict(STRIDE=2)
+
+
 SPECS = {
     "varlen_pool": _varlen_pool,
     "varlen_conv1d": _varlen_conv1d,
     "weighted_layer_sum": _weighted_layer_sum,
     "multi_encoder_concat": _multi_encoder_concat,
     "attention": _attention,
+    "frontend": _frontend,
 }
 
 

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pytest
 
-OPS = ("attention", "varlen_conv1d", "multi_encoder_concat", "varlen_pool", "weighted_layer_sum")  # slowest first
+# slowest first
+OPS = ("attention", "varlen_conv1d", "multi_encoder_concat", "frontend", "varlen_pool", "weighted_layer_sum")
 # the kernels built on tl.dot: tensor-core instructions (wgmma / mma.sync) in fp16/bf16, none in fp32
 DOT_KERNELS = {
     "varlen_conv1d": {"_fwd_kernel", "_dx_kernel", "_dw_kernel"},
     "multi_encoder_concat": {"_concat_linear_fwd_kernel", "_grad_stream_kernel", "_grad_weight_kernel"},
     "attention": {"_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"},
+    "frontend": {"_mel_kernel"},  # fp32 only: its "ieee" dot must not run as tf32
 }
 SM90_MAX_SHARED = 227 * 1024  # bytes of shared memory one block may use on sm_90
 # attention head dims the default configs must run without register spills: the ALARM model's (Qwen3 128, CA 64,
