@@ -45,7 +45,7 @@ from .llm import FrozenLLM, load_tokenizer
 from .batch import ModelBatch, source_lengths
 from .splice import IGNORE, ASSISTANT_SUFFIX, USER_PREFIX, splice_packed, splice_padded, tokenize_batch
 
-__all__ = ["ALARMModel", "AudioSide", "ALARMOutput", "ALARMEnsemble", "AudioFrontEnds", "load_saved_config"]
+__all__ = ["ALARMModel", "AudioSide", "ALARMOutput", "ALARMEnsemble", "load_saved_config"]
 
 CONFIG_NAME = "alarm_config.json"
 WEIGHTS_NAME = "audio_side.safetensors"
