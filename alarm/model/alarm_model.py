@@ -38,7 +38,7 @@ from ..prompts import SYSTEM_PROMPT, ensemble_header, ensemble_intro, system_tur
 from ..seeding import seeded
 from .adapters import Adapter
 from .config import LAYOUTS, LEGACY_PATHS, ALARMConfig
-from .encoders import build_encoder
+from .encoders import PreparedAudio, build_encoder
 from .fusion import build_fusion
 from .layout import Packed, Padded
 from .llm import FrozenLLM, load_tokenizer
@@ -49,6 +49,26 @@ __all__ = ["ALARMModel", "AudioSide", "ALARMOutput", "ALARMEnsemble", "load_save
 
 CONFIG_NAME = "alarm_config.json"
 WEIGHTS_NAME = "audio_side.safetensors"
+
+
+class AudioFrontEnds:
+    """Every encoder's front end, weight-free and picklable: ``front_ends(waves, rates, devices=None)`` ->
+    ``{encoder name: PreparedAudio}`` for B waveforms (1-D float32 CPU tensors, any rates; resampled once per encoder
+    rate). ``devices``: encoder name -> where its front end computes (default the CPU). Made by
+    :meth:`ALARMModel.audio_front_ends`; a DataLoader's collate function calls it in the workers."""
+
+    def __init__(self, front_ends: Dict[str, tuple]):
+        self.front_ends = dict(front_ends)  # name -> (sample rate, (waves, device) -> PreparedAudio)
+
+    def __call__(self, waves: Sequence[Tensor], rates: Sequence[int],
+                 devices: Optional[Dict[str, Optional[torch.device]]] = None) -> Dict[str, PreparedAudio]:
+        resampled: Dict[int, List[Tensor]] = {}
+        out = {}
+        for name, (rate, front_end) in self.front_ends.items():
+            if rate not in resampled:
+                resampled[rate] = resample_batch(waves, rates, rate)
+            out[name] = front_end(resampled[rate], (devices or {}).get(name))
+        return out
 
 
 @dataclass
@@ -156,22 +176,39 @@ class ALARMModel(nn.Module):
                 raise ValueError(f"got {len(waves)} audio clips but {n} {name}: the batch lists must match")
         return waves, rates
 
-    def encode(self, waves: List[Tensor], rates: List[int]) -> Dict[str, tuple]:
-        """Frozen encoders -> {name: (k x [total, D] packed selected states, int32 cu_seqlens [B+1])}.
+    def audio_front_ends(self) -> AudioFrontEnds:
+        """The encoders' front ends without their weights (picklable): ``(waves, rates) -> {name: PreparedAudio}``,
+        for a data pipeline that prepares batches in its own processes (:meth:`encode_prepared` runs the rest)."""
+        return AudioFrontEnds({spec.name: (spec.sample_rate, self.encoders[spec.name].front_end())
+                               for spec in self.config.encoders})
 
-        ValueError naming the clip when an encoder's frames give its adapter no token (a clip too short)."""
-        out, resampled = {}, {}
+    def prepare_audio(self, waves: List[Tensor], rates: List[int]) -> Dict[str, PreparedAudio]:
+        """The front ends of every encoder on B CPU waveforms, each on its encoder's device when it is made of
+        kernels (else on the CPU)."""
+        devices = {name: enc.front_end_device() for name, enc in self.encoders.items()}
+        return self.audio_front_ends()(waves, rates, devices)
+
+    def encode(self, waves: List[Tensor], rates: List[int]) -> Dict[str, tuple]:
+        """Frozen encoders (front ends included) -> {name: (k x [total, D] packed selected states, int32 cu_seqlens
+        [B+1])}. ValueError naming the clip when an encoder's frames give its adapter no token (a clip too short)."""
+        with nvtx_range("alarm/encoder"), torch.no_grad():
+            prepared = self.prepare_audio(waves, rates)
+        return self.encode_prepared(prepared)
+
+    def encode_prepared(self, prepared: Dict[str, PreparedAudio]) -> Dict[str, tuple]:
+        """:meth:`encode` from the encoders' prepared inputs (:meth:`audio_front_ends`, on the model's device or
+        the CPU)."""
+        out = {}
         with nvtx_range("alarm/encoder"), torch.no_grad():
             for spec in self.config.encoders:
-                if spec.sample_rate not in resampled:  # CPU waveforms: feature extraction runs on the host
-                    resampled[spec.sample_rate] = resample_batch(waves, rates, spec.sample_rate)
-                out[spec.name] = self.encoders[spec.name](resampled[spec.sample_rate])
+                inputs = prepared[spec.name]
+                out[spec.name] = self.encoders[spec.name].run(inputs)
                 cu = out[spec.name][1]
                 empty = torch.nonzero(Adapter.out_lengths(cu[1:] - cu[:-1], spec.adapter) == 0).flatten().tolist()
                 if empty:
                     i = empty[0]
-                    raise ValueError(f"audio[{i}] ({waves[i].numel() / rates[i]:.3f} s) is too short: encoder "
-                                     f"{spec.name} gives its adapter no token")
+                    raise ValueError(f"audio[{i}] ({inputs.samples[i] / spec.sample_rate:.3f} s) is too short: "
+                                     f"encoder {spec.name} gives its adapter no token")
         return out
 
     def audio_tokens_packed(self, feats: Dict[str, tuple], lengths: Optional[Dict[str, List[int]]] = None):
@@ -251,7 +288,12 @@ class ALARMModel(nn.Module):
         """Audio tokens of a batch from its audio source: packed ([A, H], cu, host tokens per clip) or padded
         (B x [A_i, H])."""
         if batch.streams is None:
-            feats = batch.features if batch.features is not None else self.encode(batch.waves, batch.rates)
+            if batch.features is not None:
+                feats = batch.features
+            elif batch.prepared is not None:
+                feats = self.encode_prepared(batch.prepared)
+            else:
+                feats = self.encode(batch.waves, batch.rates)
             return self._fused_tokens(self._adapter_outputs(feats, layout, batch.lengths))
         names = [spec.name for spec in self.config.encoders]
         if layout == "packed":

@@ -3,6 +3,8 @@
 The trainer's collator (``alarm.train.data``) builds it from pre-tokenised ids and decoded audio or cached
 frozen features; ``ALARMModel.forward`` builds it from strings. Exactly one audio source is set:
 - ``waves`` + ``rates``: B float32 1-D CPU waveforms and their sample rates (Hz);
+- ``prepared``: the encoders' front-end outputs for B clips, ``{encoder name: PreparedAudio}``
+  (``ALARMModel.audio_front_ends()``, computed where the batch was collated: in DataLoader workers);
 - ``features``: cached frozen *encoder* outputs, ``{encoder name: (k x [total_e, D_e], int32 cu [B+1])}``;
 - ``streams``: cached frozen *adapter* outputs (stage B), ``{encoder name: ([total_e, H], int32 cu [B+1])}``.
 
@@ -13,12 +15,15 @@ host and reads nothing back from the device; without them it reads all offsets o
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .splice import TextBatch
+
+if TYPE_CHECKING:
+    from .encoders import PreparedAudio
 
 __all__ = ["ModelBatch", "source_lengths"]
 
@@ -35,15 +40,17 @@ class ModelBatch:
     features: Optional[Features] = None
     streams: Optional[Streams] = None
     lengths: Optional[Dict[str, List[int]]] = None
+    prepared: Optional[Dict[str, "PreparedAudio"]] = None
 
     def __post_init__(self):
-        given = [name for name in ("waves", "features", "streams") if getattr(self, name) is not None]
+        given = [name for name in ("waves", "prepared", "features", "streams") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError(f"a ModelBatch needs exactly one audio source (waves, features or streams), got {given}")
+            raise ValueError("a ModelBatch needs exactly one audio source (waves, prepared, features or streams), "
+                             f"got {given}")
         if self.waves is not None and (self.rates is None or len(self.rates) != len(self.waves)):
             raise ValueError("waves need one sample rate per clip")
-        if self.lengths is not None and self.waves is not None:
-            raise ValueError("lengths describe cached features or streams, not waves")
+        if self.lengths is not None and (self.waves is not None or self.prepared is not None):
+            raise ValueError("lengths describe cached features or streams, not waves or prepared inputs")
 
     @property
     def n_examples(self) -> int:
@@ -55,10 +62,12 @@ class ModelBatch:
         feats = None if self.features is None else {
             k: ([fn(x) for x in layers], fn(cu)) for k, (layers, cu) in self.features.items()}
         streams = None if self.streams is None else {k: (fn(x), fn(cu)) for k, (x, cu) in self.streams.items()}
-        return replace(self, text=text, features=feats, streams=streams)  # waves stay on the host (feature extraction)
+        prepared = None if self.prepared is None else {k: p.map(fn) for k, p in self.prepared.items()}
+        # waves stay on the host: the model moves them to each encoder's front end
+        return replace(self, text=text, features=feats, streams=streams, prepared=prepared)
 
     def to(self, device, non_blocking: bool = False) -> "ModelBatch":
-        """Move ids and cached features to ``device`` (waveforms stay on the CPU for feature extraction)."""
+        """Move ids, prepared inputs and cached features to ``device`` (waveforms stay on the CPU)."""
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "ModelBatch":

@@ -99,16 +99,13 @@ class PreparedAudio:
     per_clip: List[int]
     samples: List[int]
 
-    def _map(self, fn) -> "PreparedAudio":
+    def map(self, fn) -> "PreparedAudio":
+        """``fn`` applied to every input tensor (lengths and counts stay on the host)."""
         return replace(self, inputs={k: fn(v) for k, v in self.inputs.items()})
 
     def to(self, device, non_blocking: bool = False) -> "PreparedAudio":
-        """The inputs on ``device`` (lengths and counts stay on the host)."""
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> "PreparedAudio":
-        """Pinned host copies of the inputs (``DataLoader(pin_memory=True)``)."""
-        return self._map(lambda t: t.pin_memory())
+        """The inputs on ``device``."""
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
 
 
 def _cut(waves: List[Tensor], chunk: int) -> Tuple[List[Tensor], List[int]]:
@@ -193,6 +190,11 @@ class AudioEncoder(nn.Module, abc.ABC):
             return t.device
         return torch.device("cpu")
 
+    def front_end_device(self) -> Optional[torch.device]:
+        """Where :meth:`forward` computes the front end: the weights' device when it is made of kernels
+        (``KERNEL_FRONT_END``), else None (where the waveforms are: the CPU)."""
+        return self._device() if self.KERNEL_FRONT_END else None
+
     @torch.no_grad()
     def run(self, prepared: PreparedAudio) -> Tuple[List[Tensor], Tensor]:
         """The frozen network on prepared inputs -> (k x [total, D] packed, int32 cu_seqlens [B+1]) on its device."""
@@ -212,7 +214,7 @@ class AudioEncoder(nn.Module, abc.ABC):
     def forward(self, waves: List[Tensor]) -> Tuple[List[Tensor], Tensor]:
         """B waveforms (1-D float32, ``spec.sample_rate`` Hz) -> (k x [total, D] packed, cu_seqlens [B+1]):
         ``run(prepare(waves))``, the front end on the encoder's device when it is made of kernels."""
-        return self.run(self.prepare(waves, self._device() if self.KERNEL_FRONT_END else None))
+        return self.run(self.prepare(waves, self.front_end_device()))
 
 
 def _load_hf(spec: EncoderSpec, model_cls, config_cls):

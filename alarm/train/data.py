@@ -7,7 +7,9 @@
 - ``ClipDataset[i]`` decodes example i's audio (any format ``alarm.audio`` reads, any rate, channels
   averaged, resampled once to the base encoder's rate) or fetches its cached frozen features. A clip that
   is unreadable, empty, non-finite or over the limit becomes a *skip* (id + reason), never an exception.
-- ``collate`` (run inside DataLoader workers) turns a pack into a ``ModelBatch`` plus bookkeeping.
+- ``collate`` (run inside DataLoader workers) turns a pack into a ``ModelBatch`` plus bookkeeping; given the
+  model's front ends (``ALARMModel.audio_front_ends()``) it also computes the encoders' inputs from the decoded
+  clips (``ModelBatch.prepared``), so that the training process runs only the encoders themselves.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -152,10 +154,13 @@ class Pack:
 
 
 class Collator:
-    """Picklable collate function for ``DataLoader(collate_fn=...)``."""
+    """Picklable collate function for ``DataLoader(collate_fn=...)``. ``front_ends``: the model's weight-free front
+    ends (``ALARMModel.audio_front_ends()``); with them decoded clips become prepared encoder inputs here."""
 
-    def __init__(self, examples: Sequence[Example], prefix: Sequence[int], header_len: int, rate: int):
+    def __init__(self, examples: Sequence[Example], prefix: Sequence[int], header_len: int, rate: int,
+                 front_ends: Optional[Callable] = None):
         self.examples, self.prefix, self.header_len, self.rate = examples, list(prefix), header_len, rate
+        self.front_ends = front_ends
 
     def __call__(self, items) -> Pack:
         kept, skips, waves, feats = [], [], [], []
@@ -176,15 +181,20 @@ class Collator:
             batch = ModelBatch(text, **{feats[0].kind: feats[0].collate(feats)}, lengths=lengths)
             seconds = sum(self.examples[i].duration for i in kept)
         else:
-            batch = ModelBatch(text, waves=waves, rates=[self.rate] * len(waves))
+            rates = [self.rate] * len(waves)
+            if self.front_ends is not None:
+                batch = ModelBatch(text, prepared=self.front_ends(waves, rates))
+            else:
+                batch = ModelBatch(text, waves=waves, rates=rates)
             seconds = sum(w.numel() for w in waves) / self.rate
         return Pack(batch, kept, skips, seconds)
 
 
-def collate(examples: Sequence[Example], prefix: Sequence[int], header_len: int, rate: int) -> Collator:
+def collate(examples: Sequence[Example], prefix: Sequence[int], header_len: int, rate: int,
+            front_ends: Optional[Callable] = None) -> Collator:
     """The collate function for ``examples`` (``prefix``: ids of the user-turn opening; ``header_len``:
-    tokens of the assistant header ending every prompt)."""
-    return Collator(examples, prefix, header_len, rate)
+    tokens of the assistant header ending every prompt; ``front_ends``: see :class:`Collator`)."""
+    return Collator(examples, prefix, header_len, rate, front_ends)
 
 
 def write_skip_report(path: str, skips: Sequence[Skip]) -> Dict[str, int]:

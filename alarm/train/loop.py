@@ -214,7 +214,13 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     schedule_steps = sampler.total_steps(cfg.run.epochs)  # the LR schedule's horizon: max_steps only stops early
     total_steps = schedule_steps if cfg.run.max_steps is None else min(schedule_steps, cfg.run.max_steps)
     dataset = ClipDataset(train_ex, rate, cfg.data.max_seconds, cache)
-    collate_fn = collate(train_ex, prefix, header_len, rate)
+    # stage A's front ends: on a GPU the encoders compute them as device kernels inside the step; otherwise they
+    # run on the CPU in the collate function, i.e. in the DataLoader workers, off the training process's path
+    front_ends = model.audio_front_ends() if cache is None and world.device.type != "cuda" else None
+    if front_ends is not None and world.is_main and cfg.data.num_workers == 0:
+        print("alarm train: data.num_workers is 0, so the encoders' front ends run in the training process "
+              "(set data.num_workers to compute them in DataLoader workers)", flush=True)
+    collate_fn = collate(train_ex, prefix, header_len, rate, front_ends)
 
     # ---- optimizer and resume ------------------------------------------------------------------
     trainable, buffers = model.trainable_parameters(), model.training_buffers()

@@ -89,8 +89,9 @@ def test_w2v_bert_fbank_matches_seamless_extractor():
     x, cu, pieces = _packed(lengths, seed=3)
     frames = [1 + (n + 320 - 400) // 160 if n + 320 >= 400 else 0 for n in lengths]
     # float32 waves with the default float64 spectrum follow the extractor's arithmetic (bitwise equal here);
-    # float64 waves skip its float32 roundings; a float32 spectrum is the fast approximation
-    cases = [(torch.float32, torch.float64, 1e-5), (torch.float64, torch.float64, 1e-4),
+    # float64 waves skip its float32 roundings (of the log-mel, then of the normalisation; 1.6e-4 measured on these
+    # signals); a float32 spectrum is the fast approximation
+    cases = [(torch.float32, torch.float64, 1e-5), (torch.float64, torch.float64, 1e-3),
              (torch.float32, torch.float32, W2V_BERT_TOL)]
     for dtype, fft_dtype, tol in cases:
         feats, cu_out = ak.w2v_bert_fbank(x.to(dtype), cu, fft_dtype=fft_dtype)

@@ -14,6 +14,7 @@ region, and their output sizes come from host-side lengths. Each call reads ``cu
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional, Tuple
 
 import torch
@@ -43,7 +44,7 @@ def _backend_module(name: str):
     return reference
 
 
-def _check_waves(waves, cu_seqlens, op: str):
+def _check_waves(waves, cu_seqlens):
     """Validate the packed input; returns (host offsets, host lengths)."""
     check_tensor(waves, "waves", ndim=1, dtypes=(torch.float32, torch.float64))
     offsets = validate_cu_seqlens(cu_seqlens, waves.shape[0], device=waves.device)
@@ -117,7 +118,7 @@ def kaldi_fbank(
         ``use_log``), cu_frames int32 ``[N+1]``. A piece shorter than one frame yields no frame with
         ``snip_edges`` (torchaudio raises instead).
     """
-    offsets, lengths = _check_waves(waves, cu_seqlens, "kaldi_fbank")
+    offsets, lengths = _check_waves(waves, cu_seqlens)
     if isinstance(num_mel_bins, bool) or not isinstance(num_mel_bins, int) or num_mel_bins <= 3:
         raise ValueError(f"num_mel_bins must be an int > 3, got {num_mel_bins!r}")
     _positive(sample_rate, "sample_rate", float)
@@ -171,10 +172,10 @@ def w2v_bert_fbank(waves: Tensor, cu_seqlens: Tensor, *, edge_samples: int = 160
         ``F = 1 + (n + 2 * edge_samples - 400) // 160`` frames (0 when the padded clip is shorter than 400
         samples).
     """
-    offsets, lengths = _check_waves(waves, cu_seqlens, "w2v_bert_fbank")
+    offsets, lengths = _check_waves(waves, cu_seqlens)
     if isinstance(edge_samples, bool) or not isinstance(edge_samples, int) or edge_samples < 0:
         raise ValueError(f"edge_samples must be an int >= 0, got {edge_samples!r}")
-    framing = Framing(**{**W2V_BERT_FRAMING.__dict__, "pad": edge_samples})
+    framing = replace(W2V_BERT_FRAMING, pad=edge_samples)
     counts = framing.counts(lengths)
     impl = _backend_module(_select("w2v_bert_fbank", backend, waves))
     # the 2**15 scale enters as 2**30 on the (linear) filterbank: powers of two scale every rounding exactly
@@ -205,7 +206,7 @@ def whisper_log_mel(waves: Tensor, cu_seqlens: Tensor, n_mels: int = 128, *,
     Returns:
         ``[N, n_mels, T]`` in waves' dtype, ``T = window_samples // 160`` or ``n_frames``.
     """
-    offsets, lengths = _check_waves(waves, cu_seqlens, "whisper_log_mel")
+    offsets, lengths = _check_waves(waves, cu_seqlens)
     if isinstance(n_mels, bool) or not isinstance(n_mels, int) or n_mels < 1:
         raise ValueError(f"n_mels must be a positive int, got {n_mels!r}")
     if window_samples is not None:

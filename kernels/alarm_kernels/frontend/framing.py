@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
+import torch
+
 EDGES = ("snip", "reflect", "center")
 
 
@@ -61,6 +63,7 @@ class Framing:
         return touching if self.row is None else min(touching, self.row // self.shift)
 
     def counts(self, lengths: Sequence[int]) -> List[int]:
+        """Frames of each piece."""
         return [self.count(n) for n in lengths]
 
 
@@ -81,14 +84,15 @@ class MelSpec:
 
     ``bank`` is one of the cached tables of :mod:`.filters` (each backend casts it to the dtype it multiplies in)."""
 
-    bank: object
+    bank: torch.Tensor
     floor: float
     log: Optional[str] = "ln"
     scale: float = 1.0
     use_power: bool = True
-    fft_dtype: object = None
+    fft_dtype: Optional[torch.dtype] = None
     round_spectrum: bool = False
 
     @property
     def n_mels(self) -> int:
+        """Mel bands (the filterbank's columns)."""
         return self.bank.shape[1]

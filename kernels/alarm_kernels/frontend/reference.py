@@ -3,7 +3,8 @@
 No per-frame Python: each piece's samples (with its edges, :mod:`.framing`) are cut into frames by one strided
 view, all frames of the batch are conditioned together, transformed by one batched ``torch.fft.rfft`` (pocketfft
 or MKL on CPU, cuFFT on CUDA tensors) and mapped to mel bands by one matmul with the cached filterbank. Loops run
-over pieces only (a few small edge gathers each).
+over pieces only (a few small edge gathers each). On CPU tensors w2v-BERT's exact path runs its spectrum-to-log
+steps and its normalisation with NumPy, the extractor's own arithmetic (see :func:`log_mel_frames`).
 """
 from __future__ import annotations
 

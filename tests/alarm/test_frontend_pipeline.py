@@ -1,0 +1,148 @@
+"""The encoders' ``prepare`` (front end, no weights) / ``run`` (network) split and the data pipeline that uses it:
+
+- ``run(prepare(waves))`` is ``forward(waves)``; prepared inputs and weight-free front ends pickle (DataLoader
+  workers) without carrying weights;
+- a batch collated with the model's front ends (``ModelBatch.prepared``) trains to the same loss as one carrying the
+  waveforms, without the model ever running a front end itself, also through a DataLoader worker process;
+- the downstream effect of the kernels' front end against transformers' extractors: the tiny random encoders'
+  adapter outputs (Whisper: relative difference below 1e-4; w2v-BERT: identical features, identical outputs).
+"""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from alarm.model import ALARMConfig
+from alarm.model.alarm_model import ALARMModel
+from alarm.model.batch import ModelBatch
+from alarm.model.encoders import PreparedAudio, build_encoder
+from alarm.model.splice import tokenize_batch
+from alarm.model.tiny import synthetic_audio
+from alarm.train.data import Collator, Example
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return ALARMModel(ALARMConfig.tiny("sum"))  # stage A: adapters train
+
+
+def _clips(seconds, seed):
+    return [torch.from_numpy(c) for c in synthetic_audio(seconds, seed=seed)]
+
+
+@pytest.mark.parametrize("idx,clip_length", [(0, False), (0, True), (1, False)])
+def test_run_of_prepare_is_forward_and_pickles_without_weights(idx, clip_length):
+    spec = ALARMConfig.tiny("CA").encoders[idx]
+    spec.clip_length = clip_length
+    enc = build_encoder(spec)
+    waves = _clips([0.4, 3.7, 1.01], seed=idx)
+    prepared = enc.prepare(waves)
+    assert isinstance(prepared, PreparedAudio) and prepared.samples == [w.numel() for w in waves]
+    again = pickle.loads(pickle.dumps(prepared))
+    layers, cu = enc.run(again)
+    expect, expect_cu = enc(waves)
+    assert torch.equal(cu, expect_cu)
+    for a, b in zip(layers, expect, strict=True):
+        assert torch.equal(a, b)
+    front_end = enc.front_end()
+    blob = pickle.dumps(front_end)
+    weights = sum(p.numel() * p.element_size() for p in enc.parameters())
+    assert len(blob) < 2000 < weights, (len(blob), weights)  # the front end travels without the weights
+    worker_side = pickle.loads(blob)(waves)
+    for k, v in prepared.inputs.items():
+        assert torch.equal(worker_side.inputs[k], v)
+    assert torch.equal(worker_side.lengths, prepared.lengths) and worker_side.per_clip == prepared.per_clip
+
+
+def _text(model, n):
+    return tokenize_batch(model.tokenizer, ["Describe the audio."] * n, ["a chord", "noise and tones", "x"][:n])
+
+
+def test_prepared_batch_trains_like_waves_without_model_front_ends(model, monkeypatch):
+    waves = _clips([1.3, 4.2, 0.9], seed=3)
+    rates = [16000] * 3
+    text = _text(model, 3)
+    front_ends = pickle.loads(pickle.dumps(model.audio_front_ends()))
+    prepared = ModelBatch(text, prepared=front_ends(waves, rates))
+    by_waves = model.forward_batch(ModelBatch(text, waves=waves, rates=rates), reduction="sum")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model computed a front end for a prepared batch")
+
+    monkeypatch.setattr(ALARMModel, "prepare_audio", refuse)
+    monkeypatch.setattr(ALARMModel, "encode", refuse)
+    out = model.forward_batch(prepared.to("cpu"), reduction="sum")
+    assert out.n_targets == by_waves.n_targets and torch.equal(out.loss, by_waves.loss)
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.trainable_parameters().values())
+    model.zero_grad(set_to_none=True)
+
+
+def test_collator_in_a_worker_process_prepares_the_batch(model):
+    waves = _clips([2.2, 0.6], seed=5)
+    examples = [Example(f"c{i}", "d", f"c{i}.wav", w.numel() / 16000, "Describe the audio.", (5, 6, 7), (8, 9))
+                for i, w in enumerate(waves)]
+    items = [(i, w, None, None) for i, w in enumerate(waves)]
+    collator = Collator(examples, [1, 2], 3, 16000, model.audio_front_ends())
+    loader = torch.utils.data.DataLoader([items], batch_size=None, collate_fn=collator, num_workers=1)
+    (pack,) = list(loader)
+    batch = pack.batch
+    assert batch.waves is None and set(batch.prepared) == {"whisper", "w2v-bert"}
+    local = Collator(examples, [1, 2], 3, 16000)(items).batch  # waveforms: the model's own front ends
+    assert local.prepared is None and local.waves is not None
+    for name, prepared in batch.prepared.items():
+        mine = model.encoders[name].prepare(waves)
+        for k, v in prepared.inputs.items():
+            assert torch.equal(v, mine.inputs[k]), (name, k)
+    assert torch.equal(model.forward_batch(batch).loss, model.forward_batch(local).loss)
+
+
+def _whisper_extractor_inputs(enc, waves):
+    """The published front end through transformers' WhisperFeatureExtractor (the path the kernels replace)."""
+    window = enc.front.window_samples
+    pieces = [p for w in waves for p in torch.split(w, window)]
+    mel = enc.extractor([p.numpy() for p in pieces], sampling_rate=16000, return_tensors="pt")["input_features"]
+    lengths = torch.tensor([-(-len(p) // 160) // 2 for p in pieces])
+    return PreparedAudio({"mel": mel}, lengths, [len(torch.split(w, window)) for w in waves],
+                         [w.numel() for w in waves])
+
+
+def _w2v_extractor_inputs(enc, waves):
+    from transformers import SeamlessM4TFeatureExtractor
+
+    extractor = SeamlessM4TFeatureExtractor(feature_size=80, num_mel_bins=80, stride=2, sampling_rate=16000)
+    clips = []
+    for w in waves:
+        out = extractor(nn.functional.pad(w, (160, 160)).numpy(), sampling_rate=16000, return_tensors="pt",
+                        return_attention_mask=True)
+        clips.append(list(torch.split(out["input_features"][0, : int(out["attention_mask"].sum())], 1500)))
+    pieces = [p for parts in clips for p in parts]
+    lengths = torch.tensor([len(p) for p in pieces])
+    batch = nn.utils.rnn.pad_sequence(pieces, batch_first=True)
+    mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).long()
+    return PreparedAudio({"input_features": batch, "attention_mask": mask}, lengths, [len(p) for p in clips],
+                         [w.numel() for w in waves])
+
+
+def test_downstream_effect_on_encoder_and_adapter_outputs(model):
+    """The adapters' outputs from the kernels' front end vs from transformers' extractors (tiny random weights)."""
+    waves = _clips([2.9, 7.3, 0.5], seed=11)
+    with torch.no_grad():
+        mine = model.adapter_streams(model.encode(waves, [16000] * 3))
+        theirs = model.adapter_streams(model.encode_prepared({
+            "whisper": _whisper_extractor_inputs(model.encoders["whisper"], waves),
+            "w2v-bert": _w2v_extractor_inputs(model.encoders["w2v-bert"], waves)}))
+    rel = {}
+    for name in mine:
+        (a, cu_a), (b, cu_b) = mine[name], theirs[name]
+        assert torch.equal(cu_a, cu_b)
+        rel[name] = float((a - b).abs().max() / b.abs().max())
+    print(f"\nadapter output max|diff| / max|output|: {rel}")
+    assert rel["w2v-bert"] == 0.0  # the w2v-BERT features are the extractor's, bit for bit
+    assert rel["whisper"] < 1e-4
+    assert np.isfinite(list(rel.values())).all()
