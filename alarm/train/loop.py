@@ -5,8 +5,8 @@ the *sum* of its target-token cross-entropies; after the last one, the gradients
 parameters are all-reduced once (one flat buffer, ``torch.distributed``; a second 5-number all-reduce
 carries the step's loss and counters) and divided by the *global* number of target tokens of the step,
 so the result does not depend on how the step was split into micro-batches or ranks. Then: clip, skip the
-step if the loss or gradient is not finite, AdamW, and the learning rate of the next step (warm-up +
-cosine, a pure function of the step).
+step if the loss or gradient is not finite (its BatchNorm statistics undone too), AdamW, and the learning
+rate of the next step (warm-up + cosine, a pure function of the step).
 
 Trust (docs/checkpoints.md): a resumed run is the same run, bit for bit (every random stream a step draws
 from is in the checkpoint or a pure function of the seed, the epoch and the rank); a damaged newest
@@ -322,7 +322,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
         saved = load_checkpoint(start, world, trainable, buffers, optimizer)
         state.update({k: saved.get(k, state[k]) for k in state})  # nonfinite_streak: absent before it existed
     _check_finite_start(trainable, buffers, optimizer, start, run_dir)
-    last_good = start  # the newest checkpoint known to be intact and finite (named when the run must stop)
+    last_good = start if state["nonfinite_streak"] == 0 else None  # newest checkpoint saved outside a streak
     sampler.load_state({"epoch": state["epoch"], "cursor": state["cursor"]})
 
     log = MetricsLogger(str(run_dir), total_steps, state["step"], world.is_main, cfg.run.progress)
@@ -351,6 +351,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
             n_micro = sampler.micro_batches(sampler.cursor)
             loss_sum = torch.zeros((), dtype=torch.float64, device=world.device)
             counts = [0, 0, 0.0, 0]  # targets, tokens, audio seconds, skipped clips
+            before = {k: b.clone() for k, b in buffers.items()}  # a skipped step must not keep its BN statistics
             wait = 0.0
             for _ in range(n_micro):
                 t_wait = time.perf_counter()
@@ -388,6 +389,9 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
             else:
                 state["skipped_steps"] += 1
                 state["nonfinite_streak"] += 1
+                with torch.no_grad():
+                    for k, b in buffers.items():
+                        b.copy_(before[k])
             optimizer.zero_grad(set_to_none=True)
             step += 1
             state.update(step=step, epoch=sampler.epoch, cursor=sampler.cursor)
@@ -406,8 +410,8 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
                 raise NonFiniteError(
                     f"step {step}: {streak} steps in a row had a non-finite loss or gradient (last: loss={loss:.4g} "
                     f"grad_norm={grad_norm:.4g}; optim.nonfinite_step_limit={limit}); they were skipped, nothing "
-                    f"non-finite was saved; last good checkpoint: {last_good or 'none'} (damaged data, too high a "
-                    "learning rate or bf16 overflow?)")
+                    f"non-finite was saved; last good checkpoint (saved before the streak): {last_good or 'none'} "
+                    "(damaged data, too high a learning rate, bf16 overflow?)")
             if eval_ex and cfg.run.eval_every and step % cfg.run.eval_every == 0:
                 last_eval = evaluate(model, eval_ex, prefix, header_len, rate, cfg, world, cache)
                 log.log("eval", step, **last_eval)
@@ -415,8 +419,9 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
                 for row in _samples(model, eval_ex or train_ex, cfg.run.samples):
                     log.log("sample", step, **row)
             if cfg.run.save_every and step % cfg.run.save_every == 0 and step < total_steps:
-                last_good = save_checkpoint(str(run_dir), step, world, trainable, buffers, optimizer,
-                                            {**state, **identity}, cfg.run.keep_last)
+                saved_at = save_checkpoint(str(run_dir), step, world, trainable, buffers, optimizer,
+                                           {**state, **identity}, cfg.run.keep_last)
+                last_good = saved_at if state["nonfinite_streak"] == 0 else last_good
         if sampler.cursor >= sampler.steps_per_epoch():
             sampler.load_state({"epoch": sampler.epoch + 1, "cursor": 0})
             state.update(epoch=sampler.epoch, cursor=0)
