@@ -37,10 +37,9 @@ from alarm.audio import load_audio
 from alarm.fileio import CorruptFileError, atomic_write_json, file_sha256
 from alarm.model import ALARMModel
 from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX
-
-from .cache import FeatureCache, cache_key
 from alarm.seeding import derived_seed
 
+from .cache import FeatureCache, cache_key
 from .checkpoint import (
     NonFiniteError,
     check_resumable,
