@@ -14,7 +14,7 @@
 - a failing write (ENOSPC injected half-way through a checkpoint file);
 - a streak of non-finite steps;
 - a damaged cache shard read by a DataLoader worker;
-- a rank killed mid-run under 2-process gloo.
+- a rank killed mid-run under 2-process gloo (then both ranks resume, bit for bit).
 """
 import hashlib
 import os
@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from train_runs import REPO, alarm, env, losses, train_rows, write_corpus, write_recipe
 
+from alarm.cli import main
 from alarm.fileio import CorruptFileError
 from alarm.train.checkpoint import COMPLETE, latest_checkpoint, load_checkpoint, verify_checkpoint
 from alarm.train.distributed import World
@@ -215,7 +216,7 @@ def test_sha256sum_checks_a_checkpoint_independently(dropout_run):
         assert hashlib.sha256((ckpt / name).read_bytes()).hexdigest() == digest, name
 
 
-def test_damaged_newest_checkpoint_falls_back_and_ends_bit_for_bit(corpus, dropout_run, tmp_path):
+def test_damaged_newest_checkpoint_falls_back_and_ends_bit_for_bit(corpus, dropout_run, tmp_path, capsys):
     """The issue's case: 64 bytes in the middle of the newest checkpoint's weights overwritten. The check names
     the file; ``--resume auto`` says so, resumes from the previous checkpoint and ends exactly as the
     uninterrupted run (its last two steps redone)."""
@@ -227,17 +228,17 @@ def test_damaged_newest_checkpoint_falls_back_and_ends_bit_for_bit(corpus, dropo
     data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
     weights.write_bytes(bytes(data))
     shutil.rmtree(run / "final")
-    r = alarm("train", "--check-checkpoints", str(run))
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert f"step-00000012: DAMAGED: {weights}: corrupt or incomplete" in r.stdout
-    assert "step-00000010: intact" in r.stdout and "--resume auto would start from" in r.stdout
+    assert main(["train", "--check-checkpoints", str(run)]) == 1  # in process: the same code as the command
+    shown = capsys.readouterr().out
+    assert f"step-00000012: DAMAGED: {weights}: corrupt or incomplete" in shown
+    assert "step-00000010: intact" in shown and f"--resume auto would start from {run / 'checkpoints'}" in shown
     r = alarm("train", "--config", str(recipe))
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"alarm train: checkpoint step-00000012 is damaged: {weights}: corrupt or incomplete" in r.stderr
     assert "falling back to step-00000010, the newest intact checkpoint" in r.stderr
     assert "resuming at step 10" in r.stdout
     _assert_same_run(run, dropout_run)
-    assert alarm("train", "--check-checkpoints", str(run)).returncode == 0
+    assert main(["train", "--check-checkpoints", str(run)]) == 0
 
 
 def test_no_intact_checkpoint_stops_with_one_line(corpus, dropout_run, tmp_path):
@@ -339,7 +340,7 @@ def test_a_streak_of_nonfinite_steps_stops_the_run(corpus, tmp_path):
             assert all(bool(torch.isfinite(t).all()) for t in load_file(str(ckpt / name)).values()), (ckpt, name)
 
 
-def test_a_damaged_cache_shard_stops_training_naming_it(corpus, tmp_path):
+def test_a_damaged_cache_shard_stops_training_naming_it(corpus, tmp_path, capsys):
     """Read by a DataLoader worker, a flipped byte in a shard ends the run in one line naming the shard and the
     clip (the worker's traceback is not the message); `alarm cache --check` names it too."""
     folder, manifest = corpus
@@ -355,8 +356,8 @@ def test_a_damaged_cache_shard_stops_training_naming_it(corpus, tmp_path):
     assert re.fullmatch(rf"alarm: error: {re.escape(str(shard))}: corrupt: the features of clip c\d+ differ from "
                         r"the checksum recorded when the cache was built; rerun `alarm cache` with the same "
                         r"arguments: it recomputes only the damaged shards", last), last
-    r = alarm("cache", "--check", str(cache))
-    assert r.returncode == 1 and f"alarm cache: damaged: {shard}: corrupt or incomplete" in r.stdout, r.stdout
+    assert main(["cache", "--check", str(cache)]) == 1
+    assert f"alarm cache: damaged: {shard}: corrupt or incomplete" in capsys.readouterr().out
 
 
 def _free_port() -> int:
@@ -365,31 +366,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_rank_killed_mid_run_stops_the_other_with_the_reason(corpus, tmp_path):
-    """Two gloo ranks started as two nodes would start them (no torchrun agent to clean up): rank 1 is killed
-    after step 3; rank 0 must stop at its next collective with one line saying so, not wait."""
-    folder, manifest = corpus
-    out = tmp_path / "two"
-    recipe = write_recipe(tmp_path, manifest, out, batch={"accumulation": 1}, data={"num_workers": 1})
+def _two_ranks(recipe: Path, logs: Path) -> list:
+    """Rank 0 and rank 1 of a 2-process gloo run, started as two nodes would start them (no torchrun agent)."""
     port = str(_free_port())
-    procs = []
-    for rank in (0, 1):
-        ranked = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "RANK": str(rank),
-                  "LOCAL_RANK": str(rank)}
-        procs.append(_start(recipe, tmp_path / f"rank{rank}.log", ranked))
-    killed_at = None
+    return [_start(recipe, logs / f"rank{rank}.log", {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                                                      "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)})
+            for rank in (0, 1)]
+
+
+def _wait_all(procs: list, timeout: float = 300) -> list:
     try:
-        assert _wait_then_kill(procs[1], lambda: (out / "metrics.jsonl").is_file() and
-                               any(r["step"] >= 3 for r in train_rows(out)), 0.0)
-        killed_at = time.time()
-        rc = procs[0].wait(timeout=120)
+        return [p.wait(timeout=timeout) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-    log = (tmp_path / "rank0.log").read_text()
-    assert rc == 2, log[-3000:]
-    last = log.strip().splitlines()[-1]
+
+
+def test_a_rank_killed_mid_run_stops_the_other_then_both_resume_bit_for_bit(corpus, tmp_path):
+    """Rank 1 of two gloo ranks (dropout, a worker each) is killed after step 3: rank 0 must stop at its next
+    collective with one line saying so, not wait. Both then resume (--resume auto) and end as an uninterrupted
+    2-rank run, bit for bit: each rank's generators were restored."""
+    folder, manifest = corpus
+    runs = {}
+    for name in ("uninterrupted", "killed"):
+        (tmp_path / name).mkdir()
+        runs[name] = write_recipe(tmp_path / name, manifest, tmp_path / name / "run", **DROPOUT,
+                                  batch={"accumulation": 1})
+    assert _wait_all(_two_ranks(runs["uninterrupted"], tmp_path / "uninterrupted")) == [0, 0]
+    out = tmp_path / "killed" / "run"
+    procs = _two_ranks(runs["killed"], tmp_path / "killed")
+    assert _wait_then_kill(procs[1], lambda: (out / "metrics.jsonl").is_file() and
+                           any(r["step"] >= 3 for r in train_rows(out)), 0.0)
+    killed_at = time.time()
+    assert _wait_all(procs[:1], timeout=120) == [2]
+    assert time.time() - killed_at < 120
+    last = (tmp_path / "killed" / "rank0.log").read_text().strip().splitlines()[-1]
     assert re.match(r"alarm: error: rank 0 of 2 stopped: .+ failed because another rank is gone \(it died or was "
                     r"killed: see its log", last), last
-    assert time.time() - killed_at < 120
+    assert _wait_all(_two_ranks(runs["killed"], tmp_path / "killed")) == [0, 0]
+    assert "resuming at step" in (tmp_path / "killed" / "rank0.log").read_text()
+    _assert_same_run(out, tmp_path / "uninterrupted" / "run")
