@@ -62,10 +62,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
-from .fileio import atomic_write, atomic_write_text
 from .model.config import ALARMConfig, EncoderSpec, muq_large, sslam, w2v_bert_2, whisper_large_v3
 from .model.hub import checkpoint_folder
 
@@ -254,7 +252,7 @@ def convert_published(path: str, out: str, like: Optional[str] = None, llm_path:
     like: optional ``alarm_config.json`` (or a folder holding one) giving the frozen parts. Returns a
     summary dict(mapped=int tensors read, ignored=int, config=ALARMConfig).
     """
-    from .model.alarm_model import CONFIG_NAME, WEIGHTS_NAME, AudioSide
+    from .model.alarm_model import CONFIG_NAME, WEIGHTS_NAME, AudioSide, write_saved_model
 
     folder = checkpoint_folder(path, ["config.json", "*.safetensors", "*.safetensors.index.json"])
     if os.path.exists(os.path.join(out, CONFIG_NAME)) or os.path.exists(os.path.join(out, WEIGHTS_NAME)):
@@ -304,7 +302,5 @@ def convert_published(path: str, out: str, like: Optional[str] = None, llm_path:
             raise ValueError(f"published checkpoint {path}: {name} has shape {tuple(value.shape)}, this model needs "
                              f"{tuple(expected[name].shape)}")
     state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    os.makedirs(out, exist_ok=True)
-    atomic_write(os.path.join(out, WEIGHTS_NAME), lambda p: save_file(state, p, metadata={"format": "pt"}))
-    atomic_write_text(os.path.join(out, CONFIG_NAME), cfg.to_json())
+    write_saved_model(out, state, cfg)
     return dict(mapped=len(state), ignored=n_ignored, config=cfg)

@@ -1,12 +1,20 @@
-"""Seeded blocks that leave every other random generator alone."""
+"""Seeds as pure functions of their purpose, and seeded blocks that leave every other random generator alone."""
 from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 
-__all__ = ["seeded"]
+__all__ = ["seeded", "derived_seed"]
+
+
+def derived_seed(*keys: int) -> int:
+    """A 63-bit seed that depends only on ``keys`` (e.g. ``(run seed, epoch, rank)``), well mixed
+    (``numpy.random.SeedSequence``): a stream seeded from it is the same in every run that asks for the same
+    keys, and draws nothing from the global generators."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 @contextmanager

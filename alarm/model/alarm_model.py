@@ -25,13 +25,23 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from alarm.profiling import nvtx_range
 from alarm_kernels.varlen import pad_packed, unpack
 
-from ..fileio import atomic_write_folder, atomic_write_text
+from ..fileio import (
+    CorruptFileError,
+    atomic_write_bytes,
+    atomic_write_folder,
+    atomic_write_text,
+    format_checksums,
+    parse_checksums,
+    read_verified,
+    verify_files,
+)
 from ..audio import resample_batch, validate_audio_batch
 from ..generation import SAMPLING_DEFAULTS, generate_with_thinking_budget
 from ..prompts import SYSTEM_PROMPT, ensemble_header, ensemble_intro, system_turn
@@ -45,10 +55,14 @@ from .llm import FrozenLLM, load_tokenizer
 from .batch import ModelBatch, source_lengths
 from .splice import IGNORE, ASSISTANT_SUFFIX, USER_PREFIX, splice_packed, splice_padded, tokenize_batch
 
-__all__ = ["ALARMModel", "AudioSide", "ALARMOutput", "ALARMEnsemble", "load_saved_config"]
+__all__ = ["ALARMModel", "AudioSide", "ALARMOutput", "ALARMEnsemble", "load_saved_config", "write_saved_model",
+           "verify_saved_model"]
 
 CONFIG_NAME = "alarm_config.json"
 WEIGHTS_NAME = "audio_side.safetensors"
+# the weights' sha256 as a sha256sum line (`sha256sum -c SHA256SUMS`); the config stays editable by hand (e.g. a
+# moved llm_path), so it is validated field by field rather than checksummed
+CHECKSUMS_NAME = "SHA256SUMS"
 
 
 class AudioFrontEnds:
@@ -396,21 +410,15 @@ class ALARMModel(nn.Module):
 
     # ---- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, folder: str) -> None:
-        """Write ``folder`` with ``alarm_config.json`` and ``audio_side.safetensors`` (adapters, fusion,
-        separators, BN buffers) as a whole (``alarm.fileio.atomic_write_folder``): a reader or a killed save
-        leaves the old model or the new one, never a mix. Other files kept in ``folder`` are carried over.
+        """Write ``folder`` with ``alarm_config.json``, ``audio_side.safetensors`` (adapters, fusion, separators,
+        BN buffers) and ``SHA256SUMS`` (the weights' checksum, verified by ``from_pretrained``) as a whole
+        (``write_saved_model``): a reader or a killed save leaves the old model or the new one, never a mix.
+        Other files kept in ``folder`` are carried over.
         Encoders and the LLM are not saved: they are rebuilt from their ``path`` (or, when randomly
         initialised, from their config and ``init_seed``, deterministically)."""
         if any(ad.folded for ad in self.audio.adapters.values() if ad.kind == "conv"):
             raise ValueError("this model's BatchNorms were folded (inference only); save before folding")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.audio.state_dict().items()}
-        config_json = self.config.to_json()
-
-        def write(tmp: str) -> None:
-            save_file(state, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
-            atomic_write_text(os.path.join(tmp, CONFIG_NAME), config_json)
-
-        atomic_write_folder(folder, write, owned=(CONFIG_NAME, WEIGHTS_NAME))
+        write_saved_model(folder, self.audio.state_dict(), self.config)
 
     def load_adapter(self, name: str, folder: str, source_name: Optional[str] = None) -> None:
         """Stage B: copy the adapter ``source_name`` (default ``name``) of a saved (stage-A) model in
@@ -419,8 +427,7 @@ class ALARMModel(nn.Module):
             raise ValueError(f"this model has no encoder {name!r}; it has {list(self.audio.adapters)}")
         load_saved_config(folder)  # checks the folder is a saved model
         prefix = f"adapters.{source_name or name}."
-        state = {k[len(prefix):]: v for k, v in _load_weights(os.path.join(folder, WEIGHTS_NAME)).items()
-                 if k.startswith(prefix)}
+        state = {k[len(prefix):]: v for k, v in _load_weights(folder).items() if k.startswith(prefix)}
         if not state:
             raise ValueError(f"{folder} holds no adapter {source_name or name!r}")
         try:
@@ -433,11 +440,13 @@ class ALARMModel(nn.Module):
                         ) -> "ALARMModel":
         """Rebuild a saved model (``overrides`` replace config fields, e.g. ``layout="padded"``).
 
-        Raises ValueError naming the file for a missing folder or file, bad JSON or config, or an
-        unreadable/corrupt weights file (all checked before the frozen encoders and LLM are loaded)."""
+        Raises ValueError naming the file for a missing folder or file, bad JSON or config, a file that differs
+        from its checksum in ``SHA256SUMS`` (``alarm.fileio.CorruptFileError``), or an unreadable weights file
+        (all checked before the frozen encoders and LLM are loaded). A folder saved before checksums existed
+        (no ``SHA256SUMS``) is loaded unverified, with a warning."""
         cfg = load_saved_config(folder, **overrides)
         w_path = os.path.join(folder, WEIGHTS_NAME)
-        state = _load_weights(w_path)
+        state = _load_weights(folder)
         model = cls(cfg, tokenizer=tokenizer, llm=llm)
         missing, unexpected = model.audio.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -473,12 +482,60 @@ def load_saved_config(folder: str, **overrides) -> ALARMConfig:
         raise ValueError(f"{cfg_path}: {e}") from None
 
 
-def _load_weights(path: str) -> Dict[str, Tensor]:
-    """safetensors file -> state dict; ValueError naming ``path`` when it is unreadable or corrupt."""
+def write_saved_model(folder: str, state: Dict[str, Tensor], config: ALARMConfig) -> None:
+    """Write a model folder as a whole (``alarm.fileio.atomic_write_folder``): the audio side's ``state`` in
+    ``audio_side.safetensors`` (its sha256 in ``SHA256SUMS``) and ``config`` in ``alarm_config.json``. Other
+    files already in ``folder`` are carried over."""
+    weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()}, metadata={"format": "pt"})
+    config_json = config.to_json()
+
+    def write(tmp: str) -> None:
+        digest = atomic_write_bytes(os.path.join(tmp, WEIGHTS_NAME), weights)
+        atomic_write_text(os.path.join(tmp, CONFIG_NAME), config_json)
+        atomic_write_text(os.path.join(tmp, CHECKSUMS_NAME), format_checksums({WEIGHTS_NAME: digest}))
+
+    atomic_write_folder(folder, write, owned=(CONFIG_NAME, WEIGHTS_NAME, CHECKSUMS_NAME))
+
+
+def _weights_digest(folder: str) -> Optional[str]:
+    """The weights' sha256 recorded in a model folder's ``SHA256SUMS`` (None: saved before checksums existed)."""
+    sums = os.path.join(folder, CHECKSUMS_NAME)
+    if not os.path.isfile(sums):
+        return None
+    with open(sums, encoding="utf-8", errors="replace") as fh:
+        digests = parse_checksums(fh.read(), sums)
+    if WEIGHTS_NAME not in digests:
+        raise CorruptFileError(f"{sums}: no checksum for {WEIGHTS_NAME}: the checksum list is damaged")
+    return digests[WEIGHTS_NAME]
+
+
+def verify_saved_model(folder: str) -> bool:
+    """Check a model folder's weights against its ``SHA256SUMS``: True when verified, False for a folder saved
+    before checksums existed; CorruptFileError naming the file when they differ or are missing."""
+    load_saved_config(folder)
+    digest = _weights_digest(folder)
+    if digest is not None:
+        verify_files(folder, {WEIGHTS_NAME: digest})
+    return digest is not None
+
+
+def _load_weights(folder: str) -> Dict[str, Tensor]:
+    """The weights of a model folder, checked against its ``SHA256SUMS``; ValueError (``CorruptFileError``)
+    naming the file when they differ or are unreadable. A folder saved before checksums existed is read
+    unchecked, with a warning."""
+    path = os.path.join(folder, WEIGHTS_NAME)
+    digest = _weights_digest(folder)
+    if digest is not None:
+        data = read_verified(path, digest)
+    else:
+        warnings.warn(f"{folder}: saved before checksums existed (no {CHECKSUMS_NAME}): its weights are loaded "
+                      "unverified; save the model again (save_pretrained) to add them", stacklevel=3)
+        with open(path, "rb") as fh:
+            data = fh.read()
     try:
-        return load_file(path)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise ValueError(f"cannot read weights {path}: {e} (corrupt or truncated file?)") from None
+        return load_safetensors(data)
+    except (SafetensorError, RuntimeError, ValueError) as e:
+        raise CorruptFileError(f"cannot read weights {path}: {e} (corrupt or truncated file?)") from None
 
 
 class ALARMEnsemble:

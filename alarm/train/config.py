@@ -35,7 +35,7 @@ __all__ = ["DataConfig", "OptimConfig", "BatchConfig", "RunConfig", "TrainConfig
 # fields that may differ between a run and its resumption (they change neither the maths nor the data order)
 RESUMABLE_CHANGES = {"run.max_steps", "run.log_every", "run.eval_every", "run.save_every", "run.keep_last",
                      "run.sample_every", "run.out_dir", "run.device", "run.progress", "data.num_workers",
-                     "data.eval_batches", "run.plot"}
+                     "data.eval_batches", "run.plot", "optim.nonfinite_step_limit"}
 
 
 @dataclass
@@ -61,7 +61,9 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     """AdamW on the trainable (audio-side) parameters; linear warm-up then cosine decay to
-    ``min_lr_ratio * lr``; gradients clipped to ``grad_clip`` (global L2 norm; 0 disables)."""
+    ``min_lr_ratio * lr``; gradients clipped to ``grad_clip`` (global L2 norm; 0 disables). A step whose loss
+    or gradient is not finite is skipped (the weights are left alone); ``nonfinite_step_limit`` such steps in a
+    row stop the run with an error naming the step and the last good checkpoint (0: never stop)."""
     lr: float = 1e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -69,6 +71,7 @@ class OptimConfig:
     warmup_steps: int = 1500
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
+    nonfinite_step_limit: int = 5
 
 
 @dataclass
@@ -128,6 +131,8 @@ class TrainConfig:
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
             (0.0 <= self.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]"),
             (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0"),
+            (self.optim.nonfinite_step_limit >= 0, "optim.nonfinite_step_limit must be >= 0 (0: never stop)"),
+            (self.run.seed >= 0, "run.seed must be >= 0"),
             (self.batch.max_tokens > 0, "batch.max_tokens must be > 0"),
             (self.batch.accumulation >= 1, "batch.accumulation must be >= 1"),
             (self.batch.attention_cost_tokens >= 0, "batch.attention_cost_tokens must be >= 0"),

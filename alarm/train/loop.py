@@ -5,8 +5,14 @@ the *sum* of its target-token cross-entropies; after the last one, the gradients
 parameters are all-reduced once (one flat buffer, ``torch.distributed``; a second 5-number all-reduce
 carries the step's loss and counters) and divided by the *global* number of target tokens of the step,
 so the result does not depend on how the step was split into micro-batches or ranks. Then: clip, skip the
-step if the loss or gradient is not finite, AdamW, and the learning rate of the next step (warm-up +
-cosine, a pure function of the step).
+step if the loss or gradient is not finite (its BatchNorm statistics undone too), AdamW, and the learning
+rate of the next step (warm-up + cosine, a pure function of the step).
+
+Trust (docs/checkpoints.md): a resumed run is the same run, bit for bit (every random stream a step draws
+from is in the checkpoint or a pure function of the seed, the epoch and the rank); a damaged newest
+checkpoint is reported and the newest intact one used; ``optim.nonfinite_step_limit`` non-finite steps in a
+row, or non-finite weights after loading, stop the run with the step and the last good checkpoint; a run
+never saves non-finite weights or reports "done" with them.
 
 Why not DistributedDataParallel: only the small audio side trains, and a rank may legitimately have
 nothing to run in a micro-batch (all its clips skipped); DDP requires every rank to run the same backward
@@ -18,6 +24,7 @@ import hashlib
 import json
 import math
 import resource
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,12 +34,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from alarm.audio import load_audio
-from alarm.fileio import atomic_write_json, file_sha256
+from alarm.fileio import CorruptFileError, atomic_write_json, file_sha256
 from alarm.model import ALARMModel
 from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX
+from alarm.seeding import derived_seed
 
 from .cache import FeatureCache, cache_key
-from .checkpoint import check_resumable, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (
+    NonFiniteError,
+    check_resumable,
+    checkpoint_state,
+    latest_checkpoint,
+    load_checkpoint,
+    nonfinite_state,
+    resumable_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from .config import RESUMABLE_CHANGES, TrainConfig, build_model_config
 from .data import ClipDataset, Example, Skip, collate, llm_tokens, load_examples, split_eval, write_skip_report
 from .distributed import World, all_reduce_sum, barrier, broadcast_object, gather_lists, init_world, shutdown
@@ -99,10 +117,77 @@ def _set_grads(params: List[torch.nn.Parameter], flat: torch.Tensor) -> None:
 
 
 def _loader(dataset, sampler, collate_fn, cfg: TrainConfig, world: World) -> DataLoader:
+    """The DataLoader of the sampler's current epoch. Its base seed (torch derives each worker's seed from it)
+    comes from its own generator seeded by ``(run.seed, epoch, rank)``: creating the iterator draws nothing
+    from the global CPU generator, which the dropout masks use, so a run resumed mid-epoch draws the same
+    masks as one that never stopped."""
     workers = cfg.data.num_workers
+    generator = torch.Generator().manual_seed(derived_seed(cfg.run.seed, sampler.epoch, world.rank))
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=workers,
                       pin_memory=world.device.type == "cuda", prefetch_factor=4 if workers else None,
-                      persistent_workers=False)
+                      persistent_workers=False, generator=generator)
+
+
+def _next_pack(it):
+    """``next(it)``; a CorruptFileError raised in a DataLoader worker (a damaged cache shard) keeps its own
+    one-line message instead of the worker's traceback."""
+    try:
+        return next(it)
+    except CorruptFileError as exc:
+        lines = str(exc).strip().splitlines()
+        if len(lines) > 1 and lines[0].startswith("Caught "):
+            raise CorruptFileError(lines[-1].split(": ", 1)[-1]) from None
+        raise
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _start_checkpoint(resume: str, run_dir: Path, world: World) -> Optional[Path]:
+    """The checkpoint to resume from (None: a fresh start), chosen on rank 0 and told to every rank.
+
+    "auto": the newest intact one (damaged newer ones reported, CorruptFileError when none is intact);
+    "never": ValueError when the folder holds checkpoints; a folder: it, verified."""
+    choice, failure = None, None
+    if world.is_main:
+        try:
+            if resume == "auto":
+                choice = resumable_checkpoint(str(run_dir), _say)
+            elif resume == "never":
+                if latest_checkpoint(str(run_dir)) is not None:
+                    raise ValueError(f"{run_dir} already holds checkpoints; use --resume auto or another "
+                                     "run.out_dir")
+            else:
+                choice = Path(resume)
+                if not choice.is_dir():
+                    raise ValueError(f"--resume {resume}: not a checkpoint folder")
+                if not verify_checkpoint(choice):
+                    _say(f"alarm train: checkpoint {choice} was written by an older version without checksums: "
+                         "loaded unverified")
+        except ValueError as exc:
+            failure = exc
+    told = broadcast_object((None if choice is None else str(choice), None if failure is None else str(failure)),
+                            world, "choosing the checkpoint to resume from")
+    if failure is not None:
+        raise failure
+    if told[1] is not None:
+        raise ValueError(told[1])
+    return None if told[0] is None else Path(told[0])
+
+
+def _check_finite_start(trainable, buffers, optimizer, start: Optional[Path], run_dir: Path) -> None:
+    """NonFiniteError when a weight, buffer or optimizer moment is not finite before the first step."""
+    bad = nonfinite_state(trainable, buffers, optimizer)
+    if bad is None:
+        return
+    if start is None:
+        raise NonFiniteError(f"the {bad} is not finite before training (check init_adapters and the model's weights)")
+    older = [p for p in sorted((run_dir / "checkpoints").glob("step-*"))
+             if p.name < start.name and not p.name.endswith(".tmp")]
+    raise NonFiniteError(f"step {int(start.name.split('-')[-1])}: checkpoint {start} holds a non-finite {bad} (written "
+                         f"by a run that had diverged); last good checkpoint: "
+                         + (f"{older[-1]} (--resume {older[-1]})" if older else "none"))
 
 
 @torch.no_grad()
@@ -231,26 +316,18 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
                                   weight_decay=cfg.optim.weight_decay, foreach=False)
     flat_cfg = cfg.flat()
     state = {"step": 0, "epoch": 0, "cursor": 0, "tokens": 0, "targets": 0, "audio_seconds": 0.0,
-             "skipped_steps": 0, "skipped_clips": 0}
+             "skipped_steps": 0, "skipped_clips": 0, "nonfinite_streak": 0}
     identity = {"world_size": world.world_size, "accumulation": cfg.batch.accumulation,
                 "data_fingerprint": _data_fingerprint(train_ex, cfg.data.cache),
                 "config_fingerprint": cfg.fingerprint(), "config": flat_cfg,
                 "fingerprinted": sorted(k for k in flat_cfg if k not in RESUMABLE_CHANGES)}
-    start = None
-    if resume == "auto":
-        start = latest_checkpoint(str(run_dir))
-    elif resume == "never":
-        if latest_checkpoint(str(run_dir)) is not None:
-            raise ValueError(f"{run_dir} already holds checkpoints; use --resume auto or another run.out_dir")
-    else:
-        start = Path(resume)
-        if not (start / "COMPLETE").is_file():
-            raise ValueError(f"{resume}: not a complete checkpoint folder")
+    start = _start_checkpoint(resume, run_dir, world)
     if start is not None:
-        check_resumable(json.loads((start / "state.json").read_text(encoding="utf-8")), identity)
-        saved = load_checkpoint(start, trainable, buffers, optimizer)
-        restore_rng(start, world)
-        state.update({k: saved[k] for k in state})
+        check_resumable(checkpoint_state(start), identity)
+        saved = load_checkpoint(start, world, trainable, buffers, optimizer)
+        state.update({k: saved.get(k, state[k]) for k in state})  # nonfinite_streak: absent before it existed
+    _check_finite_start(trainable, buffers, optimizer, start, run_dir)
+    last_good = start if state["nonfinite_streak"] == 0 else None  # newest checkpoint saved outside a streak
     sampler.load_state({"epoch": state["epoch"], "cursor": state["cursor"]})
 
     log = MetricsLogger(str(run_dir), total_steps, state["step"], world.is_main, cfg.run.progress)
@@ -279,10 +356,11 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
             n_micro = sampler.micro_batches(sampler.cursor)
             loss_sum = torch.zeros((), dtype=torch.float64, device=world.device)
             counts = [0, 0, 0.0, 0]  # targets, tokens, audio seconds, skipped clips
+            before = {k: b.clone() for k, b in buffers.items()}  # a skipped step must not keep its BN statistics
             wait = 0.0
             for _ in range(n_micro):
                 t_wait = time.perf_counter()
-                pack = next(it)
+                pack = _next_pack(it)
                 wait += time.perf_counter() - t_wait
                 all_skips += pack.skips
                 counts[3] += len(pack.skips)
@@ -298,8 +376,8 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
             sampler.cursor += 1
             totals = torch.cat([loss_sum[None], torch.tensor(counts, dtype=torch.float64, device=world.device)])
             flat = _flat_grads(params)
-            all_reduce_sum(flat, world)
-            all_reduce_sum(totals, world)
+            all_reduce_sum(flat, world, f"the gradient all-reduce of step {step + 1}")
+            all_reduce_sum(totals, world, f"the loss all-reduce of step {step + 1}")
             _average_running_stats(buffers, world)
             flat /= totals[1].clamp(min=1.0)
             _set_grads(params, flat)
@@ -312,8 +390,13 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
                     for p in params:
                         p.grad.mul_(cfg.optim.grad_clip / (grad_norm + 1e-6))
                 optimizer.step()
+                state["nonfinite_streak"] = 0
             else:
                 state["skipped_steps"] += 1
+                state["nonfinite_streak"] += 1
+                with torch.no_grad():
+                    for k, b in buffers.items():
+                        b.copy_(before[k])
             optimizer.zero_grad(set_to_none=True)
             step += 1
             state.update(step=step, epoch=sampler.epoch, cursor=sampler.cursor)
@@ -327,6 +410,13 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
                         audio_h_per_s=float(totals[3]) / 3600 / seconds, data_wait=wait / seconds,
                         peak_mem_gb=_peak_memory_gb(world), step_s=seconds, skipped_steps=state["skipped_steps"],
                         skipped_clips=state["skipped_clips"])
+            streak, limit = state["nonfinite_streak"], cfg.optim.nonfinite_step_limit
+            if limit and streak >= limit:  # every rank holds the same all-reduced loss: all stop here alike
+                raise NonFiniteError(
+                    f"step {step}: {streak} steps in a row had a non-finite loss or gradient (last: loss={loss:.4g} "
+                    f"grad_norm={grad_norm:.4g}; optim.nonfinite_step_limit={limit}); they were skipped, nothing "
+                    f"non-finite was saved; last good checkpoint (saved before the streak): {last_good or 'none'} "
+                    "(damaged data, too high a learning rate, bf16 overflow?)")
             if eval_ex and cfg.run.eval_every and step % cfg.run.eval_every == 0:
                 last_eval = evaluate(model, eval_ex, prefix, header_len, rate, cfg, world, cache)
                 log.log("eval", step, **last_eval)
@@ -334,15 +424,16 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
                 for row in _samples(model, eval_ex or train_ex, cfg.run.samples):
                     log.log("sample", step, **row)
             if cfg.run.save_every and step % cfg.run.save_every == 0 and step < total_steps:
-                save_checkpoint(str(run_dir), step, world, trainable, buffers, optimizer, {**state, **identity},
-                                cfg.run.keep_last)
+                saved_at = save_checkpoint(str(run_dir), step, world, trainable, buffers, optimizer,
+                                           {**state, **identity}, cfg.run.keep_last)
+                last_good = saved_at if state["nonfinite_streak"] == 0 else last_good
         if sampler.cursor >= sampler.steps_per_epoch():
             sampler.load_state({"epoch": sampler.epoch + 1, "cursor": 0})
             state.update(epoch=sampler.epoch, cursor=0)
 
     # ---- the end -------------------------------------------------------------------------------
     final_ckpt = save_checkpoint(str(run_dir), step, world, trainable, buffers, optimizer, {**state, **identity},
-                                 cfg.run.keep_last)
+                                 cfg.run.keep_last)  # NonFiniteError before anything is written: no final/, no "done"
     all_skips = list({s.id: s for s in gather_lists(all_skips, world)}.values())  # each clip once
     summary = {"steps": step, "tokens": state["tokens"], "targets": state["targets"],
                "audio_hours": state["audio_seconds"] / 3600, "skipped_steps": state["skipped_steps"],

@@ -1,8 +1,12 @@
 """Saves are atomic and honour the umask: ``alarm.fileio`` and ``ALARMModel.save_pretrained``.
 
+Model folders carry the weights' sha256 (``SHA256SUMS``): ``from_pretrained`` refuses damaged weights naming
+the file, and still loads a folder saved before checksums existed, with a warning.
+
 The kill test forks a writer that saves two model versions (different weights and configs) in a loop
 and SIGKILLs it at random moments (after 0-3 completed saves, then 0-10 ms): the folder must always hold
 exactly one whole version, bit for bit."""
+import hashlib
 import json
 import os
 import random
@@ -14,11 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alarm.fileio import TMP_PREFIX, atomic_write_folder, atomic_write_json, atomic_write_text
+from alarm.fileio import TMP_PREFIX, CorruptFileError, atomic_write_folder, atomic_write_json, atomic_write_text
 from alarm.model import ALARMConfig, ALARMModel
-from alarm.model.alarm_model import CONFIG_NAME, WEIGHTS_NAME
+from alarm.model.alarm_model import CHECKSUMS_NAME, CONFIG_NAME, WEIGHTS_NAME, verify_saved_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+MODEL_FILES = sorted([CONFIG_NAME, WEIGHTS_NAME, CHECKSUMS_NAME])
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +101,7 @@ def test_save_keeps_other_files_in_the_folder(tmp_path, small_model):
     os.chmod(folder / "notes.txt", 0o400)  # read-only: carried over untouched
     small_model.save_pretrained(str(folder))
     small_model.save_pretrained(str(folder))
-    assert sorted(os.listdir(folder)) == [CONFIG_NAME, WEIGHTS_NAME, "notes.txt", "optim"]
+    assert sorted(os.listdir(folder)) == sorted([CONFIG_NAME, WEIGHTS_NAME, CHECKSUMS_NAME, "notes.txt", "optim"])
     assert (folder / "notes.txt").read_text() == "mine" and _mode(folder / "notes.txt") == 0o400
     assert (folder / "optim" / "state.bin").read_bytes() == b"123"
     assert _leftovers(tmp_path) == []
@@ -109,7 +114,7 @@ def test_save_cleans_leftovers_of_a_killed_save(tmp_path, small_model):
     stale.mkdir()
     (stale / WEIGHTS_NAME).write_bytes(b"\0" * 1000)
     small_model.save_pretrained(str(folder))
-    assert _leftovers(tmp_path) == [] and sorted(os.listdir(folder)) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert _leftovers(tmp_path) == [] and sorted(os.listdir(folder)) == MODEL_FILES
 
 
 def _versions(model):
@@ -159,6 +164,8 @@ def test_kill_during_save_leaves_old_or_new_whole(tmp_path, small_model):
         trials += 1
         cfg = json.loads(open(os.path.join(folder, CONFIG_NAME), encoding="utf-8").read())
         weights = load_file(os.path.join(folder, WEIGHTS_NAME))
+        assert _recorded_sha256(folder) == hashlib.sha256(open(os.path.join(folder, WEIGHTS_NAME), "rb").read()
+                                                          ).hexdigest()  # the checksum belongs to these weights
         which = {4096: 0, 4097: 1}[cfg["max_length"]]
         want = versions[which][0]
         assert weights.keys() == want.keys()
@@ -170,7 +177,55 @@ def test_kill_during_save_leaves_old_or_new_whole(tmp_path, small_model):
     small_model.audio.load_state_dict(versions[0][0])
     small_model.config.max_length = 4096
     small_model.save_pretrained(folder)  # the next save removes whatever the kills left
-    assert _leftovers(tmp_path) == [] and sorted(os.listdir(folder)) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert _leftovers(tmp_path) == [] and sorted(os.listdir(folder)) == MODEL_FILES
     loaded = ALARMModel.from_pretrained(folder, tokenizer=small_model.tokenizer, llm=small_model.llm)
     for name, tensor in versions[0][0].items():
         assert torch.equal(loaded.audio.state_dict()[name], tensor), name
+
+
+def _recorded_sha256(folder) -> str:
+    """The weights' digest in SHA256SUMS, read as ``sha256sum -c`` would (``<hex>  <name>``)."""
+    lines = open(os.path.join(folder, CHECKSUMS_NAME), encoding="utf-8").read().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f"  {WEIGHTS_NAME}"), lines
+    return lines[0].split("  ")[0]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "zero64", "sums"])
+def test_damaged_weights_are_refused_naming_the_file(tmp_path, small_model, damage):
+    folder = tmp_path / "m"
+    small_model.save_pretrained(str(folder))
+    weights = folder / WEIGHTS_NAME
+    data = bytearray(weights.read_bytes())
+    if damage == "flip":  # one bit in the tensor data (the file still parses: only the checksum can tell)
+        data[len(data) - 7] ^= 0x10
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "zero64":  # the issue's bit rot: 64 bytes in the middle overwritten
+        data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    if damage == "sums":
+        (folder / CHECKSUMS_NAME).write_text("not a checksum line\n")
+        match = f"{CHECKSUMS_NAME}:1: not a sha256sum line"
+    else:
+        weights.write_bytes(bytes(data))
+        match = f"{WEIGHTS_NAME}: corrupt or incomplete"
+    with pytest.raises(CorruptFileError, match=match):
+        ALARMModel.from_pretrained(str(folder), tokenizer=small_model.tokenizer, llm=small_model.llm)
+    target = ALARMModel(ALARMConfig.tiny("sum", n_encoders=1))
+    with pytest.raises(CorruptFileError, match=match):  # stage B copying a stage-A adapter checks it too
+        target.load_adapter("whisper", str(folder))
+    with pytest.raises(CorruptFileError, match=match):
+        verify_saved_model(str(folder))
+
+
+def test_folder_saved_before_checksums_loads_with_a_warning(tmp_path, small_model):
+    folder = tmp_path / "m"
+    small_model.save_pretrained(str(folder))
+    assert verify_saved_model(str(folder)) is True
+    (folder / CHECKSUMS_NAME).unlink()  # what an older version wrote
+    with pytest.warns(UserWarning, match="saved before checksums existed"):
+        loaded = ALARMModel.from_pretrained(str(folder), tokenizer=small_model.tokenizer, llm=small_model.llm)
+    for name, tensor in small_model.audio.state_dict().items():
+        assert torch.equal(loaded.audio.state_dict()[name], tensor), name
+    assert verify_saved_model(str(folder)) is False
+    small_model.save_pretrained(str(folder))  # saving again adds them
+    assert _recorded_sha256(folder) == hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()

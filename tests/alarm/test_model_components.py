@@ -156,7 +156,7 @@ def test_save_load_round_trip(ca_model, tmp_path):
         ca_model.audio.fusion.out_proj.bias.normal_()  # differ from a fresh init
         before = ca_model(clips, 16000, ["a", "b"], ["x y", "z"]).loss
     ca_model.save_pretrained(str(tmp_path / "m"))
-    assert sorted(os.listdir(tmp_path / "m")) == ["alarm_config.json", "audio_side.safetensors"]
+    assert sorted(os.listdir(tmp_path / "m")) == ["SHA256SUMS", "alarm_config.json", "audio_side.safetensors"]
     loaded = ALARMModel.from_pretrained(str(tmp_path / "m"))
     for k, v in ca_model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k

@@ -1,6 +1,8 @@
 """The frozen-feature cache: exactly what recomputation gives, at both levels; stale caches refused;
-an interrupted build resumes; a batch from the cache trains exactly like one from audio."""
+an interrupted build resumes; a batch from the cache trains exactly like one from audio; damaged shards are
+named when read and repaired by a rebuild; non-finite features are never stored."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +11,8 @@ import torch
 
 from alarm.model import ALARMConfig, ALARMModel
 from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX
-from alarm.train.cache import FeatureCache, build_cache, cache_key
+from alarm.fileio import CorruptFileError
+from alarm.train.cache import FeatureCache, build_cache, cache_key, verify_cache
 from alarm.train.data import ClipDataset, collate, load_examples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,6 +106,100 @@ def test_interrupted_build_resumes(stage_b, corpus, tmp_path):
     (folder / ".tmp-half-shard-00002.safetensors").write_bytes(b"partial")
     stamp = (folder / "shard-00000.safetensors").stat().st_mtime_ns
     again = build_cache(stage_b, examples, str(folder), level="encoder", shard_size=2, progress=False)
-    assert again == first
+    rebuilt = "shard-00001.safetensors"  # same tensors; safetensors orders its metadata freely, so not the same bytes
+    assert {k: v for k, v in again.items() if k != "shard_sha256"} == {k: v for k, v in first.items()
+                                                                      if k != "shard_sha256"}
+    assert {k: v for k, v in again["shard_sha256"].items() if k != rebuilt} == \
+        {k: v for k, v in first["shard_sha256"].items() if k != rebuilt}
+    assert verify_cache(str(folder))[1] == []
     assert (folder / "shard-00000.safetensors").stat().st_mtime_ns == stamp  # finished shards are kept
     assert not list(folder.glob(".tmp-*"))
+
+
+def _flip(path, offset_from_end=9):
+    data = bytearray(path.read_bytes())
+    data[len(data) - offset_from_end] ^= 0x01  # inside the last tensor's data: the file still parses
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_shard_is_named_when_read_and_rebuilt(stage_b, corpus, tmp_path):
+    examples = _examples(stage_b, corpus)
+    folder = tmp_path / "d"
+    index = build_cache(stage_b, examples, str(folder), level="encoder", shard_size=2, progress=False)
+    key = cache_key(stage_b, "encoder", "float32")
+    want = {e.id: {n: t.clone() for n, t in FeatureCache.open(str(folder), key).get(e.id).tensors.items()}
+            for e in examples}
+    _flip(folder / "shard-00001.safetensors")
+    cache = FeatureCache.open(str(folder), key)
+    in_shard = {e.id for e in examples if index["examples"][e.id] in index["shards"]["shard-00001.safetensors"]}
+    assert len(in_shard) == 2
+    failed = set()
+    for e in examples:
+        if e.id in in_shard:
+            try:
+                cache.get(e.id)
+            except CorruptFileError as exc:
+                assert "shard-00001.safetensors: corrupt" in str(exc) and e.id in str(exc)
+                failed.add(e.id)
+        else:
+            assert all(torch.equal(t, want[e.id][n]) for n, t in cache.get(e.id).tensors.items())
+    assert len(failed) == 1  # the flipped byte lies in one clip's features; its neighbour still verifies
+    _, damaged = verify_cache(str(folder))
+    assert len(damaged) == 1 and "shard-00001.safetensors: corrupt or incomplete" in damaged[0]
+    build_cache(stage_b, examples, str(folder), level="encoder", shard_size=2, progress=False)  # repairs it
+    assert verify_cache(str(folder))[1] == []
+    repaired = FeatureCache.open(str(folder), key)
+    for e in examples:
+        assert all(torch.equal(t, want[e.id][n]) for n, t in repaired.get(e.id).tensors.items())
+
+
+def test_truncated_or_missing_shard_is_named(stage_b, corpus, tmp_path):
+    examples = _examples(stage_b, corpus)
+    folder = tmp_path / "t"
+    build_cache(stage_b, examples, str(folder), level="encoder", shard_size=5, progress=False)
+    key = cache_key(stage_b, "encoder", "float32")
+    shard = folder / "shard-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(CorruptFileError, match="shard-00000.safetensors: unreadable"):
+        FeatureCache.open(str(folder), key).get(examples[0].id)
+    shard.unlink()
+    with pytest.raises(CorruptFileError, match="shard-00000.safetensors: missing"):
+        FeatureCache.open(str(folder), key)
+
+
+def test_nonfinite_features_are_refused(stage_b, corpus, tmp_path, monkeypatch):
+    examples = _examples(stage_b, corpus)
+    real = stage_b.encode
+
+    def overflowing(waves, rates):  # the first clip of each call comes out with an infinity (e.g. a float16 overflow)
+        feats = real(waves, rates)
+        name = next(iter(feats))
+        layers, cu = feats[name]
+        layers[0][int(cu[0])] = float("inf")
+        return feats
+
+    monkeypatch.setattr(stage_b, "encode", overflowing)
+    index = build_cache(stage_b, examples, str(tmp_path / "n"), level="encoder", batch_size=5, progress=False)
+    assert index["clips"] == 4 and len(index["skipped"]) == 1
+    assert index["skipped"][0]["reason"].startswith("non-finite encoder features (whisper")
+    assert index["skipped"][0]["audio"] == examples[0].audio
+    cache = FeatureCache.open(str(tmp_path / "n"), cache_key(stage_b, "encoder", "float32"))
+    assert cache.get(examples[0].id) is None
+    assert all(bool(torch.isfinite(t).all()) for e in examples[1:] for t in cache.get(e.id).tensors.values())
+
+
+def test_cache_built_before_checksums_is_read_with_a_warning(stage_b, corpus, tmp_path):
+    examples = _examples(stage_b, corpus)
+    folder = tmp_path / "o"
+    build_cache(stage_b, examples, str(folder), level="encoder", progress=False)
+    index = json.loads((folder / "index.json").read_text())
+    for field in ("clip_sha256", "shard_sha256"):  # what an older version wrote
+        del index[field]
+    (folder / "index.json").write_text(json.dumps(index))
+    with pytest.warns(UserWarning, match="built before checksums existed"):
+        cache = FeatureCache.open(str(folder), cache_key(stage_b, "encoder", "float32"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.get(examples[0].id) is not None
+    with pytest.raises(ValueError, match="nothing to check against"):
+        verify_cache(str(folder))
