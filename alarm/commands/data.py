@@ -1,4 +1,6 @@
-"""``alarm data``: training data from the published ALARM corpora (docs/data.md).
+"""Build training manifests from the published ALARM corpora and local copies of their source datasets.
+
+Reference: docs/data.md.
 
     alarm data sources
     alarm data import-corpora --corpus ALARM-Corpora --out data/alarm \\
@@ -7,18 +9,26 @@
 """
 from __future__ import annotations
 
-import argparse
+from alarm.commands import add_command
+
+SOURCES_DOC = """List the datasets of the published corpora, the ids of their rows and the folder layout each expects.
+"""
+IMPORT_DOC = """Turn the published corpora (JSONL or parquet) plus local audio into train and validation manifests.
+
+Writes train.jsonl, validation.jsonl, report.json (per-dataset counts) and missing.tsv atomically; a rerun
+writes identical bytes. Clips the official scripts build (VoxCeleb pairs, dialogue and meeting windows,
+segments) are built once as FLAC.
+"""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="training manifests from the published ALARM corpora",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "data", __doc__)
     sub = p.add_subparsers(dest="data_command", required=True)
 
-    s = sub.add_parser("sources", help="list the datasets of the corpora, their ids and expected layouts")
+    s = add_command(sub, "sources", SOURCES_DOC)
     s.set_defaults(func=_sources)
 
-    i = sub.add_parser("import-corpora", help="corpora (JSONL or parquet) + local audio -> train/validation manifests")
+    i = add_command(sub, "import-corpora", IMPORT_DOC)
     i.add_argument("--corpus", required=True,
                    help="folder with the corpus files: <split>.jsonl, <split>.parquet or <split>-*.parquet (the hub's "
                         "shards), at any depth; parquet needs pyarrow (pip install 'alarm-toolkit[corpora]')")
