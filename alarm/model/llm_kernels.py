@@ -107,10 +107,11 @@ def convert_fp8(model: nn.Module, emulate: bool) -> int:
     """Replace the decoder layers' eligible linear layers by torchao ``Float8Linear`` (tensorwise dynamic
     scaling; ``emulate``: matmuls in high precision). Returns the number of layers converted."""
     float8 = _require("torchao.float8", "llm_fp8")
+    linear_cls = _require("torchao.float8.float8_linear", "llm_fp8").Float8Linear
     config = float8.Float8LinearConfig(emulate=emulate)
     for layer in _decoder(model).layers:
         float8.convert_to_float8_training(layer, config=config, module_filter_fn=_fp8_eligible)
-    return sum(isinstance(m, float8.Float8Linear) for m in model.modules())
+    return sum(isinstance(m, linear_cls) for m in model.modules())
 
 
 def apply_llm_options(model: nn.Module, kernels: str, fp8: str) -> None:

@@ -47,8 +47,8 @@ def test_correctness_e2e_and_sync_files(tmp_path):
     assert "| correctness.json | triton | bfloat16 | 1 | 1 | 0 |" in text
     assert "| correctness.json | cuda | bfloat16 | 1 | 0 | 0 |" in text
     assert "| e2e_old.json | CA | 8 | ? | 1 | fast | none | 2.000 | 150 | 8.00 |  | 1.00000 | 1.50 |" in text
-    new_row = ("| e2e_step.json | CA | 8 | B | 2 | fast | liger | 0.500 (0.450-0.600) | 900 | 40.50 | 35.1% | 2.00000 | "
-               "3.10 |")
+    new_row = ("| e2e_step.json | CA | 8 | B | 2 | fast | liger | 0.500 (0.450-0.600) | 900 | 40.50 | 35.1% | "
+               "2.00000 | 3.10 |")
     assert new_row in text
     assert "| from cached features | 2 | 0 | 3 |" in text
 
