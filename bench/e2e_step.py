@@ -134,7 +134,9 @@ class OpsSeen(TorchDispatchMode):
         kwargs = kwargs or {}
         name = func._schema.name
         if name.startswith("alarm_kernels::"):
-            backend = kwargs.get("backend", args[-1] if args and isinstance(args[-1], str) else "?")
+            names = [a.name for a in func._schema.arguments]  # the op's "backend" argument, wherever it sits
+            i = names.index("backend") if "backend" in names else None
+            backend = kwargs.get("backend", args[i] if i is not None and i < len(args) else "?")
             self.backends.setdefault(name.split("::", 1)[1], set()).add(str(backend))
         elif "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
             self.attention.add(name.split("::", 1)[1])
@@ -386,7 +388,7 @@ def main(argv=None) -> int:
     shared: dict = {}
     feats = None
     sha, dirty = git_state()
-    path = os.path.join(args.out, f"{args.name}.json")
+    result_path = os.path.join(args.out, f"{args.name}.json")
 
     def write_report(complete: bool) -> dict:
         """The result file, rewritten after every (stage, rate): a run cut short keeps what it measured."""
@@ -408,7 +410,7 @@ def main(argv=None) -> int:
             note="peak_memory_gib: torch.cuda.max_memory_allocated per step (max over the timed steps); not measured "
                  "on CPU (max_rss_gib is the whole process's). MFU: model_flops / median step time / peak_tflops "
                  "(spec_bf16 when known, else measured_matmul); GPU only.")
-        atomic_write_json(path, report)
+        atomic_write_json(result_path, report)
         return report
     for stage in args.stages:
         for rate in args.token_rates:
@@ -463,7 +465,7 @@ def main(argv=None) -> int:
     print(f"device {report['device']}, {args.clock} clock, {report['threads']} threads, peak "
           f"{peak['spec_bf16'] or '?'} TFLOP/s spec, {peak['measured_matmul']:.3g} measured ({peak['measured_dtype']})")
     print_rows(rows, censuses)
-    print(f"-> {path}")
+    print(f"-> {result_path}")
     return 0
 
 
