@@ -168,6 +168,19 @@ def peak_tflops(device: torch.device) -> dict:
                 device_type=device.type)
 
 
+def package_versions(names=("triton", "liger-kernel", "torchao")) -> Dict[str, Optional[str]]:
+    """Installed versions of the optional packages the step may use (None: not installed)."""
+    from importlib import metadata
+
+    out: Dict[str, Optional[str]] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def _hf_encoder_config(spec: EncoderSpec):
     """The transformers config of a Whisper / w2v-BERT encoder spec (its ``hf_config``, else its ``path``)."""
     from transformers import AutoConfig, Wav2Vec2BertConfig, WhisperConfig
@@ -402,7 +415,8 @@ def main(argv=None) -> int:
             threads=torch.get_num_threads(),
             device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             torch=torch.__version__, transformers=__import__("transformers").__version__, cuda=torch.version.cuda,
-            python=platform.python_version(), git_sha=sha, git_dirty=dirty, attention=dict(
+            python=platform.python_version(), packages=package_versions(), git_sha=sha, git_dirty=dirty,
+            attention=dict(
                 llm_packed="alarm_packed (alarm_kernels.packed_attention)", llm_padded="sdpa (torch SDPA)",
                 fusion_packed="alarm_kernels.packed_attention", fusion_padded="torch SDPA"),
             peak_tflops=peak, census=censuses, rows=rows, profile=profiles,

@@ -21,6 +21,7 @@ def report(tmp_path_factory):
 def test_rows_cover_every_stage_rate_and_path_with_their_statistics(report):
     _, data = report
     assert data["complete"] and data["config"] == "quick" and data["clock"] == "process"
+    assert data["packages"]["triton"] and data["git_sha"] and data["torch"]
     keys = {(r["stage"], r["token_rate"], r["path"], r["llm"]) for r in data["rows"]}
     assert keys == {(s, t, p, "none") for s in "AB" for t in (1, 2) for p in ("reference", "fast")}
     for r in data["rows"]:
