@@ -329,6 +329,16 @@ def compare_rows(rows: List[dict]) -> None:
             row["loss_rel_diff_vs_fast_none"] = abs(plain["loss"] - row["loss"]) / max(abs(plain["loss"]), 1e-12)
 
 
+def fastest_llm_variants(rows: List[dict]) -> Dict[str, str]:
+    """Per stage and rate with more than one fast-path LLM option: the option with the lowest median step."""
+    out = {}
+    for key in {(r["stage"], r["token_rate"]) for r in rows}:
+        fast = [r for r in rows if (r["stage"], r["token_rate"]) == key and r["path"] == "fast"]
+        if len(fast) > 1:
+            out[f"{key[0]}@{key[1]}"] = min(fast, key=lambda r: r["step_s"]["median"])["llm"]
+    return dict(sorted(out.items()))
+
+
 def print_rows(rows: List[dict], censuses: Dict[str, dict]) -> None:
     for key, c in censuses.items():
         f = c["flops"]
@@ -419,7 +429,8 @@ def main(argv=None) -> int:
             attention=dict(
                 llm_packed="alarm_packed (alarm_kernels.packed_attention)", llm_padded="sdpa (torch SDPA)",
                 fusion_packed="alarm_kernels.packed_attention", fusion_padded="torch SDPA"),
-            peak_tflops=peak, census=censuses, rows=rows, profile=profiles,
+            peak_tflops=peak, census=censuses, rows=rows, fastest_llm_variant=fastest_llm_variants(rows),
+            profile=profiles,
             max_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             note="peak_memory_gib: torch.cuda.max_memory_allocated per step (max over the timed steps); not measured "
                  "on CPU (max_rss_gib is the whole process's). MFU: model_flops / median step time / peak_tflops "

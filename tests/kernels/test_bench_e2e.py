@@ -89,7 +89,15 @@ def test_unavailable_llm_variant_is_recorded_not_fatal(tmp_path, monkeypatch):
     assert e2e_step.main(args) == 0
     data = json.loads((tmp_path / "variants.json").read_text())
     assert {r["llm"] for r in data["rows"]} == {"none"} and "liger-kernel" in data["llm_variants_unavailable"]["liger"]
-    assert data["profile"] == {}
+    assert data["profile"] == {} and data["fastest_llm_variant"] == {}
+
+
+def test_fastest_llm_variant_per_stage_and_rate():
+    row = lambda stage, llm, median, path="fast": dict(stage=stage, token_rate=1, path=path, llm=llm,  # noqa: E731
+                                                       step_s=dict(median=median))
+    rows = [row("B", "none", 1.0), row("B", "liger", 0.8), row("B", "fp8", 0.9), row("B", "none", 0.1, "reference"),
+            row("A", "none", 2.0)]
+    assert e2e_step.fastest_llm_variants(rows) == {"B@1": "liger"}
 
 
 def test_usage_errors(tmp_path, capsys):
