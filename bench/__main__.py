@@ -33,7 +33,11 @@ def _timed_rows(data: dict) -> Dict[Tuple[str, str, str, str], float]:
     """Row key -> seconds, from a kernel result file (``rows``) or an e2e result file (``results``)."""
     if "rows" in data:
         return {_row_key(r): r["ms"] * 1e-3 for r in data["rows"] if "ms" in r}
-    if "results" in data:
+    if data.get("bench") == "e2e_step" and "rows" in data:
+        case = f"{data.get('fusion', '')} batch={data.get('batch', '')}"
+        return {("e2e_step", f"{case} stage={r['stage']} rate={r['token_rate']}", "fwd+bwd", f"{r['path']}/{r['llm']}"):
+                r["step_s"]["median"] for r in data["rows"]}
+    if "results" in data:  # an e2e file written before the rows above
         case = f"{data.get('fusion', '')} batch={data.get('batch', '')}"
         return {("e2e_step", case, "fwd+bwd", path): r["step_s_median"] for path, r in data["results"].items()}
     raise ValueError("not a benchmark result file: it has neither 'rows' nor 'results'")
@@ -59,11 +63,13 @@ def compare(path_a: str, path_b: str) -> List[str]:
 
 
 def run_e2e(out: str, quick: bool, timeout_s: float) -> dict:
-    """Run ``bench/e2e_step.py`` in a subprocess (its own process: a crash or a hang costs only this row)."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e_step.py")
-    cmd = [sys.executable, script, "--out", out] + (["--quick", "--steps", "1"] if quick else [])
+    """Run ``bench/e2e_step.py`` (stages A and B at token rate 1) in a subprocess (its own process: a crash or a hang
+    costs only this row)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "bench.e2e_step", "--out", out, "--token-rates", "1"]
+    cmd += ["--config", "quick", "--steps", "1", "--warmup", "1", "--no-profile"] if quick else []
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=root)
     except subprocess.TimeoutExpired:
         return {"status": f"timed out after {timeout_s:.0f} s"}
     if proc.returncode != 0:

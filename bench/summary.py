@@ -7,7 +7,8 @@ Reads every ``*.json`` below the folder and prints, per kind of file found:
 - kernel files (``rows``): per case and direction, the reference time, each fast variant's time and speedup
   over the reference and over the fastest peer (torch.compile, FlexAttention, torch's varlen attention, flash-attn,
   cuBLAS on a materialized concat), with its achieved TFLOP/s or GB/s and fraction of the measured ceiling;
-- end-to-end files (``bench/e2e_step.py``): tokens/s, peak memory and loss per path;
+- end-to-end files (``bench/e2e_step.py``): per stage, token rate, path and LLM option: median and p10-p90 step
+  time, tokens/s, peak memory (GiB), MFU, loss and speedup over the reference;
 - training runs (``bench/train_run.py``): tokens/s, audio hours/s, step time, data wait, peak memory, losses;
 - sync counts (``bench/sync_count.py``).
 Rows of the same case in several files: the file named later (sorted path) wins.
@@ -82,25 +83,46 @@ def kernel_table(files: List[Tuple[Path, dict]]) -> List[str]:
     return lines
 
 
+def _e2e_rows(data: dict) -> List[dict]:
+    """An e2e result file's rows in the current form (``bench/e2e_step.py``'s ``rows``). Files written before it
+    (``results`` per path, ``peak_memory_mb`` in MiB) are read as stage "?" rows with their memory in GiB."""
+    if "rows" in data:
+        return data["rows"]
+    rows = []
+    for name, r in data["results"].items():
+        mib = r.get("peak_memory_mb")
+        rows.append(dict(stage="?", token_rate=data.get("token_rate_ratio", 1), path=name, llm="none",
+                         step_s=dict(median=r["step_s_median"], p10=None, p90=None),
+                         tokens_per_s=r["tokens_per_s"], peak_memory_gib=None if mib is None else mib / 1024,
+                         mfu=None, loss=r["loss"],
+                         speedup_vs_reference=data.get("speedup") if name == "fast" else None))
+    return rows
+
+
 def e2e_table(files: List[Tuple[Path, dict]]) -> List[str]:
-    lines = ["| file | fusion | batch x seconds | path | step s | tokens/s | peak MiB | loss | speedup |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
+    lines = ["| file | fusion | clips | stage | rate | path | LLM | step s median (p10-p90) | tokens/s | peak GiB "
+             "| MFU | loss | x reference |", "|---|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for path, data in files:
-        for name, r in data["results"].items():
-            speedup = f"{data['speedup']:.2f}x" if name == "fast" and "speedup" in data else ""
-            lines.append(f"| {path.name} | {data.get('fusion', '')} | {data.get('batch', '')} x "
-                         f"{data.get('clip_seconds', '')} | {name} | {r['step_s_median']:.3f} | "
-                         f"{r['tokens_per_s']:.0f} | {r['peak_memory_mb']:.0f} | {r['loss']:.5f} | {speedup} |")
+        for r in _e2e_rows(data):
+            s = r["step_s"]
+            spread = f" ({s['p10']:.3f}-{s['p90']:.3f})" if s.get("p10") is not None else ""
+            speedup = r.get("speedup_vs_reference")
+            lines.append(f"| {path.name} | {data.get('fusion', '')} | {data.get('batch', '')} | {r['stage']} | "
+                         f"{r['token_rate']} | {r['path']} | {r.get('llm', 'none')} | {s['median']:.3f}{spread} | "
+                         f"{r['tokens_per_s']:.0f} | {fmt(r.get('peak_memory_gib'), '.2f')} | "
+                         f"{fmt(r.get('mfu'), '.1%')} | {r['loss']:.5f} | {fmt(speedup, '.2f')} |")
     return lines
 
 
 def train_run_table(files: List[Tuple[Path, dict]]) -> List[str]:
-    lines = ["| device | ranks | steps | tokens/s | audio h/s | step ms | data wait | peak GB | loss first -> last |",
+    lines = ["| device | ranks | steps | tokens/s | audio h/s | step ms | data wait | peak GiB | loss first -> last |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for _, d in files:
         lines.append(f"| {d['device']} | {d['nproc']} | {d['steps']} | {d['tokens_per_s']:.0f} | "
                      f"{d['audio_hours_per_s']:.3f} | {d['step_s'] * 1e3:.0f} | {d['data_wait_share']:.0%} | "
-                     f"{d['peak_memory_gb']:.2f} | {d['loss_first']:.3f} -> {d['loss_last']:.3f} |")
+                     f"{d.get('peak_memory_gib', d.get('peak_memory_gb', 0.0)):.2f} | {d['loss_first']:.3f} -> "
+                     f"{d['loss_last']:.3f} |")
     return lines
 
 

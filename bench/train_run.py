@@ -55,7 +55,7 @@ def summarize(metrics: Path) -> dict:
     med = lambda key: statistics.median(r[key] for r in timed)  # noqa: E731
     return {"steps": len(train), "tokens_per_s": med("tokens_per_s"), "audio_hours_per_s": med("audio_h_per_s"),
             "step_s": med("step_s"), "data_wait_share": med("data_wait"),
-            "peak_memory_gb": max(r.get("peak_mem_gb", 0.0) for r in train),
+            "peak_memory_gib": max(r.get("peak_mem_gb", 0.0) for r in train),  # the trainer's figure is GiB
             "loss_first": train[0]["loss"], "loss_last": train[-1]["loss"]}
 
 
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     atomic_write_json(out / "train_run.json", result)
     print(f"train_run: {result['steps']} steps on {args.nproc} rank(s) of {result['device']}: "
           f"{result['tokens_per_s']:.0f} tokens/s, {result['step_s'] * 1e3:.0f} ms/step, "
-          f"peak {result['peak_memory_gb']:.2f} GB, loss {result['loss_first']:.3f} -> {result['loss_last']:.3f} "
+          f"peak {result['peak_memory_gib']:.2f} GiB, loss {result['loss_first']:.3f} -> {result['loss_last']:.3f} "
           f"-> {out / 'train_run.json'}")
     return 0
 

@@ -36,7 +36,7 @@ done
 
 echo "$TORCH_CPU" > "$tmp/torch-cpu.txt"
 echo "$TORCH_GPU" > "$tmp/torch-gpu.txt"
-common=(pyproject.toml requirements/build.in --extra test --generate-hashes --no-header --quiet)
+common=(pyproject.toml requirements/build.in --extra test --extra liger --generate-hashes --no-header --quiet)
 "$uv" pip compile "${common[@]}" "${find_links[@]}" -c "$tmp/torch-cpu.txt" \
   --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/cpu.lock
 "$uv" pip compile "${common[@]}" -c "$tmp/torch-gpu.txt" --universal --python-version 3.10 -o requirements/gpu.lock

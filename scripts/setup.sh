@@ -54,7 +54,7 @@ else
   echo "setup: installing the newest versions pyproject.toml allows, with $torch_pin"
   echo "$torch_pin" > "$VENV/torch-pin.txt"
   pip install --upgrade setuptools wheel
-  pip install --upgrade --upgrade-strategy eager -c "$VENV/torch-pin.txt" --no-build-isolation -e ".[test]"
+  pip install --upgrade --upgrade-strategy eager -c "$VENV/torch-pin.txt" --no-build-isolation -e ".[test,liger]"
 fi
 echo "setup: installing the project (editable, no dependencies of its own)"
 pip install --no-deps --no-build-isolation -e .

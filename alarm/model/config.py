@@ -18,6 +18,8 @@ STAGES = ("A", "B")
 LAYOUTS = ("packed", "padded")
 LEGACY_PATHS = {"fast": "packed", "reference": "padded"}  # the execution mode's name before it was ``layout``
 ADAPTERS = ("conv", "mlp", "pool", "identity")
+LLM_KERNELS = ("none", "liger", "compile")  # fused RMSNorm / RoPE / SwiGLU of the frozen LLM (alarm.model.llm_kernels)
+LLM_FP8 = ("off", "on", "emulate")  # FP8 linear layers of the frozen LLM (torchao float8)
 POOL_MODES = ("mean", "max")
 
 QWEN3_4B = "Qwen/Qwen3-4B-Thinking-2507"
@@ -120,6 +122,12 @@ class ALARMConfig:
     Qwen3-4B; a small LM whose token embeddings are much shorter needs less, e.g. the demo's 0.02).
     weight_init: "published" (Linear/Conv1d N(0, 0.02), zero bias) or "torch" (PyTorch's layer defaults; the
     demo's tiny audio side learns several times faster with it).
+    llm_kernels (execution only, no effect on the weights): "none" (transformers' Qwen3 modules), "liger"
+    (Liger-Kernel's fused RMSNorm, RoPE and SwiGLU; CUDA, ``pip install liger-kernel``) or "compile" (regional
+    ``torch.compile`` of each decoder layer). llm_fp8: "off", "on" (the decoder layers' linear layers in FP8
+    through torchao float8 with dynamic tensorwise scales; CUDA compute capability >= 8.9, ``pip install
+    torchao``) or "emulate" (the same casts computed in high precision: a numerics check that runs anywhere).
+    See ``alarm.model.llm_kernels``.
     """
     encoders: List[EncoderSpec]
     fusion: str = "sum"
@@ -154,6 +162,8 @@ class ALARMConfig:
     tiny_tokenizer_vocab: Optional[int] = None
     token_rate_ratio: int = 1
     token_rate_mode: str = "mean"
+    llm_kernels: str = "none"
+    llm_fp8: str = "off"
 
     def __post_init__(self):
         self.encoders = [e if isinstance(e, EncoderSpec) else EncoderSpec(**e) for e in self.encoders]
@@ -182,6 +192,10 @@ class ALARMConfig:
         _check_ratio("token_rate_ratio", self.token_rate_ratio)
         if self.token_rate_mode not in POOL_MODES:
             raise ValueError(f"token_rate_mode must be one of {POOL_MODES}, got {self.token_rate_mode!r}")
+        if self.llm_kernels not in LLM_KERNELS:
+            raise ValueError(f"llm_kernels must be one of {LLM_KERNELS}, got {self.llm_kernels!r}")
+        if self.llm_fp8 not in LLM_FP8:
+            raise ValueError(f"llm_fp8 must be one of {LLM_FP8}, got {self.llm_fp8!r}")
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:

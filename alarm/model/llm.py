@@ -8,6 +8,8 @@ Weights are frozen and the module stays in eval mode whatever ``train()`` says.
 - ``loss_padded``: the published computation: padded batch, SDPA with the padding mask, full-vocabulary
   logits for every position in fp32, shifted cross-entropy.
 Both return the mean cross-entropy over all target tokens of the batch (fp32 scalar).
+``cfg.llm_kernels`` / ``cfg.llm_fp8`` (fused norms, RoPE and SwiGLU; FP8 linear layers) are applied once at
+construction by ``alarm.model.llm_kernels``; with their defaults the stock modules run unchanged.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from alarm_kernels.attention.hf import register_hf_attention
 
 from ..hf import load_pretrained
 from ..seeding import seeded
+from .llm_kernels import apply_llm_options, forward_context
 
 __all__ = ["FrozenLLM", "load_tokenizer"]
 
@@ -62,6 +65,8 @@ class FrozenLLM(nn.Module):
             with seeded(cfg.init_seed + 1, torch.get_default_device()):
                 model = Qwen3ForCausalLM._from_config(conf, dtype=dtype, attn_implementation="sdpa")
         self.model = model.requires_grad_(False).eval()
+        self.kernels = cfg.llm_kernels
+        apply_llm_options(self.model, cfg.llm_kernels, cfg.llm_fp8)
 
     def train(self, mode: bool = True):
         """Frozen: always stays in eval mode."""
@@ -76,12 +81,14 @@ class FrozenLLM(nn.Module):
 
     @contextmanager
     def attention(self, name: str):
-        """Temporarily route attention through ``name`` ("sdpa" or "alarm_packed")."""
+        """Temporarily route attention through ``name`` ("sdpa" or "alarm_packed"), in the forward context of
+        ``cfg.llm_kernels`` (Liger's RoPE while the model runs)."""
         conf = self.model.config
         old = conf._attn_implementation
         conf._attn_implementation = name
         try:
-            yield
+            with forward_context(self.kernels):
+                yield
         finally:
             conf._attn_implementation = old
 

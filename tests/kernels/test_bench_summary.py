@@ -28,20 +28,28 @@ def test_correctness_e2e_and_sync_files(tmp_path):
     (tmp_path / "correctness.json").write_text(json.dumps({"dtype": "bfloat16", "autotune": "0", "rows": [
         {"backend": "triton", "status": "ok"}, {"backend": "triton", "status": "failed"},
         {"backend": "cuda", "status": "ok"}]}))
+    (tmp_path / "e2e_old.json").write_text(json.dumps({"bench": "e2e_step", "fusion": "CA", "batch": 8,
+        "clip_seconds": 20.0, "speedup": 1.5, "results": {  # the form written before stages and rates were rows
+            "reference": dict(step_s_median=3.0, tokens_per_s=100.0, peak_memory_mb=10240.0, loss=1.0),
+            "fast": dict(step_s_median=2.0, tokens_per_s=150.0, peak_memory_mb=8192.0, loss=1.0)}}))
+    row = dict(stage="B", token_rate=2, path="fast", llm="liger", step_s=dict(median=0.5, p10=0.45, p90=0.6),
+               tokens_per_s=900.0, peak_memory_gib=40.5, mfu=0.351, loss=2.0, speedup_vs_reference=3.1)
     (tmp_path / "e2e_step.json").write_text(json.dumps({"bench": "e2e_step", "fusion": "CA", "batch": 8,
-        "clip_seconds": 20.0, "speedup": 1.5, "results": {
-            "reference": dict(step_s_median=3.0, tokens_per_s=100.0, peak_memory_mb=10.0, loss=1.0),
-            "fast": dict(step_s_median=2.0, tokens_per_s=150.0, peak_memory_mb=8.0, loss=1.0)}}))
+                                                         "rows": [row]}))
     (tmp_path / "syncs.json").write_text(json.dumps({"host_transfers": 5, "host_transfers_in_kernels": 1,
         "cuda_syncs": 7, "from_features": {"host_transfers": 2, "host_transfers_in_kernels": 0, "cuda_syncs": 3}}))
     (tmp_path / "train_run.json").write_text(json.dumps({"bench": "train_run", "device": "X", "nproc": 2,
         "steps": 60, "tokens_per_s": 1234.4, "audio_hours_per_s": 0.5, "step_s": 0.25, "data_wait_share": 0.1,
-        "peak_memory_gb": 3.0, "loss_first": 6.0, "loss_last": 2.5}))
+        "peak_memory_gib": 3.0, "loss_first": 6.0, "loss_last": 2.5}))
     text = "\n".join(summarize(tmp_path))
     assert "| X | 2 | 60 | 1234 | 0.500 | 250 | 10% | 3.00 | 6.000 -> 2.500 |" in text
+    assert "| peak GiB |" in text and "GB |" not in text.replace("GB/s", "")
     assert "| correctness.json | triton | bfloat16 | 1 | 1 | 0 |" in text
     assert "| correctness.json | cuda | bfloat16 | 1 | 0 | 0 |" in text
-    assert "| fast | 2.000 | 150 | 8 | 1.00000 | 1.50x |" in text
+    assert "| e2e_old.json | CA | 8 | ? | 1 | fast | none | 2.000 | 150 | 8.00 |  | 1.00000 | 1.50 |" in text
+    new_row = ("| e2e_step.json | CA | 8 | B | 2 | fast | liger | 0.500 (0.450-0.600) | 900 | 40.50 | 35.1% | "
+               "2.00000 | 3.10 |")
+    assert new_row in text
     assert "| from cached features | 2 | 0 | 3 |" in text
 
 
