@@ -61,3 +61,13 @@ def test_bad_folder_and_bad_json(tmp_path, capsys):
     assert "broken.json" in capsys.readouterr().err
     with pytest.raises(ValueError, match="broken.json"):
         summarize(tmp_path)
+
+
+def test_overhead_file(tmp_path):
+    stats = lambda us: {"median_us": us, "p10_us": us - 1, "p90_us": us + 1}  # noqa: E731
+    (tmp_path / "overhead.json").write_text(json.dumps({"bench": "overhead", "environment": {"git_sha": "abc"},
+        "rows": [dict(op="varlen_pool", case="mean", direction="fwd", backend="reference", torch=stats(10.0),
+                      alarm_kernels=stats(12.0), ratio=1.2, ratio_p10=1.1, ratio_p90=1.3)]}))
+    text = "\n".join(summarize(tmp_path))
+    assert "Host cost per op call" in text
+    assert "| varlen_pool | mean | fwd | reference | 10.0 (9.0-11.0) | 12.0 (11.0-13.0) | 1.20 (1.10-1.30) |" in text
