@@ -6,20 +6,25 @@
 At tiny sizes (3 sequences of 4-12 frames, widths 16-32) the kernels' bodies cost next to nothing, so what is
 timed is what a call costs on the host: argument checks, backend dispatch, autograd bookkeeping, the small
 offset computations and the launches. Per op, ``fwd`` (the forward with autograd recording, as in a training
-step) and ``fwd+bwd`` (forward, then backward with a fixed cotangent, gradients dropped) of:
+step) and ``fwd+bwd`` (forward, then backward with a fixed cotangent, gradients dropped) of three variants:
 
-* ``torch``: what the padded reference model runs for the same result on its padded ``[B, T, D]`` tensors
+* ``torch``: plain PyTorch producing the same packed result from the same packed inputs: pad (one
+  ``index_copy`` into zeros, the flat index built once per batch), the ATen ops the padded reference model runs
   (pooling: ``avg_pool1d`` / ``max_pool1d`` in NCT layout; conv: ``F.conv1d`` + GELU; layer mix: stack + softmax
-  weights + sum; concat: pad to a common length, ``torch.cat``, ``F.linear``; attention: SDPA with a key mask);
+  weights + sum, no padding needed; concat: pad to a common length, ``torch.cat``, ``F.linear``; attention: SDPA
+  with a boolean key mask), unpad (one ``index_select``). ``ratio`` is measured against this one;
+* ``padded``: those ATen ops alone on already padded tensors (what a model that stays padded pays per op);
 * ``alarm_kernels``: the op on the packed tensors, called as the model's training step calls it (host sizes
   passed, ``validate=False``), on the default backend (``reference`` on CPU, the fastest built one on CUDA).
 
-Both compute the same numbers (checked once per case before timing: ``max_abs_diff`` in the JSON). Timing
-interleaves the two variants sample by sample (so load on a shared machine hits both alike); a sample is the mean
-of ``calls`` back-to-back calls. Clock: process CPU time on CPU (run with ``OMP_NUM_THREADS=1``), wall time with a
+``torch`` and ``alarm_kernels`` compute the same numbers (checked once per case before timing: ``max_abs_diff`` in
+the JSON; the pooling lengths are multiples of the ratio, so padded pooling has no partial window). Timing
+interleaves the variants sample by sample (so load on a shared machine hits them alike); a sample is the mean of
+``calls`` back-to-back calls. Clock: process CPU time on CPU (run with ``OMP_NUM_THREADS=1``), wall time with a
 device synchronize at each sample's end on CUDA. Reported per variant: median and p10-p90 in microseconds per call;
-``ratio`` = alarm_kernels median / torch median, ``ratio_p10``-``ratio_p90`` over the per-sample pairs.
-Writes ``DIR/overhead.json`` (environment with versions and git sha, settings, rows) and prints a markdown table.
+``ratio`` = alarm_kernels median / torch median (``ratio_vs_padded``: / padded median), with p10-p90 over the
+per-sample pairs. Writes ``DIR/overhead.json`` (environment with versions and git sha, settings, rows) and prints
+a markdown table.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,18 +53,19 @@ LENGTHS = (8, 4, 12)  # three sequences, 24 frames; multiples of the pooling rat
 
 @dataclass
 class OverheadCase:
-    """One op at one tiny setting: the two variants as zero-argument forwards returning their differentiable
-    output, the leaves whose ``.grad`` each backward fills, and ``agree()`` -> max abs difference of the two
-    results in the packed layout (proves they compute the same thing)."""
+    """One op at one tiny setting. Each variant is a zero-argument forward returning its differentiable output,
+    with the leaves its backward fills: ``torch`` (packed in, packed out: pad, ATen ops, unpad), ``padded``
+    (the ATen ops alone on already padded tensors; None where the op needs no padding) and ``alarm_kernels``.
+    ``agree()`` -> max abs difference between the torch and alarm_kernels results (they compute the same thing)."""
 
     op: str
     name: str
-    torch_fn: Callable[[], torch.Tensor]
-    torch_leaves: Sequence[torch.Tensor]
-    ak_fn: Callable[[], torch.Tensor]
-    ak_leaves: Sequence[torch.Tensor]
+    variants: Dict[str, Optional[Tuple[Callable[[], torch.Tensor], Sequence[torch.Tensor]]]]
     agree: Callable[[], float]
     backend: str
+
+
+VARIANTS = ("torch", "padded", "alarm_kernels")
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -77,125 +83,151 @@ def default_backend(op: str, device: torch.device) -> str:
     return ak.select_backend(op, "auto", device, implemented)
 
 
+class _Layout:
+    """Padding in plain PyTorch for one batch of host lengths: the flat index of the valid rows of a padded
+    ``[B, T, ...]`` tensor, built once (as a padded model builds its masks once per batch), so padding is one
+    ``index_copy`` into zeros and unpadding one ``index_select``."""
+
+    def __init__(self, lengths: Sequence[int], device: torch.device):
+        self.lengths, self.t = list(lengths), max(lengths)
+        valid = torch.arange(self.t, device=device)[None, :] < torch.tensor(self.lengths, device=device)[:, None]
+        self.flat = valid.flatten().nonzero().squeeze(1)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Packed ``[total, ...]`` -> zero-padded ``[B, T, ...]``."""
+        rest = tuple(x.shape[1:])
+        return x.new_zeros((len(self.lengths) * self.t,) + rest).index_copy(0, self.flat, x).view(
+            len(self.lengths), self.t, *rest)
+
+    def unpad(self, y: torch.Tensor) -> torch.Tensor:
+        """Padded ``[B, T, ...]`` -> packed ``[total, ...]``."""
+        return y.flatten(0, 1).index_select(0, self.flat)
+
+
 class _Tiny:
-    """The shared tiny layout: three packed sequences on ``device`` and a seeded generator."""
+    """The shared tiny batch: three packed sequences on ``device`` and a seeded generator."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype):
         self.device, self.dtype, self.gen = device, dtype, torch.Generator().manual_seed(0)
         self.lengths = list(LENGTHS)
-        self.t_max, self.total = max(self.lengths), sum(self.lengths)
+        self.total = sum(self.lengths)
+        self.layout = _Layout(self.lengths, device)
         self.cu = ak.seqlens_to_cu_seqlens(self.lengths, device=device)
-        self.valid = self.mask(self.lengths, self.t_max)
 
     def rand(self, *shape, scale: float = 1.0) -> torch.Tensor:
         return (torch.randn(*shape, generator=self.gen) * scale).to(self.device, self.dtype)
 
-    def mask(self, lengths: Sequence[int], t: int) -> torch.Tensor:
-        """bool ``[B, t]``: True on the valid frames."""
-        return torch.arange(t, device=self.device)[None, :] < torch.tensor(list(lengths), device=self.device)[:, None]
-
-    def padded(self, x: torch.Tensor, lengths: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """Packed ``[total, ...]`` -> zero-padded ``[B, T, ...]``."""
-        lengths = self.lengths if lengths is None else lengths
-        out = x.new_zeros(len(lengths), max(lengths), *x.shape[1:])
-        out[self.mask(lengths, max(lengths))] = x
-        return out
-
 
 def _pool_case(s: _Tiny, mode: str) -> OverheadCase:
-    # lengths divisible by the ratio: padded pooling then gives the packed result on the valid windows (a partial
-    # window would average or max the padding in; the padded model's exact twin, pool_padded, costs more)
+    # lengths divisible by the ratio: padded pooling then gives the packed result (a partial window would average or
+    # max the padding in; the padded model's exact twin, alarm.model.adapters.pool_padded, costs more)
     ratio, d = 2, 16
+    out = _Layout([-(-m // ratio) for m in s.lengths], s.device)
     x = s.rand(s.total, d)
-    xp, xk = _leaf(s.padded(x)), _leaf(x)
-    out_lengths = [-(-m // ratio) for m in s.lengths]
-    out_valid = s.mask(out_lengths, max(out_lengths))
-    host = dict(total_out=sum(out_lengths), validate=False)
+    xt, xp, xk = _leaf(x), _leaf(s.layout.pad(x)), _leaf(x)
+    host = dict(total_out=sum(out.lengths), validate=False)
 
     def torch_fn():
-        return _padded_pool(xp, ratio, mode)
+        return out.unpad(_padded_pool(s.layout.pad(xt), ratio, mode))
 
     def ak_fn():
         return ak.varlen_pool(xk, s.cu, ratio, mode, **host)[0]
 
-    return OverheadCase("varlen_pool", f"{mode} r={ratio} D={d}", torch_fn, [xp], ak_fn, [xk],
-                        lambda: _max_diff(torch_fn()[out_valid], ak_fn()), default_backend("varlen_pool", s.device))
+    return OverheadCase("varlen_pool", f"{mode} r={ratio} D={d}",
+                        {"torch": (torch_fn, [xt]), "padded": (lambda: _padded_pool(xp, ratio, mode), [xp]),
+                         "alarm_kernels": (ak_fn, [xk])},
+                        lambda: _max_diff(torch_fn(), ak_fn()), default_backend("varlen_pool", s.device))
 
 
 def _conv_case(s: _Tiny) -> OverheadCase:
     c_in, c_out = 16, 32
     x, w, b = s.rand(s.total, c_in), s.rand(c_out, c_in, 3, scale=(3 * c_in) ** -0.5), s.rand(c_out)
-    xp, xk, wt, bt, wk, bk = _leaf(s.padded(x)), _leaf(x), _leaf(w), _leaf(b), _leaf(w), _leaf(b)
-    host = dict(total_out=s.total, max_seqlen=s.t_max, validate=False)
+    xt, xp, xk = _leaf(x), _leaf(s.layout.pad(x)), _leaf(x)
+    (wt, bt), (wp, bp), (wk, bk) = ((_leaf(w), _leaf(b)) for _ in range(3))
+    host = dict(total_out=s.total, max_seqlen=s.layout.t, validate=False)
 
     def torch_fn():
-        return _padded_conv(xp, wt, bt, 1, 1, "gelu")
+        return s.layout.unpad(_padded_conv(s.layout.pad(xt), wt, bt, 1, 1, "gelu"))
 
     def ak_fn():
         return ak.varlen_conv1d(xk, s.cu, wk, bk, 1, 1, "gelu", **host)[0]
 
-    return OverheadCase("varlen_conv1d", f"k=3 s=1 gelu {c_in}->{c_out}", torch_fn, [xp, wt, bt], ak_fn,
-                        [xk, wk, bk], lambda: _max_diff(torch_fn()[s.valid], ak_fn()),
-                        default_backend("varlen_conv1d", s.device))
+    return OverheadCase("varlen_conv1d", f"k=3 s=1 gelu {c_in}->{c_out}",
+                        {"torch": (torch_fn, [xt, wt, bt]),
+                         "padded": (lambda: _padded_conv(xp, wp, bp, 1, 1, "gelu"), [xp, wp, bp]),
+                         "alarm_kernels": (ak_fn, [xk, wk, bk])},
+                        lambda: _max_diff(torch_fn(), ak_fn()), default_backend("varlen_conv1d", s.device))
 
 
 def _layer_sum_case(s: _Tiny) -> OverheadCase:
     k, d = 4, 16
     layers = [s.rand(s.total, d) for _ in range(k)]  # frozen encoder states: only the logits train
-    layers_padded = [s.padded(x) for x in layers]
     logits = torch.randn(k, generator=s.gen).to(s.device)
     lt, lk = _leaf(logits), _leaf(logits)
 
-    def torch_fn():
-        return _stacked_sum(layers_padded, lt)
+    def torch_fn():  # elementwise: the same ATen ops run on packed or padded rows, no padding needed
+        return _stacked_sum(layers, lt)
 
     def ak_fn():
         return ak.weighted_layer_sum(layers, lk)
 
-    return OverheadCase("weighted_layer_sum", f"k={k} D={d} (logits grad)", torch_fn, [lt], ak_fn, [lk],
-                        lambda: _max_diff(torch_fn()[s.valid], ak_fn()),
-                        default_backend("weighted_layer_sum", s.device))
+    return OverheadCase("weighted_layer_sum", f"k={k} D={d} (logits grad)",
+                        {"torch": (torch_fn, [lt]), "padded": None, "alarm_kernels": (ak_fn, [lk])},
+                        lambda: _max_diff(torch_fn(), ak_fn()), default_backend("weighted_layer_sum", s.device))
 
 
 def _concat_case(s: _Tiny) -> OverheadCase:
     widths, d_out = (16, 16), 16
     stream_lengths = [s.lengths, [max(0, m - 1) for m in s.lengths]]  # the encoders differ by a frame
+    layouts = [_Layout(ls, s.device) for ls in stream_lengths]
     cus = [ak.seqlens_to_cu_seqlens(ls, device=s.device) for ls in stream_lengths]
     streams = [s.rand(sum(ls), w) for ls, w in zip(stream_lengths, widths, strict=True)]
     w, b = s.rand(d_out, sum(widths), scale=sum(widths) ** -0.5), s.rand(d_out)
-    sp = [_leaf(s.padded(x, ls)) for x, ls in zip(streams, stream_lengths, strict=True)]
-    sk = [_leaf(x) for x in streams]
-    wt, bt, wk, bk = _leaf(w), _leaf(b), _leaf(w), _leaf(b)
-    host = dict(total_out=sum(max(c) for c in zip(*stream_lengths, strict=True)), validate=False)
+    st, sk = [_leaf(x) for x in streams], [_leaf(x) for x in streams]
+    sp = [_leaf(lay.pad(x)) for lay, x in zip(layouts, streams, strict=True)]
+    (wt, bt), (wp, bp), (wk, bk) = ((_leaf(w), _leaf(b)) for _ in range(3))
+    host = dict(total_out=s.total, validate=False)  # the first stream is the longer one
 
-    def torch_fn():  # the padded model: pad the streams to a common length, concatenate features, project
-        t = max(x.shape[1] for x in sp)
-        return F.linear(torch.cat([F.pad(x, (0, 0, 0, t - x.shape[1])) for x in sp], -1), wt, bt)
+    def padded_fn(padded, weight, bias):  # the padded model: pad to a common length, concatenate features, project
+        t = max(x.shape[1] for x in padded)
+        return F.linear(torch.cat([F.pad(x, (0, 0, 0, t - x.shape[1])) for x in padded], -1), weight, bias)
+
+    def torch_fn():
+        return s.layout.unpad(padded_fn([lay.pad(x) for lay, x in zip(layouts, st, strict=True)], wt, bt))
 
     def ak_fn():
         return ak.multi_encoder_concat(sk, cus, wk, bk, **host)[0]
 
-    return OverheadCase("multi_encoder_concat", f"E=2 D=16+16 -> {d_out} (+bias)", torch_fn, sp + [wt, bt], ak_fn,
-                        sk + [wk, bk], lambda: _max_diff(torch_fn()[s.valid], ak_fn()),
-                        default_backend("multi_encoder_concat", s.device))
+    return OverheadCase("multi_encoder_concat", f"E=2 D=16+16 -> {d_out} (+bias)",
+                        {"torch": (torch_fn, st + [wt, bt]), "padded": (lambda: padded_fn(sp, wp, bp), sp + [wp, bp]),
+                         "alarm_kernels": (ak_fn, sk + [wk, bk])},
+                        lambda: _max_diff(torch_fn(), ak_fn()), default_backend("multi_encoder_concat", s.device))
 
 
 def _attention_case(s: _Tiny) -> OverheadCase:
     heads, d = 2, 32
     q, k, v = (s.rand(s.total, heads, d) for _ in range(3))
-    qp, kp, vp = (_leaf(s.padded(t).transpose(1, 2)) for t in (q, k, v))  # [B, H, T, D]
-    qk, kk, vk = _leaf(q), _leaf(k), _leaf(v)
-    key_mask = s.valid[:, None, None, :]
+    tq, tk, tv = (_leaf(t) for t in (q, k, v))
+    qp, kp, vp = (_leaf(s.layout.pad(t).transpose(1, 2)) for t in (q, k, v))  # [B, H, T, D]
+    qk, kk, vk = (_leaf(t) for t in (q, k, v))
+    key_mask = (torch.arange(s.layout.t, device=s.device)[None, :]
+                < torch.tensor(s.lengths, device=s.device)[:, None])[:, None, None, :]
+    t_max = s.layout.t
 
-    def torch_fn():  # the padded model's attention: SDPA with a boolean key mask
-        return F.scaled_dot_product_attention(qp, kp, vp, attn_mask=key_mask)
+    def sdpa(a, b, c):  # the padded model's attention: SDPA with a boolean key mask
+        return F.scaled_dot_product_attention(a, b, c, attn_mask=key_mask)
+
+    def torch_fn():
+        a, b, c = (s.layout.pad(t).transpose(1, 2) for t in (tq, tk, tv))
+        return s.layout.unpad(sdpa(a, b, c).transpose(1, 2))
 
     def ak_fn():  # as the model calls it: offsets built from host lengths, not validated per call
-        return ak.packed_attention(qk, kk, vk, s.cu, s.cu, s.t_max, s.t_max, validate=False)
+        return ak.packed_attention(qk, kk, vk, s.cu, s.cu, t_max, t_max, validate=False)
 
-    return OverheadCase("packed_attention", f"self H={heads} D={d} full", torch_fn, [qp, kp, vp], ak_fn,
-                        [qk, kk, vk], lambda: _max_diff(torch_fn().transpose(1, 2)[s.valid], ak_fn()),
-                        default_backend("packed_attention", s.device))
+    return OverheadCase("packed_attention", f"self H={heads} D={d} full",
+                        {"torch": (torch_fn, [tq, tk, tv]), "padded": (lambda: sdpa(qp, kp, vp), [qp, kp, vp]),
+                         "alarm_kernels": (ak_fn, [qk, kk, vk])},
+                        lambda: _max_diff(torch_fn(), ak_fn()), default_backend("packed_attention", s.device))
 
 
 def build_cases(device: torch.device, dtype: torch.dtype, ops: Sequence[str]) -> List[OverheadCase]:
@@ -256,25 +288,25 @@ def time_pair(fns: Dict[str, Callable[[], None]], clock: _Clock, repeats: int, c
 
 def measure(cases: List[OverheadCase], device: torch.device, repeats: int, calls: int,
             progress: bool = True) -> List[dict]:
-    """One row per case and direction: both variants' stats, the ratio and its per-sample spread."""
+    """One row per case and direction: each variant's stats, the ratios and their per-sample spread."""
     clock = _Clock(device)
     rows = []
     for case in cases:
         with torch.no_grad():
             diff = case.agree()
+        present = {label: v for label, v in case.variants.items() if v is not None}
         for direction in DIRECTIONS:
-            if direction == "fwd":
-                fns = {"torch": _forward(case.torch_fn), "alarm_kernels": _forward(case.ak_fn)}
-            else:
-                fns = {"torch": fwd_bwd(case.torch_fn, case.torch_leaves),
-                       "alarm_kernels": fwd_bwd(case.ak_fn, case.ak_leaves)}
-            samples = time_pair(fns, clock, repeats, calls)
-            pair = [a / t for a, t in zip(samples["alarm_kernels"], samples["torch"], strict=True)]
+            wrap = (lambda fn, _leaves: _forward(fn)) if direction == "fwd" else fwd_bwd
+            samples = time_pair({label: wrap(fn, leaves) for label, (fn, leaves) in present.items()}, clock,
+                                repeats, calls)
             row = {"op": case.op, "case": case.name, "direction": direction, "backend": case.backend,
-                   "torch": _stats(samples["torch"]), "alarm_kernels": _stats(samples["alarm_kernels"]),
-                   "max_abs_diff": diff}
-            row["ratio"] = row["alarm_kernels"]["median_us"] / row["torch"]["median_us"]
-            row["ratio_p10"], row["ratio_p90"] = _quantile(pair, 0.1), _quantile(pair, 0.9)
+                   "max_abs_diff": diff, **{label: _stats(us) for label, us in samples.items()}}
+            for base in ("torch", "padded"):
+                if base in samples:
+                    pair = [a / t for a, t in zip(samples["alarm_kernels"], samples[base], strict=True)]
+                    suffix = "" if base == "torch" else "_vs_padded"
+                    row[f"ratio{suffix}"] = row["alarm_kernels"]["median_us"] / row[base]["median_us"]
+                    row[f"ratio{suffix}_p10"], row[f"ratio{suffix}_p90"] = _quantile(pair, 0.1), _quantile(pair, 0.9)
             rows.append(row)
             if progress:
                 print(f"  {case.op} {case.name} {direction}: x{row['ratio']:.2f}", file=sys.stderr)
@@ -282,15 +314,20 @@ def measure(cases: List[OverheadCase], device: torch.device, repeats: int, calls
 
 
 def format_table(rows: List[dict]) -> str:
-    """Markdown table of the rows (microseconds per call)."""
-    lines = ["| op | case | dir | backend | torch us (p10-p90) | alarm_kernels us (p10-p90) | ratio (p10-p90) |",
-             "|---|---|---|---|---:|---:|---:|"]
+    """Markdown table of the rows (microseconds per call, median and p10-p90)."""
+    def cell(stats: Optional[dict]) -> str:
+        return f"{stats['median_us']:.1f} ({stats['p10_us']:.1f}-{stats['p90_us']:.1f})" if stats else "-"
+
+    def ratio(r: dict, suffix: str) -> str:
+        key = f"ratio{suffix}"
+        return f"{r[key]:.2f} ({r[key + '_p10']:.2f}-{r[key + '_p90']:.2f})" if key in r else "-"
+
+    lines = ["| op | case | dir | backend | torch: pad, op, unpad | torch: op on padded | alarm_kernels | "
+             "ratio | ratio vs op on padded |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        t, a = r["torch"], r["alarm_kernels"]
-        lines.append(f"| {r['op']} | {r['case']} | {r['direction']} | {r['backend']} | "
-                     f"{t['median_us']:.1f} ({t['p10_us']:.1f}-{t['p90_us']:.1f}) | "
-                     f"{a['median_us']:.1f} ({a['p10_us']:.1f}-{a['p90_us']:.1f}) | "
-                     f"{r['ratio']:.2f} ({r['ratio_p10']:.2f}-{r['ratio_p90']:.2f}) |")
+        lines.append(f"| {r['op']} | {r['case']} | {r['direction']} | {r['backend']} | {cell(r['torch'])} | "
+                     f"{cell(r.get('padded'))} | {cell(r['alarm_kernels'])} | {ratio(r, '')} | "
+                     f"{ratio(r, '_vs_padded')} |")
     return "\n".join(lines)
 
 
