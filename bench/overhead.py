@@ -15,7 +15,9 @@ step) and ``fwd+bwd`` (forward, then backward with a fixed cotangent, gradients 
   with a boolean key mask), unpad (one ``index_select``). ``ratio`` is measured against this one;
 * ``padded``: those ATen ops alone on already padded tensors (what a model that stays padded pays per op);
 * ``alarm_kernels``: the op on the packed tensors, called as the model's training step calls it (host sizes
-  passed, ``validate=False``), on the default backend (``reference`` on CPU, the fastest built one on CUDA).
+  passed, ``validate=False``), on the default backend (``reference`` on CPU, the fastest built one on CUDA);
+* ``custom_op``: the same backend through the registered ``torch.ops.alarm_kernels.<op>`` (torch.library's own
+  autograd around the forward and backward custom ops, the route torch.compile traces), for comparison.
 
 ``torch`` and ``alarm_kernels`` compute the same numbers (checked once per case before timing: ``max_abs_diff`` in
 the JSON; the pooling lengths are multiples of the ratio, so padded pooling has no partial window). Timing
@@ -55,7 +57,8 @@ LENGTHS = (8, 4, 12)  # three sequences, 24 frames; multiples of the pooling rat
 class OverheadCase:
     """One op at one tiny setting. Each variant is a zero-argument forward returning its differentiable output,
     with the leaves its backward fills: ``torch`` (packed in, packed out: pad, ATen ops, unpad), ``padded``
-    (the ATen ops alone on already padded tensors; None where the op needs no padding) and ``alarm_kernels``.
+    (the ATen ops alone on already padded tensors; None where the op needs no padding), ``alarm_kernels`` and
+    ``custom_op`` (``torch.ops.alarm_kernels.<op>`` with the same arguments: torch.library's registered autograd).
     ``agree()`` -> max abs difference between the torch and alarm_kernels results (they compute the same thing)."""
 
     op: str
@@ -65,7 +68,7 @@ class OverheadCase:
     backend: str
 
 
-VARIANTS = ("torch", "padded", "alarm_kernels")
+_OPS = torch.ops.alarm_kernels  # the registered custom ops (the "custom_op" variant)
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -133,10 +136,13 @@ def _pool_case(s: _Tiny, mode: str) -> OverheadCase:
     def ak_fn():
         return ak.varlen_pool(xk, s.cu, ratio, mode, **host)[0]
 
+    backend = default_backend("varlen_pool", s.device)
     return OverheadCase("varlen_pool", f"{mode} r={ratio} D={d}",
                         {"torch": (torch_fn, [xt]), "padded": (lambda: _padded_pool(xp, ratio, mode), [xp]),
-                         "alarm_kernels": (ak_fn, [xk])},
-                        lambda: _max_diff(torch_fn(), ak_fn()), default_backend("varlen_pool", s.device))
+                         "alarm_kernels": (ak_fn, [xk]),
+                         "custom_op": (lambda: _OPS.varlen_pool(xk, s.cu, ratio, mode, sum(out.lengths), backend)[0],
+                                       [xk])},
+                        lambda: _max_diff(torch_fn(), ak_fn()), backend)
 
 
 def _conv_case(s: _Tiny) -> OverheadCase:
@@ -152,11 +158,14 @@ def _conv_case(s: _Tiny) -> OverheadCase:
     def ak_fn():
         return ak.varlen_conv1d(xk, s.cu, wk, bk, 1, 1, "gelu", **host)[0]
 
+    backend = default_backend("varlen_conv1d", s.device)
     return OverheadCase("varlen_conv1d", f"k=3 s=1 gelu {c_in}->{c_out}",
                         {"torch": (torch_fn, [xt, wt, bt]),
                          "padded": (lambda: _padded_conv(xp, wp, bp, 1, 1, "gelu"), [xp, wp, bp]),
-                         "alarm_kernels": (ak_fn, [xk, wk, bk])},
-                        lambda: _max_diff(torch_fn(), ak_fn()), default_backend("varlen_conv1d", s.device))
+                         "alarm_kernels": (ak_fn, [xk, wk, bk]),
+                         "custom_op": (lambda: _OPS.varlen_conv1d(xk, s.cu, wk, bk, 1, 1, "gelu", s.total, s.layout.t,
+                                                                  backend)[0], [xk, wk, bk])},
+                        lambda: _max_diff(torch_fn(), ak_fn()), backend)
 
 
 def _layer_sum_case(s: _Tiny) -> OverheadCase:
@@ -171,9 +180,11 @@ def _layer_sum_case(s: _Tiny) -> OverheadCase:
     def ak_fn():
         return ak.weighted_layer_sum(layers, lk)
 
+    backend = default_backend("weighted_layer_sum", s.device)
     return OverheadCase("weighted_layer_sum", f"k={k} D={d} (logits grad)",
-                        {"torch": (torch_fn, [lt]), "padded": None, "alarm_kernels": (ak_fn, [lk])},
-                        lambda: _max_diff(torch_fn(), ak_fn()), default_backend("weighted_layer_sum", s.device))
+                        {"torch": (torch_fn, [lt]), "padded": None, "alarm_kernels": (ak_fn, [lk]),
+                         "custom_op": (lambda: _OPS.weighted_layer_sum(layers, lk, backend), [lk])},
+                        lambda: _max_diff(torch_fn(), ak_fn()), backend)
 
 
 def _concat_case(s: _Tiny) -> OverheadCase:
@@ -198,10 +209,13 @@ def _concat_case(s: _Tiny) -> OverheadCase:
     def ak_fn():
         return ak.multi_encoder_concat(sk, cus, wk, bk, **host)[0]
 
+    backend = default_backend("multi_encoder_concat", s.device)
     return OverheadCase("multi_encoder_concat", f"E=2 D=16+16 -> {d_out} (+bias)",
                         {"torch": (torch_fn, st + [wt, bt]), "padded": (lambda: padded_fn(sp, wp, bp), sp + [wp, bp]),
-                         "alarm_kernels": (ak_fn, sk + [wk, bk])},
-                        lambda: _max_diff(torch_fn(), ak_fn()), default_backend("multi_encoder_concat", s.device))
+                         "alarm_kernels": (ak_fn, sk + [wk, bk]),
+                         "custom_op": (lambda: _OPS.multi_encoder_concat(sk, cus, wk, bk, s.total, backend)[0],
+                                       sk + [wk, bk])},
+                        lambda: _max_diff(torch_fn(), ak_fn()), backend)
 
 
 def _attention_case(s: _Tiny) -> OverheadCase:
@@ -224,10 +238,14 @@ def _attention_case(s: _Tiny) -> OverheadCase:
     def ak_fn():  # as the model calls it: offsets built from host lengths, not validated per call
         return ak.packed_attention(qk, kk, vk, s.cu, s.cu, t_max, t_max, validate=False)
 
+    backend = default_backend("packed_attention", s.device)
     return OverheadCase("packed_attention", f"self H={heads} D={d} full",
                         {"torch": (torch_fn, [tq, tk, tv]), "padded": (lambda: sdpa(qp, kp, vp), [qp, kp, vp]),
-                         "alarm_kernels": (ak_fn, [qk, kk, vk])},
-                        lambda: _max_diff(torch_fn(), ak_fn()), default_backend("packed_attention", s.device))
+                         "alarm_kernels": (ak_fn, [qk, kk, vk]),
+                         "custom_op": (lambda: _OPS.packed_attention(qk, kk, vk, s.cu, s.cu, t_max, t_max, False,
+                                                                     d ** -0.5, False, backend, 0.0, 0, 0)[0],
+                                       [qk, kk, vk])},
+                        lambda: _max_diff(torch_fn(), ak_fn()), backend)
 
 
 def build_cases(device: torch.device, dtype: torch.dtype, ops: Sequence[str]) -> List[OverheadCase]:
@@ -323,11 +341,12 @@ def format_table(rows: List[dict]) -> str:
         return f"{r[key]:.2f} ({r[key + '_p10']:.2f}-{r[key + '_p90']:.2f})" if key in r else "-"
 
     lines = ["| op | case | dir | backend | torch: pad, op, unpad | torch: op on padded | alarm_kernels | "
-             "ratio | ratio vs op on padded |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
+             "ratio | ratio vs op on padded | the custom op called directly |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['op']} | {r['case']} | {r['direction']} | {r['backend']} | {cell(r['torch'])} | "
                      f"{cell(r.get('padded'))} | {cell(r['alarm_kernels'])} | {ratio(r, '')} | "
-                     f"{ratio(r, '_vs_padded')} |")
+                     f"{ratio(r, '_vs_padded')} | {cell(r.get('custom_op'))} |")
     return "\n".join(lines)
 
 

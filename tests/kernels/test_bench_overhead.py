@@ -26,7 +26,7 @@ def test_overhead_dry_run_times_every_op_side_by_side(tmp_path):
     for r in rows:
         assert r["backend"] == "reference"
         assert r["max_abs_diff"] < 1e-4, r  # the two variants compute the same result
-        variants = ("torch", "alarm_kernels") + (() if r["op"] == "weighted_layer_sum" else ("padded",))
+        variants = ("torch", "alarm_kernels", "custom_op") + (() if r["op"] == "weighted_layer_sum" else ("padded",))
         for variant in variants:
             s = r[variant]
             assert 0 < s["p10_us"] <= s["median_us"] <= s["p90_us"], r
