@@ -19,6 +19,8 @@ template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat
 // Threads of the one-block offsets scan (scan_offsets).
 constexpr int kScanThreads = 1024;
 
+#if defined(__CUDACC__)  // device code (bindings.cpp includes this header through binding_utils.h)
+
 // cu_y[0] = 0, cu_y[i + 1] = sum_{j <= i} length(j) for the n_seq sequences: run by one block of kScanThreads
 // threads, each summing a run of sequences, then a block-wide inclusive scan of the run totals, then each thread
 // writes its run. `length(i)` -> int32 output rows of sequence i. Replaces the handful of small tensor ops the
@@ -46,6 +48,7 @@ __device__ __forceinline__ void scan_offsets(int n_seq, Length length, int32_t* 
     cu_y[i + 1] = run;
   }
 }
+#endif
 
 template <typename T> __device__ __forceinline__ T from_float(float v);
 template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }

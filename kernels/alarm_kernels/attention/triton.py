@@ -69,13 +69,13 @@ _DEFAULT_CONFIGS = {
 # The forward for query sequences that fit one short tile (max_seqlen_q <= SHORT_Q: the perceiver's 20 latents
 # cross-attending an audio stream). Its grid has one program per (sequence, head), each streaming its sequence's
 # keys; with so few programs (160 for 40 sequences x 4 heads on 132 SMs) the loop is bound by load latency, not by
-# the dots. A 64-row tile would be two thirds padding rows, and its q / accumulator / probability tiles and shared
-# memory would hold one program per SM with two 64-key stages in flight. A 32-row tile with 4 warps halves those
-# tiles, so the same shared memory carries 128-key stages (twice the bytes in flight per SM, half the iterations) at
-# the head dims up to 192; 256 keeps 64-key stages.
+# the dots. A 64-row tile would be two thirds padding rows. A 32-row tile holds the latents with 12 padding rows;
+# 8 warps spread its accumulator and scores over 256 threads (186 registers at D=192, no spills on sm_90; 4 warps
+# need 255 and spill), which leaves room for 128-key blocks: two stages of 128 keys in flight (119 KB of shared
+# memory at D=192) and half the loop iterations of 64-key blocks. 256 keeps 64-key blocks (shared memory).
 SHORT_Q = 32
-_SHORT_Q_CONFIGS = {64: {80: (32, 128, 4, 3)}, 128: {80: (32, 128, 4, 2)}, 192: {80: (32, 128, 4, 2)},
-                    256: {80: (32, 64, 4, 2)}}
+_SHORT_Q_CONFIGS = {64: {80: (32, 128, 8, 2)}, 128: {80: (32, 128, 8, 2)}, 192: {80: (32, 128, 8, 2)},
+                    256: {80: (32, 64, 8, 2)}}
 # shared memory one block may use, by compute capability (bytes)
 _SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 
@@ -145,7 +145,7 @@ def _configs(pairs, interpret_pair):
 
 _FWD_CONFIGS = _configs(
     [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2),
-     (32, 128, 4, 3), (32, 128, 4, 2), (32, 64, 4, 3), (16, 128, 4, 2)],  # the last four: short query sequences
+     (32, 128, 8, 2), (32, 64, 8, 2), (32, 64, 4, 3), (16, 128, 4, 2)],  # the last four: short query sequences
     (64, 32, 4, 2),
 )
 _DKDV_CONFIGS = _configs(
