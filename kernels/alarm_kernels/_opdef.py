@@ -96,6 +96,7 @@ class _Function(torch.autograd.Function):
         return outputs
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the backends' backwards are not differentiable themselves
     def backward(ctx, *grad_outputs):
         op, saved, impl = ctx.op, ctx.intermediates, ctx.impl
         if all(g is None for g in grad_outputs):  # no gradient reached the op's outputs (never materialized)

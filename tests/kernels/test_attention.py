@@ -283,10 +283,9 @@ def test_reference_fused_cpu_route_matches_oracle(lens_q, lens_k, hq, hkv, d, ca
     monkeypatch.setattr(reference, "_CALL_COST", 0 if route == "runs" else 2**40)
     reference._plan.cache_clear()  # plans are cached per offsets; this test changes how they are made
     request.addfinalizer(reference._plan.cache_clear)
-    padded_calls = []  # the padded call's forward scatters its log-sum-exp back (the backward reuses the padded one)
-    unpad = reference._Padded.unpad_lse_into
-    monkeypatch.setattr(reference._Padded, "unpad_lse_into",
-                        lambda self, lse, padded: (padded_calls.append(1), unpad(self, lse, padded))[1])
+    padded_calls = []  # the padded call pads its inputs
+    pad = reference._Padded.pad
+    monkeypatch.setattr(reference._Padded, "pad", lambda self, x, keys: (padded_calls.append(1), pad(self, x, keys))[1])
     (q, k, v, dout), cu_q, cu_k = _inputs(lens_q, lens_k, hq, hkv, d, seed=sum(lens_q) + d, device="cpu")
     args = (cu_q, cu_k, max(lens_q), max(lens_k), causal, 0.7 / math.sqrt(d))
     fused = _run(q, k, v, dout, *args[:4], dtype, "reference", causal=causal, softmax_scale=args[5])

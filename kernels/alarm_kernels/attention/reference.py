@@ -189,15 +189,24 @@ class _Padded:
         padded[seq, pos] = x if every else x.index_select(0, src)
         return padded.transpose(1, 2)
 
+    def unpad(self, padded: Tensor, keys: bool) -> Tensor:
+        """The valid rows of ``padded [n, H, L, D]`` as a fresh packed tensor (in packed order when the call covers
+        every row: ``q_all`` / ``k_all``)."""
+        seq, pos = (self.k_seq, self.k_pos) if keys else (self.q_seq, self.q_pos)
+        return padded.transpose(1, 2)[seq, pos]
+
     def unpad_into(self, full: Tensor, padded: Tensor, keys: bool) -> None:
         """Write the valid rows of ``padded [n, H, L, D]`` into packed ``full [T, H, D]``."""
-        src, seq, pos, every = ((self.k_src, self.k_seq, self.k_pos, self.k_all) if keys
-                                else (self.q_src, self.q_seq, self.q_pos, self.q_all))
-        rows = padded.transpose(1, 2)[seq, pos]
+        src, every = (self.k_src, self.k_all) if keys else (self.q_src, self.q_all)
+        rows = self.unpad(padded, keys)
         if every:
             full.copy_(rows)
         else:
             full.index_copy_(0, src, rows)
+
+    def unpad_lse(self, padded: Tensor) -> Tensor:
+        """The valid rows of ``padded [n, H, L]`` as a fresh contiguous ``[H, T]`` (the call covers every row)."""
+        return padded.transpose(1, 2)[self.q_seq, self.q_pos].t().contiguous()
 
     def pad_lse(self, lse: Tensor) -> Tensor:
         padded = lse.new_zeros((self.n, self.lq, lse.shape[0]))
@@ -311,8 +320,6 @@ def forward_saving(
 ) -> Tuple[Tuple[Tensor, Tensor], Optional[Tuple[Tensor, ...]]]:
     """:func:`forward`'s outputs and what :func:`backward` takes as ``saved``: the padded call's inputs and
     outputs (q, k, v, out, lse in its layout), or None when no padded call ran."""
-    out = empty_output(q.shape, q.dtype, q.device)
-    lse = empty_output((q.shape[1], q.shape[0]), lse_dtype(q.dtype), q.device)
     dropout = (dropout_p, dropout_seed, dropout_offset) if dropout_p > 0 else None
     runs, padded = _plan_for(q, cu_seqlens_q, cu_seqlens_k, causal, plain or dropout is not None)
     fused_fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -320,9 +327,15 @@ def forward_saving(
     if padded is not None:
         qp, kp, vp = padded.pad(q, False), padded.pad(k, True), padded.pad(v, True)
         o, lse_pad = fused_fwd(qp, kp, vp, 0.0, False, attn_mask=padded.mask, scale=softmax_scale)
-        padded.unpad_into(out, o, False)
-        padded.unpad_lse_into(lse, lse_pad)
         saved = (qp, kp, vp, o, lse_pad)
+    if padded is not None and padded.q_all:  # one padded call made every output row: gather them, nothing else
+        out, lse = padded.unpad(o, False), padded.unpad_lse(lse_pad)
+    else:
+        out = empty_output(q.shape, q.dtype, q.device)
+        lse = empty_output((q.shape[1], q.shape[0]), lse_dtype(q.dtype), q.device)
+        if padded is not None:
+            padded.unpad_into(out, o, False)
+            padded.unpad_lse_into(lse, lse_pad)
     for q0, k0, n, lq, lk, how in runs:
         q1 = q0 + n * lq
         if how == "empty_k":
@@ -379,19 +392,24 @@ def backward(
     Returns:
         ``(dq [total_q, Hq, D], dk [total_k, Hkv, D], dv [total_k, Hkv, D])`` in the input dtype.
     """
-    dq = empty_output(q.shape, q.dtype, q.device)
-    dk = empty_output(k.shape, k.dtype, k.device)
-    dv = empty_output(v.shape, v.dtype, v.device)
     dropout = (dropout_p, dropout_seed, dropout_offset) if dropout_p > 0 else None
     runs, padded = _plan_for(q, cu_seqlens_q, cu_seqlens_k, causal, plain or dropout is not None)
     fused_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    grads = None
     if padded is not None:
         if saved is None:
             saved = (padded.pad(q, False), padded.pad(k, True), padded.pad(v, True), padded.pad(out, False),
                      padded.pad_lse(lse))
         grads = fused_bwd(padded.pad(grad_out, False), *saved, 0.0, False, attn_mask=padded.mask, scale=softmax_scale)
-        for grad, full, keys in zip(grads, (dq, dk, dv), (False, True, True), strict=True):
-            padded.unpad_into(full, grad, keys)
+    if grads is not None and padded.q_all and padded.k_all:  # the padded call covered every row: gather them
+        dq, dk, dv = (padded.unpad(g, keys) for g, keys in zip(grads, (False, True, True), strict=True))
+    else:
+        dq = empty_output(q.shape, q.dtype, q.device)
+        dk = empty_output(k.shape, k.dtype, k.device)
+        dv = empty_output(v.shape, v.dtype, v.device)
+        if grads is not None:
+            for grad, full, keys in zip(grads, (dq, dk, dv), (False, True, True), strict=True):
+                padded.unpad_into(full, grad, keys)
     for q0, k0, n, lq, lk, how in runs:
         q1, k1 = q0 + n * lq, k0 + n * lk
         if how in ("empty_q", "empty_k"):
