@@ -329,7 +329,8 @@ def forward_saving(
         o, lse_pad = fused_fwd(qp, kp, vp, 0.0, False, attn_mask=padded.mask, scale=softmax_scale)
         saved = (qp, kp, vp, o, lse_pad)
     if padded is not None and padded.q_all:  # one padded call made every output row: gather them, nothing else
-        out, lse = padded.unpad(o, False), padded.unpad_lse(lse_pad)
+        out = padded.unpad(o, False).to(q.dtype)  # no-op unless an autocast changed the fused call's dtype
+        lse = padded.unpad_lse(lse_pad).to(lse_dtype(q.dtype))
     else:
         out = empty_output(q.shape, q.dtype, q.device)
         lse = empty_output((q.shape[1], q.shape[0]), lse_dtype(q.dtype), q.device)
@@ -402,7 +403,8 @@ def backward(
                      padded.pad_lse(lse))
         grads = fused_bwd(padded.pad(grad_out, False), *saved, 0.0, False, attn_mask=padded.mask, scale=softmax_scale)
     if grads is not None and padded.q_all and padded.k_all:  # the padded call covered every row: gather them
-        dq, dk, dv = (padded.unpad(g, keys) for g, keys in zip(grads, (False, True, True), strict=True))
+        dq, dk, dv = (padded.unpad(g, keys).to(x.dtype)
+                      for g, keys, x in zip(grads, (False, True, True), (q, k, v), strict=True))
     else:
         dq = empty_output(q.shape, q.dtype, q.device)
         dk = empty_output(k.shape, k.dtype, k.device)

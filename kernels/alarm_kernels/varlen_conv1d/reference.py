@@ -45,6 +45,10 @@ def phase_offsets(cu_seqlens: Tensor, stride: int, padding: int) -> Tensor:
     return cu_ph
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 class _Layout:
     """Where the packed frames sit in the zero-padded batch: ``[N, T, C]`` in, ``[N, T_out, C]`` out (``T`` at least
     k, so conv1d is defined). The frames' (sequence, position) pairs are index tensors built from offsets read on
@@ -117,9 +121,10 @@ def forward_saving(
         return (empty_output((0, c_out), x.dtype, x.device), cu_y, pre), (layout, None)
     x_pad = layout.pad(x).transpose(1, 2)  # [N, C_in, T]
     z = layout.unpad(F.conv1d(x_pad, weight, bias, stride=stride, padding=padding))  # [N, C_out, T_out] -> packed
+    # outputs in x's dtype (under autocast the conv runs in lower precision; GELU on its output, then the cast)
     if activation == "gelu":
-        return (F.gelu(z), cu_y, z), (layout, x_pad)
-    return (z, cu_y, empty_output((0, c_out), x.dtype, x.device)), (layout, x_pad)
+        return (_as(F.gelu(z), x.dtype), cu_y, _as(z, x.dtype)), (layout, x_pad)
+    return (_as(z, x.dtype), cu_y, empty_output((0, c_out), x.dtype, x.device)), (layout, x_pad)
 
 
 def forward(
@@ -168,7 +173,7 @@ def backward(
     grad_b = grad_pre.sum(0)
     if grad_pre.shape[0] == 0:
         return (x.new_zeros(x.shape[0] if need_dx else 0, c_in), x.new_zeros(c_out if need_dw else 0, c_in, k),
-                grad_b)
+                _as(grad_b, x.dtype))
     layout, x_pad = (_layout(cu_seqlens, k, stride, padding, max_len)[1], None) if saved is None else saved
     g_pad = layout.pad(grad_pre, out=True).transpose(1, 2).contiguous()  # [N, C_out, T_out]
     # one convolution_backward for both gradients, as autograd runs it for nn.Conv1d, on contiguous NCT
@@ -179,5 +184,5 @@ def backward(
         x_pad = x.new_zeros(layout.n, c_in, layout.t_in)
     gx, gw, _ = torch.ops.aten.convolution_backward(g_pad, x_pad, weight, None, [stride], [padding], [1], False, [0],
                                                     1, [need_dx, need_dw, False])
-    grad_x = layout.unpad(gx, out=False) if need_dx else x.new_empty(0, c_in)
-    return grad_x, gw if need_dw else x.new_empty(0, c_in, k), grad_b
+    grad_x = _as(layout.unpad(gx, out=False), x.dtype) if need_dx else x.new_empty(0, c_in)
+    return grad_x, _as(gw, x.dtype) if need_dw else x.new_empty(0, c_in, k), _as(grad_b, x.dtype)
