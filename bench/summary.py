@@ -10,7 +10,8 @@ Reads every ``*.json`` below the folder and prints, per kind of file found:
 - end-to-end files (``bench/e2e_step.py``): per stage, token rate, path and LLM option: median and p10-p90 step
   time, tokens/s, peak memory (GiB), MFU, loss and speedup over the reference;
 - training runs (``bench/train_run.py``): tokens/s, audio hours/s, step time, data wait, peak memory, losses;
-- sync counts (``bench/sync_count.py``).
+- sync counts (``bench/sync_count.py``);
+- host cost per op call vs plain PyTorch (``bench/overhead.py``).
 Rows of the same case in several files: the file named later (sorted path) wins.
 """
 from __future__ import annotations
@@ -136,6 +137,12 @@ def sync_table(files: List[Tuple[Path, dict]]) -> List[str]:
     return lines
 
 
+def overhead_table(files: List[Tuple[Path, dict]]) -> List[str]:
+    from bench.overhead import format_table
+
+    return [line for _, data in files for line in format_table(data["rows"]).splitlines()]
+
+
 def summarize(folder: Path) -> List[str]:
     """All tables for the results below ``folder`` (markdown lines)."""
     loaded = _load(folder)
@@ -147,6 +154,8 @@ def summarize(folder: Path) -> List[str]:
         "Training run (torchrun)": (train_run_table, [f for f in loaded if f[1].get("bench") == "train_run"]),
         "Host syncs in one fast-path step (tiny model)": (sync_table,
                                                           [f for f in loaded if "host_transfers" in f[1]]),
+        "Host cost per op call (tiny sizes, us)": (overhead_table,
+                                                   [f for f in loaded if f[1].get("bench") == "overhead"]),
     }
     envs = [d.get("environment", d) for _, d in loaded]
     env = next((e for e in envs if "device" in e and "torch" in e), None)

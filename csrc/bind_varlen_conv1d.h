@@ -9,6 +9,21 @@
 #include "varlen_conv1d.h"
 
 namespace akb {
+// cu_y (int32 [N+1], preallocated) <- offsets of the conv output tokens: max(0, (L + 2p - k) // s + 1) per sequence
+inline void varlen_conv1d_output_offsets(const at::Tensor& cu_x, at::Tensor cu_y, int64_t k, int64_t stride,
+                                         int64_t padding) {
+  check_offsets(cu_x, cu_y, "cu_seqlens");
+  check_offsets(cu_y, cu_x, "cu_y");
+  TORCH_CHECK(cu_x.numel() == cu_y.numel() && cu_x.numel() >= 1 && k >= 1 && stride >= 1 && padding >= 0 &&
+                  k <= INT32_MAX && stride <= INT32_MAX && padding <= INT32_MAX,
+              "varlen_conv1d_output_offsets: bad offsets, kernel size, stride or padding");
+  const c10::cuda::CUDAGuard guard(cu_x.device());
+  check_launch(ak_varlen_conv1d_output_offsets(cu_x.data_ptr<int32_t>(), static_cast<int32_t>(cu_x.numel() - 1),
+                                               static_cast<int32_t>(k), static_cast<int32_t>(stride),
+                                               static_cast<int32_t>(padding), cu_y.data_ptr<int32_t>(), stream()),
+               "varlen_conv1d_output_offsets");
+}
+
 // col [total_y, k * C_in]: the taps of every output token (ak_varlen_conv1d_im2col)
 inline at::Tensor conv_im2col(const at::Tensor& x, const at::Tensor& cu_x, const at::Tensor& cu_y, int64_t total_y,
                               int64_t k, int64_t stride, int64_t padding) {
@@ -105,6 +120,8 @@ inline void varlen_conv1d_gelu_grad(const at::Tensor& grad_y, const at::Tensor& 
 
 inline void register_varlen_conv1d(pybind11::module_& m) {
   namespace py = pybind11;
+  m.def("varlen_conv1d_output_offsets", &akb::varlen_conv1d_output_offsets, "conv output offsets into cu_y",
+        py::arg("cu_seqlens"), py::arg("cu_y"), py::arg("k"), py::arg("stride"), py::arg("padding"));
   m.def("varlen_conv1d_fwd", &akb::varlen_conv1d_fwd, "varlen conv1d forward (im2col + cuBLAS) into y / pre",
         py::arg("x"), py::arg("w_t"), py::arg("bias"), py::arg("y"), py::arg("pre"), py::arg("cu_seqlens"),
         py::arg("cu_y"), py::arg("stride"), py::arg("padding"), py::arg("gelu"));

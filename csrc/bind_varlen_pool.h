@@ -18,6 +18,18 @@ inline void check_like(const at::Tensor& t, const at::Tensor& like, const char* 
               " must match x's dtype and device");
 }
 
+// cu_y (int32 [N+1], preallocated) <- offsets of the pooled output: each length L becomes ceil(L / ratio).
+inline void varlen_pool_output_offsets(const at::Tensor& cu_x, at::Tensor cu_y, int64_t ratio) {
+  check_offsets(cu_x, cu_y, "cu_seqlens");
+  check_offsets(cu_y, cu_x, "cu_y");
+  TORCH_CHECK(cu_x.numel() == cu_y.numel() && cu_x.numel() >= 1 && ratio >= 1 && ratio <= INT32_MAX,
+              "varlen_pool_output_offsets: bad offsets or ratio");
+  const c10::cuda::CUDAGuard guard(cu_x.device());
+  check_launch(ak_varlen_pool_output_offsets(cu_x.data_ptr<int32_t>(), static_cast<int32_t>(cu_x.numel() - 1),
+                                             static_cast<int32_t>(ratio), cu_y.data_ptr<int32_t>(), stream()),
+               "varlen_pool_output_offsets");
+}
+
 // y [total_y, D] <- pool(x [total, D]) over windows of `ratio` frames of each sequence.
 inline void varlen_pool_fwd(const at::Tensor& x, at::Tensor y, const at::Tensor& cu_x, const at::Tensor& cu_y,
                             int64_t ratio, bool is_max) {
@@ -57,6 +69,8 @@ inline void varlen_pool_bwd(const at::Tensor& grad_y, const at::Tensor& x, const
 
 inline void register_varlen_pool(pybind11::module_& m) {
   namespace py = pybind11;
+  m.def("varlen_pool_output_offsets", &akb::varlen_pool_output_offsets, "pooled output offsets into cu_y",
+        py::arg("cu_seqlens"), py::arg("cu_y"), py::arg("ratio"));
   m.def("varlen_pool_fwd", &akb::varlen_pool_fwd, "varlen pooling forward into y",
         py::arg("x"), py::arg("y"), py::arg("cu_seqlens"), py::arg("cu_y"), py::arg("ratio"), py::arg("is_max"));
   m.def("varlen_pool_bwd", &akb::varlen_pool_bwd, "varlen pooling backward into grad_x",

@@ -41,36 +41,14 @@ __device__ __forceinline__ int find_seq(const int32_t* __restrict__ cu, int n_se
 }
 
 // ---------------------------------------------------------------- output offsets ----
-constexpr int kScanThreads = 1024;
-
-// cu_y[0] = 0, cu_y[i + 1] = sum_{j <= i} max_e len_{e,j}. One block: each thread sums a run of
-// sequences, a block-wide inclusive scan of the run totals, then each thread writes its run.
-__global__ void __launch_bounds__(kScanThreads) output_offsets_kernel(Streams s, int n_seq, int32_t* __restrict__ cu_y) {
-  __shared__ int32_t part[kScanThreads];
-  const int per = (n_seq + kScanThreads - 1) / kScanThreads;
-  const int i0 = threadIdx.x * per;
-  const int i1 = min(i0 + per, n_seq);
-  auto longest = [&](int i) {
+// cu_y[0] = 0, cu_y[i + 1] = sum_{j <= i} max_e len_{e,j} (ak::scan_offsets).
+__global__ void __launch_bounds__(ak::kScanThreads) output_offsets_kernel(Streams s, int n_seq,
+                                                                          int32_t* __restrict__ cu_y) {
+  ak::scan_offsets(n_seq, [&](int i) {
     int32_t l = 0;
     for (int e = 0; e < s.count; ++e) l = max(l, s.cu[e][i + 1] - s.cu[e][i]);
     return l;
-  };
-  int32_t local = 0;
-  for (int i = i0; i < i1; ++i) local += longest(i);
-  part[threadIdx.x] = local;
-  __syncthreads();
-  for (int off = 1; off < kScanThreads; off <<= 1) {
-    const int32_t v = threadIdx.x >= off ? part[threadIdx.x - off] : 0;
-    __syncthreads();
-    part[threadIdx.x] += v;
-    __syncthreads();
-  }
-  int32_t run = threadIdx.x > 0 ? part[threadIdx.x - 1] : 0;
-  if (threadIdx.x == 0) cu_y[0] = 0;
-  for (int i = i0; i < i1; ++i) {
-    run += longest(i);
-    cu_y[i + 1] = run;
-  }
+  }, cu_y);
 }
 
 // ---------------------------------------------------------------- concat (bandwidth) ----
@@ -244,7 +222,7 @@ extern "C" cudaError_t ak_multi_encoder_concat_output_offsets(const int32_t* con
   if (n_streams < 1 || n_streams > kMaxStreams || n_seq < 0) return cudaErrorInvalidValue;
   s.count = n_streams;
   for (int e = 0; e < n_streams; ++e) s.cu[e] = cus[e];
-  output_offsets_kernel<<<1, kScanThreads, 0, stream>>>(s, n_seq, cu_y);
+  output_offsets_kernel<<<1, ak::kScanThreads, 0, stream>>>(s, n_seq, cu_y);
   return cudaGetLastError();
 }
 

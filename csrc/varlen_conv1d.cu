@@ -108,7 +108,27 @@ cudaError_t launch_gelu_grad(const void* gy, const void* pre, void* out, int64_t
   return cudaGetLastError();
 }
 
+// cu_y[i + 1] - cu_y[i] = max(0, (len_i + 2 * padding - k) // stride + 1), 0 for an empty sequence
+// (ak::scan_offsets)
+__global__ void __launch_bounds__(ak::kScanThreads) output_offsets_kernel(const int32_t* __restrict__ cu_x, int n_seq,
+                                                                          int k, int stride, int padding,
+                                                                          int32_t* __restrict__ cu_y) {
+  ak::scan_offsets(n_seq, [&](int i) {
+    const int64_t len = cu_x[i + 1] - cu_x[i];
+    const int64_t span = len + 2 * static_cast<int64_t>(padding) - k;
+    return len == 0 || span < 0 ? 0 : static_cast<int32_t>(span / stride + 1);
+  }, cu_y);
+}
+
 }  // namespace
+
+// cu_y int32 [n_seq + 1] = offsets of the conv output tokens of each sequence, in one launch.
+extern "C" cudaError_t ak_varlen_conv1d_output_offsets(const int32_t* cu_x, int32_t n_seq, int32_t k, int32_t stride,
+                                                       int32_t padding, int32_t* cu_y, cudaStream_t stream) {
+  if (n_seq < 0 || k < 1 || stride < 1 || padding < 0) return cudaErrorInvalidValue;
+  output_offsets_kernel<<<1, ak::kScanThreads, 0, stream>>>(cu_x, n_seq, k, stride, padding, cu_y);
+  return cudaGetLastError();
+}
 
 // col [total_y, k * c_in] = the k taps of every output token (zeros at the sequences' zero padding);
 // x [total, c_in]; cu_x / cu_y int32 [n_seq + 1] device offsets of the input frames and output tokens.

@@ -6,6 +6,8 @@
 #include <stdint.h>
 
 extern "C" {
+cudaError_t ak_varlen_conv1d_output_offsets(const int32_t* cu_x, int32_t n_seq, int32_t k, int32_t stride,
+                                            int32_t padding, int32_t* cu_y, cudaStream_t stream);
 cudaError_t ak_varlen_conv1d_im2col(const void* x, const int32_t* cu_x, const int32_t* cu_y, int32_t n_seq,
                                     int64_t total_y, int32_t c_in, int32_t k, int32_t stride, int32_t padding,
                                     void* col, int32_t dtype, cudaStream_t stream);

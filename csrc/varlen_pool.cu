@@ -166,7 +166,24 @@ cudaError_t launch_bwd(const void* gy, const void* x, const void* y, void* gx, c
   return cudaGetLastError();
 }
 
+// cu_y[i + 1] - cu_y[i] = ceil(len_i / ratio) (ak::scan_offsets)
+__global__ void __launch_bounds__(ak::kScanThreads) output_offsets_kernel(const int32_t* __restrict__ cu_x, int n_seq,
+                                                                          int ratio, int32_t* __restrict__ cu_y) {
+  ak::scan_offsets(n_seq, [&](int i) {
+    const int32_t len = cu_x[i + 1] - cu_x[i];
+    return len == 0 ? 0 : (len - 1) / ratio + 1;
+  }, cu_y);
+}
+
 }  // namespace
+
+// cu_y int32 [n_seq + 1] = offsets of the pooled output (each length L becomes ceil(L / ratio)), in one launch.
+extern "C" cudaError_t ak_varlen_pool_output_offsets(const int32_t* cu_x, int32_t n_seq, int32_t ratio, int32_t* cu_y,
+                                                     cudaStream_t stream) {
+  if (n_seq < 0 || ratio < 1) return cudaErrorInvalidValue;
+  output_offsets_kernel<<<1, ak::kScanThreads, 0, stream>>>(cu_x, n_seq, ratio, cu_y);
+  return cudaGetLastError();
+}
 
 // y [total_y, D] = pool(x [total, D]) per window; cu_x / cu_y int32 [n_seq + 1] device offsets.
 extern "C" cudaError_t ak_varlen_pool_fwd(const void* x, void* y, const int32_t* cu_x, const int32_t* cu_y,

@@ -5,6 +5,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+extern "C" cudaError_t ak_varlen_pool_output_offsets(const int32_t* cu_x, int32_t n_seq, int32_t ratio, int32_t* cu_y,
+                                                     cudaStream_t stream);
 extern "C" cudaError_t ak_varlen_pool_fwd(const void* x, void* y, const int32_t* cu_x, const int32_t* cu_y,
                                           int64_t total_y, int32_t n_seq, int32_t D, int32_t ratio, int32_t is_max,
                                           int32_t dtype, cudaStream_t stream);

@@ -1,21 +1,30 @@
-"""One op-definition helper: a small spec registers the ``torch.library`` custom op, its fake implementation,
-its autograd formula and the dispatch to the chosen backend's module.
+"""One op-definition helper: a small spec registers the ``torch.library`` custom ops (forward and backward, with
+fake implementations and the autograd formula) and returns the callable the public function runs.
 
-Each op's package holds ``reference.py`` / ``triton.py`` / ``cuda.py`` with ``forward(*inputs)`` and
-``backward(*inputs)``; its ``__init__.py`` checks the inputs, resolves the backend and calls the op returned by
-:func:`define_op`, which takes the backend name as its last argument.
+Each op's package holds ``reference.py`` / ``triton.py`` / ``cuda.py`` (attention: ``flash_attn.py``) with
+``forward(*inputs)`` and ``backward(*inputs)``; its ``__init__.py`` checks the inputs, resolves the backend and
+calls the :class:`Op` that :func:`define_op` returns, with the arguments in schema order. A backend may also
+define ``forward_saving(*inputs) -> (outputs, saved)``: the eager autograd path then keeps ``saved`` (index tensors
+and other intermediates its backward would otherwise recompute) and calls ``backward(*inputs, saved=saved)``;
+the custom-op path calls ``forward`` and ``backward`` without it (the backward recomputes what it needs).
+
+The call path (docs/kernels.md, "Call path and host cost"): eagerly, an :class:`Op` calls the backend's
+``forward`` straight away (one ``torch.autograd.Function`` around it when a differentiable input requires grad,
+whose backward calls the backend's ``backward``); while ``torch.compile`` traces, and for meta tensors, it calls
+the registered custom op instead, so the graph holds one opaque node with its fake shapes and autograd formula.
+Both routes run the same backend functions with the same arguments; everything that depends only on the schema
+(which arguments are tensor lists, where the backend name sits) is worked out once, here, not per call.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._utils import on_tensor_device
-
-__all__ = ["OpSpec", "define_op"]
+__all__ = ["OpSpec", "Op", "define_op"]
 
 
 @dataclass(frozen=True)
@@ -25,13 +34,18 @@ class OpSpec:
     Attributes:
         name: registers ``alarm_kernels::<name>`` and ``alarm_kernels::<name>_backward``.
         package: the op's package; backend ``b`` lives in module ``<package>.<b>``.
-        schema: forward schema without the backend, e.g. ``"(Tensor x, int ratio) -> (Tensor, Tensor)"``.
-        backward_schema: the backward op's schema, same form.
-        fake: ``fake(*inputs)`` -> outputs of the right shapes (for torch.compile tracing).
+        schema: forward schema, e.g. ``"(Tensor x, int ratio) -> (Tensor, Tensor)"``; a ``str backend`` argument
+            is appended unless the schema names one (then the op takes it at that position).
+        backward_schema: the backward op's schema, same form (its ``str backend`` goes at the same rule).
+        fake: ``fake(*inputs)`` -> outputs of the right shapes (for torch.compile tracing); ``inputs`` are the
+            schema's arguments without the backend.
         backward_fake: the same for the backward op.
-        save: ``save(ctx, inputs, outputs)``: keep on ``ctx`` what the backward needs (``ctx.backend`` is set).
-        gradients: ``gradients(ctx, backward, *grad_outputs)`` -> one gradient (or None) per input; ``backward``
-            runs the backward op on ``ctx.backend`` (pass its arguments without the backend).
+        save: ``save(ctx, inputs, outputs)``: keep on ``ctx`` what the backward needs. Which inputs need gradients
+            is read from their ``requires_grad`` here (it holds on both call paths).
+        gradients: ``gradients(ctx, backward, *grad_outputs)`` -> one gradient (or None; a list for a tensor
+            list) per input; ``backward`` runs the backend's backward (pass its arguments without the backend).
+        non_differentiable: indices of the forward's outputs that carry no gradient (offsets, log-sum-exp,
+            saved intermediates): autograd never materializes a gradient for them.
     """
 
     name: str
@@ -42,45 +56,187 @@ class OpSpec:
     backward_fake: Callable[..., Any]
     save: Callable[[Any, Sequence[Any], Any], None]
     gradients: Callable[..., Sequence[Any]]
+    non_differentiable: Tuple[int, ...] = ()
 
 
-def _with_backend(schema: str) -> str:
+def _with_backend(schema: str) -> Tuple[str, int]:
+    """``(schema with a str backend argument, its position)``: appended unless the schema has one."""
     args, _, returns = schema.partition("->")
     args = args.strip()
     if not (args.startswith("(") and args.endswith(")")):
         raise ValueError(f"schema must look like '(...) -> ...', got {schema!r}")
+    names = [a.name for a in torch._C.parse_schema(f"x{args} -> ()").arguments]
+    if "backend" in names:
+        return schema, names.index("backend")
     inner = args[1:-1].strip()
-    return f"({inner}{', ' if inner else ''}str backend) -> {returns.strip()}"
+    return f"({inner}{', ' if inner else ''}str backend) -> {returns.strip()}", len(names)
 
 
-def _impl(package: str, backend: str):
-    return importlib.import_module(f"{package}.{backend}")
+def _without(args: Sequence[Any], position: int) -> List[Any]:
+    return [*args[:position], *args[position + 1:]]
 
 
-def define_op(spec: OpSpec):
-    """Register ``spec`` and return the forward custom op, called as ``op(*inputs, backend)``."""
-    def forward(*args):
-        with on_tensor_device(args):
-            return _impl(spec.package, args[-1]).forward(*args[:-1])
+class _Function(torch.autograd.Function):
+    """Autograd for the eager path: ``apply(op, impl, list_sizes, *flat_inputs)`` (tensor lists flattened so
+    autograd sees every tensor; ``list_sizes`` restores them)."""
 
-    def backward_impl(*args):
-        with on_tensor_device(args):
-            return _impl(spec.package, args[-1]).backward(*args[:-1])
+    @staticmethod
+    def forward(ctx, op: "Op", impl, list_sizes, *flat):
+        inputs = flat if list_sizes is None else op.unflatten(flat, list_sizes)
+        saving = getattr(impl, "forward_saving", None)
+        if saving is None:
+            outputs, ctx.intermediates = op.run(impl.forward, inputs), None
+        else:
+            outputs, ctx.intermediates = op.run(saving, inputs)
+        ctx.set_materialize_grads(False)
+        if op.spec.non_differentiable:
+            ctx.mark_non_differentiable(*(outputs[i] for i in op.spec.non_differentiable))
+        op.spec.save(ctx, inputs, outputs)
+        ctx.op, ctx.impl, ctx.list_sizes = op, impl, list_sizes
+        return outputs
 
-    op = torch.library.custom_op(f"alarm_kernels::{spec.name}", forward, mutates_args=(),
-                                 schema=_with_backend(spec.schema))
-    op.register_fake(lambda *args: spec.fake(*args[:-1]))
-    backward_op = torch.library.custom_op(f"alarm_kernels::{spec.name}_backward", backward_impl, mutates_args=(),
-                                          schema=_with_backend(spec.backward_schema))
-    backward_op.register_fake(lambda *args: spec.backward_fake(*args[:-1]))
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # the backends' backwards are not differentiable themselves
+    def backward(ctx, *grad_outputs):
+        op, saved, impl = ctx.op, ctx.intermediates, ctx.impl
+        if all(g is None for g in grad_outputs):  # no gradient reached the op's outputs (never materialized)
+            return (None,) * (len(ctx.needs_input_grad))
+        if saved is None:
+            grads = op.spec.gradients(ctx, lambda *args: op.run(impl.backward, args), *grad_outputs)
+        else:
+            grads = op.spec.gradients(ctx, lambda *args: op.run(functools.partial(impl.backward, saved=saved), args),
+                                      *grad_outputs)
+        return (None, None, None, *(grads if ctx.list_sizes is None else op.flatten_grads(grads, ctx.list_sizes)))
 
-    def setup_context(ctx, inputs, output):
-        ctx.backend = inputs[-1]
-        spec.save(ctx, inputs[:-1], output)
 
-    def autograd(ctx, *grad_outputs):
-        grads = spec.gradients(ctx, lambda *args: backward_op(*args, ctx.backend), *grad_outputs)
-        return (*grads, None)
+class Op:
+    """A registered op: call it with the schema's arguments (backend included, at its position).
 
-    op.register_autograd(autograd, setup_context=setup_context)
-    return op
+    Attributes:
+        spec: the :class:`OpSpec`.
+        custom_op: ``torch.ops.alarm_kernels.<name>`` (what torch.compile traces).
+        backward_op: ``torch.ops.alarm_kernels.<name>_backward``.
+    """
+
+    def __init__(self, spec: OpSpec):
+        self.spec = spec
+        schema, self.backend_at = _with_backend(spec.schema)
+        backward_schema, backward_at = _with_backend(spec.backward_schema)
+        arguments = torch._C.parse_schema(f"alarm_kernels::{spec.name}{schema}").arguments
+        inputs = _without(arguments, self.backend_at)
+        self.n_inputs = len(inputs)
+        # positions (among the inputs, backend left out) of the Tensor[] and of the Tensor / Tensor? arguments
+        self.list_inputs = tuple(i for i, a in enumerate(inputs) if str(a.type) == "List[Tensor]")
+        self.tensor_inputs = tuple(i for i, a in enumerate(inputs) if str(a.type) in ("Tensor", "Optional[Tensor]"))
+        self._modules: Dict[str, Any] = {}
+        at = self.backend_at
+
+        def forward(*args):
+            return self.run(self.backend(args[at]).forward, _without(args, at))
+
+        def backward(*args):
+            return self.run(self.backend(args[backward_at]).backward, _without(args, backward_at))
+
+        self.custom_op = torch.library.custom_op(f"alarm_kernels::{spec.name}", forward, mutates_args=(),
+                                                 schema=schema)
+        self.custom_op.register_fake(lambda *args: spec.fake(*_without(args, at)))
+        self.backward_op = torch.library.custom_op(f"alarm_kernels::{spec.name}_backward", backward,
+                                                   mutates_args=(), schema=backward_schema)
+        self.backward_op.register_fake(lambda *args: spec.backward_fake(*_without(args, backward_at)))
+
+        def setup_context(ctx, inputs, output):
+            ctx.set_materialize_grads(False)
+            if spec.non_differentiable:
+                ctx.mark_non_differentiable(*(output[i] for i in spec.non_differentiable))
+            ctx.backend = inputs[at]
+            spec.save(ctx, _without(inputs, at), output)
+
+        def autograd(ctx, *grad_outputs):
+            def run_backward(*args):
+                return self.backward_op(*args[:backward_at], ctx.backend, *args[backward_at:])
+
+            grads = list(spec.gradients(ctx, run_backward, *grad_outputs))
+            grads.insert(at, None)
+            return tuple(grads)
+
+        self.custom_op.register_autograd(autograd, setup_context=setup_context)
+
+    def backend(self, name: str):
+        """The module ``<package>.<name>`` (imported on first use, then cached)."""
+        module = self._modules.get(name)
+        if module is None:
+            module = self._modules[name] = importlib.import_module(f"{self.spec.package}.{name}")
+        return module
+
+    @staticmethod
+    def run(fn: Callable, args: Sequence[Any]):
+        """``fn(*args)`` with the first tensor's GPU made current when it is not (Triton launches on the current
+        device: ``cuda:1`` tensors while ``cuda:0`` is current would be read on the wrong GPU)."""
+        first = args[0]
+        if not isinstance(first, torch.Tensor):
+            first = first[0]
+        if first.is_cuda and first.get_device() != torch.cuda.current_device():
+            with torch.cuda.device(first.device):
+                return fn(*args)
+        return fn(*args)
+
+    def unflatten(self, flat: Sequence[Any], list_sizes: Optional[Tuple[int, ...]]) -> Sequence[Any]:
+        """The inputs from their flat form (see :meth:`__call__`)."""
+        if not list_sizes:
+            return flat
+        inputs, pos, sizes = [], 0, iter(list_sizes)
+        for i in range(self.n_inputs):
+            if i in self.list_inputs:
+                n = next(sizes)
+                inputs.append(list(flat[pos:pos + n]))
+                pos += n
+            else:
+                inputs.append(flat[pos])
+                pos += 1
+        return inputs
+
+    def flatten_grads(self, grads: Sequence[Any], list_sizes: Optional[Tuple[int, ...]]) -> List[Any]:
+        """Per-input gradients (lists for tensor lists, or None for a whole list) in the flat form."""
+        if not list_sizes:
+            return list(grads)
+        flat, sizes = [], iter(list_sizes)
+        for i, g in enumerate(grads):
+            if i in self.list_inputs:
+                n = next(sizes)
+                flat.extend([None] * n if g is None else g)
+            else:
+                flat.append(g)
+        return flat
+
+    def __call__(self, *args):
+        if torch.compiler.is_compiling():
+            return self.custom_op(*args)
+        at = self.backend_at
+        inputs = args[:at] if at == self.n_inputs else _without(args, at)
+        first = inputs[0] if isinstance(inputs[0], torch.Tensor) else inputs[0][0]
+        if first.is_meta:
+            return self.custom_op(*args)
+        impl = self._modules.get(args[at]) or self.backend(args[at])
+        if torch.is_grad_enabled() and self._requires_grad(inputs):
+            if self.list_inputs:
+                sizes = tuple(len(inputs[i]) for i in self.list_inputs)
+                flat = [t for i, a in enumerate(inputs) for t in (a if i in self.list_inputs else (a,))]
+                return _Function.apply(self, impl, sizes, *flat)
+            return _Function.apply(self, impl, None, *inputs)
+        return self.run(impl.forward, inputs)
+
+    def _requires_grad(self, inputs: Sequence[Any]) -> bool:
+        for i in self.tensor_inputs:
+            a = inputs[i]
+            if a is not None and a.requires_grad:
+                return True
+        for i in self.list_inputs:
+            for t in inputs[i]:
+                if t.requires_grad:
+                    return True
+        return False
+
+
+def define_op(spec: OpSpec) -> Op:
+    """Register ``spec`` and return the :class:`Op` to call (``op(*inputs_with_backend)``)."""
+    return Op(spec)

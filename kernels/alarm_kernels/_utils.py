@@ -45,15 +45,15 @@ def check_tensor(
     dtypes: Iterable[torch.dtype] = FLOAT_DTYPES,
     device: Optional[torch.device] = None,
 ) -> None:
-    """Raise ValueError naming ``name`` if ``x`` is not a tensor of the given rank, dtype and device."""
+    """Raise ValueError naming ``name`` if ``x`` is not a tensor of the given rank, dtype and device
+    (``dtypes`` a tuple or set; ``device`` a torch.device or a string)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if ndim is not None and x.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
-    dtypes = tuple(dtypes)
     if x.dtype not in dtypes:
-        raise ValueError(f"{name} has dtype {x.dtype}; supported: {dtypes}")
-    if device is not None and x.device != torch.device(device):
+        raise ValueError(f"{name} has dtype {x.dtype}; supported: {tuple(dtypes)}")
+    if device is not None and x.device != (device if isinstance(device, torch.device) else torch.device(device)):
         raise ValueError(f"{name} is on {x.device}, expected {device}")
 
 
@@ -181,12 +181,12 @@ def triton_autotune(
     return decorate
 
 
-def on_tensor_device(args) -> contextlib.AbstractContextManager:
-    """Make the first tensor in ``args``'s GPU the current one for the block (a no-op for CPU tensors). Triton
-    launches on the current device, so a kernel fed ``cuda:1`` tensors while ``cuda:0`` is current (a process
-    that never called ``torch.cuda.set_device``) would read memory of the wrong GPU."""
-    first = _first_tensor(args)
-    return torch.cuda.device(first.device) if first is not None and first.is_cuda else contextlib.nullcontext()
+def offsets_on_host(cu_seqlens: torch.Tensor) -> bool:
+    """Whether the reference backends read ``cu_seqlens`` on the host and build their index tensors in Python
+    (offsets on the CPU: reading them is no device sync, and a few integer loops cost less than the dozen small
+    tensor ops of the device route) or derive them with tensor ops on the device (no host read: GPUs). Tests
+    replace this function to run the device route on CPU."""
+    return cu_seqlens.device.type == "cpu"
 
 
 def is_compiling() -> bool:

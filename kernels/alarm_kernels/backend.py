@@ -93,12 +93,25 @@ def select_backend(
         ValueError: unknown backend name.
         RuntimeError: an explicitly requested backend cannot run these inputs.
     """
-    implemented = tuple(implemented)
-    input_reasons = input_reasons or {}
+    forced = os.environ.get(BACKEND_ENV, "").strip() if requested == "auto" else ""
+    key = (op, requested, device, forced, triton_interpreting(), tuple(implemented),
+           tuple(input_reasons.items()) if input_reasons else ())
+    chosen = _chosen.get(key)
+    if chosen is None:
+        chosen = _chosen[key] = _select(op, requested, device, key[5], input_reasons or {}, forced)
+    return chosen
+
+
+# (op, requested, device, forced, interpreting, implemented, reasons) -> backend: the checks below read the
+# environment and import modules, which is not worth repeating on every call (a few entries per op and device)
+_chosen: dict = {}
+
+
+def _select(op: str, requested: str, device: torch.device, implemented: tuple,
+            input_reasons: Mapping[str, Optional[str]], forced: str) -> str:
     if requested != "auto" and requested not in BACKENDS:
         raise ValueError(f"{op}: unknown backend {requested!r}; expected 'auto' or one of {BACKENDS}")
     if requested == "auto":
-        forced = os.environ.get(BACKEND_ENV, "").strip()
         if forced and forced != "auto":
             if forced not in BACKENDS:
                 raise ValueError(f"{BACKEND_ENV}={forced!r} is not a backend; expected one of {BACKENDS}")

@@ -52,7 +52,8 @@ def validate_cu_seqlens(
         raise ValueError(f"{name} must be int32, got {cu_seqlens.dtype}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
         raise ValueError(f"{name} must be a 1-D tensor [N+1] with N >= 0, got shape {tuple(cu_seqlens.shape)}")
-    if device is not None and cu_seqlens.device != torch.device(device):
+    if device is not None and cu_seqlens.device != (device if isinstance(device, torch.device)
+                                                    else torch.device(device)):
         raise ValueError(f"{name} is on {cu_seqlens.device} but the data is on {device}")
     if not check_values or torch.compiler.is_compiling():
         return None

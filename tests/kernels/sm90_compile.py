@@ -121,6 +121,9 @@ _ATTENTION_SHAPES = {
     torch.bfloat16: [(64, 1, False, True), (128, 4, True, False), (192, 1, False, False)],
     torch.float32: [(64, 2, False, False)],
 }
+# head dims whose forward is also compiled for short query sequences (SHORT_Q: the perceiver's latents; its own
+# config table), in the 16-bit dtypes
+_SHORT_Q_HEAD_DIMS = (64, 128, 192)
 
 
 def _attention(m, dt):
@@ -131,7 +134,9 @@ def _attention(m, dt):
         drop_args, dropout = m._dropout_args(0.1 if dropout else 0.0, 2**40 + 3, 5)
         shape = dict(GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, BLOCK_DHI=block_dhi, CAUSAL=causal, PREC=prec,
                      DROPOUT=dropout)
-        yield m._fwd_kernel, (q, k, k, q, lse, cu, cu, 0.18, *drop_args, sq[0], sk[0], 4000), shape
+        for short_q in (False, True) if head_dim in _SHORT_Q_HEAD_DIMS and dt != torch.float32 else (False,):
+            yield m._fwd_kernel, (q, k, k, q, lse, cu, cu, 0.18, *drop_args, sq[0], sk[0], 4000), dict(
+                shape, SHORT_Q=short_q)
         if dt == torch.float16 and not dropout:  # no dot: one compile per head dim
             yield m._bwd_preprocess_kernel, (q, q, lse, 4000, sq[0], 4000), dict(
                 HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_M=64)

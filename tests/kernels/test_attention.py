@@ -283,9 +283,9 @@ def test_reference_fused_cpu_route_matches_oracle(lens_q, lens_k, hq, hkv, d, ca
     monkeypatch.setattr(reference, "_CALL_COST", 0 if route == "runs" else 2**40)
     reference._plan.cache_clear()  # plans are cached per offsets; this test changes how they are made
     request.addfinalizer(reference._plan.cache_clear)
-    padded_calls = []
-    monkeypatch.setattr(reference._Padded, "pad_lse", lambda self, lse, f=reference._Padded.pad_lse: (
-        padded_calls.append(1), f(self, lse))[1])
+    padded_calls = []  # the padded call pads its inputs
+    pad = reference._Padded.pad
+    monkeypatch.setattr(reference._Padded, "pad", lambda self, x, keys: (padded_calls.append(1), pad(self, x, keys))[1])
     (q, k, v, dout), cu_q, cu_k = _inputs(lens_q, lens_k, hq, hkv, d, seed=sum(lens_q) + d, device="cpu")
     args = (cu_q, cu_k, max(lens_q), max(lens_k), causal, 0.7 / math.sqrt(d))
     fused = _run(q, k, v, dout, *args[:4], dtype, "reference", causal=causal, softmax_scale=args[5])

@@ -69,3 +69,16 @@ def test_bad_folder_and_bad_json(tmp_path, capsys):
     assert "broken.json" in capsys.readouterr().err
     with pytest.raises(ValueError, match="broken.json"):
         summarize(tmp_path)
+
+
+def test_overhead_file(tmp_path):
+    stats = lambda us: {"median_us": us, "p10_us": us - 1, "p90_us": us + 1}  # noqa: E731
+    (tmp_path / "overhead.json").write_text(json.dumps({"bench": "overhead", "environment": {"git_sha": "abc"},
+        "rows": [dict(op="varlen_pool", case="mean", direction="fwd", backend="reference", torch=stats(10.0),
+                      padded=stats(5.0), alarm_kernels=stats(12.0), custom_op=stats(30.0), ratio=1.2, ratio_p10=1.1,
+                      ratio_p90=1.3,
+                      ratio_vs_padded=2.4, ratio_vs_padded_p10=2.0, ratio_vs_padded_p90=2.8)]}))
+    text = "\n".join(summarize(tmp_path))
+    assert "Host cost per op call" in text
+    assert ("| varlen_pool | mean | fwd | reference | 10.0 (9.0-11.0) | 5.0 (4.0-6.0) | 12.0 (11.0-13.0) | "
+            "1.20 (1.10-1.30) | 2.40 (2.00-2.80) | 30.0 (29.0-31.0) |") in text

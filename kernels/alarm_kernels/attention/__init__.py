@@ -8,7 +8,6 @@ resolves the backend and calls the ``torch.library`` custom op ``alarm_kernels::
 """
 from __future__ import annotations
 
-import importlib
 import math
 import weakref
 from typing import Dict, Optional, Tuple
@@ -16,7 +15,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._utils import check_tensor, on_tensor_device
+from .._opdef import OpSpec, define_op
+from .._utils import check_tensor
 from ..backend import select_backend
 from ..varlen import cu_seqlens_to_seqlens, validate_cu_seqlens
 from .reference import OFFSET_LIMIT, SEED_BITS
@@ -28,63 +28,40 @@ IMPLEMENTED = ("flash_attn", "triton", "reference")
 MIN_HEAD_DIM, MAX_HEAD_DIM = 32, 256
 
 
-def _impl(backend: str):
-    return importlib.import_module(f"{__name__}.{backend}")
-
-
-@torch.library.custom_op("alarm_kernels::packed_attention", mutates_args=())
-def _packed_attention_op(
-    q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
-    max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool, backend: str, dropout_p: float,
-    dropout_seed: int, dropout_offset: int,
-) -> Tuple[Tensor, Tensor]:
-    with on_tensor_device((q,)):
-        return _impl(backend).forward(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, dropout_p,
-            dropout_seed, dropout_offset,
-        )
-
-
-@_packed_attention_op.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, deterministic, backend,
-      dropout_p, dropout_seed, dropout_offset):
+def _fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, deterministic,
+          dropout_p, dropout_seed, dropout_offset):
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=lse_dtype)
 
 
-@torch.library.custom_op("alarm_kernels::packed_attention_backward", mutates_args=())
-def _packed_attention_backward_op(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_seqlens_q: Tensor,
-    cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
-    deterministic: bool, backend: str, dropout_p: float, dropout_seed: int, dropout_offset: int,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    with on_tensor_device((q,)):
-        return _impl(backend).backward(
-            grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-            softmax_scale, deterministic, dropout_p, dropout_seed, dropout_offset,
-        )
-
-
-@_packed_attention_backward_op.register_fake
-def _(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
-      deterministic, backend, dropout_p, dropout_seed, dropout_offset):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, output):
     q, k, v, cu_q, cu_k = inputs[:5]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
-    ctx.mark_non_differentiable(lse)
-    ctx.args = inputs[5:]  # max_q, max_k, causal, scale, deterministic, backend, dropout_p, seed, offset
+    ctx.args = inputs[5:]  # max_q, max_k, causal, scale, deterministic, dropout_p, seed, offset
 
 
-def _backward(ctx, grad_out, _grad_lse):
-    dq, dk, dv = _packed_attention_backward_op(grad_out.contiguous(), *ctx.saved_tensors, *ctx.args)
+def _gradients(ctx, backward, grad_out, _grad_lse):
+    dq, dk, dv = backward(grad_out.contiguous(), *ctx.saved_tensors, *ctx.args)
     return (dq, dk, dv) + (None,) * (len(ctx.args) + 2)
 
 
-_packed_attention_op.register_autograd(_backward, setup_context=_setup_context)
+_packed_attention_op = define_op(OpSpec(
+    name="packed_attention",
+    package=__name__,
+    schema="(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, SymInt max_seqlen_q, "
+           "SymInt max_seqlen_k, bool causal, float softmax_scale, bool deterministic, str backend, float dropout_p, "
+           "SymInt dropout_seed, SymInt dropout_offset) -> (Tensor, Tensor)",
+    backward_schema="(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor cu_seqlens_q, "
+                    "Tensor cu_seqlens_k, SymInt max_seqlen_q, SymInt max_seqlen_k, bool causal, float softmax_scale, "
+                    "bool deterministic, str backend, float dropout_p, SymInt dropout_seed, SymInt dropout_offset) "
+                    "-> (Tensor, Tensor, Tensor)",
+    fake=_fake,
+    backward_fake=lambda grad_out, q, k, v, *_: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)),
+    save=_save,
+    gradients=_gradients,
+    non_differentiable=(1,),  # lse
+))
 
 
 # offsets tensors already validated: id -> (weakref, _version, total, longest sequence). A model calls the op

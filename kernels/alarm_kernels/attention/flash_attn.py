@@ -20,8 +20,8 @@ from . import reference
 
 def forward(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, dropout_p: float = 0.0,
-    dropout_seed: int = 0, dropout_offset: int = 0,
+    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool = False,
+    dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0,
 ) -> Tuple[Tensor, Tensor]:
     """Same contract as :func:`alarm_kernels.attention.reference.forward` (fp16/bf16 CUDA tensors, no dropout:
     the op's front end never selects this backend with ``dropout_p > 0``)."""

@@ -154,11 +154,15 @@ class _Padded:
     sequence's end) and scatters results back. Padded keys are masked out (additive ``-inf``); padded
     query rows see the valid keys, so nothing produces NaN, and their zero ``dO`` adds no gradient."""
 
-    def __init__(self, seqs: List[Tuple[int, int, int, int]], causal: bool, dtype: torch.dtype, device: torch.device):
+    def __init__(self, seqs: List[Tuple[int, int, int, int]], causal: bool, dtype: torch.dtype, device: torch.device,
+                 total_q: int, total_k: int):
         q0, k0, lq, lk = (torch.tensor(col, dtype=torch.int64, device=device) for col in zip(*seqs, strict=True))
         self.n, self.lq, self.lk = len(seqs), int(lq.max()), int(lk.max())
-        self.q_src, self.q_dst = self._index(q0, lq, self.lq)
-        self.k_src, self.k_dst = self._index(k0, lk, self.lk)
+        self.q_src, self.q_seq, self.q_pos = self._index(q0, lq)
+        self.k_src, self.k_seq, self.k_pos = self._index(k0, lk)
+        # the padded call covers every packed row in order (no other run): gathers and scatters skip the row index
+        self.q_all = self._covers(self.q_src, total_q)
+        self.k_all = self._covers(self.k_src, total_k)
         rows = torch.arange(self.lq, device=device)[None, :, None]
         cols = torch.arange(self.lk, device=device)[None, None, :]
         visible = cols < lk[:, None, None]
@@ -167,30 +171,54 @@ class _Padded:
         zero = torch.zeros((), dtype=dtype, device=device)
         self.mask = torch.where(visible, zero, -math.inf)[:, None]
 
-    def _index(self, starts: Tensor, lengths: Tensor, longest: int) -> Tuple[Tensor, Tensor]:
+    def _index(self, starts: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Per valid row: its packed row, its sequence among the n and its position in that sequence."""
         seq = torch.repeat_interleave(torch.arange(self.n, device=starts.device), lengths)
         within = torch.arange(seq.numel(), device=starts.device) - (torch.cumsum(lengths, 0) - lengths)[seq]
-        return starts[seq] + within, seq * longest + within
+        return starts[seq] + within, seq, within
+
+    @staticmethod
+    def _covers(src: Tensor, total: int) -> bool:
+        return src.numel() == total and bool(torch.equal(src, torch.arange(total, device=src.device)))
 
     def pad(self, x: Tensor, keys: bool) -> Tensor:
         """Rows of packed ``x [T, H, D]`` as ``[n, H, L, D]`` (L = longest query or key sequence)."""
-        src, dst, longest = (self.k_src, self.k_dst, self.lk) if keys else (self.q_src, self.q_dst, self.lq)
-        padded = x.new_zeros((self.n * longest,) + tuple(x.shape[1:]))
-        padded.index_copy_(0, dst, x.index_select(0, src))
-        return padded.view(self.n, longest, x.shape[1], x.shape[2]).transpose(1, 2)
+        src, seq, pos, longest, every = ((self.k_src, self.k_seq, self.k_pos, self.lk, self.k_all) if keys
+                                         else (self.q_src, self.q_seq, self.q_pos, self.lq, self.q_all))
+        padded = x.new_zeros((self.n, longest) + tuple(x.shape[1:]))
+        padded[seq, pos] = x if every else x.index_select(0, src)
+        return padded.transpose(1, 2)
+
+    def unpad(self, padded: Tensor, keys: bool) -> Tensor:
+        """The valid rows of ``padded [n, H, L, D]`` as a fresh packed tensor (in packed order when the call covers
+        every row: ``q_all`` / ``k_all``)."""
+        seq, pos = (self.k_seq, self.k_pos) if keys else (self.q_seq, self.q_pos)
+        return padded.transpose(1, 2)[seq, pos]
 
     def unpad_into(self, full: Tensor, padded: Tensor, keys: bool) -> None:
         """Write the valid rows of ``padded [n, H, L, D]`` into packed ``full [T, H, D]``."""
-        src, dst = (self.k_src, self.k_dst) if keys else (self.q_src, self.q_dst)
-        full.index_copy_(0, src, padded.transpose(1, 2).reshape(-1, full.shape[1], full.shape[2]).index_select(0, dst))
+        src, every = (self.k_src, self.k_all) if keys else (self.q_src, self.q_all)
+        rows = self.unpad(padded, keys)
+        if every:
+            full.copy_(rows)
+        else:
+            full.index_copy_(0, src, rows)
+
+    def unpad_lse(self, padded: Tensor) -> Tensor:
+        """The valid rows of ``padded [n, H, L]`` as a fresh contiguous ``[H, T]`` (the call covers every row)."""
+        return padded.transpose(1, 2)[self.q_seq, self.q_pos].t().contiguous()
 
     def pad_lse(self, lse: Tensor) -> Tensor:
-        padded = lse.new_zeros((lse.shape[0], self.n * self.lq))
-        padded.index_copy_(1, self.q_dst, lse.index_select(1, self.q_src))
-        return padded.view(lse.shape[0], self.n, self.lq).transpose(0, 1)
+        padded = lse.new_zeros((self.n, self.lq, lse.shape[0]))
+        padded[self.q_seq, self.q_pos] = (lse if self.q_all else lse.index_select(1, self.q_src)).t()
+        return padded.transpose(1, 2)
 
     def unpad_lse_into(self, lse: Tensor, padded: Tensor) -> None:
-        lse.index_copy_(1, self.q_src, padded.transpose(0, 1).reshape(lse.shape[0], -1).index_select(1, self.q_dst))
+        rows = padded.transpose(1, 2)[self.q_seq, self.q_pos].t()
+        if self.q_all:
+            lse.copy_(rows)
+        else:
+            lse.index_copy_(1, self.q_src, rows)
 
 
 @functools.lru_cache(maxsize=16)
@@ -211,7 +239,7 @@ def _plan(bq: Tuple[int, ...], bk: Tuple[int, ...], causal: bool, fused: bool, w
     seqs = [(q0 + i * lq, k0 + i * lk, lq, lk) for q0, k0, n, lq, lk, _ in fused_runs for i in range(n)]
     if not _use_padded(seqs, len(fused_runs), width):
         return runs, None
-    return [r for r in runs if r[5] != "fused"], _Padded(seqs, causal, dtype, device)
+    return [r for r in runs if r[5] != "fused"], _Padded(seqs, causal, dtype, device, bq[-1], bk[-1])
 
 
 def _plan_for(q: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, causal: bool, plain: bool):
@@ -285,34 +313,30 @@ def _plain_backward(grad_out, q, k, v, out, dq, dk, dv, q0, q1, k0, k1, causal, 
     dk[k0:k1] = torch.einsum("hgqk,qhgd->khd", ds, qi) * scale
 
 
-def forward(
+def forward_saving(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, dropout_p: float = 0.0,
-    dropout_seed: int = 0, dropout_offset: int = 0, *, plain: bool = False,
-) -> Tuple[Tensor, Tensor]:
-    """Packed attention forward.
-
-    Args:
-        q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]`` (same float dtype, float64 allowed).
-        cu_seqlens_q, cu_seqlens_k: int32 ``[N+1]`` offsets. max_seqlen_*: unused here (kept for the
-            common backend signature).
-        causal: bottom-right aligned causal mask. softmax_scale: multiplies ``Q K^T``.
-        dropout_p, dropout_seed, dropout_offset: attention dropout rate in [0, 1) and its mask's Philox seed
-            (``[0, 2^62)``) and offset (``[0, 2^31)``); see :func:`dropout_keep_mask`.
-        plain: force the plain formula (tests use it in low precision to size error budgets).
-    Returns:
-        ``(out [total_q, Hq, D] in q's dtype, lse [Hq, total_q] float32 (float64 for float64 inputs))``.
-    """
-    out = empty_output(q.shape, q.dtype, q.device)
-    lse = empty_output((q.shape[1], q.shape[0]), lse_dtype(q.dtype), q.device)
+    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool = False,
+    dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0, *, plain: bool = False,
+) -> Tuple[Tuple[Tensor, Tensor], Optional[Tuple[Tensor, ...]]]:
+    """:func:`forward`'s outputs and what :func:`backward` takes as ``saved``: the padded call's inputs and
+    outputs (q, k, v, out, lse in its layout), or None when no padded call ran."""
     dropout = (dropout_p, dropout_seed, dropout_offset) if dropout_p > 0 else None
     runs, padded = _plan_for(q, cu_seqlens_q, cu_seqlens_k, causal, plain or dropout is not None)
     fused_fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    saved = None
     if padded is not None:
-        o, lse_pad = fused_fwd(padded.pad(q, False), padded.pad(k, True), padded.pad(v, True), 0.0, False,
-                               attn_mask=padded.mask, scale=softmax_scale)
-        padded.unpad_into(out, o, False)
-        padded.unpad_lse_into(lse, lse_pad)
+        qp, kp, vp = padded.pad(q, False), padded.pad(k, True), padded.pad(v, True)
+        o, lse_pad = fused_fwd(qp, kp, vp, 0.0, False, attn_mask=padded.mask, scale=softmax_scale)
+        saved = (qp, kp, vp, o, lse_pad)
+    if padded is not None and padded.q_all:  # one padded call made every output row: gather them, nothing else
+        out = padded.unpad(o, False).to(q.dtype)  # no-op unless an autocast changed the fused call's dtype
+        lse = padded.unpad_lse(lse_pad).to(lse_dtype(q.dtype))
+    else:
+        out = empty_output(q.shape, q.dtype, q.device)
+        lse = empty_output((q.shape[1], q.shape[0]), lse_dtype(q.dtype), q.device)
+        if padded is not None:
+            padded.unpad_into(out, o, False)
+            padded.unpad_lse_into(lse, lse_pad)
     for q0, k0, n, lq, lk, how in runs:
         q1 = q0 + n * lq
         if how == "empty_k":
@@ -327,14 +351,37 @@ def forward(
             for s in range(n):
                 _plain_forward(q, k, v, out, lse, q0 + s * lq, q0 + (s + 1) * lq, k0 + s * lk, k0 + (s + 1) * lk,
                                causal, softmax_scale, dropout)
-    return out, lse
+    return (out, lse), saved
+
+
+def forward(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool = False,
+    dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0, *, plain: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """Packed attention forward.
+
+    Args:
+        q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]`` (same float dtype, float64 allowed).
+        cu_seqlens_q, cu_seqlens_k: int32 ``[N+1]`` offsets. max_seqlen_*: unused here (kept for the
+            common backend signature).
+        causal: bottom-right aligned causal mask. softmax_scale: multiplies ``Q K^T``. deterministic: unused
+            here (the op's schema carries it for the backward).
+        dropout_p, dropout_seed, dropout_offset: attention dropout rate in [0, 1) and its mask's Philox seed
+            (``[0, 2^62)``) and offset (``[0, 2^31)``); see :func:`dropout_keep_mask`.
+        plain: force the plain formula (tests use it in low precision to size error budgets).
+    Returns:
+        ``(out [total_q, Hq, D] in q's dtype, lse [Hq, total_q] float32 (float64 for float64 inputs))``.
+    """
+    return forward_saving(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
+                          deterministic, dropout_p, dropout_seed, dropout_offset, plain=plain)[0]
 
 
 def backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
     causal: bool, softmax_scale: float, deterministic: bool, dropout_p: float = 0.0, dropout_seed: int = 0,
-    dropout_offset: int = 0, *, plain: bool = False,
+    dropout_offset: int = 0, *, plain: bool = False, saved: Optional[Tuple[Tensor, ...]] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Packed attention backward (always deterministic).
 
@@ -342,21 +389,29 @@ def backward(
         grad_out: ``[total_q, Hq, D]``; q, k, v, out, lse as given to / returned by :func:`forward`
             (the plain formula recomputes the probabilities instead of reading ``lse``).
         dropout_p, dropout_seed, dropout_offset, plain: as for :func:`forward` (the same mask is regenerated).
+        saved: from :func:`forward_saving` (the padded call's tensors are padded again when None).
     Returns:
         ``(dq [total_q, Hq, D], dk [total_k, Hkv, D], dv [total_k, Hkv, D])`` in the input dtype.
     """
-    dq = empty_output(q.shape, q.dtype, q.device)
-    dk = empty_output(k.shape, k.dtype, k.device)
-    dv = empty_output(v.shape, v.dtype, v.device)
     dropout = (dropout_p, dropout_seed, dropout_offset) if dropout_p > 0 else None
     runs, padded = _plan_for(q, cu_seqlens_q, cu_seqlens_k, causal, plain or dropout is not None)
     fused_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    grads = None
     if padded is not None:
-        grads = fused_bwd(padded.pad(grad_out, False), padded.pad(q, False), padded.pad(k, True), padded.pad(v, True),
-                          padded.pad(out, False), padded.pad_lse(lse), 0.0, False, attn_mask=padded.mask,
-                          scale=softmax_scale)
-        for grad, full, keys in zip(grads, (dq, dk, dv), (False, True, True), strict=True):
-            padded.unpad_into(full, grad, keys)
+        if saved is None:
+            saved = (padded.pad(q, False), padded.pad(k, True), padded.pad(v, True), padded.pad(out, False),
+                     padded.pad_lse(lse))
+        grads = fused_bwd(padded.pad(grad_out, False), *saved, 0.0, False, attn_mask=padded.mask, scale=softmax_scale)
+    if grads is not None and padded.q_all and padded.k_all:  # the padded call covered every row: gather them
+        dq, dk, dv = (padded.unpad(g, keys).to(x.dtype)
+                      for g, keys, x in zip(grads, (False, True, True), (q, k, v), strict=True))
+    else:
+        dq = empty_output(q.shape, q.dtype, q.device)
+        dk = empty_output(k.shape, k.dtype, k.device)
+        dv = empty_output(v.shape, v.dtype, v.device)
+        if grads is not None:
+            for grad, full, keys in zip(grads, (dq, dk, dv), (False, True, True), strict=True):
+                padded.unpad_into(full, grad, keys)
     for q0, k0, n, lq, lk, how in runs:
         q1, k1 = q0 + n * lq, k0 + n * lk
         if how in ("empty_q", "empty_k"):

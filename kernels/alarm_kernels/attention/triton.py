@@ -66,6 +66,16 @@ _DEFAULT_CONFIGS = {
     "dkdv": {64: {80: (64, 128, 8, 2)}, 128: {80: (32, 64, 8, 2)}, 256: {80: (16, 64, 8, 2)}},
     "dq": {64: {80: (128, 64, 8, 2)}, 128: {80: (128, 64, 8, 2)}, 256: {80: (64, 32, 8, 2)}},
 }
+# The forward for query sequences that fit one short tile (max_seqlen_q <= SHORT_Q: the perceiver's 20 latents
+# cross-attending an audio stream). Its grid has one program per (sequence, head), each streaming its sequence's
+# keys; with so few programs (160 for 40 sequences x 4 heads on 132 SMs) the loop is bound by load latency, not by
+# the dots. A 64-row tile would be two thirds padding rows. A 32-row tile holds the latents with 12 padding rows;
+# 8 warps spread its accumulator and scores over 256 threads (186 registers at D=192, no spills on sm_90; 4 warps
+# need 255 and spill), which leaves room for 128-key blocks: two stages of 128 keys in flight (119 KB of shared
+# memory at D=192) and half the loop iterations of 64-key blocks. 256 keeps 64-key blocks (shared memory).
+SHORT_Q = 32
+_SHORT_Q_CONFIGS = {64: {80: (32, 128, 8, 2)}, 128: {80: (32, 128, 8, 2)}, 192: {80: (32, 128, 8, 2)},
+                    256: {80: (32, 64, 8, 2)}}
 # shared memory one block may use, by compute capability (bytes)
 _SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 
@@ -81,9 +91,10 @@ def _at_capability(table: dict, capability: int):
     return table[max((c for c in table if c <= capability), default=min(table))]
 
 
-def default_config(kernel: str, block_d: int, capability: int) -> triton.Config:
-    """The fixed fp16/bf16 config of ``kernel`` ("fwd", "dkdv_atomic", "dkdv", "dq") for a head-dim block."""
-    by_dim = _DEFAULT_CONFIGS[kernel]
+def default_config(kernel: str, block_d: int, capability: int, short_q: bool = False) -> triton.Config:
+    """The fixed fp16/bf16 config of ``kernel`` ("fwd", "dkdv_atomic", "dkdv", "dq") for a head-dim block
+    (``short_q``: the forward of query sequences no longer than :data:`SHORT_Q`)."""
+    by_dim = _SHORT_Q_CONFIGS if kernel == "fwd" and short_q else _DEFAULT_CONFIGS[kernel]
     m, n, warps, stages = _at_capability(by_dim[min(d for d in by_dim if d >= block_d)], capability)
     return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
 
@@ -110,13 +121,15 @@ def _prune(configs, named_args, kernel: str, **kwargs):
     if kernel == "dkdv" and kwargs.get("ATOMIC_DQ"):
         kernel = "dkdv_atomic"
     capability, block_d = _capability(), kwargs["BLOCK_D"] + kwargs.get("BLOCK_DHI", 0)  # columns in registers
+    short_q = bool(kwargs.get("SHORT_Q"))
     if not AUTOTUNE:
-        return [default_config(kernel, block_d, capability)]
+        return [default_config(kernel, block_d, capability, short_q)]
     limit = 2**21 if block_d <= 128 else 2**20
     shared = _at_capability(_SHARED_LIMIT, capability)
     kept = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * block_d <= limit
-            and shared_memory_estimate(kernel, c, block_d) <= shared]
-    return kept or [default_config(kernel, block_d, capability)]
+            and shared_memory_estimate(kernel, c, block_d) <= shared
+            and (kernel != "fwd" or (c.kwargs["BLOCK_M"] <= SHORT_Q) == short_q)]
+    return kept or [default_config(kernel, block_d, capability, short_q)]
 
 
 def _prune_for(kernel: str) -> dict:
@@ -131,7 +144,8 @@ def _configs(pairs, interpret_pair):
 
 
 _FWD_CONFIGS = _configs(
-    [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
+    [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2),
+     (32, 128, 8, 2), (32, 64, 8, 2), (32, 64, 4, 3), (16, 128, 4, 2)],  # the last four: short query sequences
     (64, 32, 4, 2),
 )
 _DKDV_CONFIGS = _configs(
@@ -254,15 +268,18 @@ _DROPOUT_ARGS = ["seed_lo", "seed_hi", "drop_offset", "drop_threshold"]
 
 
 @triton_autotune(
-    configs=_FWD_CONFIGS, key=["BLOCK_D", "BLOCK_DHI", "CAUSAL", "GROUP", "DROPOUT"], prune_configs_by=_prune_for("fwd")
+    configs=_FWD_CONFIGS, key=["BLOCK_D", "BLOCK_DHI", "CAUSAL", "GROUP", "DROPOUT", "SHORT_Q"],
+    prune_configs_by=_prune_for("fwd"),
 )
 @triton.jit(do_not_specialize=_DROPOUT_ARGS)
 def _fwd_kernel(
     Q, K, V, OUT, LSE, CU_Q, CU_K, qk_scale, keep_scale, seed_lo, seed_hi, drop_offset, drop_threshold,
     stride_qt, stride_kt, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DHI: tl.constexpr,
-    CAUSAL: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, PREC: tl.constexpr, DROPOUT: tl.constexpr, SHORT_Q: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
+    # SHORT_Q (max_seqlen_q <= SHORT_Q) only selects the config (see _SHORT_Q_CONFIGS)
     pid_m = tl.program_id(0)
     if CAUSAL:  # causal tiles further down the diagonal do more work: launch them first
         pid_m = tl.num_programs(0) - 1 - pid_m
@@ -600,15 +617,16 @@ def _dropout_args(dropout_p: float, dropout_seed: int, dropout_offset: int):
 
 def forward(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, dropout_p: float = 0.0,
-    dropout_seed: int = 0, dropout_offset: int = 0,
+    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool = False,
+    dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0,
 ) -> Tuple[Tensor, Tensor]:
     """Packed attention forward on Triton.
 
     Args:
         q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]`` (contiguous, fp32/fp16/bf16).
         cu_seqlens_q, cu_seqlens_k: int32 ``[N+1]``; max_seqlen_q: sizes the grid (``>=`` longest query).
-        causal: bottom-right aligned causal mask. softmax_scale: multiplies ``Q K^T``.
+        causal: bottom-right aligned causal mask. softmax_scale: multiplies ``Q K^T``. deterministic: unused
+            here (the op's schema carries it for the backward).
         dropout_p, dropout_seed, dropout_offset: attention dropout (the reference's mask, bit for bit).
     Returns:
         ``(out [total_q, Hq, D] in q's dtype, lse [Hq, total_q] float32)``.
@@ -625,7 +643,7 @@ def forward(
         q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale * LOG2E, *drop_args,
         q.stride(0), k.stride(0), lse.stride(0),
         GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d, BLOCK_DHI=block_dhi, CAUSAL=causal, PREC=prec,
-        DROPOUT=dropout,
+        DROPOUT=dropout, SHORT_Q=max_seqlen_q <= SHORT_Q,
     )
     return out, lse
 

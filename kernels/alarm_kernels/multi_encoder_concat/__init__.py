@@ -76,6 +76,7 @@ _multi_encoder_concat_op = define_op(OpSpec(
     backward_fake=_backward_fake,
     save=_save,
     gradients=_gradients,
+    non_differentiable=(1,),  # cu_y
 ))
 
 

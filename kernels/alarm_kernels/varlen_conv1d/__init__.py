@@ -49,11 +49,13 @@ def _save(ctx, inputs, output):
     _, cu_y, pre = output
     ctx.save_for_backward(x, cu_seqlens, cu_y, weight, pre)
     ctx.stride, ctx.padding, ctx.activation, ctx.max_len = stride, padding, activation, max_len
+    ctx.need_dx, ctx.need_dw = x.requires_grad, weight.requires_grad
+    ctx.need_db = bias is not None and bias.requires_grad
 
 
 def _gradients(ctx, backward, grad_y, _grad_cu_y, _grad_pre):
     x, cu_seqlens, cu_y, weight, pre = ctx.saved_tensors
-    need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+    need_dx, need_dw, need_db = ctx.need_dx, ctx.need_dw, ctx.need_db
     grad_x, grad_w, grad_b = backward(
         grad_y.contiguous(), x, cu_seqlens, cu_y, weight, pre, ctx.stride, ctx.padding, ctx.activation,
         need_dx, need_dw, ctx.max_len,
@@ -76,6 +78,7 @@ _varlen_conv1d_op = define_op(OpSpec(
     backward_fake=_backward_fake,
     save=_save,
     gradients=_gradients,
+    non_differentiable=(1, 2),  # cu_y, and pre (the saved GELU input)
 ))
 
 

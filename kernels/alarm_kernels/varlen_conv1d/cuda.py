@@ -14,7 +14,6 @@ from torch import Tensor
 
 from .._ext import extension
 from .._utils import empty_output
-from .reference import conv_cu_seqlens
 
 
 def forward(
@@ -24,14 +23,16 @@ def forward(
     """``(y [total_y, C_out], cu_y, pre)``; pre is the GELU pre-activation or an empty ``[0, C_out]``.
     ``total_y``: the output token count when known on the host (-1: read it); ``max_len`` is unused."""
     c_out, _, k = weight.shape
-    cu_y = conv_cu_seqlens(cu_seqlens, k, stride, padding)
+    ext = extension()
+    cu_y = torch.empty_like(cu_seqlens)
+    ext.varlen_conv1d_output_offsets(cu_seqlens, cu_y, k, stride, padding)  # one scan launch
     total_y = int(cu_y[-1]) if total_y < 0 else total_y
     gelu = activation == "gelu"
     y = empty_output((total_y, c_out), x.dtype, x.device)
     pre = empty_output((total_y if gelu else 0, c_out), x.dtype, x.device)
     if total_y > 0:
         w_t = weight.permute(2, 1, 0).contiguous()
-        extension().varlen_conv1d_fwd(x, w_t, bias, y, pre, cu_seqlens, cu_y, stride, padding, gelu)
+        ext.varlen_conv1d_fwd(x, w_t, bias, y, pre, cu_seqlens, cu_y, stride, padding, gelu)
     return y, cu_y, pre
 
 

@@ -9,28 +9,27 @@ autograd inside.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _utils
 from .._utils import empty_output
 from ..varlen import cu_seqlens_to_seqlens
 
 
 def conv_out_lengths(lengths: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
     """int64 ``[N]``: output tokens per sequence, ``max(0, (L + 2p - k) // s + 1)`` for L > 0, 0 for L = 0."""
-    out = torch.div(lengths + 2 * padding - kernel_size, stride, rounding_mode="floor") + 1
-    return torch.where(lengths > 0, out.clamp(min=0), torch.zeros_like(out))
+    out = (lengths + (2 * padding - kernel_size)).div_(stride, rounding_mode="floor").add_(1).clamp_(min=0)
+    return torch.where(lengths > 0, out, 0)
 
 
 def conv_cu_seqlens(cu_seqlens: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
-    """int32 ``[N+1]`` offsets of the conv output for the input offsets ``cu_seqlens``."""
-    out_len = conv_out_lengths(cu_seqlens_to_seqlens(cu_seqlens), kernel_size, stride, padding)
-    cu_y = torch.zeros_like(cu_seqlens)
-    cu_y[1:] = torch.cumsum(out_len, 0).to(cu_seqlens.dtype)
-    return cu_y
+    """int32 ``[N+1]`` offsets of the conv output for the input offsets ``cu_seqlens`` (tensor ops, no host read)."""
+    out_len = conv_out_lengths(cu_seqlens.diff().long(), kernel_size, stride, padding)
+    return F.pad(torch.cumsum(out_len, 0, dtype=torch.int32), (1, 0))
 
 
 def phase_offsets(cu_seqlens: Tensor, stride: int, padding: int) -> Tensor:
@@ -46,23 +45,86 @@ def phase_offsets(cu_seqlens: Tensor, stride: int, padding: int) -> Tensor:
     return cu_ph
 
 
-def _masks(cu_seqlens: Tensor, cu_y: Tensor, kernel_size: int, max_len: int = -1):
-    """Padded length T (>= k so conv1d is defined), and bool masks ``[N, T]`` / ``[N, T_out]`` of valid frames.
-    ``max_len``: the longest sequence when known on the host (-1: read it from the device)."""
-    lengths = cu_seqlens_to_seqlens(cu_seqlens)
-    out_len = cu_seqlens_to_seqlens(cu_y)
-    if max_len < 0:
-        max_len = int(lengths.max()) if lengths.numel() else 0
-    t_in = max(max_len, kernel_size)
-    in_mask = torch.arange(t_in, device=cu_seqlens.device)[None, :] < lengths[:, None]
-    return t_in, in_mask, out_len
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
-def _pad(x: Tensor, in_mask: Tensor) -> Tensor:
-    """Packed ``[total, C]`` -> zero-padded NCT batch ``[N, C, T]``."""
-    padded = x.new_zeros(in_mask.shape[0], in_mask.shape[1], x.shape[1])
-    padded[in_mask] = x
-    return padded.transpose(1, 2)
+class _Layout:
+    """Where the packed frames sit in the zero-padded batch: ``[N, T, C]`` in, ``[N, T_out, C]`` out (``T`` at least
+    k, so conv1d is defined). The frames' (sequence, position) pairs are index tensors built from offsets read on
+    the host, or bool masks ``[N, T]`` derived on the device (:func:`alarm_kernels._utils.offsets_on_host`)."""
+
+    def __init__(self, cu_seqlens: Tensor, cu_y: Tensor, kernel_size: int, stride: int, padding: int,
+                 max_len: int = -1, host: Optional[Tuple[List[int], List[int]]] = None):
+        if host is not None:  # (input offsets, output offsets) as ints
+            bounds, out_bounds = host
+            lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            max_len = max(lengths, default=0) if max_len < 0 else max_len
+            self.n, self.t_in = len(lengths), max(max_len, kernel_size)
+            self.t_out = (self.t_in + 2 * padding - kernel_size) // stride + 1
+            self.where_in = self._pairs(bounds, cu_seqlens.device)
+            self.where_out = self._pairs(out_bounds, cu_seqlens.device)
+            return
+        lengths = cu_seqlens_to_seqlens(cu_seqlens)
+        if max_len < 0:
+            max_len = int(lengths.max()) if lengths.numel() else 0
+        self.n, self.t_in = lengths.numel(), max(max_len, kernel_size)
+        self.t_out = (self.t_in + 2 * padding - kernel_size) // stride + 1
+        positions = torch.arange(max(self.t_in, self.t_out), device=cu_seqlens.device)[None, :]
+        self.where_in = positions[:, :self.t_in] < lengths[:, None]
+        self.where_out = positions[:, :self.t_out] < cu_seqlens_to_seqlens(cu_y)[:, None]
+
+    @staticmethod
+    def _pairs(bounds: List[int], device: torch.device) -> Tuple[Tensor, ...]:
+        seq, pos = [], []
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            seq += [i] * (b - a)
+            pos += range(b - a)
+        return tuple(torch.tensor([seq, pos], dtype=torch.int64, device=device).unbind(0))
+
+    def pad(self, x: Tensor, out: bool = False) -> Tensor:
+        """Packed ``[total, C]`` -> zero-padded ``[N, T, C]`` (``T_out`` rows for ``out``)."""
+        padded = x.new_zeros(self.n, self.t_out if out else self.t_in, x.shape[1])
+        padded[self.where_out if out else self.where_in] = x
+        return padded
+
+    def unpad(self, y: Tensor, out: bool = True) -> Tensor:
+        """NCT ``[N, C, T_out]`` (``T`` for not ``out``) -> packed ``[total, C]``."""
+        return y.transpose(1, 2)[self.where_out if out else self.where_in]
+
+
+def _layout(cu_seqlens: Tensor, kernel_size: int, stride: int, padding: int, max_len: int = -1
+            ) -> Tuple[Tensor, _Layout]:
+    """(int32 output offsets, the padded layout) by the route for these offsets."""
+    if _utils.offsets_on_host(cu_seqlens):
+        bounds = cu_seqlens.tolist()
+        out_bounds = [0]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            out_bounds.append(out_bounds[-1] + (max(0, (b - a + 2 * padding - kernel_size) // stride + 1) if b > a
+                                                else 0))
+        cu_y = torch.tensor(out_bounds, dtype=torch.int32, device=cu_seqlens.device)
+        return cu_y, _Layout(cu_seqlens, cu_y, kernel_size, stride, padding, max_len, (bounds, out_bounds))
+    cu_y = conv_cu_seqlens(cu_seqlens, kernel_size, stride, padding)
+    return cu_y, _Layout(cu_seqlens, cu_y, kernel_size, stride, padding, max_len)
+
+
+def forward_saving(
+    x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, activation: str,
+    total_y: int = -1, max_len: int = -1,
+) -> Tuple[Tuple[Tensor, Tensor, Tensor], Tuple[_Layout, Optional[Tensor]]]:
+    """:func:`forward`'s outputs and what :func:`backward` takes as ``saved`` (the layout and the padded input)."""
+    c_out, _, k = weight.shape
+    cu_y, layout = _layout(cu_seqlens, k, stride, padding, max_len)
+    total_y = int(cu_y[-1]) if total_y < 0 else total_y
+    if total_y == 0:
+        pre = empty_output((0, c_out), x.dtype, x.device)
+        return (empty_output((0, c_out), x.dtype, x.device), cu_y, pre), (layout, None)
+    x_pad = layout.pad(x).transpose(1, 2)  # [N, C_in, T]
+    z = layout.unpad(F.conv1d(x_pad, weight, bias, stride=stride, padding=padding))  # [N, C_out, T_out] -> packed
+    # outputs in x's dtype (under autocast the conv runs in lower precision; GELU on its output, then the cast)
+    if activation == "gelu":
+        return (_as(F.gelu(z), x.dtype), cu_y, _as(z, x.dtype)), (layout, x_pad)
+    return (_as(z, x.dtype), cu_y, empty_output((0, c_out), x.dtype, x.device)), (layout, x_pad)
 
 
 def forward(
@@ -80,22 +142,7 @@ def forward(
         ``(y [total_y, C_out], cu_y int32 [N+1], pre)``: pre is the pre-activation ``[total_y, C_out]``
         saved for the GELU backward, or an empty ``[0, C_out]`` tensor when activation is "none".
     """
-    c_out, _, k = weight.shape
-    cu_y = conv_cu_seqlens(cu_seqlens, k, stride, padding)
-    total_y = int(cu_y[-1]) if total_y < 0 else total_y
-    y = empty_output((total_y, c_out), x.dtype, x.device)
-    pre = empty_output((total_y if activation == "gelu" else 0, c_out), x.dtype, x.device)
-    if total_y > 0:
-        _, in_mask, out_len = _masks(cu_seqlens, cu_y, k, max_len)
-        out = F.conv1d(_pad(x, in_mask), weight, bias, stride=stride, padding=padding)  # [N, C_out, T_out]
-        out_mask = torch.arange(out.shape[2], device=x.device)[None, :] < out_len[:, None]
-        z = out.transpose(1, 2)[out_mask]
-        if activation == "gelu":
-            pre.copy_(z)
-            y.copy_(F.gelu(z))
-        else:
-            y.copy_(z)
-    return y, cu_y, pre
+    return forward_saving(x, cu_seqlens, weight, bias, stride, padding, activation, total_y, max_len)[0]
 
 
 def backward(
@@ -111,37 +158,31 @@ def backward(
     need_dx: bool,
     need_dw: bool,
     max_len: int = -1,
+    *,
+    saved: Optional[Tuple[_Layout, Optional[Tensor]]] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Explicit backward (``max_len`` as in :func:`forward`). ``grad_pre = grad_y * gelu'(pre)`` (or grad_y), then
     ``grad_x = conv1d_input(grad_pre)``, ``grad_w = conv1d_weight(x, grad_pre)``, ``grad_b = sum_t grad_pre``.
+    ``saved``: from :func:`forward_saving` (recomputed when None).
 
     Returns ``(grad_x [total, C_in] or empty [0, C_in] when not need_dx, grad_w [C_out, C_in, k] or empty
     [0, C_in, k] when not need_dw, grad_b [C_out])`` in x's dtype.
     """
     c_out, c_in, k = weight.shape
-    total = x.shape[0]
     grad_pre = torch.ops.aten.gelu_backward(grad_y, pre) if activation == "gelu" else grad_y  # exact GELU's
-    grad_x = empty_output((total if need_dx else 0, c_in), x.dtype, x.device)
-    grad_w = empty_output((c_out if need_dw else 0, c_in, k), x.dtype, x.device)
-    grad_b = empty_output((c_out,), x.dtype, x.device)
-    grad_b.copy_(grad_pre.sum(0))
+    grad_b = grad_pre.sum(0)
     if grad_pre.shape[0] == 0:
-        grad_x.zero_()
-        grad_w.zero_()
-        return grad_x, grad_w, grad_b
-    t_in, in_mask, out_len = _masks(cu_seqlens, cu_y, k, max_len)
-    t_out = (t_in + 2 * padding - k) // stride + 1
-    out_mask = torch.arange(t_out, device=x.device)[None, :] < out_len[:, None]
-    g_pad = grad_pre.new_zeros(out_mask.shape[0], t_out, c_out)
-    g_pad[out_mask] = grad_pre
-    g_pad = g_pad.transpose(1, 2).contiguous()  # [N, C_out, T_out]
+        return (x.new_zeros(x.shape[0] if need_dx else 0, c_in), x.new_zeros(c_out if need_dw else 0, c_in, k),
+                _as(grad_b, x.dtype))
+    layout, x_pad = (_layout(cu_seqlens, k, stride, padding, max_len)[1], None) if saved is None else saved
+    g_pad = layout.pad(grad_pre, out=True).transpose(1, 2).contiguous()  # [N, C_out, T_out]
     # one convolution_backward for both gradients, as autograd runs it for nn.Conv1d, on contiguous NCT
     # tensors (strided ones take a path several times slower on CPU)
-    x_pad = _pad(x, in_mask).contiguous() if need_dw else x.new_zeros(out_mask.shape[0], c_in, t_in)
+    if need_dw:
+        x_pad = (layout.pad(x).transpose(1, 2) if x_pad is None else x_pad).contiguous()
+    else:
+        x_pad = x.new_zeros(layout.n, c_in, layout.t_in)
     gx, gw, _ = torch.ops.aten.convolution_backward(g_pad, x_pad, weight, None, [stride], [padding], [1], False, [0],
                                                     1, [need_dx, need_dw, False])
-    if need_dx:
-        grad_x.copy_(gx.transpose(1, 2)[in_mask])
-    if need_dw:
-        grad_w.copy_(gw)
-    return grad_x, grad_w, grad_b
+    grad_x = _as(layout.unpad(gx, out=False), x.dtype) if need_dx else x.new_empty(0, c_in)
+    return grad_x, _as(gw, x.dtype) if need_dw else x.new_empty(0, c_in, k), _as(grad_b, x.dtype)

@@ -51,6 +51,7 @@ _varlen_pool_op = define_op(OpSpec(
     backward_fake=lambda grad_y, x, y, cu_seqlens, cu_y, ratio, mode: torch.empty_like(x),
     save=_save,
     gradients=_gradients,
+    non_differentiable=(1,),  # cu_y
 ))
 
 

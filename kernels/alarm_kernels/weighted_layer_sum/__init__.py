@@ -24,6 +24,10 @@ __all__ = ["weighted_layer_sum"]
 IMPLEMENTED = ("cuda", "triton", "reference")  # CUDA first where built: faster on an H200 (bench/results/)
 # most layers the CUDA launcher takes in one call (pointers travel by value in the kernel arguments)
 CUDA_MAX_LAYERS = 64
+# why a fast backend cannot run the inputs (select_backend's input_reasons), by case
+_NONE: dict = {}
+_FP64 = {"triton": "float64 is reference-only", "cuda": "float64 is reference-only"}
+_MANY = {"cuda": f"more than {CUDA_MAX_LAYERS} layers"}
 
 
 def _save(ctx, inputs, output):
@@ -72,26 +76,22 @@ def weighted_layer_sum(layers: Union[Sequence[Tensor], Tensor], logits: Tensor, 
         if layers.dim() < 1 or layers.shape[0] < 1:
             raise ValueError(f"layers as one tensor must be [k, ...] with k >= 1, got shape {tuple(layers.shape)}")
         layers = list(layers.unbind(0))
-    elif isinstance(layers, (list, tuple)):
-        layers = list(layers)
-    else:
+    elif not isinstance(layers, (list, tuple)):
         raise ValueError(f"layers must be a sequence of tensors or one [k, ...] tensor, got {type(layers).__name__}")
     if len(layers) == 0:
         raise ValueError("layers must hold at least one tensor")
-    check_tensor(layers[0], "layers[0]")
     first = layers[0]
-    for j, x in enumerate(layers[1:], start=1):
-        check_tensor(x, f"layers[{j}]", dtypes=(first.dtype,), device=first.device)
-        if x.shape != first.shape:
-            raise ValueError(f"layers[{j}] has shape {tuple(x.shape)} but layers[0] has {tuple(first.shape)}")
-    check_tensor(logits, "logits", ndim=1, device=first.device)
+    check_tensor(first, "layers[0]")
+    dtype, device, shape = first.dtype, first.device, first.shape
+    if not all(isinstance(x, Tensor) and x.dtype == dtype and x.device == device and x.shape == shape
+               for x in layers):  # one pass when all is well; the slow pass names the culprit
+        for j, x in enumerate(layers[1:], start=1):
+            check_tensor(x, f"layers[{j}]", dtypes=(dtype,), device=device)
+            if x.shape != shape:
+                raise ValueError(f"layers[{j}] has shape {tuple(x.shape)} but layers[0] has {tuple(shape)}")
+    check_tensor(logits, "logits", ndim=1, device=device)
     if logits.shape[0] != len(layers):
         raise ValueError(f"logits has {logits.shape[0]} entries but there are {len(layers)} layers")
-    fp64 = torch.float64 in (first.dtype, logits.dtype)
-    fast_reason = "float64 is reference-only" if fp64 else None
-    name = select_backend(
-        "weighted_layer_sum", backend, first.device, IMPLEMENTED,
-        {"triton": fast_reason,
-         "cuda": fast_reason or (f"more than {CUDA_MAX_LAYERS} layers" if len(layers) > CUDA_MAX_LAYERS else None)},
-    )
+    reasons = _FP64 if torch.float64 in (dtype, logits.dtype) else _MANY if len(layers) > CUDA_MAX_LAYERS else _NONE
+    name = select_backend("weighted_layer_sum", backend, device, IMPLEMENTED, reasons)
     return _weighted_layer_sum_op([x.contiguous() for x in layers], logits.contiguous(), name)
