@@ -1,1 +1,1 @@
-"""Benchmarks: kernel micro-benchmarks (``python -m bench.kernels``) and end-to-end steps."""
+"""Benchmarks: kernel micro-benchmarks (``python -m bench.ops``) and end-to-end steps."""

@@ -21,7 +21,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from bench.kernels import format_table, run_suite
+from bench.ops import format_table, run_suite
 from bench.plot import plot_speedups
 
 

@@ -44,10 +44,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# run as a script, this folder would come first on sys.path and its kernels.py would shadow the ``kernels``
-# package transformers imports: put the repository root there instead
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
 
 from alarm.fileio import atomic_write_json  # noqa: E402
 from alarm.model import ALARMConfig, ALARMModel, EncoderSpec, ModelBatch  # noqa: E402
@@ -155,9 +152,9 @@ def percentiles(times: List[float]) -> dict:
 
 def peak_tflops(device: torch.device) -> dict:
     """The device's dense peak for MFU: the spec sheet's bf16 figure when known (GPU) and the measured
-    throughput of one large matmul (bf16 on GPU, fp32 on CPU; ``bench.kernels.measure_ceilings``). MFU is
+    throughput of one large matmul (bf16 on GPU, fp32 on CPU; ``bench.ops.measure_ceilings``). MFU is
     reported on GPUs only."""
-    from bench.kernels import measure_ceilings
+    from bench.ops import measure_ceilings
 
     measured = measure_ceilings(device, quick=device.type != "cuda")
     spec = None

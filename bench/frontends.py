@@ -39,7 +39,7 @@ import torch
 
 from alarm.fileio import atomic_write_json
 from alarm.model.tiny import synthetic_audio
-from bench.kernels import environment
+from bench.ops import environment
 
 import alarm_kernels as ak
 

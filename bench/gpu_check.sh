@@ -87,7 +87,7 @@ fi
 stage environment 30 $PY -c "
 import json, sys; sys.path.insert(0, '.')
 import torch
-from bench.kernels import environment
+from bench.ops import environment
 from alarm.fileio import atomic_write_json
 env = environment(torch.device('cuda' if torch.cuda.is_available() else 'cpu'))
 atomic_write_json('$OUT/environment.json', env); print(json.dumps(env))"
@@ -157,9 +157,9 @@ fi
 module_stage llm_kernels 90 bench.e2e_step ${E2E[@]+"${E2E[@]}"} --stages B --token-rates 1 --no-profile \
   --llm-variants "$LLM_VARIANTS" --name e2e_llm_kernels --out "$OUT"
 stage syncs 30 $PY -m bench.sync_count --out "$OUT/syncs.json"
-stage memory_bound 60 $PY -m bench.kernels ${BENCH[@]+"${BENCH[@]}"} --ops "$MEM_OPS" --out "$OUT/memory_bound.json"
-ALARM_KERNELS_AUTOTUNE=1 stage attention 90 $PY -m bench.kernels ${BENCH[@]+"${BENCH[@]}"} --ops "$ATTN_OPS" \
+stage memory_bound 60 $PY -m bench.ops ${BENCH[@]+"${BENCH[@]}"} --ops "$MEM_OPS" --out "$OUT/memory_bound.json"
+ALARM_KERNELS_AUTOTUNE=1 stage attention 90 $PY -m bench.ops ${BENCH[@]+"${BENCH[@]}"} --ops "$ATTN_OPS" \
   --out "$OUT/attention.json"
-stage gemm 60 $PY -m bench.kernels ${BENCH[@]+"${BENCH[@]}"} --ops "$GEMM_OPS" --out "$OUT/gemm.json"
+stage gemm 60 $PY -m bench.ops ${BENCH[@]+"${BENCH[@]}"} --ops "$GEMM_OPS" --out "$OUT/gemm.json"
 echo; echo "gpu_check: done in $(( $(date +%s) - T0 )) s, status $status; results in $OUT"
 exit $status

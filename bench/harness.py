@@ -1,4 +1,4 @@
-"""What a kernel benchmark case is. The runner (``python -m bench.kernels``) times every case's
+"""What a kernel benchmark case is. The runner (``python -m bench.ops``) times every case's
 variants side by side in one process and reports time, achieved GB/s or TFLOP/s, fraction of the
 measured device ceiling, speedup over the reference PyTorch, and peak memory."""
 from __future__ import annotations

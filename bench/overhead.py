@@ -46,7 +46,7 @@ from bench.cases.varlen_conv1d import _padded_conv
 from bench.cases.varlen_pool import _padded_pool
 from bench.cases.weighted_layer_sum import _stacked_sum
 from bench.harness import fwd_bwd
-from bench.kernels import environment
+from bench.ops import environment
 
 OPS = ("varlen_pool", "varlen_conv1d", "weighted_layer_sum", "multi_encoder_concat", "packed_attention")
 DIRECTIONS = ("fwd", "fwd+bwd")

@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from bench import kernels as runner
+from bench import ops as runner
 from bench.harness import BenchCase
 
 

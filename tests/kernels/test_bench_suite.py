@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bench.__main__ as suite
-from bench import kernels as runner
+from bench import ops as runner
 from bench.harness import BenchCase
 from bench.plot import speedups_by_op
 
