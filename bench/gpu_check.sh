@@ -78,10 +78,12 @@ if [ "$DRY" = 1 ]; then
   ATTN_OPS=weighted_layer_sum MEM_OPS=weighted_layer_sum GEMM_OPS=weighted_layer_sum
   # the tiny model, one timed step; Liger's kernels and the compile variant's CPU compile are GPU-check material
   E2E=(--config quick --steps 1 --warmup 1) E2E_A=() LLM_VARIANTS=none,fp8
+  OVERHEAD=(--dry-run) FRONTENDS=(--dry-run)
 else
   QUICK=() CORRECT_OPS=() BENCH=()
   ATTN_OPS=attention MEM_OPS=varlen_pool,weighted_layer_sum GEMM_OPS=multi_encoder_concat,varlen_conv1d
   E2E=() E2E_A=(--warmup 1) LLM_VARIANTS=none,liger,compile,fp8
+  OVERHEAD=(--repeats 100 --calls 10) FRONTENDS=(--cases 8x20s,32x5s --budget 0.5)
 fi
 
 stage environment 30 $PY -c "
@@ -126,27 +128,10 @@ if [ -n "$BUILD_PID" ]; then
   fi
 fi
 
-# module_stage NAME LIMIT MODULE ARGS...: a `python -m MODULE` stage; a module this checkout does not have yet
-# (bench.overhead and bench.frontends land with their own branches) is recorded as "not in this checkout"
-module_stage() {
-  local name=$1 limit=$2 module=$3; shift 3
-  if [ -n "${ALARM_GPU_CHECK_ONLY:-}" ] && [[ ",$ALARM_GPU_CHECK_ONLY," != *",$name,"* ]]; then
-    stage "$name" "$limit" true  # records "not selected"
-    return
-  fi
-  if ! $PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$module') is None)" 2>/dev/null; then
-    echo "== $name: $module is not in this checkout =="
-    printf '{"stage": "%s", "status": "not in this checkout (%s)", "seconds": 0}\n' "$name" "$module" \
-      >>"$OUT/stages.jsonl"
-    return
-  fi
-  stage "$name" "$limit" $PY -m "$module" "$@"
-}
-
-module_stage overhead 30 bench.overhead --out "$OUT/overhead"
-module_stage frontends 40 bench.frontends --out "$OUT/frontends"
-module_stage e2e_stage_B 75 bench.e2e_step ${E2E[@]+"${E2E[@]}"} --stages B --name e2e_stage_B --out "$OUT"
-module_stage e2e_stage_A 110 bench.e2e_step ${E2E[@]+"${E2E[@]}"} ${E2E_A[@]+"${E2E_A[@]}"} --stages A \
+stage overhead 30 $PY -m bench.overhead "${OVERHEAD[@]}" --out "$OUT/overhead"
+stage frontends 60 $PY -m bench.frontends "${FRONTENDS[@]}" --out "$OUT/frontends"
+stage e2e_stage_B 75 $PY -m bench.e2e_step ${E2E[@]+"${E2E[@]}"} --stages B --name e2e_stage_B --out "$OUT"
+stage e2e_stage_A 110 $PY -m bench.e2e_step ${E2E[@]+"${E2E[@]}"} ${E2E_A[@]+"${E2E_A[@]}"} --stages A \
   --name e2e_stage_A --out "$OUT"
 if [ "$DRY" = 0 ]; then
   stage train_run 60 $PY bench/train_run.py --out "$OUT" --work "${TMPDIR:-/tmp}/alarm-train-run" --steps 60
@@ -154,7 +139,7 @@ else
   stage train_run 60 $PY bench/train_run.py --out "$OUT" --work "$OUT/train-run-work" --device cpu --steps 3 \
     --clips 8 --workers 0
 fi
-module_stage llm_kernels 90 bench.e2e_step ${E2E[@]+"${E2E[@]}"} --stages B --token-rates 1 --no-profile \
+stage llm_kernels 90 $PY -m bench.e2e_step ${E2E[@]+"${E2E[@]}"} --stages B --token-rates 1 --no-profile \
   --llm-variants "$LLM_VARIANTS" --name e2e_llm_kernels --out "$OUT"
 stage syncs 30 $PY -m bench.sync_count --out "$OUT/syncs.json"
 stage memory_bound 60 $PY -m bench.ops ${BENCH[@]+"${BENCH[@]}"} --ops "$MEM_OPS" --out "$OUT/memory_bound.json"

@@ -55,7 +55,7 @@ def summarize(metrics: Path) -> dict:
     med = lambda key: statistics.median(r[key] for r in timed)  # noqa: E731
     return {"steps": len(train), "tokens_per_s": med("tokens_per_s"), "audio_hours_per_s": med("audio_h_per_s"),
             "step_s": med("step_s"), "data_wait_share": med("data_wait"),
-            "peak_memory_gib": max(r.get("peak_mem_gb", 0.0) for r in train),  # the trainer's figure is GiB
+            "peak_memory_gib": max(r.get("peak_mem_gib", 0.0) for r in train),
             "loss_first": train[0]["loss"], "loss_last": train[-1]["loss"]}
 
 

@@ -83,7 +83,8 @@ def _autocast(world: World, cfg: TrainConfig):
     return torch.autocast(world.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def _peak_memory_gb(world: World) -> float:
+def _peak_memory_gib(world: World) -> float:
+    """Peak memory of this rank in GiB (2^30 bytes): the GPU's allocations on CUDA, else the process's resident set."""
     if world.device.type == "cuda":
         return torch.cuda.max_memory_allocated(world.device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
@@ -408,7 +409,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
             if cfg.run.log_every and (step % cfg.run.log_every == 0 or step == total_steps):
                 log.log("train", step, loss=loss, grad_norm=grad_norm, lr=lr, tokens_per_s=float(totals[2]) / seconds,
                         audio_h_per_s=float(totals[3]) / 3600 / seconds, data_wait=wait / seconds,
-                        peak_mem_gb=_peak_memory_gb(world), step_s=seconds, skipped_steps=state["skipped_steps"],
+                        peak_mem_gib=_peak_memory_gib(world), step_s=seconds, skipped_steps=state["skipped_steps"],
                         skipped_clips=state["skipped_clips"])
             streak, limit = state["nonfinite_streak"], cfg.optim.nonfinite_step_limit
             if limit and streak >= limit:  # every rank holds the same all-reduced loss: all stop here alike

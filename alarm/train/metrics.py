@@ -54,7 +54,7 @@ class MetricsLogger:
             done = step - self.step0
             eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
             short = {k: values[k] for k in ("loss", "grad_norm", "lr", "tokens_per_s", "audio_h_per_s",
-                                            "data_wait", "peak_mem_gb") if k in values}
+                                            "data_wait", "peak_mem_gib") if k in values}
             if self.bar is not None:
                 self.bar.n = step
                 self.bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in short.items()},

@@ -1,5 +1,5 @@
 """The CPU dry run of ``bench/gpu_check.sh``: stages run under their limits, each writes its JSON, and the
-stage log records every stage (run, not selected, not in this checkout). A subset of stages keeps it fast."""
+stage log records every stage (run or not selected). A subset of stages keeps it fast."""
 import importlib.util
 import json
 import os
@@ -45,8 +45,7 @@ def test_gpu_check_dry_run_writes_each_stage(tmp_path):
     else:
         assert fp8_rows and fp8_rows[0]["loss_abs_diff_vs_fast_none"] > 0
 
-    for name, module in (("overhead", "bench.overhead"), ("frontends", "bench.frontends")):
-        if importlib.util.find_spec(module) is None:  # lands with its own branch
-            assert stages[name]["status"] == f"not in this checkout ({module})"
-        else:
-            assert stages[name]["exit"] == 0 and any((tmp_path / name).glob("*.json"))
+    for name in ("overhead", "frontends"):
+        assert stages[name]["exit"] == 0
+        rows = json.loads((tmp_path / name / f"{name}.json").read_text())
+        assert rows, name
