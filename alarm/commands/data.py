@@ -1,25 +1,34 @@
-"""``alarm data``: training data from the published ALARM corpora (docs/data.md).
+"""Build training manifests from the published ALARM corpora and your copies of their source datasets.
 
-    alarm data sources
-    alarm data import-corpora --corpus ALARM-Corpora --out data/alarm \\
-        --audio-root librispeech=/data/LibriSpeech --audio-root esc50=/data/ESC-50-master \\
-        --audio-map heysquad.tsv --allow-missing
-    alarm data import-corpora --corpus ALARM-Corpora --out data/alarm --audio-roots data/audio --allow-missing
+  alarm data sources
+  alarm data import-corpora --corpus ALARM-Corpora --out data/alarm \\
+      --audio-root librispeech=/data/LibriSpeech --audio-root esc50=/data/ESC-50-master \\
+      --audio-map heysquad.tsv --allow-missing
+  alarm data import-corpora --corpus ALARM-Corpora --out data/alarm --audio-roots data/audio --allow-missing
+
+Reference: docs/data.md.
 """
 from __future__ import annotations
 
-import argparse
+from alarm.commands import add_command
+
+SOURCES_DOC = """List the datasets of the corpora, the ids their rows carry and the folder layout each expects.
+"""
+IMPORT_DOC = """Match the corpus rows (JSONL or parquet) to local audio and write train/validation manifests.
+
+Writes OUT/train.jsonl, OUT/validation.jsonl, OUT/report.json (per-dataset counts) and OUT/missing.tsv, all
+replaced together when the run succeeds; clips the official scripts assembled are built once under OUT/clips.
+"""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="training manifests from the published ALARM corpora",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "data", __doc__)
     sub = p.add_subparsers(dest="data_command", required=True)
 
-    s = sub.add_parser("sources", help="list the datasets of the corpora, their ids and expected layouts")
+    s = add_command(sub, "sources", SOURCES_DOC)
     s.set_defaults(func=_sources)
 
-    i = sub.add_parser("import-corpora", help="corpora (JSONL or parquet) + local audio -> train/validation manifests")
+    i = add_command(sub, "import-corpora", IMPORT_DOC)
     i.add_argument("--corpus", required=True,
                    help="folder with the corpus files: <split>.jsonl, <split>.parquet or <split>-*.parquet (the hub's "
                         "shards), at any depth; parquet needs pyarrow (pip install 'alarm-toolkit[corpora]')")
