@@ -74,7 +74,7 @@ def select_datasets(records: Sequence, datasets: Optional[Mapping[str, float]], 
     absent = sorted(set(datasets) - set(counts))
     if len(absent) == len(datasets):
         raise ValueError(f"{where}: no example of the selected datasets {sorted(datasets)} (data.datasets); "
-                         f"it holds {sorted(counts)}")
+                         f"it holds {sorted(counts)} (data.datasets={{}} keeps every dataset)")
     if absent:
         logging.getLogger(__name__).warning("%s: no example of %s (data.datasets)", where, ", ".join(absent))
     keep = {name: int(counts.get(name, 0) * fraction) for name, fraction in datasets.items()}
