@@ -49,7 +49,7 @@ TINY_EVAL="--device cpu --max-thinking-tokens 4 --max-new-tokens 6 --no-progress
 step "3. the training manifests"
 alarm data sources > /dev/null
 alarm data import-corpora --corpus data/ALARM-Corpora --out data/alarm --audio-roots data/audio \
-    --audio-map data/audio/maps/alarm-corpora.tsv --allow-missing --no-progress
+    --audio-map data/audio/maps/alarm-corpora.tsv --allow-missing --no-progress  # (no progress bar in logs)
 DATA="data.train_manifest=data/alarm/train.jsonl data.eval_manifest=data/alarm/validation.jsonl"
 
 step "4. stage A"
