@@ -201,7 +201,7 @@ def test_recipe_overrides_may_follow_options(capsys):
     assert args.overrides == ["model.preset=tiny", "data.num_workers=0", "run.device=cpu"]
     assert args.out == "c" and args.level == "adapter"
     assert parse(build_parser(), ["train", "--config", "r.yaml", "--resume", "never", "a.b=1"]).overrides == ["a.b=1"]
-    for argv in (["cache", "--config", "r.yaml", "--out", "c", "a.b=1", "stray"],
+    for argv in (["cache", "--config", "r.yaml", "a.b=1", "--out", "c", "stray"],
                  ["train", "--config", "r.yaml", "a.b=1", "--unknown", "x"],
                  ["eval", "fill", "--benchmark", "mmau", "--input", "i", "--output", "o", "a.b=1"]):
         with pytest.raises(SystemExit) as exc:
