@@ -1,4 +1,4 @@
-"""Precompute the frozen encoder or adapter features of a recipe's training data.
+"""Precompute the frozen encoder or adapter features of a recipe's training data (and of its data.eval_manifest).
 
 The cache is resumable (rerun the same command after a crash, or to repair a damaged shard) and is refused by
 alarm train when anything it depends on has changed.
@@ -48,8 +48,10 @@ def run(args) -> int:
     from alarm.train.data import load_examples
 
     cfg = load_config(args.config, args.overrides)
-    if not Path(cfg.data.train_manifest).is_file():  # a cheap check before any model is built
-        raise ValueError(f"data.train_manifest: {cfg.data.train_manifest} not found")
+    for key in ("train_manifest", "eval_manifest"):  # cheap checks before any model is built
+        value = getattr(cfg.data, key)
+        if value and not Path(value).is_file():
+            raise ValueError(f"data.{key}: {value} not found")
     device = args.device or cfg.run.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -57,7 +59,11 @@ def run(args) -> int:
     model = build_model(cfg).to(device)
     if args.level == "adapter" and model.config.stage != "B":
         raise ValueError("--level adapter needs a stage-B recipe (frozen adapters); use --level encoder")
-    examples, skips = load_examples(cfg.data.train_manifest, model.tokenizer, cfg.data.max_seconds)
+    examples, skips = [], []
+    for manifest in filter(None, (cfg.data.train_manifest, cfg.data.eval_manifest)):  # held-out clips too
+        found, skipped = load_examples(manifest, model.tokenizer, cfg.data.max_seconds, datasets=cfg.data.datasets)
+        examples += found
+        skips += skipped
     index = build_cache(model, examples, args.out, level=args.level, dtype=args.dtype, shard_size=args.shard_size,
                         batch_size=args.batch_size)
     nonfinite = sum(s["reason"].startswith("non-finite") for s in index["skipped"])

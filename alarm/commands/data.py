@@ -1,23 +1,23 @@
-"""Build training manifests from the published ALARM corpora and local copies of their source datasets.
+"""Build training manifests from the published ALARM corpora and your copies of their source datasets.
+
+  alarm data sources
+  alarm data import-corpora --corpus ALARM-Corpora --out data/alarm \\
+      --audio-root librispeech=/data/LibriSpeech --audio-root esc50=/data/ESC-50-master \\
+      --audio-map heysquad.tsv --allow-missing
+  alarm data import-corpora --corpus ALARM-Corpora --out data/alarm --audio-roots data/audio --allow-missing
 
 Reference: docs/data.md.
-
-    alarm data sources
-    alarm data import-corpora --corpus ALARM-Corpora --out data/alarm \\
-        --audio-root librispeech=/data/LibriSpeech --audio-root esc50=/data/ESC-50-master \\
-        --audio-map heysquad.tsv --allow-missing
 """
 from __future__ import annotations
 
 from alarm.commands import add_command
 
-SOURCES_DOC = """List the datasets of the published corpora, the ids of their rows and the folder layout each expects.
+SOURCES_DOC = """List the datasets of the corpora, the ids their rows carry and the folder layout each expects.
 """
-IMPORT_DOC = """Turn the published corpora (JSONL or parquet) plus local audio into train and validation manifests.
+IMPORT_DOC = """Match the corpus rows (JSONL or parquet) to local audio and write train/validation manifests.
 
-Writes train.jsonl, validation.jsonl, report.json (per-dataset counts) and missing.tsv atomically; a rerun
-writes identical bytes. Clips the official scripts build (VoxCeleb pairs, dialogue and meeting windows,
-segments) are built once as FLAC.
+Writes OUT/train.jsonl, OUT/validation.jsonl, OUT/report.json (per-dataset counts) and OUT/missing.tsv, all
+replaced together when the run succeeds; clips the official scripts assembled are built once under OUT/clips.
 """
 
 
@@ -39,6 +39,9 @@ def register(subparsers) -> None:
                         "split and filtered here as the official scripts did")
     i.add_argument("--audio-root", action="append", default=[], metavar="NAME=DIR",
                    help="a dataset's folder in its official layout (repeatable; `alarm data sources` lists them)")
+    i.add_argument("--audio-roots", metavar="DIR",
+                   help="a folder with one subfolder per dataset, named as `alarm data sources` names them "
+                        "(DIR/librispeech, DIR/esc50, ...): each is that dataset's --audio-root (--audio-root wins)")
     i.add_argument("--audio-map", action="append", default=[], metavar="TSV",
                    help="table of clips: dataset_name, unique_id_1, unique_id_2, path (tab-separated, with that "
                         "header; relative paths are relative to the table); repeatable; wins over --audio-root")
@@ -72,9 +75,10 @@ def _sources(args) -> int:
 
 
 def _import(args) -> int:
-    from alarm.data.corpora.importer import ImportOptions, import_corpora, parse_audio_roots
+    from alarm.data.corpora.importer import ImportOptions, import_corpora, parse_audio_roots, roots_under
 
-    opts = ImportOptions(corpus=args.corpus, out=args.out, mode=args.mode, roots=parse_audio_roots(args.audio_root),
+    roots = {**(roots_under(args.audio_roots) if args.audio_roots else {}), **parse_audio_roots(args.audio_root)}
+    opts = ImportOptions(corpus=args.corpus, out=args.out, mode=args.mode, roots=roots,
                          maps=tuple(args.audio_map), clips_dir=args.clips_dir, tokenizer=args.tokenizer,
                          min_tokens=args.min_tokens, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
                          duration_tolerance=args.duration_tolerance, allow_missing=args.allow_missing,

@@ -27,6 +27,11 @@ as such, never mapped to an option.
 """
 SCORE_DOC = """Score a filled predictions file: the official and strict accuracies side by side (and the paper's).
 """
+COMPARE_DOC = """Print the ALARM paper's numbers next to this run's scores (docs/reproduce.md, section 7).
+
+Reads OUT_DIR/alarm_ca/<benchmark>.report.json and OUT_DIR/alarm_e/<benchmark>.report.json as alarm eval run
+wrote them (mmau-test-mini, mmau-test, mmar, mmsu); the paper's protocol is the column to compare.
+"""
 
 
 def _add_protocol(p) -> None:
@@ -81,6 +86,11 @@ def register(subparsers) -> None:
     _add_protocol(f)
     f.set_defaults(func=_fill)
 
+    c = add_command(sub, "compare", COMPARE_DOC)
+    c.add_argument("out_dir", help="the folder holding alarm_ca/ and alarm_e/ with the reports of alarm eval run")
+    c.add_argument("--json", help="also write the rows as JSON here")
+    c.set_defaults(func=_compare)
+
 
 def _score(args) -> int:
     from alarm.eval.benchmarks import get_benchmark, load_items, markdown_table, score
@@ -117,6 +127,18 @@ def _fill(args) -> int:
     if args.protocol == "paper":
         rules = Counter(item[PAPER_PARSE_KEY] for item in items)
         print(f"model_prediction (published parsing): {dict(sorted(rules.items()))}")
+    return 0
+
+
+def _compare(args) -> int:
+    from alarm.eval.paper import compare, compare_table
+
+    if not os.path.isdir(args.out_dir):
+        raise ValueError(f"not a folder: {args.out_dir}")
+    rows = compare(args.out_dir)
+    print(compare_table(rows))
+    if args.json:
+        atomic_write_json(args.json, rows)
     return 0
 
 

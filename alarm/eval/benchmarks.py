@@ -40,12 +40,17 @@ category and per category and sub-category, AIR-Bench per task+dataset (the rows
 task (the numbers the paper's script returns), per category (mean of its tasks' accuracies) and as the
 leaderboard average (mean of the speech, sound and music means; this last step is in no published script).
 
+A file none of whose items has a gold answer key (MMAU test: its answers are withheld and scored by the
+benchmark's evaluation server) is accepted by ``fill`` and ``alarm eval run``, which write its predictions
+unscored (``answers_withheld``); ``score`` refuses it.
+
 A malformed benchmark file is a ValueError naming the item: not a list of objects, empty, a duplicate or
-missing id, options not a list of strings, a missing answer, an answer that is not one of the options even
-up to case, an unknown AIR-Bench task, an MMAU task/difficulty or MMAR modality/category that its official
-script does not know. An answer that matches an option only up to case (MMSU "rising" vs "Rising") is
-accepted with a warning and scored as the scripts score it (never correct by a letter or exact text; the
-MMAU/MMAR string match ignores case); ``score`` lists those items in ``answer_case_mismatch``.
+missing id, options not a list of strings, a missing answer (in a file where other items have one), an
+answer that is not one of the options even up to case, an unknown AIR-Bench task, an MMAU task/difficulty
+or MMAR modality/category that its official script does not know. An answer that matches an option only up
+to case (MMSU "rising" vs "Rising") is accepted with a warning and scored as the scripts score it (never
+correct by a letter or exact text; the MMAU/MMAR string match ignores case); ``score`` lists those items in
+``answer_case_mismatch``.
 """
 from __future__ import annotations
 
@@ -219,15 +224,22 @@ def get_benchmark(name: str) -> Benchmark:
     return BENCHMARKS[key]
 
 
+def answers_withheld(bench: Benchmark, items: list) -> bool:
+    """True when no item has the gold answer key (a test split whose answers are withheld, as MMAU test's)."""
+    return all(isinstance(it, dict) and bench.answer_key() not in it for it in items)
+
+
 def validate_items(bench: Benchmark, items: list, where: list[str]) -> None:
     """Raise a ValueError naming the first malformed item (rules in the module docstring)."""
     if not items:
         raise ValueError(f"{where[0] if where else 'benchmark file'}: no items")
     seen: dict = {}
+    withheld = answers_withheld(bench, items)
     for item, loc in zip(items, where, strict=True):
         if not isinstance(item, dict):
             raise ValueError(f"{loc}: expected a JSON object, got {type(item).__name__}")
-        missing = [k for k in (bench.id_key, bench.answer_key(), *bench.required) if k not in item]
+        keys = (bench.id_key, *(() if withheld else (bench.answer_key(),)), *bench.required)
+        missing = [k for k in keys if k not in item]
         if missing:
             raise ValueError(f"{loc}: missing field(s) {missing} required by {bench.name}")
         iid = item[bench.id_key]
@@ -246,6 +258,8 @@ def validate_items(bench: Benchmark, items: list, where: list[str]) -> None:
                 raise ValueError(f"{loc}: choices must be a list of strings, got {type(opts).__name__}")
         if not opts or not all(isinstance(o, str) for o in opts):
             raise ValueError(f"{loc}: options must be non-empty strings, got {opts!r}")
+        if withheld:
+            continue
         ans = item[bench.answer_key()]
         if not isinstance(ans, str) or not ans:
             raise ValueError(f"{loc}: {bench.answer_key()} must be a non-empty string, got {ans!r}")
@@ -300,6 +314,10 @@ def load_items(path: str | Path, bench: Benchmark) -> list[dict]:
     answers that match an option only up to case."""
     items, where = read_items(path)
     validate_items(bench, items, where or [str(path)])
+    if answers_withheld(bench, items):
+        _log.warning("%s: no item has a gold %r (answers withheld): predictions are written, not scored", path,
+                     bench.answer_key())
+        return items
     odd = answer_case_mismatch(bench, items)
     if odd:
         first = next(it for it in items if it[bench.id_key] == odd[0])
@@ -498,6 +516,9 @@ def score(bench: Benchmark, items: list[dict], protocol: str = "official") -> di
     "script_error" for items that script does not count)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if answers_withheld(bench, items):
+        raise ValueError(f"no item has a gold {bench.answer_key()!r} (answers withheld, as for MMAU test): nothing "
+                         "to score here; submit the predictions to the benchmark's evaluation server")
     official = _official(bench, items)
     strict, malformed = _strict(bench, items)
     report = {"benchmark": bench.name, "items": len(items), "prediction_key": bench.official_key,

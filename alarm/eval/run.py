@@ -25,7 +25,7 @@ import numpy as np
 
 from alarm.fileio import atomic_write_json, atomic_write_jsonl
 
-from .benchmarks import Benchmark, fill_item, markdown_table, score
+from .benchmarks import PAPER_KEY, Benchmark, answers_withheld, fill_item, markdown_table, score
 
 CONFIG_NAME = "config.json"
 
@@ -161,7 +161,8 @@ def generate_part(bench: Benchmark, items: list[dict], model, *, audio_root: str
 def finish(bench: Benchmark, items: list[dict], folder: Path, output: str | Path,
            report_path: str | Path, protocol: str = "official") -> dict | None:
     """When every item has a response: fill the official keys (and ``model_prediction`` with ``protocol=
-    "paper"``), write ``output`` and the report (returned); otherwise None (another part is still running)."""
+    "paper"``), write ``output`` and the report (returned); otherwise None (another part is still running).
+    Items without gold answers (withheld) are filled, not scored: the report then says ``answers_withheld``."""
     done = read_responses(folder)
     if any(str(it[bench.id_key]) not in done for it in items):
         return None
@@ -172,7 +173,11 @@ def finish(bench: Benchmark, items: list[dict], folder: Path, output: str | Path
         stats["budget_hit"] += row["budget_hit"]
         stats["unfinished"] += not row["finished"]
         stats["cropped_audio"] += row["cropped"]
-    report = score(bench, items, protocol)
+    if answers_withheld(bench, items):
+        report = {"benchmark": bench.name, "items": len(items), "answers_withheld": True,
+                  "prediction_keys": [bench.official_key] + ([PAPER_KEY] if protocol == "paper" else [])}
+    else:
+        report = score(bench, items, protocol)
     report["generation"] = stats
     report["answer_status"] = _count(it["answer_status"] for it in items)
     write_items(output, items)
@@ -190,6 +195,9 @@ def _count(values) -> dict:
 def summary_text(report: dict) -> str:
     """The report's table plus the generation and parsing counts."""
     g = report["generation"]
-    return (markdown_table(report) + f"\ngeneration: {g['budget_hit']} hit the thinking budget, {g['unfinished']} "
+    table = (f"{report['items']} {report['benchmark']} items without gold answers (withheld): predictions under "
+             f"{', '.join(report['prediction_keys'])}, not scored; submit them to the benchmark's evaluation server"
+             if report.get("answers_withheld") else markdown_table(report))
+    return (table + f"\ngeneration: {g['budget_hit']} hit the thinking budget, {g['unfinished']} "
             f"cut by the answer budget, {g['cropped_audio']} clips cropped to the model's limit\n"
             f"answer parsing: {report['answer_status']}")

@@ -310,12 +310,14 @@ class ALARMModel(nn.Module):
                 feats = self.encode(batch.waves, batch.rates)
             return self._fused_tokens(self._adapter_outputs(feats, layout, batch.lengths))
         names = [spec.name for spec in self.config.encoders]
+        # cached adapter outputs (a bf16 cache) enter as the fp32 adapters' outputs would (autocast recasts them)
+        cached = {n: (x.float(), cu) for n, (x, cu) in batch.streams.items()}
         if layout == "packed":
-            lengths = source_lengths(batch.streams, batch.lengths)
-            streams = [Packed(*batch.streams[n], lengths[n]) for n in names]
+            lengths = source_lengths(cached, batch.lengths)
+            streams = [Packed(*cached[n], lengths[n]) for n in names]
         else:
             streams = [Padded(pad_packed(x, cu)[0], (cu[1:] - cu[:-1]).long())
-                       for x, cu in (batch.streams[n] for n in names)]
+                       for x, cu in (cached[n] for n in names)]
         return self._fused_tokens(streams)
 
     def forward_batch(self, batch: ModelBatch, layout: Optional[str] = None, reduction: str = "mean", *,

@@ -42,6 +42,9 @@ RESUMABLE_CHANGES = {"run.max_steps", "run.log_every", "run.eval_every", "run.sa
 class DataConfig:
     """train_manifest / eval_manifest: JSONL manifests (``alarm.data.manifest`` schema); without an eval
     manifest, ``eval_fraction`` of the training examples (chosen by a hash of their id) is held out.
+    datasets: train (and evaluate) on these datasets only (the manifest's ``dataset`` field), each mapped to
+    the fraction of its examples kept, the first ones in manifest order, e.g. ``{nsynth: 1.0, audioset: 0.2}``
+    (the published stage-A subsets); empty: every dataset.
     max_seconds: longer clips are skipped (and reported). tokens_per_second: audio tokens per second of
     audio, used only to size packs (25 for every published adapter; divide by the pooling ratio).
     cache: folder of a frozen-feature cache built by ``alarm cache`` (None: run the encoders online).
@@ -50,6 +53,7 @@ class DataConfig:
     train_manifest: str = ""
     eval_manifest: Optional[str] = None
     eval_fraction: float = 0.0
+    datasets: Dict[str, float] = field(default_factory=dict)
     max_seconds: float = 60.0
     tokens_per_second: float = 25.0
     num_workers: int = 0
@@ -119,9 +123,13 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self):
+        self.data.datasets = self.data.datasets or {}  # an empty YAML key reads as None
         checks = [
             (bool(self.data.train_manifest), "data.train_manifest is required"),
             (0.0 <= self.data.eval_fraction < 1.0, "data.eval_fraction must be in [0, 1)"),
+            (all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+                 for k, v in self.data.datasets.items()),
+             "data.datasets maps dataset names to the fraction kept, in (0, 1]"),
             (self.data.max_seconds > 0, "data.max_seconds must be > 0"),
             (self.data.tokens_per_second > 0, "data.tokens_per_second must be > 0"),
             (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
@@ -200,6 +208,8 @@ def _check_types(name: str, cls, values: Dict[str, Any], where: str) -> None:
             ok = isinstance(value, str)
         elif isinstance(default, list):
             ok = isinstance(value, list)
+        elif isinstance(default, dict):
+            ok = isinstance(value, dict)
         else:
             ok = True
         if not ok:

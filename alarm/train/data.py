@@ -1,9 +1,9 @@
 """Training data: manifest -> tokenised examples (once, cached) -> decoded clips -> ``ModelBatch``.
 
-- ``load_examples`` reads a manifest, drops (and reports) examples that cannot train: a missing audio file
-  or a clip longer than ``max_seconds`` (from the manifest's ``duration``). Prompts and targets are
-  tokenised once and cached in ``<cache_dir>/tokens-<key>.json``, the key covering the manifest's bytes,
-  the tokenizer and the splicing format.
+- ``load_examples`` reads a manifest, keeps the selected datasets (``select_datasets``), drops (and reports)
+  examples that cannot train: a missing audio file or a clip longer than ``max_seconds`` (from the manifest's
+  ``duration``). Prompts and targets are tokenised once and cached in ``<cache_dir>/tokens-<key>.json``, the
+  key covering the manifest's bytes, the selection, the tokenizer and the splicing format.
 - ``ClipDataset[i]`` decodes example i's audio (any format ``alarm.audio`` reads, any rate, channels
   averaged, resampled once to the base encoder's rate) or fetches its cached frozen features. A clip that
   is unreadable, empty, non-finite or over the limit becomes a *skip* (id + reason), never an exception.
@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ from alarm.fileio import atomic_write_json
 from alarm.model.batch import ModelBatch
 from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX, encode_example, text_batch_from_ids
 
-__all__ = ["Example", "Skip", "load_examples", "split_eval", "ClipDataset", "collate", "Pack", "llm_tokens"]
+__all__ = ["Example", "Skip", "load_examples", "select_datasets", "split_eval", "ClipDataset", "collate", "Pack",
+           "llm_tokens"]
 
 TOKENS_FORMAT = 1
 
@@ -61,16 +63,43 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_examples(manifest: str, tokenizer, max_seconds: float, cache_dir: Optional[str] = None
-                  ) -> Tuple[List[Example], List[Skip]]:
+def select_datasets(records: Sequence, datasets: Optional[Mapping[str, float]], where: str = "manifest") -> list:
+    """The records of the datasets named in ``datasets`` (dataset -> fraction kept: the first
+    ``int(n * fraction)`` of its ``n`` records, in order, as the published recipes take a fraction of a
+    dataset); all records when ``datasets`` is empty. ``records`` need a ``dataset`` attribute. ValueError
+    when none is left; a named dataset with no record is logged (its audio may not have been imported)."""
+    if not datasets:
+        return list(records)
+    counts: Dict[str, int] = {}
+    for r in records:
+        counts[r.dataset] = counts.get(r.dataset, 0) + 1
+    absent = sorted(set(datasets) - set(counts))
+    if len(absent) == len(datasets):
+        raise ValueError(f"{where}: no example of the selected datasets {sorted(datasets)} (data.datasets); "
+                         f"it holds {sorted(counts)} (data.datasets={{}} keeps every dataset)")
+    if absent:
+        logging.getLogger(__name__).warning("%s: no example of %s (data.datasets)", where, ", ".join(absent))
+    keep = {name: int(counts.get(name, 0) * fraction) for name, fraction in datasets.items()}
+    out, seen = [], {}
+    for r in records:
+        if r.dataset in keep and seen.get(r.dataset, 0) < keep[r.dataset]:
+            seen[r.dataset] = seen.get(r.dataset, 0) + 1
+            out.append(r)
+    return out
+
+
+def load_examples(manifest: str, tokenizer, max_seconds: float, cache_dir: Optional[str] = None,
+                  datasets: Optional[Mapping[str, float]] = None) -> Tuple[List[Example], List[Skip]]:
     """Examples of ``manifest`` that can train, and the skipped ones (missing audio, too long).
 
-    Relative audio paths resolve against the manifest's folder.
+    Relative audio paths resolve against the manifest's folder. ``datasets``: only these datasets, in these
+    fractions (``select_datasets``; None or empty: every example).
     """
     path = Path(manifest)
-    records = read_manifest(path)
+    records = select_datasets(read_manifest(path), datasets, str(path))
     raw = path.read_bytes()
-    key = hashlib.sha256(raw + _tokenizer_fingerprint(tokenizer).encode() +
+    selection = json.dumps(sorted((datasets or {}).items()))
+    key = hashlib.sha256(raw + selection.encode() + _tokenizer_fingerprint(tokenizer).encode() +
                          f"{USER_PREFIX}|{ASSISTANT_SUFFIX}|{TOKENS_FORMAT}".encode()).hexdigest()[:24]
     token_file = Path(cache_dir) / f"tokens-{key}.json" if cache_dir else None
     ids = None

@@ -269,19 +269,20 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
 
     # ---- data --------------------------------------------------------------------------------
     failure = None  # rank 0 tokenises once and the others read its cache; a failure there stops every rank
+    tokens_dir, selected = str(run_dir / "tokens"), cfg.data.datasets
     if world.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            load_examples(cfg.data.train_manifest, model.tokenizer, cfg.data.max_seconds, str(run_dir / "tokens"))
+            load_examples(cfg.data.train_manifest, model.tokenizer, cfg.data.max_seconds, tokens_dir, selected)
         except (ValueError, OSError) as exc:
             failure = exc
     if broadcast_object(None if failure is None else str(failure), world) is not None:
         raise failure if failure is not None else ValueError("rank 0 could not read the training data (see its log)")
-    examples, skips = load_examples(cfg.data.train_manifest, model.tokenizer, cfg.data.max_seconds,
-                                    str(run_dir / "tokens"))
+    examples, skips = load_examples(cfg.data.train_manifest, model.tokenizer, cfg.data.max_seconds, tokens_dir,
+                                    selected)
     if cfg.data.eval_manifest:
         train_ex, eval_ex = examples, load_examples(cfg.data.eval_manifest, model.tokenizer, cfg.data.max_seconds,
-                                                    str(run_dir / "tokens"))[0]
+                                                    tokens_dir, selected)[0]
     else:
         train_ex, eval_ex = split_eval(examples, cfg.data.eval_fraction)
     budget_tokens = [llm_tokens(e, len(prefix), cfg.data.tokens_per_second, mcfg.max_length) for e in train_ex]
@@ -293,7 +294,7 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     train_ex = [e for e, ok in zip(train_ex, fits, strict=True) if ok]
     if not train_ex:
         raise ValueError(f"{cfg.data.train_manifest}: no trainable example (skipped: {len(skips)})")
-    cache = _open_cache(cfg, model, train_ex, world) if cfg.data.cache else None
+    cache = _open_cache(cfg, model, train_ex, eval_ex, world) if cfg.data.cache else None
     costs = [example_cost(n, cfg.batch.attention_cost_tokens) for n in budget_tokens]
     sampler = PackingSampler(costs, cfg.batch.max_tokens, world.rank, world.world_size, cfg.batch.accumulation,
                              cfg.run.seed)
@@ -456,13 +457,21 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     return summary
 
 
-def _open_cache(cfg: TrainConfig, model: ALARMModel, examples: List[Example], world: World) -> FeatureCache:
-    """The run's feature cache, refused when built for other features or other audio."""
+def _open_cache(cfg: TrainConfig, model: ALARMModel, examples: List[Example], held_out: List[Example],
+                world: World) -> FeatureCache:
+    """The run's feature cache, refused when built for other features or other audio, or when it lacks
+    held-out examples (which would silently drop out of every evaluation)."""
     index_path = Path(cfg.data.cache) / "index.json"
     if not index_path.is_file():
         raise ValueError(f"{cfg.data.cache}: no complete feature cache here (index.json missing; run `alarm cache`)")
     built = json.loads(index_path.read_text(encoding="utf-8"))["key"]
     cache = FeatureCache.open(cfg.data.cache, cache_key(model, built.get("level", "?"), built.get("dtype", "?")))
+    undecodable = {s["audio"] for s in cache.index.get("skipped", [])}
+    uncached = [e.id for e in held_out if cache.audio_sha256(e.id) is None and e.audio not in undecodable]
+    if uncached:
+        raise ValueError(f"{cfg.data.cache}: {len(uncached)} held-out example(s) are not in the feature cache "
+                         f"(first: {uncached[0]}); rebuild it with `alarm cache` and the same data.eval_manifest")
+    examples = examples + held_out
     if cfg.data.cache_verify:
         stale = None  # rank 0 hashes the audio; every rank learns the outcome and fails alike (none left waiting)
         if world.is_main:

@@ -191,3 +191,20 @@ class _SilentBackend:
     def generate(self, prompts, **kwargs):
         from alarm.rephrase.backends import Generation
         return [Generation("", 0, True, False) for _ in prompts]
+
+
+def test_recipe_overrides_may_follow_options(capsys):
+    from alarm.cli import build_parser, parse
+
+    args = parse(build_parser(), ["cache", "--config", "r.yaml", "model.preset=tiny", "--out", "c", "--level",
+                                  "adapter", "data.num_workers=0", "run.device=cpu"])
+    assert args.overrides == ["model.preset=tiny", "data.num_workers=0", "run.device=cpu"]
+    assert args.out == "c" and args.level == "adapter"
+    assert parse(build_parser(), ["train", "--config", "r.yaml", "--resume", "never", "a.b=1"]).overrides == ["a.b=1"]
+    for argv in (["cache", "--config", "r.yaml", "a.b=1", "--out", "c", "stray"],
+                 ["train", "--config", "r.yaml", "a.b=1", "--unknown", "x"],
+                 ["eval", "fill", "--benchmark", "mmau", "--input", "i", "--output", "o", "a.b=1"]):
+        with pytest.raises(SystemExit) as exc:
+            parse(build_parser(), argv)
+        assert exc.value.code == 2
+        assert "unrecognized arguments" in capsys.readouterr().err

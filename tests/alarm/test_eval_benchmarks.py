@@ -233,8 +233,8 @@ def _mmau_item(i, **kw):
     ("mmau", json.dumps([_mmau_item(0), _mmau_item(0)]), r"item 1: duplicate id 'x0' \(first at .*item 0\)"),
     ("mmau", json.dumps([_mmau_item(0, choices="dog barking")]), "item 0: choices must be a list"),
     ("mmau", json.dumps([_mmau_item(0, answer="dog")]), r"item 0: answer 'dog' is not one of the options"),
-    ("mmau", json.dumps([{k: v for k, v in _mmau_item(0).items() if k != "answer"}]),
-     r"missing field\(s\) \['answer'\]"),
+    ("mmau", json.dumps([_mmau_item(0), {k: v for k, v in _mmau_item(1).items() if k != "answer"}]),
+     r"item 1: missing field\(s\) \['answer'\]"),  # (no answer at all: withheld, tested in test_eval_run)
     ("mmau", json.dumps([_mmau_item(0, choices=["dog barking", 3])]), "options must be non-empty strings"),
     ("mmau", json.dumps([_mmau_item(0), "text"]), "item 1: expected a JSON object"),
     ("mmau", json.dumps([_mmau_item(0, difficulty="tricky")]), "difficulty 'tricky' is not one of"),

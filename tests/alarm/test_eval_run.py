@@ -234,3 +234,32 @@ def test_vllm_under_torchrun_one_gpu_per_rank(bench, tmp_path, monkeypatch, caps
     assert report["paper"]["parse"] == {"not_an_integer_option_0": 4}  # EOS at once: no answer, option 0
     capsys.readouterr()
 
+
+
+def test_withheld_answers_are_predicted_not_scored(bench, tmp_path, capsys):
+    """MMAU test publishes no answers (its server scores them): run and fill write the predictions, score refuses,
+    and a file where only some items lack the answer is still malformed."""
+    items = json.loads((bench / "meta.json").read_text())
+    withheld = [{k: v for k, v in it.items() if k != "answer"} for it in items]
+    (tmp_path / "test.json").write_text(json.dumps(withheld))
+    out = tmp_path / "pred.json"
+    args = _args(bench, out, "--protocol", "paper")
+    args[args.index("--data") + 1] = str(tmp_path / "test.json")
+    assert main(args) == 0
+    assert "4 mmau items without gold answers (withheld)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "pred.report.json").read_text())
+    assert report["answers_withheld"] and report["prediction_keys"] == ["model_output", "model_prediction"]
+    predictions = json.loads(out.read_text())
+    assert [p["id"] for p in predictions] == ["q0", "q1", "q2", "q3"]
+    assert all("answer" not in p and p["model_prediction"] in CHOICES for p in predictions)  # paper parsing: an option
+    assert main(["eval", "score", "--benchmark", "mmau", "--input", str(out), "--output", str(tmp_path / "r")]) == 2
+    assert "answers withheld, as for MMAU test" in capsys.readouterr().err
+    raw = [{**it, "model_response": "<answer>1</answer>"} for it in withheld]
+    (tmp_path / "raw.json").write_text(json.dumps(raw))
+    assert main(["eval", "fill", "--benchmark", "mmau", "--input", str(tmp_path / "raw.json"), "--output",
+                 str(tmp_path / "filled.json")]) == 0
+    assert [p["model_output"] for p in json.loads((tmp_path / "filled.json").read_text())] == [CHOICES[1]] * 4
+    (tmp_path / "mixed.json").write_text(json.dumps(withheld[:2] + items[2:]))
+    assert main(["eval", "fill", "--benchmark", "mmau", "--input", str(tmp_path / "mixed.json"), "--output",
+                 str(tmp_path / "m.json")]) == 2
+    assert "item 0: missing field(s) ['answer']" in capsys.readouterr().err

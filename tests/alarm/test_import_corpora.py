@@ -698,3 +698,29 @@ def test_sources_command_lists_every_dataset(capsys):
     for name, cls in SOURCES.items():
         assert f"{name}" in text and cls.layout in text
     assert "heysquad_human (also heysquad_human_filtered)" in text
+
+
+def test_audio_roots_folder_gives_every_dataset_its_subfolder(world, imported, tmp_path, capsys):
+    """``--audio-roots DIR``: DIR/<dataset> for each subfolder named after a dataset with a file layout; the same
+    manifests as the explicit roots; an explicit --audio-root wins; a folder without such subfolders is refused."""
+    out, _ = imported
+    audio = world["base"] / "audio"
+    args = ["data", "import-corpora", "--corpus", str(world["corpus"]), "--audio-map", world["map"],
+            "--allow-missing", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "o"), "--audio-roots", str(audio)]) == 0
+    for name in ("train.jsonl", "validation.jsonl", "missing.tsv"):
+        assert (tmp_path / "o" / name).read_bytes() == (out / name).read_bytes(), name
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert set(report["sources"]) == set(world["roots"]) | {"heysquad_human", "instructs2s"}
+    (tmp_path / "elsewhere").mkdir()
+    assert main([*args, "--out", str(tmp_path / "w"), "--audio-roots", str(audio),
+                 "--audio-root", f"nsynth={tmp_path / 'elsewhere'}"]) == 0
+    report = json.loads((tmp_path / "w" / "report.json").read_text())
+    assert report["sources"]["nsynth"]["root"] == str(tmp_path / "elsewhere")
+    assert report["splits"]["train"]["datasets"]["nsynth"]["matched"] == 0
+    capsys.readouterr()
+    for folder, message in ((tmp_path / "none", "--audio-roots: folder not found"),
+                            (tmp_path / "elsewhere", "no subfolder named after a dataset")):
+        assert main([*args, "--out", str(tmp_path / "x"), "--audio-roots", str(folder)]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -26,11 +26,12 @@ def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("presets")
     rng = np.random.default_rng(0)
     rows = []
-    for i in range(4):
+    # one clip of a dataset in each stage-A recipe's published subset (AL-Whisper-R trains on all five)
+    for i, dataset in enumerate(["librispeech", "vctk", "nsynth", "esc50", "instructs2s"]):
         x = (0.3 * np.sin(2 * np.pi * (300 + 100 * i) * np.arange(8000) / 16000)
              + 0.01 * rng.standard_normal(8000)).astype(np.float32)
         sf.write(folder / f"c{i}.wav", x, 16000)
-        rows.append({"id": f"c{i}", "audio": f"c{i}.wav", "duration": 0.5, "dataset": "tones", "description": "",
+        rows.append({"id": f"c{i}", "audio": f"c{i}.wav", "duration": 0.5, "dataset": dataset, "description": "",
                      "prompt": "Pitch?", "target": "A tone."})
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
@@ -49,7 +50,7 @@ def test_every_kind_is_built_in():
     assert ENCODERS["muq"] is MuQAudioEncoder and ENCODERS["sslam"] is SSLAMAudioEncoder
     cfg = ALARMConfig.tiny(n_encoders=4)
     assert [e.kind for e in cfg.encoders] == ["whisper", "w2v-bert", "muq", "sslam"]
-    for recipe in ("alarm_ca", "alarm_p", *STAGE_A.values()):
+    for recipe in ("alarm_ca", "alarm_p", "al_whisper_instruct_r", *STAGE_A.values()):
         model = build_model_config(load_config(str(RECIPES / f"{recipe}.yaml"), ["data.train_manifest=x"]).model)
         assert all(e.kind in ENCODERS for e in model.encoders), recipe
 
@@ -72,9 +73,13 @@ def test_one_step_of_each_paper_recipe(corpus, tmp_path):
         assert summary["steps"] == 1, recipe
         finals[name] = tmp_path / recipe / "final"
         assert (finals[name] / "audio_side.safetensors").is_file()
+    assert _run("al_whisper_instruct_r", corpus, tmp_path / "instruct")["steps"] == 1
     stage_a = {name: load_file(str(f / "audio_side.safetensors")) for name, f in finals.items()}
+    instruct = load_file(str(tmp_path / "instruct" / "final" / "audio_side.safetensors"))
 
     for recipe, loaded in (("alarm_ca", list(STAGE_A)), ("alarm_p", ["whisper"])):
+        if recipe == "alarm_p":  # P starts from AL-Whisper-Instruct-R's adapter, as published
+            finals, stage_a = {"whisper": tmp_path / "instruct" / "final"}, {"whisper": instruct}
         inits = [f"init_adapters.{name}={finals[name]}" for name in loaded]
         summary = _run(recipe, corpus, tmp_path / recipe, "model.n_encoders=4", *inits)
         assert summary["steps"] == 1, recipe

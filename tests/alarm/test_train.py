@@ -197,7 +197,7 @@ def test_recipe_errors_name_the_file_and_key(tmp_path):
 
 def test_shipped_recipes_load():
     recipes = sorted((REPO / "alarm" / "train" / "recipes").glob("*.yaml"))
-    assert len(recipes) == 8
+    assert len(recipes) == 9  # 5 stage A (4 encoders + AL-Whisper-Instruct-R), 3 stage B, the demo
     for recipe in recipes:
         cfg = load_config(str(recipe), ["data.train_manifest=x.jsonl"])
         model = build_model_config(cfg.model)

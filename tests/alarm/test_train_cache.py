@@ -203,3 +203,21 @@ def test_cache_built_before_checksums_is_read_with_a_warning(stage_b, corpus, tm
         assert cache.get(examples[0].id) is not None
     with pytest.raises(ValueError, match="nothing to check against"):
         verify_cache(str(folder))
+
+
+def test_a_bf16_adapter_cache_trains_in_fp32(stage_b, corpus, tmp_path):
+    """The bf16 adapter cache the docs recommend also feeds an fp32 step (CPU, or run.precision=fp32): the cached
+    streams enter the fusion as the fp32 adapters' outputs would, so the loss is the fp32 cache's up to bf16
+    rounding of the stored features."""
+    examples = _examples(stage_b, corpus)
+    tok = stage_b.tokenizer
+    prefix = tok.encode(USER_PREFIX, add_special_tokens=False)
+    header = len(tok.encode(ASSISTANT_SUFFIX, add_special_tokens=False))
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        build_cache(stage_b, examples, str(tmp_path / dtype), level="adapter", dtype=dtype, progress=False)
+        cache = FeatureCache.open(str(tmp_path / dtype), cache_key(stage_b, "adapter", dtype))
+        pack = collate(examples, prefix, header, RATE)([ClipDataset(examples, RATE, 10.0, cache)[i] for i in range(5)])
+        assert next(iter(pack.batch.streams.values()))[0].dtype == getattr(torch, dtype)
+        losses[dtype] = stage_b.forward_batch(pack.batch, reduction="sum").loss
+    torch.testing.assert_close(losses["bfloat16"], losses["float32"], rtol=1e-2, atol=0)

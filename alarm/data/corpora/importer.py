@@ -42,8 +42,8 @@ from .reader import CorpusRow, count_rows, iter_batches, iter_indexes, split_fil
 from .registry import ALIASES, NO_CONTEXT_DATASETS, SOURCES, SPLIT_DATASETS, names_of, source_class
 from .sources import AudioMap, ClipMissing, Source
 
-__all__ = ["ImportOptions", "import_corpora", "parse_audio_roots", "check_roots", "described_seconds", "COUNTS",
-           "MODES"]
+__all__ = ["ImportOptions", "import_corpora", "parse_audio_roots", "roots_under", "check_roots", "described_seconds",
+           "COUNTS", "MODES"]
 
 MODES = {"filtered": ("train", "validation"), "raw": ("raw_train", "raw_validation")}
 OUTPUT_SPLITS = ("train", "validation")
@@ -86,6 +86,20 @@ def parse_audio_roots(items: Sequence[str]) -> Dict[str, str]:
         if name in roots:
             raise ValueError(f"--audio-root {name}: given twice")
         roots[name] = folder
+    return roots
+
+
+def roots_under(folder: str) -> Dict[str, str]:
+    """``--audio-roots DIR``: {dataset name: DIR/<name>} for every subfolder of ``folder`` named after a dataset
+    with a file layout (others, such as a folder of mapped clips, are ignored). ValueError when ``folder`` is
+    not a folder or holds no such subfolder."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"--audio-roots: folder not found: {folder}")
+    roots = {name: os.path.join(folder, name) for name in sorted(os.listdir(folder))
+             if name in SOURCES and SOURCES[name].kind != "map" and os.path.isdir(os.path.join(folder, name))}
+    if not roots:
+        raise ValueError(f"--audio-roots {folder}: no subfolder named after a dataset (`alarm data sources` "
+                         "lists the names)")
     return roots
 
 
