@@ -46,6 +46,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
 
+import alarm_kernels as ak  # noqa: E402
 from alarm.fileio import atomic_write_json  # noqa: E402
 from alarm.model import ALARMConfig, ALARMModel, EncoderSpec, ModelBatch  # noqa: E402
 from alarm.model.batch import source_lengths  # noqa: E402
@@ -119,25 +120,29 @@ def parse_choices(allowed, what: str):
 
 
 class OpsSeen(TorchDispatchMode):
-    """Records, while active, the backend every ``alarm_kernels`` op was dispatched with (its ``backend``
-    argument) and the attention kernels of ATen that ran (SDPA's flash / efficient / cuDNN / math variants)."""
+    """Records, while active, the backend every ``alarm_kernels`` op ran on (``alarm_kernels.record_backends``) and
+    the attention kernels of ATen that ran (SDPA's flash / efficient / cuDNN / math variants)."""
 
     def __init__(self):
         super().__init__()
-        self.backends: Dict[str, set] = {}
         self.attention: set = set()
+        self._recording = ak.record_backends()
+
+    def __enter__(self):
+        self.backends = self._recording.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._recording.__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
         name = func._schema.name
-        if name.startswith("alarm_kernels::"):
-            names = [a.name for a in func._schema.arguments]  # the op's "backend" argument, wherever it sits
-            i = names.index("backend") if "backend" in names else None
-            backend = kwargs.get("backend", args[i] if i is not None and i < len(args) else "?")
-            self.backends.setdefault(name.split("::", 1)[1], set()).add(str(backend))
-        elif "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
+        if "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
             self.attention.add(name.split("::", 1)[1])
-        return func(*args, **kwargs)
+        return func(*args, **(kwargs or {}))
 
     def report(self) -> dict:
         return dict(alarm_kernels={k: sorted(v) for k, v in sorted(self.backends.items())},

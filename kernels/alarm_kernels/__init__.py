@@ -5,6 +5,7 @@ Public ops (each takes ``backend="auto" | "reference" | "triton" | "cuda"``; see
 front ends over packed waveforms (``backend="auto" | "reference" | "triton"``): ``kaldi_fbank``, ``w2v_bert_fbank``,
 ``whisper_log_mel``.
 """
+from ._opdef import record_backends
 from .backend import BACKEND_ENV, BACKENDS, select_backend
 from .varlen import (
     cu_seqlens_to_seqlens,
@@ -29,6 +30,7 @@ __all__ = [
     "BACKEND_ENV",
     "BACKENDS",
     "select_backend",
+    "record_backends",
     "cu_seqlens_to_seqlens",
     "max_seqlen",
     "pack",

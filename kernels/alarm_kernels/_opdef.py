@@ -17,6 +17,7 @@ Both routes run the same backend functions with the same arguments; everything t
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from dataclasses import dataclass
@@ -24,7 +25,33 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["OpSpec", "Op", "define_op"]
+__all__ = ["OpSpec", "Op", "define_op", "record_backends"]
+
+# callbacks ``f(op_name, backend)`` told about every eager call (see :func:`record_backends`)
+_observers: List[Callable[[str, str], None]] = []
+
+
+@contextlib.contextmanager
+def record_backends():
+    """Record which backend every op call ran on while the block runs (eager calls and compiled graphs' calls alike).
+
+    Yields a dict ``op name -> set of backend names`` (e.g. ``{"varlen_pool": {"cuda"}}``), filled as ops run::
+
+        with alarm_kernels.record_backends() as ran:
+            loss = model(batch).loss
+        print(ran)
+
+    Costs nothing outside the block (one empty-list check per call)."""
+    seen: Dict[str, set] = {}
+
+    def observe(op: str, backend: str) -> None:
+        seen.setdefault(op, set()).add(backend)
+
+    _observers.append(observe)
+    try:
+        yield seen
+    finally:
+        _observers.remove(observe)
 
 
 @dataclass(frozen=True)
@@ -132,6 +159,8 @@ class Op:
         at = self.backend_at
 
         def forward(*args):
+            for observe in _observers:
+                observe(spec.name, args[at])
             return self.run(self.backend(args[at]).forward, _without(args, at))
 
         def backward(*args):
@@ -216,6 +245,9 @@ class Op:
         first = inputs[0] if isinstance(inputs[0], torch.Tensor) else inputs[0][0]
         if first.is_meta:
             return self.custom_op(*args)
+        if _observers:
+            for observe in _observers:
+                observe(self.spec.name, args[at])
         impl = self._modules.get(args[at]) or self.backend(args[at])
         if torch.is_grad_enabled() and self._requires_grad(inputs):
             if self.list_inputs:

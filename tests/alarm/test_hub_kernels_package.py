@@ -88,9 +88,10 @@ def test_qwen3_routes_every_attention_call_to_alarm_packed_and_is_never_kerneliz
     eager attention's, and the model is not kernelized (transformers 5.25 kernelizes by default when the hub
     package is installed)."""
     _run(case, tmp_path, f"""
-import types, torch
+import dataclasses, torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 import alarm_kernels.attention.hf as hf
+from alarm.model import ALARMConfig
 from alarm.model.llm import FrozenLLM
 folder = {str(tmp_path / 'qwen3')!r}
 cfg = Qwen3Config(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
@@ -115,7 +116,7 @@ assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
 assert not stock.use_kernels
 
 calls.clear()
-llm = FrozenLLM(types.SimpleNamespace(llm_path=folder, llm_dtype='float32'), 101)
+llm = FrozenLLM(dataclasses.replace(ALARMConfig.tiny(), llm_path=folder, llm_config=None, llm_dtype='float32'), 101)
 assert not llm.model.use_kernels, 'the frozen LLM was kernelized'
 norm = llm.model.model.norm
 assert norm.forward.__func__ is type(norm).forward, 'RMSNorm forward replaced'

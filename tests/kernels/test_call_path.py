@@ -140,3 +140,22 @@ def test_meta_tensors_take_the_fake_implementation():
     cu = torch.empty(4, dtype=torch.int32, device="meta")
     y, cu_y = ak.varlen_pool(x, cu, 3, backend="reference", total_out=5, validate=False)
     assert y.device.type == "meta" and tuple(y.shape) == (5, 8) and tuple(cu_y.shape) == (4,)
+
+
+def test_record_backends_names_each_op_and_backend_eager_and_compiled():
+    x = torch.randn(10, 8, requires_grad=True)
+    cu = ak.seqlens_to_cu_seqlens([4, 6])
+    with ak.record_backends() as ran:
+        ak.varlen_pool(x, cu, 2, backend="reference")[0].sum().backward()
+        ak.varlen_pool(x.detach(), cu, 2, backend="triton")
+        ak.weighted_layer_sum([x, x], torch.zeros(2), backend="reference")
+    assert ran == {"varlen_pool": {"reference", "triton"}, "weighted_layer_sum": {"reference"}}
+    ak.varlen_pool(x, cu, 2, backend="reference")  # outside the block: not recorded
+    assert ran == {"varlen_pool": {"reference", "triton"}, "weighted_layer_sum": {"reference"}}
+
+    compiled = torch.compile(lambda t: ak.varlen_pool(t, cu, 2, backend="reference", validate=False)[0],
+                             fullgraph=True, backend="eager")
+    compiled(x.detach())  # traced outside the block
+    with ak.record_backends() as ran:
+        compiled(x.detach())
+    assert ran == {"varlen_pool": {"reference"}}
