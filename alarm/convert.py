@@ -65,7 +65,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from .model.config import ALARMConfig, EncoderSpec, muq_large, sslam, w2v_bert_2, whisper_large_v3
-from .model.hub import checkpoint_folder
+from .hf import checkpoint_folder
 
 __all__ = ["convert_published", "published_config", "map_published_key", "IGNORED_PREFIXES"]
 

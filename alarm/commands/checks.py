@@ -3,10 +3,11 @@ write into the output folder). Each raises ValueError naming the argument and th
 wrapper prints as one ``alarm: error:`` line with exit status 2."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from typing import Optional, Sequence
+
+from alarm.extras import check_installed
 
 __all__ = ["check_range", "check_device", "check_dtype", "check_input_file", "check_backend_installed",
            "check_hf_model", "DTYPES"]
@@ -68,10 +69,8 @@ def check_input_file(option: str, path: str) -> str:
 
 
 def check_backend_installed(option: str, backend: str, package: str) -> None:
-    """The optional package a backend needs can be imported (without importing it)."""
-    if importlib.util.find_spec(package) is None:
-        raise ValueError(f"{option} {backend} needs the {package!r} package, which is not installed "
-                         f"(pip install {package})")
+    """The optional package a backend needs can be found (without importing it)."""
+    check_installed(package, f"{option} {backend}", package)
 
 
 def check_hf_model(option: str, name: str) -> str:

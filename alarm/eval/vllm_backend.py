@@ -19,6 +19,7 @@ from typing import MutableMapping, Optional
 
 import torch
 
+from alarm.extras import require
 from alarm.generation import SAMPLING_DEFAULTS, THINK_END, THINK_START, budget_suffix_ids, token_id, two_pass
 from alarm.prompts import SYSTEM_PROMPT
 
@@ -64,10 +65,7 @@ class VLLMGenerator:
     """
 
     def __init__(self, model, **llm_kwargs):
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise RuntimeError("--backend vllm needs the 'vllm' package (pip install vllm)") from e
+        LLM = require("vllm", "--backend vllm", "vllm").LLM
         self.model = model
         self.models = list(getattr(model, "models", [model]))
         cfg = self.models[0].config

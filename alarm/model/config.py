@@ -194,6 +194,8 @@ class ALARMConfig:
             raise ValueError(f"token_rate_mode must be one of {POOL_MODES}, got {self.token_rate_mode!r}")
         if self.llm_kernels not in LLM_KERNELS:
             raise ValueError(f"llm_kernels must be one of {LLM_KERNELS}, got {self.llm_kernels!r}")
+        if isinstance(self.llm_fp8, bool):  # YAML 1.1 reads an unquoted on / off as a boolean
+            self.llm_fp8 = "on" if self.llm_fp8 else "off"
         if self.llm_fp8 not in LLM_FP8:
             raise ValueError(f"llm_fp8 must be one of {LLM_FP8}, got {self.llm_fp8!r}")
 

@@ -65,7 +65,7 @@ class FrozenLLM(nn.Module):
             with seeded(cfg.init_seed + 1, torch.get_default_device()):
                 model = Qwen3ForCausalLM._from_config(conf, dtype=dtype, attn_implementation="sdpa")
         self.model = model.requires_grad_(False).eval()
-        self.kernels = cfg.llm_kernels
+        self.kernels, self.fp8 = cfg.llm_kernels, cfg.llm_fp8
         apply_llm_options(self.model, cfg.llm_kernels, cfg.llm_fp8)
 
     def train(self, mode: bool = True):
@@ -87,7 +87,7 @@ class FrozenLLM(nn.Module):
         old = conf._attn_implementation
         conf._attn_implementation = name
         try:
-            with forward_context(self.kernels):
+            with forward_context(self.model, self.kernels, self.fp8):
                 yield
         finally:
             conf._attn_implementation = old

@@ -21,11 +21,13 @@ Both are execution choices: the weights, the function computed (up to rounding) 
 """
 from __future__ import annotations
 
-import importlib
+import os
 from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
+
+from ..extras import require
 
 __all__ = ["apply_llm_options", "apply_liger", "liger_rope", "compile_decoder_layers", "convert_fp8",
            "forward_context"]
@@ -34,13 +36,9 @@ _EXTRAS = {"liger_kernel": ("liger-kernel", "liger"), "torchao": ("torchao", "fp
 
 
 def _require(module: str, option: str):
-    """Import ``module`` or raise an ImportError naming the option and the package to install."""
+    """Import ``module`` or raise :class:`alarm.extras.MissingExtraError` naming the option and the package."""
     package, extra = _EXTRAS[module.split(".")[0]]
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(f"{option} needs the {package} package: pip install {package} (the project's "
-                          f"'{extra}' extra); import failed: {exc}") from exc
+    return require(module, option, package, extra)
 
 
 def _decoder(model: nn.Module) -> nn.Module:
@@ -125,6 +123,15 @@ def apply_llm_options(model: nn.Module, kernels: str, fp8: str) -> None:
         compile_decoder_layers(model)
 
 
-def forward_context(kernels: str):
-    """The context every forward of the LLM runs in: :func:`liger_rope` for ``"liger"``, else nothing."""
+def forward_context(model: nn.Module, kernels: str, fp8: str):
+    """The context every forward of the LLM runs in: :func:`liger_rope` for ``"liger"``, else nothing. A
+    ValueError when the options need CUDA (Liger's kernels, real FP8 matmuls) and the model is elsewhere (Liger on
+    CPU tensors is let through under ``TRITON_INTERPRET=1``, Triton's interpreter)."""
+    interpreted = kernels == "liger" and fp8 != "on" and os.environ.get("TRITON_INTERPRET") == "1"
+    if (kernels == "liger" or fp8 == "on") and not interpreted:
+        device = next(model.parameters()).device
+        if device.type != "cuda":
+            option = "llm_kernels='liger'" if kernels == "liger" else "llm_fp8='on'"
+            raise ValueError(f"{option} needs the LLM on a CUDA device, not {device} (llm_fp8='emulate' checks FP8 "
+                             "numerics anywhere)")
     return liger_rope() if kernels == "liger" else nullcontext()

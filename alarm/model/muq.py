@@ -30,25 +30,17 @@ from torch import nn
 
 from .config import EncoderSpec
 from .encoders import _DTYPES, FrontEnd, HiddenStatesEncoder, _cut, register_encoder
-from .hub import checkpoint_folder
+from ..extras import require
+from ..hf import checkpoint_folder
 
-__all__ = ["MuQAudioEncoder", "MuQFrontEnd", "load_muq", "MissingExtraError", "MUQ_FEATURE"]
+__all__ = ["MuQAudioEncoder", "MuQFrontEnd", "load_muq", "MUQ_FEATURE"]
 
 MUQ_FEATURE = "melspec_2048"  # MuQ's only input feature
 
 
-class MissingExtraError(ImportError, ValueError):
-    """An optional dependency is not installed (a ValueError too, so the CLI reports it in one line)."""
-
-
 def _import_muq():
-    try:
-        from muq import MuQ, MuQConfig
-    except (ImportError, OSError) as e:  # OSError: a torchaudio build that does not match torch
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MissingExtraError(f"the MuQ encoder needs the optional extra 'muq' (pip install 'alarm-toolkit[muq]', "
-                                f"see docs/model.md): importing muq failed: {first}") from None
-    return MuQ, MuQConfig
+    muq = require("muq", "the MuQ encoder", "muq", extra="muq")  # see docs/model.md
+    return muq.MuQ, muq.MuQConfig
 
 
 def load_muq(spec: EncoderSpec) -> nn.Module:

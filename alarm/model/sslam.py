@@ -34,7 +34,7 @@ from alarm_kernels.varlen import seqlens_to_cu_seqlens
 
 from .config import EncoderSpec
 from .encoders import _DTYPES, FrontEnd, HiddenStatesEncoder, register_encoder
-from .hub import checkpoint_folder
+from ..hf import checkpoint_folder
 
 __all__ = ["SSLAMConfig", "SSLAMViT", "SSLAMFrontEnd", "SSLAMAudioEncoder", "sincos_positions", "map_sslam_state",
            "load_sslam", "SSLAM_NORM_MEAN", "SSLAM_NORM_STD"]

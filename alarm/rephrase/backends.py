@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alarm.generation import budget_suffix_ids, generate_with_thinking_budget, token_id, two_pass
+from alarm.extras import require
 from alarm.hf import load_pretrained
 
 THINK_OPEN = "<think>\n"
@@ -117,10 +118,7 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, name: str, dtype: str = "auto", seed: int = 0, **llm_kwargs):
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise RuntimeError("the vllm backend needs the 'vllm' package (pip install vllm)") from e
+        LLM = require("vllm", "the vllm backend", "vllm").LLM
         self.llm = LLM(model=name, dtype=dtype, seed=seed, **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.special = set(self.tokenizer.all_special_ids)  # a stop token ends a finished row

@@ -122,7 +122,7 @@ TABLE = [
     ("run-dtype", lambda f: _run_args(f, "--dtype", "bf17"), "--dtype must be one of auto, bfloat16"),
     ("run-device", lambda f: _run_args(f, "--device", "banana"), "--device 'banana' is not a torch device"),
     ("run-device-cuda", lambda f: _run_args(f, "--device", "cuda:0"), "CUDA requested but", GPU_VISIBLE),
-    ("run-vllm-missing", lambda f: _run_args(f, "--backend", "vllm"), "needs the 'vllm' package", VLLM_INSTALLED),
+    ("run-vllm-missing", lambda f: _run_args(f, "--backend", "vllm"), "--backend vllm needs the vllm package", VLLM_INSTALLED),
     ("run-events-string", lambda f: ["rephrase", "run", "--input", f"{f}/events_str.jsonl", "--output-dir",
                                      f"{f}/out_run", "--model", f"{f}/lm"], "'events' must be a list"),
     ("run-different-settings", lambda f: _run_args(f, out="old_run"), "holds a run with different settings"),

@@ -682,7 +682,7 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path, capsys, monkeypa
     assert main(["data", "import-corpora", "--corpus", str(corpus), "--out", str(tmp_path / "out"),
                  "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "needs pyarrow: pip install 'alarm-toolkit[corpora]'" in err and len(err.splitlines()) == 1
+    assert "needs the pyarrow package (pip install 'alarm-toolkit[corpora]'" in err and len(err.splitlines()) == 1
 
 
 def test_missing_audio_fails_without_allow_missing(world, tmp_path):

@@ -12,6 +12,7 @@ from transformers.models.qwen3 import modeling_qwen3
 
 from alarm.model import ALARMConfig, ALARMModel
 from alarm.model.llm import FrozenLLM
+from alarm.extras import MissingExtraError
 from alarm.model.llm_kernels import _require, apply_liger, liger_rope
 from alarm.model.tiny import synthetic_audio
 
@@ -41,7 +42,10 @@ def test_defaults_keep_the_stock_modules():
     with pytest.raises(ValueError, match="llm_kernels must be one of"):
         dataclasses.replace(CFG, llm_kernels="fused")
     with pytest.raises(ValueError, match="llm_fp8 must be one of"):
-        dataclasses.replace(CFG, llm_fp8=True)
+        dataclasses.replace(CFG, llm_fp8="fp8")
+    # YAML 1.1 reads an unquoted `llm_fp8: on` / `off` as a boolean
+    assert dataclasses.replace(CFG, llm_fp8=True).llm_fp8 == "on"
+    assert dataclasses.replace(CFG, llm_fp8=False).llm_fp8 == "off"
 
 
 def test_liger_swaps_this_models_modules_only_and_shares_their_parameters():
@@ -141,8 +145,16 @@ def test_fp8_linear_layers_compute_the_float8_casts():
 def test_a_missing_package_names_what_to_install(monkeypatch):
     for name in [m for m in sys.modules if m.split(".")[0] == "liger_kernel"] + ["liger_kernel"]:
         monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
-    with pytest.raises(ImportError, match=r"llm_kernels='liger' needs the liger-kernel package: pip install "
-                                          r"liger-kernel \(the project's 'liger' extra\)"):
+    with pytest.raises(MissingExtraError, match=r"llm_kernels='liger' needs the liger-kernel package \(pip install "
+                                                r"'alarm-toolkit\[liger\]', or pip install liger-kernel\)"):
         _require("liger_kernel.transformers.rms_norm", "llm_kernels='liger'")
-    with pytest.raises(ImportError, match="liger-kernel"):
+    with pytest.raises(ValueError, match="liger-kernel"):  # a ValueError too: the CLI reports it in one line
         _llm(llm_kernels="liger")
+
+
+def test_cuda_only_options_are_refused_on_a_cpu_model_in_one_line(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    llm = _llm(llm_kernels="liger")
+    with pytest.raises(ValueError, match="llm_kernels='liger' needs the LLM on a CUDA device, not cpu"):
+        with llm.attention("alarm_packed"):
+            pass

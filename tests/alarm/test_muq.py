@@ -10,7 +10,8 @@ from published_muq import published_muq_tokens
 
 from alarm.model import EncoderSpec
 from alarm.model.encoders import build_encoder
-from alarm.model.muq import MissingExtraError, load_muq
+from alarm.extras import MissingExtraError
+from alarm.model.muq import load_muq
 from alarm.model.tiny import synthetic_audio
 
 RATE = 24000
@@ -65,7 +66,7 @@ def test_missing_extra_is_one_clear_line(monkeypatch):
     with pytest.raises(MissingExtraError) as err:
         load_muq(spec)
     message = str(err.value)
-    assert "optional extra 'muq'" in message and "pip install 'alarm-toolkit[muq]'" in message
+    assert message.startswith("the MuQ encoder needs the muq package") and "pip install 'alarm-toolkit[muq]'" in message
     assert "\n" not in message and isinstance(err.value, ValueError)
 
 

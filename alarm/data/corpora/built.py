@@ -12,13 +12,14 @@ agree), then the pieces are joined as the official script joined them:
 """
 from __future__ import annotations
 
-import importlib.util
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from alarm.extras import check_installed
 
 from .sources import BUILT_RATE, BuiltSource, ClipMissing, component, split_exact
 
@@ -132,9 +133,7 @@ class AliMeeting(BuiltSource):
     WINDOW_SECONDS = 40.0
 
     def __init__(self, root, clips_dir=None):
-        if importlib.util.find_spec("praatio") is None:
-            raise ValueError("--audio-root alimeeting: reading its TextGrids needs the praatio package "
-                             "(pip install 'alarm-toolkit[corpora]')")
+        check_installed("praatio", "--audio-root alimeeting (reading its TextGrids)", "praatio", extra="corpora")
         super().__init__(root, clips_dir)
         self._windows: Dict[str, Dict[str, Tuple[_Interval, ...]]] = {}
         self._lock = threading.Lock()

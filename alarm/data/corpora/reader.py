@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from alarm.data.jsonl import iter_jsonl
+from alarm.extras import require
 
 __all__ = ["CorpusRow", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "split_files", "iter_batches", "iter_indexes",
            "count_rows"]
@@ -51,12 +52,8 @@ def split_files(corpus: Path, split: str) -> List[Path]:
 
 
 def _parquet():
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ValueError("reading parquet corpora needs pyarrow: pip install 'alarm-toolkit[corpora]' "
-                         "(or pip install pyarrow), or give the corpus as JSONL") from None
-    return pq
+    return require("pyarrow.parquet", "reading parquet corpora (or give the corpus as JSONL)", "pyarrow",
+                   extra="corpora")
 
 
 def _open_parquet(path: Path):
