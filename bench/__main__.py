@@ -31,12 +31,12 @@ def _row_key(row: dict) -> Tuple[str, str, str, str]:
 
 def _timed_rows(data: dict) -> Dict[Tuple[str, str, str, str], float]:
     """Row key -> seconds, from a kernel result file (``rows``) or an e2e result file (``results``)."""
-    if "rows" in data:
-        return {_row_key(r): r["ms"] * 1e-3 for r in data["rows"] if "ms" in r}
     if data.get("bench") == "e2e_step" and "rows" in data:
         case = f"{data.get('fusion', '')} batch={data.get('batch', '')}"
         return {("e2e_step", f"{case} stage={r['stage']} rate={r['token_rate']}", "fwd+bwd", f"{r['path']}/{r['llm']}"):
                 r["step_s"]["median"] for r in data["rows"]}
+    if "rows" in data:
+        return {_row_key(r): r["ms"] * 1e-3 for r in data["rows"] if "ms" in r}
     if "results" in data:  # an e2e file written before the rows above
         case = f"{data.get('fusion', '')} batch={data.get('batch', '')}"
         return {("e2e_step", case, "fwd+bwd", path): r["step_s_median"] for path, r in data["results"].items()}

@@ -1,6 +1,6 @@
 """Kernel micro-benchmarks: every case of ``bench/cases/*.py``, all variants side by side in one run.
 
-    python -m bench.kernels [--quick] [--ops varlen_pool,attention] [--variants triton] [--out bench/results/NAME.json]
+    python -m bench.ops [--quick] [--ops varlen_pool,attention] [--variants triton] [--out bench/results/NAME.json]
 
 Reports per op and shape: median time and spread (p20-p80), achieved GB/s or TFLOP/s, fraction of the
 device's measured ceiling (copy bandwidth, or dense bf16/fp32 matmul throughput), speedup over the
@@ -242,7 +242,7 @@ def run_suite(device: torch.device, quick: bool, budget_s: float, ops: Optional[
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.ops", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (seconds on CPU)")
     parser.add_argument("--ops", default="", help="comma-separated case modules (default: all)")
     parser.add_argument("--variants", default="", help="comma-separated variants to time (default: all; "

@@ -262,15 +262,13 @@ class WhisperFrontEnd(FrontEnd):
 
 class WhisperAudioEncoder(AudioEncoder):
     """Whisper encoder on 30 s windows as published, or at the clip's length with ``spec.clip_length`` (see the
-    module docstring); log-mel by :class:`WhisperFrontEnd` (``num_mel_bins`` bins, 100 frames/s), 50 Hz output.
-    ``extractor``: transformers' ``WhisperFeatureExtractor`` with the same parameters (the reference the front end
-    is tested against; not used to compute features)."""
+    module docstring); log-mel by :class:`WhisperFrontEnd` (``num_mel_bins`` bins, 100 frames/s), 50 Hz output."""
 
     KERNEL_FRONT_END = True
 
     def __init__(self, spec: EncoderSpec):
         super().__init__(spec)
-        from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+        from transformers import WhisperConfig, WhisperModel
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         if spec.path is not None:
@@ -289,8 +287,6 @@ class WhisperAudioEncoder(AudioEncoder):
         self.n_blocks = n_blocks
         enc.layers = nn.ModuleList(list(enc.layers)[: max(spec.layers)])
         self.encoder = enc.requires_grad_(False).eval()
-        self.extractor = WhisperFeatureExtractor(feature_size=enc.config.num_mel_bins, sampling_rate=16000,
-                                                 chunk_length=int(window_seconds))
         window = enc.config.max_source_positions * 2 * 160
         self.front = WhisperFrontEnd(enc.config.num_mel_bins, max(1, int(round(spec.chunk_seconds * 16000))),
                                      None if spec.clip_length else window, 2 * enc.config.max_source_positions)

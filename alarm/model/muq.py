@@ -54,8 +54,11 @@ def load_muq(spec: EncoderSpec) -> nn.Module:
     MuQ, MuQConfig = _import_muq()
     if spec.path is not None:
         folder = checkpoint_folder(spec.path, ["config.json", "model.safetensors"])
+        file = os.path.join(folder, "model.safetensors")
+        if not os.path.isfile(file):
+            raise ValueError(f"{folder}: no model.safetensors (expected the MuQ-large-msd-iter files)")
         model = MuQ.from_pretrained(folder)
-        _check_encoder_weights(model, folder)
+        _check_encoder_weights(model, file)
     elif spec.hf_config is not None:
         model = MuQ(MuQConfig(**spec.hf_config))
     else:
@@ -63,14 +66,11 @@ def load_muq(spec: EncoderSpec) -> nn.Module:
     return model.to(dtype)
 
 
-def _check_encoder_weights(model: nn.Module, folder: str) -> None:
-    """ValueError unless the checkpoint holds every tensor of the conv front end and the conformer (the hub
-    mixin loads non-strictly, so a missing tensor would otherwise stay random)."""
+def _check_encoder_weights(model: nn.Module, file: str) -> None:
+    """ValueError unless the checkpoint ``file`` holds every tensor of the conv front end and the conformer (the
+    hub mixin loads non-strictly, so a missing tensor would otherwise stay random)."""
     from safetensors import safe_open
 
-    file = os.path.join(folder, "model.safetensors")
-    if not os.path.isfile(file):
-        raise ValueError(f"{folder}: no model.safetensors (expected the MuQ-large-msd-iter files)")
     with safe_open(file, framework="pt") as f:
         present = set(f.keys())
     needed = [k for k in model.state_dict() if k.startswith(("model.conv.", "model.conformer."))]

@@ -197,16 +197,17 @@ def verify_checkpoint(folder: Path) -> bool:
     return True
 
 
-def resumable_checkpoint(run_dir: str, say: Callable[[str], None]) -> Optional[Path]:
-    """The newest intact checkpoint of a run (None when the run has none at all).
+def resumable_checkpoint(run_dir: str, say: Callable[[str], None], before: Optional[str] = None) -> Optional[Path]:
+    """The newest intact checkpoint of a run (None when the run has none at all); with ``before``, the newest
+    intact one older than the checkpoint named ``before``.
 
     Each newer checkpoint that is damaged (a file differs from its checksum, is missing or truncated, or the
     folder has no COMPLETE marker although it is not an unfinished ``.tmp`` write) is reported with ``say``
     in one line naming the file, then the fallback is announced; CorruptFileError when every one is damaged.
     """
     root = Path(run_dir) / "checkpoints"
-    folders = sorted((p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")),
-                     reverse=True) if root.is_dir() else []
+    folders = sorted((p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+                      and (before is None or p.name < before)), reverse=True) if root.is_dir() else []
     damaged = []
     for folder in folders:
         try:

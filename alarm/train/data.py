@@ -80,6 +80,11 @@ def select_datasets(records: Sequence, datasets: Optional[Mapping[str, float]], 
     if absent:
         logging.getLogger(__name__).warning("%s: no example of %s (data.datasets)", where, ", ".join(absent))
     keep = {name: int(counts.get(name, 0) * fraction) for name, fraction in datasets.items()}
+    emptied = sorted(name for name, n in keep.items() if n == 0 and counts.get(name) and datasets[name] > 0)
+    if emptied:
+        logging.getLogger(__name__).warning(
+            "%s: %s keep no example (the first int(n * fraction) of each dataset's n examples are kept; data.datasets)",
+            where, ", ".join(f"{name} ({counts[name]} x {datasets[name]})" for name in emptied))
     out, seen = [], {}
     for r in records:
         if r.dataset in keep and seen.get(r.dataset, 0) < keep[r.dataset]:

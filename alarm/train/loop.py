@@ -184,11 +184,27 @@ def _check_finite_start(trainable, buffers, optimizer, start: Optional[Path], ru
         return
     if start is None:
         raise NonFiniteError(f"the {bad} is not finite before training (check init_adapters and the model's weights)")
-    older = [p for p in sorted((run_dir / "checkpoints").glob("step-*"))
-             if p.name < start.name and not p.name.endswith(".tmp")]
+    good = _intact_checkpoint_before(run_dir, start.name)
     raise NonFiniteError(f"step {int(start.name.split('-')[-1])}: checkpoint {start} holds a non-finite {bad} (written "
                          f"by a run that had diverged); last good checkpoint: "
-                         + (f"{older[-1]} (--resume {older[-1]})" if older else "none"))
+                         + (f"{good} (--resume {good})" if good else "none"))
+
+
+def _saved_before_streak(run_dir: Path, name: str) -> Optional[Path]:
+    """The newest intact checkpoint older than ``name`` that was saved outside a streak of non-finite steps."""
+    while True:
+        folder = _intact_checkpoint_before(run_dir, name)
+        if folder is None or checkpoint_state(folder).get("nonfinite_streak", 0) == 0:
+            return folder
+        name = folder.name
+
+
+def _intact_checkpoint_before(run_dir: Path, name: str) -> Optional[Path]:
+    """The newest intact checkpoint older than the one named ``name`` (None when there is none)."""
+    try:
+        return resumable_checkpoint(str(run_dir), say=lambda line: None, before=name)
+    except CorruptFileError:
+        return None
 
 
 @torch.no_grad()
@@ -329,7 +345,8 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
         saved = load_checkpoint(start, world, trainable, buffers, optimizer)
         state.update({k: saved.get(k, state[k]) for k in state})  # nonfinite_streak: absent before it existed
     _check_finite_start(trainable, buffers, optimizer, start, run_dir)
-    last_good = start if state["nonfinite_streak"] == 0 else None  # newest checkpoint saved outside a streak
+    # the newest checkpoint saved outside a non-finite streak
+    last_good = start if start is None or state["nonfinite_streak"] == 0 else _saved_before_streak(run_dir, start.name)
     sampler.load_state({"epoch": state["epoch"], "cursor": state["cursor"]})
 
     log = MetricsLogger(str(run_dir), total_steps, state["step"], world.is_main, cfg.run.progress)

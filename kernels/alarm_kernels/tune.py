@@ -170,11 +170,19 @@ def save_entries(path: Path, entries: Mapping[str, Mapping[str, dict]], device_n
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the mode open() would give, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)  # the rename survives a power loss
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def main(argv=None) -> int:

@@ -246,3 +246,13 @@ def write_checkpoint(folder, state: dict, config: dict) -> None:
         index.update({k: fname for k in part})
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
     (folder / "config.json").write_text(json.dumps(config))
+
+
+def whisper_extractor(encoder):
+    """transformers' ``WhisperFeatureExtractor`` with a ``WhisperAudioEncoder``'s parameters: the published front end
+    (30 s windows, the encoder's mel bins), which the kernels' log-mel is checked against."""
+    from transformers import WhisperFeatureExtractor
+
+    conf = encoder.encoder.config
+    window_seconds = conf.max_source_positions * 2 * 160 // 16000
+    return WhisperFeatureExtractor(feature_size=conf.num_mel_bins, sampling_rate=16000, chunk_length=window_seconds)

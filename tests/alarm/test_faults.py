@@ -280,6 +280,12 @@ def test_checkpoint_with_nonfinite_weights_stops_naming_step_and_last_good(corpu
     assert last.endswith(f"last good checkpoint: {run / 'checkpoints' / 'step-00000010'} "
                          f"(--resume {run / 'checkpoints' / 'step-00000010'})"), last
     assert not (run / "final").exists()
+    # the suggested checkpoint must be intact: an incomplete step-10 is passed over for the one before it
+    (run / "checkpoints" / "step-00000010" / COMPLETE).unlink()
+    older = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name < "step-00000010")
+    last = alarm("train", "--config", str(recipe)).stderr.strip().splitlines()[-1]
+    want = f"{run / 'checkpoints' / older[-1]} (--resume {run / 'checkpoints' / older[-1]})" if older else "none"
+    assert last.endswith(f"last good checkpoint: {want}"), last
 
 
 _ENOSPC = """

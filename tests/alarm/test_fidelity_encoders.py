@@ -8,6 +8,7 @@ from alarm.model import ALARMConfig
 from alarm.model.adapters import Adapter
 from alarm.model.encoders import build_encoder
 from alarm.model.tiny import synthetic_audio
+from published_alarm import whisper_extractor
 
 WINDOW = 480000  # 30 s at 16 kHz
 
@@ -43,7 +44,7 @@ def test_whisper_window_features_equal_stock_encoder(whisper):
     enc, spec = whisper.encoder, whisper.spec
     for i, clip in enumerate(clips):
         pieces = list(torch.split(clip, WINDOW))
-        mel = whisper.extractor([p.numpy() for p in pieces], sampling_rate=16000, return_tensors="pt")
+        mel = whisper_extractor(whisper)([p.numpy() for p in pieces], sampling_rate=16000, return_tensors="pt")
         states = enc(mel["input_features"], output_hidden_states=True).hidden_states  # stock HF forward
         keep = [-(-len(p) // 160) // 2 for p in pieces]
         for j, idx in enumerate(spec.layers):

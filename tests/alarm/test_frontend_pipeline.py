@@ -20,6 +20,7 @@ from alarm.model.batch import ModelBatch
 from alarm.model.encoders import PreparedAudio, build_encoder
 from alarm.model.splice import tokenize_batch
 from alarm.model.tiny import synthetic_audio
+from published_alarm import whisper_extractor
 from alarm.train.data import Collator, Example
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -106,7 +107,8 @@ def _whisper_extractor_inputs(enc, waves):
     """The published front end through transformers' WhisperFeatureExtractor (the path the kernels replace)."""
     window = enc.front.window_samples
     pieces = [p for w in waves for p in torch.split(w, window)]
-    mel = enc.extractor([p.numpy() for p in pieces], sampling_rate=16000, return_tensors="pt")["input_features"]
+    extract = whisper_extractor(enc)
+    mel = extract([p.numpy() for p in pieces], sampling_rate=16000, return_tensors="pt")["input_features"]
     lengths = torch.tensor([-(-len(p) // 160) // 2 for p in pieces])
     return PreparedAudio({"mel": mel}, lengths, [len(torch.split(w, window)) for w in waves],
                          [w.numel() for w in waves])

@@ -724,3 +724,11 @@ def test_audio_roots_folder_gives_every_dataset_its_subfolder(world, imported, t
         assert main([*args, "--out", str(tmp_path / "x"), "--audio-roots", str(folder)]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("name, uid1, uid2", [("librispeech", "84", "../84-121123-0000"),
+                                              ("mls", "german", "x/../1_2_3")])
+def test_ids_cannot_leave_the_dataset_root(tmp_path, name, uid1, uid2):
+    """A row's ids become one path component each: '..' or a '/' in an id is refused, never followed."""
+    with pytest.raises(ValueError, match="is not a file or folder name"):
+        SOURCES[name](str(tmp_path)).paths(uid1, uid2)

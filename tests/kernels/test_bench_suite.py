@@ -2,6 +2,7 @@
 ``--compare`` of two result files (smoke size: a fake case module, no end-to-end step)."""
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +75,11 @@ def test_results_record_the_chosen_triton_configs(monkeypatch):
     recorded = runner.triton_configs()["varlen_pool._copy_kernel"]
     assert list(recorded["configs"]) == ['[4096, "torch.float32"]']
     assert "BLOCK: 128" in recorded["configs"]['[4096, "torch.float32"]']
+
+
+def test_compare_reads_training_step_results():
+    """An e2e result file (it has ``rows`` too, without ``ms``) compares by its step medians."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "results" / "cpu-mixed-2026-12-04" / "e2e_step.json"
+    lines = suite.compare(str(path), str(path))
+    assert lines[-1].startswith("6 rows in both"), lines[-1]
+    assert any("stage=B rate=1" in line and line.endswith("| 1.00 |") for line in lines)

@@ -30,8 +30,9 @@ class LibriSpeech(FileSource):
     SUBSETS = ("train-clean-100", "train-clean-360", "train-other-500")
 
     def paths(self, uid1, uid2):
-        speaker, chapter, _ = split_exact(uid2, "-", 3, "utterance id")
-        return [f"{subset}/{speaker}/{chapter}/{uid2}.flac" for subset in self.SUBSETS]
+        utterance = component(uid2, "utterance id")
+        speaker, chapter, _ = split_exact(utterance, "-", 3, "utterance id")
+        return [f"{subset}/{speaker}/{chapter}/{utterance}.flac" for subset in self.SUBSETS]
 
 
 class MLS(FileSource):
@@ -40,8 +41,9 @@ class MLS(FileSource):
     layout = "mls_<language>_opus/train/audio/<speaker>/<book>/<utterance>.opus"
 
     def paths(self, uid1, uid2):
-        speaker, book, _ = split_exact(uid2, "_", 3, "utterance id")
-        return [f"mls_{component(uid1, 'language')}_opus/train/audio/{speaker}/{book}/{uid2}.opus"]
+        utterance = component(uid2, "utterance id")
+        speaker, book, _ = split_exact(utterance, "_", 3, "utterance id")
+        return [f"mls_{component(uid1, 'language')}_opus/train/audio/{speaker}/{book}/{utterance}.opus"]
 
 
 class VCTK(FileSource):
