@@ -6,7 +6,8 @@ Products and sums are in fp32 (fp64 when the layers or the logits are fp64). Two
   and each direction is one multiply and one reduction over it (what a padded model runs), a handful of dispatches
   whatever k. The eager autograd path keeps the stack for the backward (at most :data:`STACKED_ELEMENTS` elements).
 * **streaming** (larger): never stacked; the sum is accumulated one layer at a time, so at most one product is
-  alive besides the sum (2k - 1 ops forward, k reductions backward: negligible next to the arithmetic at such sizes).
+  alive besides the sum (2k - 1 ops forward, k reductions backward: negligible next to the arithmetic at such sizes,
+  where it is also the faster route, see :data:`STACKED_ELEMENTS`).
 
 The routes can differ in the last bit of fp32 sums of 5 or more layers (ATen's reduction over the layer dim groups
 the terms differently from a running sum); both are checked against the float64 oracle
@@ -21,8 +22,10 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-# most elements (k x layer size) stacked into one [k, ...] tensor (4 MiB in fp32); larger layers stream
-STACKED_ELEMENTS = 2**20
+# most elements (k x layer size) stacked into one [k, ...] tensor (256 KiB in fp32); larger layers stream. Where the
+# stacked route stops paying: on the 2-core dev CPU (OMP_NUM_THREADS=1) both routes cost the same near 2**16 elements
+# (forward + backward); past that streaming is faster
+STACKED_ELEMENTS = 2**16
 
 # what forward_saving keeps for the backward: (softmax weights [k], the stacked layers [k, ...] or None)
 Saved = Tuple[Tensor, Optional[Tensor]]
