@@ -41,3 +41,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module", params=["small", "large"])
+def reference_size_route(request):
+    """Run a module's tests on both size routes of the reference backends that pick their route by input size:
+    "small" (``varlen_pool``: ``segment_reduce``; ``weighted_layer_sum``: stacked), "large" (the index ops; streaming).
+    Use with ``pytestmark = pytest.mark.usefixtures("reference_size_route")``."""
+    from alarm_kernels.varlen_pool import reference as pool
+    from alarm_kernels.weighted_layer_sum import reference as layer_sum
+
+    previous = pool.SEGMENT_ELEMENTS, layer_sum.STACKED_ELEMENTS
+    pool.SEGMENT_ELEMENTS = layer_sum.STACKED_ELEMENTS = 2**62 if request.param == "small" else -1
+    yield request.param
+    pool.SEGMENT_ELEMENTS, layer_sum.STACKED_ELEMENTS = previous

@@ -9,8 +9,9 @@ and other intermediates its backward would otherwise recompute) and calls ``back
 the custom-op path calls ``forward`` and ``backward`` without it (the backward recomputes what it needs).
 
 The call path (docs/kernels.md, "Call path and host cost"): eagerly, an :class:`Op` calls the backend's
-``forward`` straight away (one ``torch.autograd.Function`` around it when a differentiable input requires grad,
-whose backward calls the backend's ``backward``); while ``torch.compile`` traces, and for meta tensors, it calls
+``forward`` straight away (one ``torch.autograd.Function`` around it when an input requires grad, whose backward
+calls the backend's ``backward``; only the inputs that require grad are the Function's tensor arguments, the rest
+reach it as one opaque tuple); while ``torch.compile`` traces, and for meta tensors, it calls
 the registered custom op instead, so the graph holds one opaque node with its fake shapes and autograd formula.
 Both routes run the same backend functions with the same arguments; everything that depends only on the schema
 (which arguments are tensor lists, where the backend name sits) is worked out once, here, not per call.
@@ -18,7 +19,6 @@ Both routes run the same backend functions with the same arguments; everything t
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -104,36 +104,49 @@ def _without(args: Sequence[Any], position: int) -> List[Any]:
 
 
 class _Function(torch.autograd.Function):
-    """Autograd for the eager path: ``apply(op, impl, list_sizes, *flat_inputs)`` (tensor lists flattened so
-    autograd sees every tensor; ``list_sizes`` restores them)."""
+    """Autograd for the eager path: ``apply(op, impl, inputs, where, *differentiable)``. ``inputs`` are the op's
+    arguments as given (backend left out), opaque to autograd; ``differentiable`` the tensors among them that
+    require grad, the only ones autograd has to see (each tensor argument of a Function costs it about two
+    microseconds per call), at positions ``where``: ``(input index, index in its tensor list or None), ...``."""
 
     @staticmethod
-    def forward(ctx, op: "Op", impl, list_sizes, *flat):
-        inputs = flat if list_sizes is None else op.unflatten(flat, list_sizes)
+    def forward(ctx, op: "Op", impl, inputs, where, *differentiable):
         saving = getattr(impl, "forward_saving", None)
         if saving is None:
-            outputs, ctx.intermediates = op.run(impl.forward, inputs), None
+            outputs, ctx.intermediates = impl.forward(*inputs), None
         else:
-            outputs, ctx.intermediates = op.run(saving, inputs)
+            outputs, ctx.intermediates = saving(*inputs)
         ctx.set_materialize_grads(False)
         if op.spec.non_differentiable:
             ctx.mark_non_differentiable(*(outputs[i] for i in op.spec.non_differentiable))
         op.spec.save(ctx, inputs, outputs)
-        ctx.op, ctx.impl, ctx.list_sizes = op, impl, list_sizes
+        ctx.op, ctx.impl, ctx.where = op, impl, where
         return outputs
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # the backends' backwards are not differentiable themselves
     def backward(ctx, *grad_outputs):
+        if torch.is_grad_enabled():  # create_graph=True: the backends' backwards are not differentiable themselves
+            return _backward_once_differentiable(ctx, *grad_outputs)
+        for g in grad_outputs:
+            if g is not None:
+                break
+        else:  # no gradient reached the op's outputs (never materialized)
+            return (None,) * (4 + len(ctx.where))
         op, saved, impl = ctx.op, ctx.intermediates, ctx.impl
-        if all(g is None for g in grad_outputs):  # no gradient reached the op's outputs (never materialized)
-            return (None,) * (len(ctx.needs_input_grad))
         if saved is None:
             grads = op.spec.gradients(ctx, lambda *args: op.run(impl.backward, args), *grad_outputs)
         else:
-            grads = op.spec.gradients(ctx, lambda *args: op.run(functools.partial(impl.backward, saved=saved), args),
-                                      *grad_outputs)
-        return (None, None, None, *(grads if ctx.list_sizes is None else op.flatten_grads(grads, ctx.list_sizes)))
+            grads = op.spec.gradients(ctx, lambda *args: op.run(impl.backward, args, saved), *grad_outputs)
+        return (None, None, None, None,
+                *(grads[i] if j is None else None if grads[i] is None else grads[i][j] for i, j in ctx.where))
+
+
+# with create_graph=True: the backward run under no_grad, its results marked so that differentiating them again raises
+_backward_once_differentiable = torch.autograd.function.once_differentiable(_Function.backward)
+# Function.apply minus its Python preamble, which _Function does not need when no functorch transform is active: it
+# has no setup_context to bind, and the preamble's other step (functorch's dead-wrapper unwrapping) concerns tensors
+# leaked out of a transform. About five microseconds per call.
+_apply = super(torch.autograd.Function, _Function).apply
 
 
 class Op:
@@ -198,44 +211,17 @@ class Op:
         return module
 
     @staticmethod
-    def run(fn: Callable, args: Sequence[Any]):
-        """``fn(*args)`` with the first tensor's GPU made current when it is not (Triton launches on the current
-        device: ``cuda:1`` tensors while ``cuda:0`` is current would be read on the wrong GPU)."""
+    def run(fn: Callable, args: Sequence[Any], saved: Any = None):
+        """``fn(*args)`` (``fn(*args, saved=saved)`` when ``saved`` is given) with the first tensor's GPU made current
+        when it is not (Triton launches on the current device: ``cuda:1`` tensors while ``cuda:0`` is current would
+        be read on the wrong GPU)."""
         first = args[0]
         if not isinstance(first, torch.Tensor):
             first = first[0]
         if first.is_cuda and first.get_device() != torch.cuda.current_device():
             with torch.cuda.device(first.device):
-                return fn(*args)
-        return fn(*args)
-
-    def unflatten(self, flat: Sequence[Any], list_sizes: Optional[Tuple[int, ...]]) -> Sequence[Any]:
-        """The inputs from their flat form (see :meth:`__call__`)."""
-        if not list_sizes:
-            return flat
-        inputs, pos, sizes = [], 0, iter(list_sizes)
-        for i in range(self.n_inputs):
-            if i in self.list_inputs:
-                n = next(sizes)
-                inputs.append(list(flat[pos:pos + n]))
-                pos += n
-            else:
-                inputs.append(flat[pos])
-                pos += 1
-        return inputs
-
-    def flatten_grads(self, grads: Sequence[Any], list_sizes: Optional[Tuple[int, ...]]) -> List[Any]:
-        """Per-input gradients (lists for tensor lists, or None for a whole list) in the flat form."""
-        if not list_sizes:
-            return list(grads)
-        flat, sizes = [], iter(list_sizes)
-        for i, g in enumerate(grads):
-            if i in self.list_inputs:
-                n = next(sizes)
-                flat.extend([None] * n if g is None else g)
-            else:
-                flat.append(g)
-        return flat
+                return fn(*args) if saved is None else fn(*args, saved=saved)
+        return fn(*args) if saved is None else fn(*args, saved=saved)
 
     def __call__(self, *args):
         if torch.compiler.is_compiling():
@@ -249,24 +235,31 @@ class Op:
             for observe in _observers:
                 observe(self.spec.name, args[at])
         impl = self._modules.get(args[at]) or self.backend(args[at])
-        if torch.is_grad_enabled() and self._requires_grad(inputs):
-            if self.list_inputs:
-                sizes = tuple(len(inputs[i]) for i in self.list_inputs)
-                flat = [t for i, a in enumerate(inputs) for t in (a if i in self.list_inputs else (a,))]
-                return _Function.apply(self, impl, sizes, *flat)
-            return _Function.apply(self, impl, None, *inputs)
-        return self.run(impl.forward, inputs)
+        if first.is_cuda and first.get_device() != torch.cuda.current_device():
+            with torch.cuda.device(first.device):
+                return self._eager(impl, inputs)
+        return self._eager(impl, inputs)
 
-    def _requires_grad(self, inputs: Sequence[Any]) -> bool:
+    def _eager(self, impl, inputs: Sequence[Any]):
+        """The backend's forward, inside :class:`_Function` when an input requires grad."""
+        where = self._differentiable(inputs) if torch.is_grad_enabled() else ()
+        if not where:
+            return impl.forward(*inputs)
+        apply = _Function.apply if torch._C._are_functorch_transforms_active() else _apply
+        return apply(self, impl, inputs, where, *(inputs[i] if j is None else inputs[i][j] for i, j in where))
+
+    def _differentiable(self, inputs: Sequence[Any]) -> List[Tuple[int, Optional[int]]]:
+        """Positions ``(input index, index in its tensor list or None)`` of the input tensors that require grad."""
+        where = []
         for i in self.tensor_inputs:
             a = inputs[i]
             if a is not None and a.requires_grad:
-                return True
+                where.append((i, None))
         for i in self.list_inputs:
-            for t in inputs[i]:
+            for j, t in enumerate(inputs[i]):
                 if t.requires_grad:
-                    return True
-        return False
+                    where.append((i, j))
+        return where
 
 
 def define_op(spec: OpSpec) -> Op:

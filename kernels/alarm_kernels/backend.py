@@ -36,9 +36,27 @@ def log_once(key, message: str) -> None:
         logger.info(message)
 
 
+# the dict os.environ keeps its variables in (CPython; os.environ[...] = ..., del and monkeypatch.setenv update it)
+_ENVIRON = getattr(os.environ, "_data", None)
+_ENVIRON_KEYS: dict = {}
+
+
+def env_value(name: str) -> str:
+    """``os.environ.get(name, "")``, read on every call but without the two ``KeyError`` that ``os.environ.get``
+    raises and catches for an unset name (several microseconds in a call path that costs tens): one lookup in
+    the dict ``os.environ`` keeps (``os.environ.get`` where it keeps none)."""
+    if _ENVIRON is None:
+        return os.environ.get(name, "")
+    key = _ENVIRON_KEYS.get(name)
+    if key is None:
+        key = _ENVIRON_KEYS[name] = os.environ.encodekey(name)
+    value = _ENVIRON.get(key)
+    return "" if value is None else os.environ.decodevalue(value)
+
+
 def triton_interpreting() -> bool:
     """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return env_value("TRITON_INTERPRET") == "1"
 
 
 def backend_unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
@@ -93,7 +111,7 @@ def select_backend(
         ValueError: unknown backend name.
         RuntimeError: an explicitly requested backend cannot run these inputs.
     """
-    forced = os.environ.get(BACKEND_ENV, "").strip() if requested == "auto" else ""
+    forced = env_value(BACKEND_ENV).strip() if requested == "auto" else ""
     key = (op, requested, device, forced, triton_interpreting(), tuple(implemented),
            tuple(input_reasons.items()) if input_reasons else ())
     chosen = _chosen.get(key)

@@ -1,5 +1,6 @@
 """The backend registry, the varlen helpers and the parity idiom itself."""
 import logging
+import os
 
 import pytest
 import torch
@@ -41,6 +42,25 @@ def test_env_var_replaces_auto(monkeypatch):
     assert ak.select_backend("op", "auto", torch.device("cpu"), ("triton", "reference")) == "triton"
     # an explicit argument still wins
     assert ak.select_backend("op", "reference", torch.device("cpu"), ("triton", "reference")) == "reference"
+
+
+def test_env_var_is_read_on_every_call(monkeypatch):
+    """select_backend reads the environment without os.environ.get (backend.env_value): setting, changing and
+    unsetting the variable between calls takes effect at once, as os.environ.get would see it."""
+    from alarm_kernels.backend import env_value
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(ak.BACKEND_ENV, raising=False)
+    assert env_value(ak.BACKEND_ENV) == "" and ak.select_backend("op_e", "auto", cpu, ("triton", "reference")) == \
+        "reference"
+    monkeypatch.setenv(ak.BACKEND_ENV, "triton")
+    assert env_value(ak.BACKEND_ENV) == "triton" and ak.select_backend("op_e", "auto", cpu, ("triton", "reference")) \
+        == "triton"
+    monkeypatch.setenv(ak.BACKEND_ENV, "réf")  # a non-ASCII value decodes as os.environ does
+    assert env_value(ak.BACKEND_ENV) == os.environ.get(ak.BACKEND_ENV) == "réf"
+    monkeypatch.delenv(ak.BACKEND_ENV)
+    assert env_value(ak.BACKEND_ENV) == "" and ak.select_backend("op_e", "auto", cpu, ("triton", "reference")) == \
+        "reference"
 
 
 def test_env_var_for_unimplemented_backend_falls_back_with_one_log(monkeypatch, caplog):

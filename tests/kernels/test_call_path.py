@@ -12,6 +12,9 @@ from conftest import DEVICE
 import alarm_kernels as ak
 from alarm_kernels import _utils
 
+# every test on both size routes of the reference (the oracle): see conftest.reference_size_route
+pytestmark = pytest.mark.usefixtures("reference_size_route")
+
 LAYOUTS = [[0, 5, 1, 23, 9], [3], [0, 0, 2], [7, 0, 12, 1, 1, 4]]
 
 
@@ -159,3 +162,18 @@ def test_record_backends_names_each_op_and_backend_eager_and_compiled():
     with ak.record_backends() as ran:
         compiled(x.detach())
     assert ran == {"varlen_pool": {"reference"}}
+
+
+def test_create_graph_gives_the_same_gradients_and_refuses_a_second_derivative():
+    """With create_graph=True the eager backward runs the same backend backward (under once_differentiable): the
+    same gradients, and differentiating them again raises instead of silently returning nothing."""
+    g = torch.Generator().manual_seed(3)
+    layers, logits = [_leaf(9, 6, g=g) for _ in range(3)], _leaf(3, g=g)
+    x, cu = _leaf(9, 6, g=g), ak.seqlens_to_cu_seqlens([4, 5]).to(DEVICE)
+    for name, fn, leaf in (("weighted_layer_sum", lambda: ak.weighted_layer_sum(layers, logits), logits),
+                           ("varlen_pool max", lambda: ak.varlen_pool(x, cu, 2, "max")[0], x)):
+        plain, = torch.autograd.grad(fn().square().sum(), leaf)
+        graphed, = torch.autograd.grad(fn().square().sum(), leaf, create_graph=True)
+        assert torch.equal(plain, graphed), name
+        with pytest.raises(RuntimeError, match="differentiate twice"):
+            graphed.sum().backward()

@@ -13,6 +13,9 @@ import alarm_kernels as ak
 from alarm_kernels import _utils
 from alarm_kernels.testing import count_host_transfers
 
+# every test on both size routes of the reference (the oracle): see conftest.reference_size_route
+pytestmark = pytest.mark.usefixtures("reference_size_route")
+
 KERNELS_DIR = os.path.dirname(os.path.abspath(ak.__file__))
 LENGTHS = [0, 5, 1, 23, 9]
 

@@ -14,6 +14,9 @@ from alarm_kernels._utils import nan_prefill
 from alarm_kernels.testing import assert_parity
 from compile_check import assert_compiled_matches_eager
 
+# every test on both size routes of the reference (the oracle): see conftest.reference_size_route
+pytestmark = pytest.mark.usefixtures("reference_size_route")
+
 LENGTHS = [0, 1, 2, 63, 113, 5]
 
 
@@ -85,6 +88,47 @@ def test_reference_semantics():
         assert cu_y.tolist() == [0, 2, 3]
         assert y.tolist() == expected
         torch.testing.assert_close(xl.grad, torch.tensor(grad, dtype=torch.float64))
+
+
+def test_max_splits_negative_gradients_among_ties():
+    """Ties share the window's gradient whatever its sign (torch's own segment_reduce backward splits only positive
+    gradients: the reference must not inherit that); fast backends agree."""
+    x = torch.tensor([[2.0, -1.0], [2.0, -1.0], [1.0, -1.0], [0.0, 5.0], [0.0, 5.0], [0.0, 4.0]], device=DEVICE)
+    cu = ak.seqlens_to_cu_seqlens([3, 3]).to(DEVICE)
+    gy = torch.tensor([[-3.0, 6.0], [-4.0, -2.0]], device=DEVICE)
+    expected = torch.tensor([[-1.5, 2.0], [-1.5, 2.0], [0.0, 2.0], [-4 / 3, -1.0], [-4 / 3, -1.0], [-4 / 3, 0.0]],
+                            device=DEVICE)
+    for backend in ("reference",) + FAST_BACKENDS:
+        xl = x.clone().requires_grad_()
+        y, _ = ak.varlen_pool(xl, cu, 3, "max", backend=backend)
+        y.backward(gy)
+        torch.testing.assert_close(xl.grad, expected, msg=backend)
+
+
+def test_nan_window_passes_no_gradient():
+    """A NaN propagates to its window's maximum, and a NaN maximum equals no frame: the window's frames get no
+    gradient, on every backend (other windows are untouched)."""
+    nan = float("nan")
+    x = torch.tensor([[1.0, 2.0], [nan, 5.0], [3.0, 5.0], [0.0, 1.0], [2.0, 2.0]], device=DEVICE)
+    cu = ak.seqlens_to_cu_seqlens([4, 1]).to(DEVICE)
+    for backend in ("reference",) + FAST_BACKENDS:
+        xl = x.clone().requires_grad_()
+        y, _ = ak.varlen_pool(xl, cu, 2, "max", backend=backend)
+        y.backward(-torch.ones_like(y))
+        assert torch.isnan(y[0, 0]) and y[0, 1] == 5.0, backend
+        torch.testing.assert_close(xl.grad, torch.tensor(
+            [[0.0, 0.0], [0.0, -1.0], [-1.0, -1.0], [0.0, 0.0], [-1.0, -1.0]], device=DEVICE), msg=backend)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reference_low_precision_mean_sums_in_fp32(dtype):
+    """A mean over long windows in fp16 / bf16 is one rounding of the fp32 sum's mean (summing in the input's dtype
+    would drift by many units in the last place)."""
+    x, cu = _inputs([3000, 1000], 4, dtype, seed=7)
+    y, _ = ak.varlen_pool(x, cu, 1000, "mean", backend="reference")
+    expected = ak.varlen_pool(x.double(), cu, 1000, "mean", backend="reference")[0]
+    ulp = torch.finfo(dtype).eps * expected.abs().clamp(min=torch.finfo(dtype).tiny)
+    assert ((y.double() - expected).abs() <= ulp).all()
 
 
 @pytest.mark.parametrize("mode", ["mean", "max"])

@@ -12,6 +12,9 @@ from alarm_kernels._utils import nan_prefill
 from alarm_kernels.testing import assert_parity
 from compile_check import assert_compiled_matches_eager
 
+# every test on both size routes of the reference (the oracle): see conftest.reference_size_route
+pytestmark = pytest.mark.usefixtures("reference_size_route")
+
 
 def _inputs(shape, k, dtype, seed):
     g = torch.Generator().manual_seed(seed)

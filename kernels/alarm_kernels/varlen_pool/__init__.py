@@ -22,6 +22,7 @@ __all__ = ["varlen_pool"]
 
 IMPLEMENTED = ("cuda", "triton", "reference")  # CUDA first where built: faster on an H200 (bench/results/)
 MODES = ("mean", "max")
+_FP64 = {"triton": "float64 is reference-only", "cuda": "float64 is reference-only"}  # select_backend's input_reasons
 
 
 def _fake(x, cu_seqlens, ratio, mode, total_out):
@@ -98,10 +99,6 @@ def varlen_pool(
         total_out = expected
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    name = select_backend(
-        "varlen_pool", backend, x.device, IMPLEMENTED,
-        {"triton": "float64 is reference-only" if x.dtype == torch.float64 else None,
-         "cuda": "float64 is reference-only" if x.dtype == torch.float64 else None},
-    )
+    name = select_backend("varlen_pool", backend, x.device, IMPLEMENTED, _FP64 if x.dtype == torch.float64 else None)
     total = -1 if total_out is None else total_out
     return _varlen_pool_op(x.contiguous(), cu_seqlens.contiguous(), ratio, mode, total, name)

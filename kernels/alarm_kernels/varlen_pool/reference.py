@@ -1,12 +1,24 @@
 """Plain-PyTorch varlen pooling: the numerics oracle (run it in float64) and the CPU default.
 
-The pooling itself is one ``scatter_reduce`` over the frames' window index (mean or amax). The index and the output
-offsets come from the offsets by one of two routes (:func:`alarm_kernels._utils.offsets_on_host`): on the CPU the
-offsets are read and the index is built in Python (a few integer loops, cheaper than tensor ops at small sizes); on a
-GPU tensor ops derive them on the device without reading anything back: a frame starts a window when its position
-in its sequence is a multiple of ``ratio``, and the running count of window starts numbers the windows (read at
-the sequence starts, it gives the output offsets). The eager autograd path keeps the index for the backward
-(:func:`forward_saving`).
+Every pooling window is a run of consecutive frames of the packed ``x``. Two routes by size, the same semantics:
+
+* **segments** (``x`` of at most :data:`SEGMENT_ELEMENTS` elements): one ``torch.segment_reduce`` over the window
+  lengths, and for the backward one call of that op's own backward kernel (``aten::_segment_reduce_backward``,
+  what autograd runs for it): one or two dispatches each way, where the call's host cost is what matters.
+* **index** (larger): each frame's window index (one ``repeat_interleave``), ``scatter_reduce`` forward,
+  ``index_add_`` / indexing backward: vectorized ATen ops, several times faster than ``segment_reduce``'s scalar CPU
+  loops on millions of elements.
+
+Mean spreads each window's gradient evenly over its frames; max sends it to the frames equal to the window's
+maximum, split evenly among ties; a window whose maximum is NaN passes no gradient (no frame equals NaN), as the
+Triton and CUDA kernels do. fp16 / bf16 means are summed in fp32 (``segment_reduce`` would sum in the input's dtype).
+
+The window lengths and the output offsets come from the offsets by one of two routes
+(:func:`alarm_kernels._utils.offsets_on_host`): on the CPU the offsets are read and the lengths are listed in Python
+(a few integer operations per sequence, cheaper than tensor ops at small sizes); on a GPU tensor ops derive them on
+the device without reading anything back (each window's sequence by ``repeat_interleave`` over the windows per
+sequence, its length ``min(ratio, L - position)``). The eager autograd path keeps the lengths (and the index) for
+the backward (:func:`forward_saving`).
 """
 from __future__ import annotations
 
@@ -18,8 +30,12 @@ from torch import Tensor
 
 from .. import _utils
 
-# the window index [total] (int64) and, from the host route, the frames per window (None from the device route)
-Saved = Tuple[Tensor, Optional[List[int]]]
+# most elements of x pooled by segment_reduce; larger inputs take the index route. On the 2-core dev CPU
+# (OMP_NUM_THREADS=1) both routes cost the same near 2**15 elements (forward + backward); past that the index route wins
+SEGMENT_ELEMENTS = 2**15
+# what forward_saving keeps for the backward: (frames per window int64 [total_y], window index int64 [total] or None)
+Saved = Tuple[Tensor, Optional[Tensor]]
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def pooled_cu_seqlens(cu_seqlens: Tensor, ratio: int) -> Tensor:
@@ -29,53 +45,61 @@ def pooled_cu_seqlens(cu_seqlens: Tensor, ratio: int) -> Tensor:
     return F.pad(torch.cumsum(n_out, 0, dtype=torch.int32), (1, 0))
 
 
-def _host_windows(bounds: List[int], ratio: int) -> Tuple[List[int], List[int], List[int]]:
-    """From the offsets as ints: (output offsets, each frame's window, frames per window)."""
-    cu_y, index, sizes = [0], [], []
+def _host_windows(bounds: List[int], ratio: int) -> Tuple[List[int], List[int]]:
+    """From the offsets as ints: (output offsets, frames per window)."""
+    cu_y, sizes = [0], []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         full, rest = divmod(b - a, ratio)
-        w = cu_y[-1]
-        for j in range(w, w + full):
-            index += [j] * ratio
         sizes += [ratio] * full
         if rest:
-            index += [w + full] * rest
             sizes.append(rest)
-        cu_y.append(w + full + (rest > 0))
-    return cu_y, index, sizes
+        cu_y.append(cu_y[-1] + full + (rest > 0))
+    return cu_y, sizes
 
 
-def _device_windows(cu_seqlens: Tensor, ratio: int, total: int) -> Tuple[Tensor, Tensor]:
-    """(int32 output offsets, int64 window index ``[total]``) by tensor ops on the offsets' device."""
-    starts = cu_seqlens[:-1].repeat_interleave(cu_seqlens.diff(), output_size=total)
-    position = torch.arange(total, device=cu_seqlens.device).sub_(starts)
-    so_far = torch.cumsum(position.remainder_(ratio) == 0, 0)  # windows started at or before each frame
-    return F.pad(so_far, (1, 0))[cu_seqlens].to(torch.int32), so_far.sub_(1)
+def _device_windows(cu_seqlens: Tensor, ratio: int, total_y: int) -> Tuple[Tensor, Tensor]:
+    """(int32 output offsets, int64 frames per window ``[total_y]``) by tensor ops on the offsets' device
+    (``total_y`` < 0: read from the offsets, one host read)."""
+    cu_y = pooled_cu_seqlens(cu_seqlens, ratio)
+    total_y = int(cu_y[-1]) if total_y < 0 else total_y
+    sequence = torch.repeat_interleave(cu_y.diff(), output_size=total_y)  # each window's sequence
+    start = torch.arange(total_y, device=cu_seqlens.device).sub_(cu_y[sequence]).mul_(ratio)  # first frame in it
+    return cu_y, cu_seqlens.diff()[sequence].sub(start).clamp_(max=ratio)
 
 
-def _windows(cu_seqlens: Tensor, ratio: int, total: int) -> Tuple[Tensor, Saved]:
-    """(int32 output offsets, (window index, frames per window or None)) by the route for these offsets."""
+def _windows(cu_seqlens: Tensor, ratio: int, total_y: int) -> Tuple[Tensor, Tensor]:
+    """(int32 output offsets, int64 frames per window) by the route for these offsets."""
     if _utils.offsets_on_host(cu_seqlens):
-        cu_y, index, sizes = _host_windows(cu_seqlens.tolist(), ratio)
+        cu_y, sizes = _host_windows(cu_seqlens.tolist(), ratio)
         return (torch.tensor(cu_y, dtype=torch.int32, device=cu_seqlens.device),
-                (torch.tensor(index, dtype=torch.int64, device=cu_seqlens.device), sizes))
-    cu_y, index = _device_windows(cu_seqlens, ratio, total)
-    return cu_y, (index, None)
+                torch.tensor(sizes, dtype=torch.int64, device=cu_seqlens.device))
+    return _device_windows(cu_seqlens, ratio, total_y)
 
 
-def window_index(cu_seqlens: Tensor, ratio: int, total: int) -> Tensor:
-    """int64 ``[total]``: the output row (pooling window) each input frame falls in."""
-    return _windows(cu_seqlens, ratio, total)[1][0]
+def segment_route(x: Tensor) -> bool:
+    """Whether ``x`` is pooled by ``segment_reduce`` (at most :data:`SEGMENT_ELEMENTS` elements)."""
+    return x.numel() <= SEGMENT_ELEMENTS
+
+
+def _window_index(lengths: Tensor, total: int) -> Tensor:
+    """int64 ``[total]``: the window (output row) of each frame."""
+    return torch.arange(lengths.shape[0], device=lengths.device).repeat_interleave(lengths, output_size=total)
 
 
 def forward_saving(x: Tensor, cu_seqlens: Tensor, ratio: int, mode: str, total_y: int = -1
                    ) -> Tuple[Tuple[Tensor, Tensor], Saved]:
     """:func:`forward`'s outputs and what :func:`backward` takes as ``saved``."""
-    cu_y, saved = _windows(cu_seqlens, ratio, x.shape[0])
-    total_y = int(cu_y[-1]) if total_y < 0 else total_y
-    y = x.new_zeros(total_y, x.shape[1]).scatter_reduce(
-        0, saved[0][:, None].expand(-1, x.shape[1]), x, "mean" if mode == "mean" else "amax", include_self=False)
-    return (y, cu_y), saved
+    cu_y, lengths = _windows(cu_seqlens, ratio, total_y)
+    if segment_route(x):
+        if mode == "mean" and x.dtype in _LOW_PRECISION:
+            y = torch.segment_reduce(x.float(), "mean", lengths=lengths, unsafe=True).to(x.dtype)
+        else:
+            y = torch.segment_reduce(x, mode, lengths=lengths, unsafe=True)
+        return (y, cu_y), (lengths, None)
+    index = _window_index(lengths, x.shape[0])
+    y = x.new_zeros(lengths.shape[0], x.shape[1]).scatter_reduce(
+        0, index[:, None].expand(-1, x.shape[1]), x, "mean" if mode == "mean" else "amax", include_self=False)
+    return (y, cu_y), (lengths, index)
 
 
 def forward(x: Tensor, cu_seqlens: Tensor, ratio: int, mode: str, total_y: int = -1) -> Tuple[Tensor, Tensor]:
@@ -85,16 +109,23 @@ def forward(x: Tensor, cu_seqlens: Tensor, ratio: int, mode: str, total_y: int =
 
 
 def backward(grad_y, x, y, cu_seqlens, cu_y, ratio: int, mode: str, *, saved: Optional[Saved] = None):
-    """grad_x ``[total, D]``. Mean: each frame gets its window's gradient / frames in the window.
-    Max: the gradient goes to the frames equal to the window max, split evenly among ties.
+    """grad_x ``[total, D]`` in x's dtype. Mean: each frame gets its window's gradient / frames in the window.
+    Max: the gradient goes to the frames equal to the window max, split evenly among ties (none for a NaN max).
     ``saved``: from :func:`forward_saving` (recomputed when None)."""
-    index, sizes = _windows(cu_seqlens, ratio, x.shape[0])[1] if saved is None else saved
+    if saved is None:
+        lengths = _windows(cu_seqlens, ratio, y.shape[0])[1]
+        index = None if segment_route(x) else _window_index(lengths, x.shape[0])
+    else:
+        lengths, index = saved
+    if index is None:
+        if mode == "mean":
+            return torch.ops.aten._segment_reduce_backward(grad_y, y, x, "mean", lengths=lengths)
+        # each frame's share of its window's gradient: 1 / ties on the maxima (and on NaN frames), 0 elsewhere. The unit
+        # cotangent keeps the kernel's quirk out (it splits only positive gradients among ties: torch 2.13)
+        share = torch.ops.aten._segment_reduce_backward(torch.ones_like(y), y, x, "max", lengths=lengths)
+        return share.masked_fill_(x.isnan(), 0).mul_(grad_y.repeat_interleave(lengths, 0, output_size=x.shape[0]))
     if mode == "mean":
-        if sizes is not None and len(sizes) == y.shape[0]:
-            counts = torch.tensor(sizes, dtype=grad_y.dtype, device=grad_y.device)
-        else:
-            counts = torch.bincount(index, minlength=y.shape[0]).to(grad_y.dtype)
-        return (grad_y / counts[:, None])[index]
+        return (grad_y / lengths[:, None].to(grad_y.dtype))[index]
     hit = (x == y[index]).to(grad_y.dtype)
-    ties = torch.zeros_like(y, dtype=grad_y.dtype).index_add_(0, index, hit)
+    ties = torch.zeros_like(y, dtype=grad_y.dtype).index_add_(0, index, hit).clamp_(min=1)
     return hit * (grad_y / ties)[index]

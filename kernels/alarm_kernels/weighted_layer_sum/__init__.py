@@ -1,6 +1,7 @@
 """``weighted_layer_sum``: ``sum_j softmax(logits)_j * layers[j]`` over k same-shape hidden states.
 
-The k layers are passed to the kernels as k separate tensors (never stacked into a ``[k, ...]`` copy).
+The k layers are passed to the kernels as k separate tensors (the Triton and CUDA kernels never stack them into a
+``[k, ...]`` copy; the reference stacks layers of at most ``reference.STACKED_ELEMENTS`` elements in all).
 ``reference.py`` / ``triton.py`` / ``cuda.py`` implement ``forward`` and ``backward``; this file
 validates inputs, resolves the backend and calls the ``torch.library`` custom op
 ``alarm_kernels::weighted_layer_sum`` (registered by :func:`alarm_kernels._opdef.define_op` with fake shapes and
@@ -83,12 +84,12 @@ def weighted_layer_sum(layers: Union[Sequence[Tensor], Tensor], logits: Tensor, 
     first = layers[0]
     check_tensor(first, "layers[0]")
     dtype, device, shape = first.dtype, first.device, first.shape
-    if not all(isinstance(x, Tensor) and x.dtype == dtype and x.device == device and x.shape == shape
-               for x in layers):  # one pass when all is well; the slow pass names the culprit
-        for j, x in enumerate(layers[1:], start=1):
-            check_tensor(x, f"layers[{j}]", dtypes=(dtype,), device=device)
-            if x.shape != shape:
-                raise ValueError(f"layers[{j}] has shape {tuple(x.shape)} but layers[0] has {tuple(shape)}")
+    for x in layers:  # one pass when all is well; the slow pass names the culprit
+        if not (isinstance(x, Tensor) and x.dtype == dtype and x.device == device and x.shape == shape):
+            for j, x in enumerate(layers[1:], start=1):
+                check_tensor(x, f"layers[{j}]", dtypes=(dtype,), device=device)
+                if x.shape != shape:
+                    raise ValueError(f"layers[{j}] has shape {tuple(x.shape)} but layers[0] has {tuple(shape)}")
     check_tensor(logits, "logits", ndim=1, device=device)
     if logits.shape[0] != len(layers):
         raise ValueError(f"logits has {logits.shape[0]} entries but there are {len(layers)} layers")
