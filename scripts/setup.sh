@@ -8,6 +8,8 @@
 #                  the next releases break before refreshing the lock (scripts/lock.sh).
 #   ALARM_LOCK     the lock to install (default requirements/cpu.lock: CPython 3.11, Linux x86_64, CPU torch;
 #                  requirements/gpu.lock: the CUDA build of torch, any CPython 3.10+ on Linux)
+#   ALARM_TORCH_INDEX  where torch comes from when the configured indexes lack the locked build (default
+#                  https://download.pytorch.org/whl/cpu; the hash in the lock is checked either way)
 #   ALARM_PYTHON   interpreter to create the venv with (default python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${ALARM_PYTHON:-python3}
 DEPS=${ALARM_DEPS:-locked}
 LOCK=${ALARM_LOCK:-requirements/cpu.lock}
+TORCH_INDEX=${ALARM_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 VENV=.venv
 STAMP=$VENV/.alarm-setup-stamp
 
@@ -48,6 +51,16 @@ pip() {
 
 if [ "$DEPS" = locked ]; then
   echo "setup: installing $LOCK (hash-checked)"
+  # torch first, on its own: the CPU build (2.13.0+cpu) is not on PyPI. It comes from the indexes pip is
+  # configured with (here a local folder of wheels); failing that, from PyTorch's own CPU index, asked for torch
+  # alone so that no other package waits on an index it does not need.
+  torch_req=$VENV/torch-requirement.txt
+  awk '/^torch==/{p=1} p{print} p&&!/\\$/{exit}' "$LOCK" >"$torch_req"
+  if ! "$VENV/bin/python" -m pip --disable-pip-version-check -q install --require-hashes --no-deps \
+      -r "$torch_req" >/dev/null 2>&1; then
+    echo "setup: $(head -n1 "$torch_req" | cut -d' ' -f1) is not on the configured indexes; trying ${TORCH_INDEX}"
+    pip install --require-hashes --no-deps --extra-index-url "$TORCH_INDEX" -r "$torch_req"
+  fi
   pip install --require-hashes --no-deps -r "$LOCK"
 else
   torch_pin=$(grep -oE '^torch==[^ ;]+' "$LOCK")
