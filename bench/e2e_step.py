@@ -55,7 +55,7 @@ from alarm.model.fusion import host_cu_seqlens  # noqa: E402
 from alarm.model.splice import splice_packed, tokenize_batch  # noqa: E402
 from alarm.model.tiny import synthetic_audio  # noqa: E402
 from bench.flops import adapter_flops, fusion_flops, llm_step_flops, w2v_bert_flops, whisper_flops  # noqa: E402
-from bench.harness import git_state  # noqa: E402
+from bench.harness import git_state, spread  # noqa: E402
 
 TARGET = ("Okay, let me think about what the user is asking. I hear a calm voice talking about the weather, "
           "then a dog barking and a car passing by. ")
@@ -147,12 +147,6 @@ class OpsSeen(TorchDispatchMode):
     def report(self) -> dict:
         return dict(alarm_kernels={k: sorted(v) for k, v in sorted(self.backends.items())},
                     aten_attention=sorted(self.attention))
-
-
-def percentiles(times: List[float]) -> dict:
-    """median, p10, p90, min, max of step times (seconds)."""
-    p10, med, p90 = np.percentile(times, [10, 50, 90])
-    return dict(median=float(med), p10=float(p10), p90=float(p90), min=min(times), max=max(times))
 
 
 def peak_tflops(device: torch.device) -> dict:
@@ -299,7 +293,7 @@ class Runner:
 
 
 def build_row(stage: str, rate: int, path: str, llm: str, r: dict, census: dict, peak: dict) -> dict:
-    stats = percentiles(r["times"])
+    stats = spread(r["times"])
     flops = census["flops"]["total"]
     tflops = flops / stats["median"] / 1e12 if flops else None
     peaks = [p for p in r["peaks"] if p is not None]
