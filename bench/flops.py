@@ -19,9 +19,10 @@ the useful work, so MFU compares them at face value.
   the convolutional subsampling (two residual blocks of 3 x 3 convolutions, each halving mel and time)
   ``2 F1 T1 9 (2 C + C^2) + 3 * 2 F2 T2 9 C^2 + 2 T2 C F2 d`` (F1 = ceil(n_mels / 2), T1 = ceil(T_mel / 2); F2,
   T2 halved once more), then per kept conformer block on T = T2 frames the w2v-BERT block above without the
-  relative-key term (rotary positions are elementwise); its log-mel (a front end, like Whisper's and w2v-BERT's) is not counted. SSLAM
-  (ViT-B) per piece of T fbank frames: patch embedding ``2 n d p^2`` (n = T/p * mel/p patches), then per kept
-  block on N = n + 1 tokens ``2 N (4 d^2 + 2 d h) + 4 N^2 d`` (h = mlp_ratio d).
+  relative-key term (rotary positions are elementwise); its log-mel (a front end, like Whisper's and
+  w2v-BERT's) is not counted. SSLAM (ViT-B) per piece of T fbank frames: patch embedding ``2 n d p^2``
+  (n = T/p * mel/p patches), then per kept block on N = n + 1 tokens ``2 N (4 d^2 + 2 d h) + 4 N^2 d``
+  (h = mlp_ratio d).
 - Trainable parts (adapters in stage A, fusion, both layouts' shared parameters): 3x their forward (forward,
   input gradient, weight gradient). Adapters: conv ``2 n (D d_a [in_proj]) + 2 n d_a h 3 + 2 (n/2) h d_a 4
   + 2 (n/2) d_a H``; mlp / pool ``2 n (D m + m^2 + m H)`` (n after pooling). Fusion: sum 0; concat
