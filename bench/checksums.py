@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -26,12 +25,9 @@ from safetensors.torch import save_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.harness import spread  # noqa: E402
+
 HASHES = ("sha256", "blake2b", "sha512", "sha1", "md5")
-
-
-def _quantiles(xs):
-    q = statistics.quantiles(xs, n=10, method="inclusive")
-    return statistics.median(xs), q[0], q[-1]
 
 
 def main(argv=None) -> int:
@@ -56,12 +52,13 @@ def main(argv=None) -> int:
                 os.fsync(fh.fileno())
             times["safetensors write"].append(time.process_time() - t)
     gib = args.mib / 1024
-    ref = statistics.median(times["sha256"])
+    ref = spread(times["sha256"])["median"]
     rows = {}
     print(f"{args.mib} MiB buffer, {args.repeats} repeats, process CPU time; GiB/s = GiB digested per CPU second")
     print(f"{'':18} {'GiB/s median':>12} {'p10':>7} {'p90':>7} {'time vs sha256':>15}")
     for name, xs in times.items():
-        med, lo, hi = _quantiles(xs)
+        s = spread(xs)
+        med, lo, hi = s["median"], s["p10"], s["p90"]
         rows[name] = {"gib_per_s_median": gib / med, "gib_per_s_p10": gib / hi, "gib_per_s_p90": gib / lo,
                       "time_vs_sha256": med / ref}
         print(f"{name:18} {gib / med:12.2f} {gib / hi:7.2f} {gib / lo:7.2f} {med / ref:15.2f}")

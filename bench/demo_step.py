@@ -11,7 +11,6 @@ CPU by default; ``--device cuda`` on a GPU.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from alarm.model import ALARMModel, ModelBatch  # noqa: E402
 from alarm.model.config import LEGACY_PATHS  # noqa: E402
 from alarm.model.splice import ASSISTANT_SUFFIX, USER_PREFIX, text_batch_from_ids  # noqa: E402
 from alarm.train.config import build_model_config, load_config  # noqa: E402
+from bench.harness import spread  # noqa: E402
 
 
 def demo_batch(model: ALARMModel, n: int, seed: int = 0) -> tuple:
@@ -87,9 +87,10 @@ def main(argv=None) -> int:
               "batch": args.batch, "llm_tokens": tokens["fast"], "repeats": args.repeats,
               "loss_abs_diff": abs(losses["fast"] - losses["reference"])}
     for path, ts in times.items():
-        med = statistics.median(ts)
-        result[path] = {"step_s_median": med, "step_s_p20": float(np.percentile(ts, 20)),
-                        "step_s_p80": float(np.percentile(ts, 80)), "tokens_per_s": tokens[path] / med}
+        s = spread(ts, (20, 80))
+        med = s["median"]
+        result[path] = {"step_s_median": med, "step_s_p20": s["p20"], "step_s_p80": s["p80"],
+                        "tokens_per_s": tokens[path] / med}
     result["speedup_fast_over_reference"] = result["reference"]["step_s_median"] / result["fast"]["step_s_median"]
     result["speedup_cached_over_online_encoders"] = (result["fast_online_encoders"]["step_s_median"]
                                                      / result["fast"]["step_s_median"])

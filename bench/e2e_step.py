@@ -5,18 +5,24 @@
     OMP_NUM_THREADS=1 python bench/e2e_step.py --config mixed-cpu --clock process --out OUT   # the CPU packing case
     python bench/e2e_step.py --stages B --token-rates 1 --llm-variants none,liger,compile,fp8 --name e2e_llm --out OUT
 
-Configurations (``--config``): ``full`` (GPU): Qwen3-4B dims (random bf16 weights, frozen), Whisper-large-v3 and
-w2v-BERT 2.0 encoder shapes (random, bf16, frozen), adapters and fusion at spec dims in fp32 under bf16 autocast,
-8 clips of 20 s (10% shorter each, cyclically). ``quick`` (CPU): ``ALARMConfig.tiny`` with 4 clips of 2 s.
-``mixed-cpu`` (CPU): the tiny model with Qwen3's 151,936-token vocabulary and 8 clips spread evenly over 1-30 s,
-the case where packing has padding and full-vocabulary logits to save.
+Configurations (``--config``): ``full`` (GPU): Qwen3-4B dims (random bf16 weights, frozen), the four encoders of
+ALARM-CA at their published specs and shapes with random bf16 weights, frozen (``full_encoders``: Whisper-large-v3,
+w2v-BERT 2.0, MuQ-large's shape through the stand-in ``alarm.model.tiny.TinyMuQ``, SSLAM's ViT-B), each with its
+published front end; adapters and fusion at spec dims in fp32 under bf16 autocast; 8 clips of 20 s (10% shorter
+each, cyclically). ``quick`` (CPU): ``ALARMConfig.tiny``'s stand-ins of the four encoders with 4 clips of 2 s.
+``mixed-cpu`` (CPU): the same tiny model with Qwen3's 151,936-token vocabulary and 8 clips spread evenly over 1-30 s,
+the case where packing has padding and full-vocabulary logits to save. ``--encoders`` keeps a subset, in the order
+whisper, w2v-bert, muq, sslam (the first kept is the base stream), e.g. ``whisper,w2v-bert`` as in the H200 run
+of 2026-11-29; CA and P need two or more.
 
-Stages (``--stages``), each its own rows: **A** trains adapters + fusion with the frozen encoders run online from
-the waveforms (``--cached-features``: from encoder features computed once, outside the timed steps); **B** trains
-the fusion on the stage-B cache, the frozen adapters' outputs (``ALARMModel.adapter_streams``), computed once per
-token rate. Each stage runs at every ``--token-rates`` ratio (``ALARMConfig.token_rate_ratio``: 1 = 25 Hz audio
-tokens, 2 = 12.5 Hz, 4 = 6.25 Hz) on the padded reference and the packed fast path, plus one fast-path row per
-``--llm-variants`` entry besides ``none`` (``liger`` / ``compile``: ``ALARMConfig.llm_kernels``; ``fp8``:
+Stages (``--stages``), each its own rows: **A** trains adapters + fusion with the frozen encoders run online, on the
+batch the trainer's DataLoader gives (``ALARMModel.worker_front_ends``: the front ends that are not device kernels,
+all of them off CUDA, are computed once outside the timed steps, as the workers would; the kernel front ends run
+inside the step); with ``--cached-features`` from encoder features computed once outside the timed steps. **B**
+trains the fusion on the stage-B cache, the frozen adapters' outputs (``ALARMModel.adapter_streams``), computed
+once per token rate. Each stage runs at every ``--token-rates`` ratio (``ALARMConfig.token_rate_ratio``: 1 = 25
+Hz audio tokens, 2 = 12.5 Hz, 4 = 6.25 Hz) on the padded reference and the packed fast path, plus one fast-path row
+per ``--llm-variants`` entry besides ``none`` (``liger`` / ``compile``: ``ALARMConfig.llm_kernels``; ``fp8``:
 ``llm_fp8="on"`` on CUDA, ``"emulate"`` elsewhere), each with its loss difference against the plain fast path.
 
 Per row: ``--warmup`` untimed steps (the first one also records which backend every ``alarm_kernels`` op ran on and
@@ -50,12 +56,13 @@ import alarm_kernels as ak  # noqa: E402
 from alarm.fileio import atomic_write_json  # noqa: E402
 from alarm.model import ALARMConfig, ALARMModel, EncoderSpec, ModelBatch  # noqa: E402
 from alarm.model.batch import source_lengths  # noqa: E402
-from alarm.model.config import QWEN3_4B_CONFIG  # noqa: E402
+from alarm.model.config import QWEN3_4B_CONFIG, muq_large, sslam, w2v_bert_2, whisper_large_v3  # noqa: E402
 from alarm.model.fusion import host_cu_seqlens  # noqa: E402
 from alarm.model.splice import splice_packed, tokenize_batch  # noqa: E402
 from alarm.model.tiny import synthetic_audio  # noqa: E402
-from bench.flops import adapter_flops, fusion_flops, llm_step_flops, w2v_bert_flops, whisper_flops  # noqa: E402
-from bench.harness import git_state  # noqa: E402
+from bench.flops import (adapter_flops, fusion_flops, llm_step_flops, muq_flops, sslam_flops,  # noqa: E402
+                         w2v_bert_flops, whisper_flops)
+from bench.harness import git_state, spread  # noqa: E402
 
 TARGET = ("Okay, let me think about what the user is asking. I hear a calm voice talking about the weather, "
           "then a dog barking and a car passing by. ")
@@ -66,33 +73,59 @@ QWEN3_VOCAB = QWEN3_4B_CONFIG["vocab_size"]
 SPEC_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "GH200": 989.4, "A100": 312.0}
 
 
-def full_config(fusion: str) -> ALARMConfig:
-    """Spec dims with random weights: Whisper-large-v3 + w2v-BERT 2.0 shapes and Qwen3-4B."""
-    whisper = EncoderSpec(name="whisper", kind="whisper", layers=[7, 15, 23, 31], dim=1280, norm="batch",
-                          dtype="bfloat16", hf_config=dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20,
-                                                           encoder_ffn_dim=5120, num_mel_bins=128,
-                                                           max_source_positions=1500, decoder_layers=1))
-    w2v = EncoderSpec(name="w2v-bert", kind="w2v-bert", layers=[6, 10, 15, 20, 24], dim=1024, dtype="bfloat16",
-                      hf_config=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                     intermediate_size=4096, feature_projection_input_dim=160))
-    return ALARMConfig(encoders=[whisper, w2v], fusion=fusion, stage="B" if fusion in ("CA", "P") else "A",
-                       llm_path=None, llm_config=dict(QWEN3_4B_CONFIG), llm_dtype="bfloat16", tiny_tokenizer_vocab=384,
-                       dropout=0.0)
+ENCODER_NAMES = ("whisper", "w2v-bert", "muq", "sslam")
+# MuQ-large (OpenMuQ/MuQ-large-msd-iter; muq.MuQConfig: encoder_dim 1024, encoder_depth 12, conv_dim 512, n_mels 128,
+# hop 240, MelSTFT n_fft 2048) as the stand-in module; heads, FFN and depthwise kernel are transformers'
+# Wav2Vec2ConformerConfig defaults (16, 4096, 31), rotary positions
+MUQ_LARGE_STAND_IN = dict(tiny_stand_in=True, dim=1024, layers=12, heads=16, ffn=4096, kernel=31, n_mels=128,
+                          n_fft=2048, hop=240, conv_channels=512)
+
+
+def full_encoders() -> List[EncoderSpec]:
+    """The four encoders of ALARM-CA (``ENCODER_NAMES`` order) with their published specs (layers, adapters, rates,
+    pieces) and shapes, random weights: Whisper-large-v3, w2v-BERT 2.0, MuQ-large's shape as the stand-in
+    (``MUQ_LARGE_STAND_IN``), SSLAM's ViT-B (``SSLAMConfig``'s defaults: 768 wide, 12 blocks, 12 heads)."""
+    return [
+        whisper_large_v3(path=None, hf_config=dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20,
+                                                   encoder_ffn_dim=5120, num_mel_bins=128, max_source_positions=1500,
+                                                   decoder_layers=1)),
+        w2v_bert_2(path=None, hf_config=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                             intermediate_size=4096, feature_projection_input_dim=160)),
+        muq_large(path=None, hf_config=dict(MUQ_LARGE_STAND_IN)),
+        sslam(path=None, hf_config=dict(embed_dim=768, depth=12, num_heads=12)),
+    ]
+
+
+def keep_encoders(specs: List[EncoderSpec], fusion: str, names) -> List[EncoderSpec]:
+    """The ``specs`` named in ``names``, in the order of ``specs`` (the first kept is the base stream); for ALARM-P
+    the others feed their perceivers through identity adapters, as in ``ALARMConfig.full``."""
+    kept = [s for s in specs if s.name in names]
+    return [dataclasses.replace(s, adapter="identity") if fusion == "P" and i else s for i, s in enumerate(kept)]
+
+
+def full_config(fusion: str, encoders=ENCODER_NAMES) -> ALARMConfig:
+    """Spec dims with random weights: the ``encoders`` named (``full_encoders``) and Qwen3-4B. ValueError for a
+    set the fusion refuses."""
+    return ALARMConfig(encoders=keep_encoders(full_encoders(), fusion, encoders), fusion=fusion,
+                       stage="B" if fusion in ("CA", "P") else "A", llm_path=None, llm_config=dict(QWEN3_4B_CONFIG),
+                       llm_dtype="bfloat16", tiny_tokenizer_vocab=384, dropout=0.0)
 
 
 def bench_setup(name: str, fusion: str, batch: Optional[int], seconds: Optional[float],
-                target_repeat: Optional[int]) -> tuple:
-    """(config, clip durations in seconds, target repeats) of a ``--config`` (module docstring)."""
+                target_repeat: Optional[int], encoders=ENCODER_NAMES) -> tuple:
+    """(config, clip durations in seconds, target repeats) of a ``--config`` (module docstring) with the
+    ``encoders`` named (a subset of ``ENCODER_NAMES``). ValueError for a set the fusion refuses (CA or P with one
+    encoder)."""
     if name == "full":
         n, s = batch or 8, seconds or 20.0
-        return full_config(fusion), [s * (1 - 0.1 * (i % 4)) for i in range(n)], target_repeat or 8
+        return full_config(fusion, encoders), [s * (1 - 0.1 * (i % 4)) for i in range(n)], target_repeat or 8
     # the full size's 4096-token context, so long clips are not truncated at the tiny default 512
+    tiny = ALARMConfig.tiny("CA", n_encoders=len(ENCODER_NAMES), max_length=4096)  # no identity adapters
+    tiny = dataclasses.replace(tiny, fusion=fusion, encoders=keep_encoders(tiny.encoders, fusion, encoders))
     if name == "quick":
         n, s = batch or 4, seconds or 2.0
-        return ALARMConfig.tiny(fusion, max_length=4096), [s * (1 - 0.1 * (i % 4)) for i in range(n)], \
-            target_repeat or 1
+        return tiny, [s * (1 - 0.1 * (i % 4)) for i in range(n)], target_repeat or 1
     n = batch or 8
-    tiny = ALARMConfig.tiny(fusion, max_length=4096)
     cfg = dataclasses.replace(tiny, llm_config={**tiny.llm_config, "vocab_size": QWEN3_VOCAB})
     return cfg, [float(x) for x in np.linspace(1.0, seconds or 30.0, n)], target_repeat or 1
 
@@ -149,12 +182,6 @@ class OpsSeen(TorchDispatchMode):
                     aten_attention=sorted(self.attention))
 
 
-def percentiles(times: List[float]) -> dict:
-    """median, p10, p90, min, max of step times (seconds)."""
-    p10, med, p90 = np.percentile(times, [10, 50, 90])
-    return dict(median=float(med), p10=float(p10), p90=float(p90), min=min(times), max=max(times))
-
-
 def peak_tflops(device: torch.device) -> dict:
     """The device's dense peak for MFU: the spec sheet's bf16 figure when known (GPU) and the measured
     throughput of one large matmul (bf16 on GPU, fp32 on CPU; ``bench.ops.measure_ceilings``). MFU is
@@ -192,10 +219,25 @@ def _hf_encoder_config(spec: EncoderSpec):
     return AutoConfig.from_pretrained(spec.path)
 
 
-def encoder_flops(spec: EncoderSpec, samples: List[int], frames: List[int]) -> Optional[float]:
-    """Forward FLOPs of one frozen encoder on clips of ``samples`` samples (at its rate) giving ``frames``
-    frames each; None for a kind without a formula. Whisper: one window per ``chunk_seconds`` piece, 3000
-    mel frames each (published) or the piece's own frames (``clip_length``); w2v-BERT: 1500-frame chunks."""
+def encoder_flops(spec: EncoderSpec, encoder, samples: List[int], frames: List[int]) -> Optional[float]:
+    """Forward FLOPs of one frozen encoder (``encoder``: the built module) on clips of ``samples`` samples (at its
+    rate) giving ``frames`` frames each; None for a kind without a formula. Whisper: one window per
+    ``chunk_seconds`` piece, 3000 mel frames each (published) or the piece's own frames (``clip_length``);
+    w2v-BERT: 1500-frame chunks at their own lengths (the batch's padding is not counted); MuQ (the stand-in, whose
+    shape is known; None for the ``muq`` package's module): one ``chunk_seconds`` window per piece, padded, of
+    ``window // hop`` mel frames (the log-mel is not counted); SSLAM: ``ceil(F / piece_frames)`` whole pieces per
+    clip of ``F = 1 + (n - 80) // 160`` fbank frames (``SSLAMFrontEnd``'s count)."""
+    blocks = max(1, max(spec.layers))
+    if spec.kind == "muq":
+        shape = getattr(encoder.model, "shape", None)
+        if shape is None:
+            return None
+        window = encoder.front.window
+        return muq_flops(shape, [window // shape.hop for n in samples for _ in range(-(-n // window))], blocks)
+    if spec.kind == "sslam":
+        piece = encoder.front.piece_frames
+        fbank = [1 + (n - 80) // 160 for n in samples]
+        return sslam_flops(encoder.model.cfg, [piece for f in fbank for _ in range(-(-f // piece))], blocks)
     if spec.kind not in ("whisper", "w2v-bert"):
         return None
     cfg = _hf_encoder_config(spec)
@@ -207,7 +249,7 @@ def encoder_flops(spec: EncoderSpec, samples: List[int], frames: List[int]) -> O
         return whisper_flops(cfg, mel, blocks=max(spec.layers))
     chunk = int(round(spec.chunk_seconds * 50))
     chunks = [min(chunk, n - s) for n in frames for s in range(0, n, chunk)]
-    return w2v_bert_flops(cfg, chunks, blocks=max(1, max(spec.layers)))
+    return w2v_bert_flops(cfg, chunks, blocks=blocks)
 
 
 def step_census(model: ALARMModel, text, feats, samples: Dict[str, List[int]], stage: str, encoders_online: bool
@@ -228,7 +270,7 @@ def step_census(model: ALARMModel, text, feats, samples: Dict[str, List[int]], s
     llm = llm_step_flops(model.llm.model.config, seq, spliced["n_targets"])
     enc = 0.0
     if encoders_online:
-        per = [encoder_flops(s, samples[s.name], frames[s.name]) for s in cfg.encoders]
+        per = [encoder_flops(s, model.encoders[s.name], samples[s.name], frames[s.name]) for s in cfg.encoders]
         enc = None if any(x is None for x in per) else sum(per)
     adapters = 0.0
     if stage == "A":
@@ -299,7 +341,7 @@ class Runner:
 
 
 def build_row(stage: str, rate: int, path: str, llm: str, r: dict, census: dict, peak: dict) -> dict:
-    stats = percentiles(r["times"])
+    stats = spread(r["times"])
     flops = census["flops"]["total"]
     tflops = flops / stats["median"] / 1e12 if flops else None
     peaks = [p for p in r["peaks"] if p is not None]
@@ -373,6 +415,8 @@ def main(argv=None) -> int:
                     help="audio token rate ratios (ALARMConfig.token_rate_ratio; 1 = 25 Hz), default 1,2,4")
     ap.add_argument("--llm-variants", type=parse_choices(LLM_VARIANTS, "variants"), default=["none"],
                     help="fast-path rows per frozen-LLM option: none, liger, compile, fp8 (default none)")
+    ap.add_argument("--encoders", type=parse_choices(ENCODER_NAMES, "encoders"), default=list(ENCODER_NAMES),
+                    help="the frozen encoders, a subset of whisper,w2v-bert,muq,sslam (default all four, as ALARM-CA)")
     ap.add_argument("--batch", type=int, default=None, help="clips per step (default 8 full/mixed-cpu, 4 quick)")
     ap.add_argument("--seconds", type=float, default=None, help="longest clip (default 20 full, 2 quick, 30 mixed)")
     ap.add_argument("--target-repeat", type=int, default=None, help="target text repeats (default 8 full, else 1)")
@@ -396,7 +440,12 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("e2e_step: --device cuda but no GPU is visible", file=sys.stderr)
         return 2
-    cfg, seconds, repeat = bench_setup(config, args.fusion, args.batch, args.seconds, args.target_repeat)
+    try:
+        cfg, seconds, repeat = bench_setup(config, args.fusion, args.batch, args.seconds, args.target_repeat,
+                                           args.encoders)
+    except ValueError as exc:
+        print(f"e2e_step: --encoders {','.join(args.encoders)} with --fusion {args.fusion}: {exc}", file=sys.stderr)
+        return 2
     os.makedirs(args.out, exist_ok=True)
     clips = [torch.from_numpy(c) for c in synthetic_audio(seconds, seed=0)]
     rates = [16000] * len(clips)
@@ -412,6 +461,7 @@ def main(argv=None) -> int:
     unavailable: Dict[str, str] = {}
     shared: dict = {}
     feats = None
+    in_workers: List[str] = []  # encoders whose front ends the trainer's DataLoader workers would compute
     sha, dirty = git_state()
     result_path = os.path.join(args.out, f"{args.name}.json")
 
@@ -419,7 +469,8 @@ def main(argv=None) -> int:
         """The result file, rewritten after every (stage, rate): a run cut short keeps what it measured."""
         compare_rows(rows)
         report = dict(
-            bench="e2e_step", complete=complete, config=config, fusion=args.fusion, batch=len(clips),
+            bench="e2e_step", complete=complete, config=config, fusion=args.fusion,
+            encoders=[e.name for e in cfg.encoders], front_ends_in_workers=in_workers, batch=len(clips),
             clip_seconds=seconds, target_repeat=repeat, stages=args.stages, token_rates=args.token_rates,
             llm_vocab=shared["llm"].model.config.vocab_size if shared else None, llm_variants=args.llm_variants,
             llm_variants_unavailable=unavailable,
@@ -455,8 +506,12 @@ def main(argv=None) -> int:
                 batch = ModelBatch(text, streams=streams, lengths=source_lengths(streams))
             elif args.cached_features:
                 batch = ModelBatch(text, features=feats, lengths=frames)
-            else:
-                batch = ModelBatch(text, waves=clips, rates=rates)
+            else:  # as the trainer's DataLoader gives it: front ends that are not device kernels already computed
+                workers = model.worker_front_ends(device)
+                in_workers[:] = [] if workers is None else list(workers.front_ends)
+                prepared = None if workers is None else {k: p.to(device) for k, p in workers(clips, rates).items()}
+                keep = dict(waves=clips, rates=rates) if workers is None or workers.partial else {}
+                batch = ModelBatch(text, prepared=prepared, **keep)
             online = stage == "A" and not args.cached_features
             samples = {s.name: [int(round(c.numel() * s.sample_rate / 16000)) for c in clips] for s in cfg.encoders}
             census = step_census(model, text, feats, samples, stage, online)

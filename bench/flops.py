@@ -15,7 +15,14 @@ the useful work, so MFU compares them at face value.
   ``2 T (4 d^2 + 2 d f) + 4 T^2 d``. w2v-BERT per chunk of T frames: feature projection ``2 T 160 d``, per
   kept conformer block ``2 T (4 d^2 + 4 d f + 2 d^2 + d^2 + k d) + 4 T^2 d + 2 T^2 d`` (two half-step FFNs,
   q/k/v/o, pointwise convolutions d -> 2d and d -> d, the depthwise convolution of width k, attention and
-  the relative-key position scores).
+  the relative-key position scores). MuQ per 30 s piece of T_mel mel frames (3000; ``n_mels`` bins, C channels):
+  the convolutional subsampling (two residual blocks of 3 x 3 convolutions, each halving mel and time)
+  ``2 F1 T1 9 (2 C + C^2) + 3 * 2 F2 T2 9 C^2 + 2 T2 C F2 d`` (F1 = ceil(n_mels / 2), T1 = ceil(T_mel / 2); F2,
+  T2 halved once more), then per kept conformer block on T = T2 frames the w2v-BERT block above without the
+  relative-key term (rotary positions are elementwise); its log-mel (a front end, like Whisper's and
+  w2v-BERT's) is not counted. SSLAM (ViT-B) per piece of T fbank frames: patch embedding ``2 n d p^2``
+  (n = T/p * mel/p patches), then per kept block on N = n + 1 tokens ``2 N (4 d^2 + 2 d h) + 4 N^2 d``
+  (h = mlp_ratio d).
 - Trainable parts (adapters in stage A, fusion, both layouts' shared parameters): 3x their forward (forward,
   input gradient, weight gradient). Adapters: conv ``2 n (D d_a [in_proj]) + 2 n d_a h 3 + 2 (n/2) h d_a 4
   + 2 (n/2) d_a H``; mlp / pool ``2 n (D m + m^2 + m H)`` (n after pooling). Fusion: sum 0; concat
@@ -27,7 +34,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
-__all__ = ["llm_flops", "llm_step_flops", "whisper_flops", "w2v_bert_flops", "adapter_flops", "fusion_flops"]
+__all__ = ["llm_flops", "llm_step_flops", "whisper_flops", "w2v_bert_flops", "muq_flops", "sslam_flops",
+           "adapter_flops", "fusion_flops"]
 
 
 def llm_flops(cfg, seq_lens: Sequence[int], n_targets: int, causal: bool = True) -> Dict[str, float]:
@@ -65,6 +73,13 @@ def whisper_flops(cfg, mel_frames: Sequence[int], blocks: int) -> float:
     return float(total)
 
 
+def _conformer_block(t: int, d: int, f: int, k: int, relative_key: bool = False) -> int:
+    """One conformer block on ``t`` frames: two half-step FFNs (d -> f -> d), q/k/v/o, the convolution module
+    (pointwise d -> 2d, depthwise width k, pointwise d -> d), attention, and w2v-BERT's relative-key scores."""
+    scores = 4 * t * t * d + (2 * t * t * d if relative_key else 0)
+    return 2 * t * (4 * d * d + 4 * d * f + 2 * d * d + d * d + k * d) + scores
+
+
 def w2v_bert_flops(cfg, chunk_frames: Sequence[int], blocks: int) -> float:
     """Forward FLOPs of a w2v-BERT 2.0 encoder (``cfg``: Wav2Vec2BertConfig) on chunks of ``chunk_frames`` frames,
     running its first ``blocks`` conformer blocks."""
@@ -72,9 +87,35 @@ def w2v_bert_flops(cfg, chunk_frames: Sequence[int], blocks: int) -> float:
     rel = cfg.position_embeddings_type == "relative_key"
     total = 0
     for t in chunk_frames:
-        total += 2 * t * cfg.feature_projection_input_dim * d
-        per_block = 2 * t * (4 * d * d + 4 * d * f + 2 * d * d + d * d + k * d) + 4 * t * t * d
-        total += blocks * (per_block + (2 * t * t * d if rel else 0))
+        total += 2 * t * cfg.feature_projection_input_dim * d + blocks * _conformer_block(t, d, f, k, rel)
+    return float(total)
+
+
+def muq_flops(shape, mel_frames: Sequence[int], blocks: int) -> float:
+    """Forward FLOPs of a MuQ-structured encoder (``shape``: ``alarm.model.tiny.MuQShape``; rotary positions) on
+    pieces of ``mel_frames`` log-mel frames each (3000 for a 30 s piece at 24 kHz, hop 240), running its
+    convolutional subsampling and first ``blocks`` conformer blocks; the log-mel is not counted."""
+    half = lambda n: -(-n // 2)  # noqa: E731 -- a 3 x 3 convolution with stride 2 and padding 1
+    c, d = shape.conv_channels, shape.dim
+    f1, f2 = half(shape.n_mels), half(half(shape.n_mels))
+    total = 0
+    for t_mel in mel_frames:
+        t1, t2 = half(t_mel), half(half(t_mel))
+        total += 2 * f1 * t1 * 9 * (2 * c + c * c) + 3 * 2 * f2 * t2 * 9 * c * c + 2 * t2 * c * f2 * d
+        total += blocks * _conformer_block(t2, d, shape.ffn_dim, shape.kernel)
+    return float(total)
+
+
+def sslam_flops(cfg, piece_frames: Sequence[int], blocks: int) -> float:
+    """Forward FLOPs of SSLAM's ViT (``cfg``: ``alarm.model.sslam.SSLAMConfig``) on fbank pieces of ``piece_frames``
+    frames each (1024 for the published 10.24 s), CLS token included, running its first ``blocks`` blocks."""
+    d, p = cfg.embed_dim, cfg.patch_size
+    hidden = int(d * cfg.mlp_ratio)
+    total = 0
+    for t in piece_frames:
+        patches = (t // p) * (cfg.mel_bins // p)
+        n = patches + 1
+        total += 2 * patches * d * p * p + blocks * (2 * n * (4 * d * d + 2 * d * hidden) + 4 * n * n * d)
     return float(total)
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from typing import Callable, Dict, List
@@ -39,6 +38,7 @@ import torch
 
 from alarm.fileio import atomic_write_json
 from alarm.model.tiny import synthetic_audio
+from bench.harness import spread
 from bench.ops import environment
 
 import alarm_kernels as ak
@@ -51,9 +51,9 @@ WINDOW = 480000
 
 
 def _quantiles(times: List[float]) -> Dict[str, float]:
-    times = sorted(times)
-    q = lambda f: times[min(len(times) - 1, int(round(f * (len(times) - 1))))]  # noqa: E731
-    return {"ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9)}
+    """Median and p10-p90 (``bench.harness.spread``) of call times in ms."""
+    s = spread(times)
+    return {"ms": s["median"], "p10_ms": s["p10"], "p90_ms": s["p90"]}
 
 
 def time_cpu(fn: Callable[[], object], budget_s: float, max_calls: int = 200) -> Dict[str, float]:
@@ -66,7 +66,7 @@ def time_cpu(fn: Callable[[], object], budget_s: float, max_calls: int = 200) ->
         fn()
         cpu.append((time.process_time() - c0) * 1e3)
         wall.append((time.perf_counter() - w0) * 1e3)
-    return {**_quantiles(cpu), "wall_ms": statistics.median(wall), "calls": len(cpu)}
+    return {**_quantiles(cpu), "wall_ms": spread(wall)["median"], "calls": len(cpu)}
 
 
 def time_cuda(fn: Callable[[], object], budget_s: float, max_calls: int = 200) -> Dict[str, float]:
@@ -85,7 +85,7 @@ def time_cuda(fn: Callable[[], object], budget_s: float, max_calls: int = 200) -
         torch.cuda.synchronize()
         wall.append((time.perf_counter() - w0) * 1e3)
         dev.append(start.elapsed_time(end))
-    return {**_quantiles(dev), "wall_ms": statistics.median(wall), "calls": len(dev)}
+    return {**_quantiles(dev), "wall_ms": spread(wall)["median"], "calls": len(dev)}
 
 
 def _packed(clips: List[torch.Tensor], device) -> tuple:

@@ -13,17 +13,18 @@
 #       float64 oracle, autotuning off (attention D = 64/128/192, atomic and deterministic dQ)
 #   overhead/          host cost of each op's forward+backward vs plain PyTorch (python -m bench.overhead)
 #   frontends/         log-mel / fbank front ends on the GPU vs the extractors (python -m bench.frontends)
-#   e2e_stage_B.json   ALARM-CA step on the adapter-output cache, reference vs fast, token rates 1/2/4, with
-#                      profile_stageB_fast.txt (bench/e2e_step.py --stages B)
+#   e2e_stage_B.json   ALARM-CA step (its four encoders) on the adapter-output cache, reference vs fast, token
+#                      rates 1/2/4, with profile_stageB_fast.txt (bench/e2e_step.py --stages B)
 #   e2e_stage_A.json   the same with the encoders online (--stages A), profile_stageA_fast.txt
 #   train_run.json     a 60-step torchrun training run of tiny ALARM-CA (bench/train_run.py): tokens/s, memory
 #   e2e_llm_kernels.json  stage B at rate 1: the frozen LLM plain / Liger / regional torch.compile / FP8 (fast path)
 #   syncs.json, memory_bound.json, attention.json, gemm.json: host syncs and the kernel micro-benchmarks, with the
 #                      time left (measured in full by the first H200 run, bench/results/h200-2026-11-29)
 # Stage limits, from the first H200 run where measured (environment 7 s, correctness 67 + 20 s, build < 70 s, one
-# full-size e2e step 1.2-1.6 s with the encoders online) and estimated otherwise (stage B step about half the
-# stage A one; 2 warm-up + 10 timed steps x 2 paths x 3 rates per e2e stage plus ~20 s of model building; the
-# compile variant's first steps compile the decoder layer). stages.jsonl has one line per stage (name, exit status,
+# full-size e2e step 1.2-1.6 s with Whisper + w2v-BERT online) and estimated otherwise (MuQ and SSLAM add 45% to
+# the encoders' FLOPs, about 15% to the step's: 1.4-1.9 s; stage B step about half the stage A one; 2 warm-up + 10
+# timed steps x 2 paths x 3 rates per e2e stage plus ~30 s of model building and encoding; the compile variant's
+# first steps compile the decoder layer). stages.jsonl has one line per stage (name, exit status,
 # seconds; 124 = hit its time limit). The Triton cache lives in OUT/triton-cache, so a rerun into the same folder
 # skips the compiles.
 #   --dry-run    CPU plumbing check (tiny shapes, Triton interpreter, no build); CI runs a part of it
@@ -130,8 +131,8 @@ fi
 
 stage overhead 30 $PY -m bench.overhead "${OVERHEAD[@]}" --out "$OUT/overhead"
 stage frontends 60 $PY -m bench.frontends "${FRONTENDS[@]}" --out "$OUT/frontends"
-stage e2e_stage_B 75 $PY -m bench.e2e_step ${E2E[@]+"${E2E[@]}"} --stages B --name e2e_stage_B --out "$OUT"
-stage e2e_stage_A 110 $PY -m bench.e2e_step ${E2E[@]+"${E2E[@]}"} ${E2E_A[@]+"${E2E_A[@]}"} --stages A \
+stage e2e_stage_B 90 $PY -m bench.e2e_step ${E2E[@]+"${E2E[@]}"} --stages B --name e2e_stage_B --out "$OUT"
+stage e2e_stage_A 140 $PY -m bench.e2e_step ${E2E[@]+"${E2E[@]}"} ${E2E_A[@]+"${E2E_A[@]}"} --stages A \
   --name e2e_stage_A --out "$OUT"
 if [ "$DRY" = 0 ]; then
   stage train_run 60 $PY bench/train_run.py --out "$OUT" --work "${TMPDIR:-/tmp}/alarm-train-run" --steps 60

@@ -1,6 +1,7 @@
-"""What a kernel benchmark case is. The runner (``python -m bench.ops``) times every case's
-variants side by side in one process and reports time, achieved GB/s or TFLOP/s, fraction of the
-measured device ceiling, speedup over the reference PyTorch, and peak memory."""
+"""What a kernel benchmark case is, and the helpers every benchmark shares. The runner (``python -m bench.ops``)
+times every case's variants side by side in one process and reports time, achieved GB/s or TFLOP/s, fraction of
+the measured device ceiling, speedup over the reference PyTorch, and peak memory. ``spread`` is the one summary of
+repeated measurements (median and percentiles) that every benchmark in ``bench/`` reports."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 
@@ -56,6 +58,22 @@ def compile_static(fn: Callable) -> Callable:
     constants and shapes, so the per-code recompile limit (8) is raised while these variants run;
     otherwise later cases would silently fall back to eager."""
     return torch._dynamo.config.patch(recompile_limit=64)(torch.compile(fn, dynamic=False))
+
+
+def spread(values: Sequence[float], percentiles: Tuple[int, int] = (10, 90)) -> Dict[str, float]:
+    """The spread of repeated measurements: ``{"median", "p<lo>", "p<hi>", "min", "max"}`` (default p10 and p90),
+    in the values' unit. Percentiles by linear interpolation between the closest ranks (numpy's default
+    ``method="linear"``: the same as ``statistics.quantiles(method="inclusive")``, ``torch.quantile`` and
+    ``triton.testing.do_bench``'s quantiles), so every benchmark's spreads compare. ValueError for no values."""
+    if len(values) == 0:
+        raise ValueError("spread of no values")
+    lo, hi = percentiles
+    if not 0 <= lo <= 50 <= hi <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= lo <= 50 <= hi <= 100, got {percentiles}")
+    x = np.asarray(values, dtype=np.float64)
+    p_lo, median, p_hi = np.percentile(x, [lo, 50, hi], method="linear")
+    return {"median": float(median), f"p{lo}": float(p_lo), f"p{hi}": float(p_hi), "min": float(x.min()),
+            "max": float(x.max())}
 
 
 def git_state() -> Tuple[str, bool]:

@@ -16,7 +16,6 @@ import logging
 import os
 import pkgutil
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -24,7 +23,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from bench.harness import BenchCase, git_state
+from bench.harness import BenchCase, git_state, spread
 
 __all__ = ["time_fn", "measure_ceilings", "run_cases", "collect_cases", "run_suite", "environment", "format_table",
            "main"]
@@ -52,9 +51,8 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, budget_s: float =
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    return {"ms": statistics.median(times), "p20_ms": q(0.2), "p80_ms": q(0.8), "peak_mib": float("nan")}
+    s = spread(times, (20, 80))
+    return {"ms": s["median"], "p20_ms": s["p20"], "p80_ms": s["p80"], "peak_mib": float("nan")}
 
 
 def measure_ceilings(device: torch.device, quick: bool) -> Dict[str, float]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ import alarm_kernels as ak
 from bench.cases.varlen_conv1d import _padded_conv
 from bench.cases.varlen_pool import _padded_pool
 from bench.cases.weighted_layer_sum import _stacked_sum
-from bench.harness import fwd_bwd
+from bench.harness import fwd_bwd, spread
 from bench.ops import environment
 
 OPS = ("varlen_pool", "varlen_conv1d", "weighted_layer_sum", "multi_encoder_concat", "packed_attention")
@@ -277,13 +276,10 @@ class _Clock:
         return time.process_time_ns()
 
 
-def _quantile(values: List[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def _stats(us: List[float]) -> Dict[str, float]:
-    return {"median_us": statistics.median(us), "p10_us": _quantile(us, 0.1), "p90_us": _quantile(us, 0.9)}
+    """Median and p10-p90 (``bench.harness.spread``) of per-call microseconds."""
+    s = spread(us)
+    return {"median_us": s["median"], "p10_us": s["p10"], "p90_us": s["p90"]}
 
 
 def time_pair(fns: Dict[str, Callable[[], None]], clock: _Clock, repeats: int, calls: int) -> Dict[str, List[float]]:
@@ -324,7 +320,8 @@ def measure(cases: List[OverheadCase], device: torch.device, repeats: int, calls
                     pair = [a / t for a, t in zip(samples["alarm_kernels"], samples[base], strict=True)]
                     suffix = "" if base == "torch" else "_vs_padded"
                     row[f"ratio{suffix}"] = row["alarm_kernels"]["median_us"] / row[base]["median_us"]
-                    row[f"ratio{suffix}_p10"], row[f"ratio{suffix}_p90"] = _quantile(pair, 0.1), _quantile(pair, 0.9)
+                    pair_spread = spread(pair)
+                    row[f"ratio{suffix}_p10"], row[f"ratio{suffix}_p90"] = pair_spread["p10"], pair_spread["p90"]
             rows.append(row)
             if progress:
                 print(f"  {case.op} {case.name} {direction}: x{row['ratio']:.2f}", file=sys.stderr)

@@ -66,13 +66,15 @@ CHECKSUMS_NAME = "SHA256SUMS"
 
 
 class AudioFrontEnds:
-    """Every encoder's front end, weight-free and picklable: ``front_ends(waves, rates, devices=None)`` ->
+    """Encoders' front ends, weight-free and picklable: ``front_ends(waves, rates, devices=None)`` ->
     ``{encoder name: PreparedAudio}`` for B waveforms (1-D float32 CPU tensors, any rates; resampled once per encoder
     rate). ``devices``: encoder name -> where its front end computes (default the CPU). Made by
-    :meth:`ALARMModel.audio_front_ends`; a DataLoader's collate function calls it in the workers."""
+    :meth:`ALARMModel.audio_front_ends`; a DataLoader's collate function calls it in the workers. ``partial``: True
+    when it covers only some of the model's encoders (the batch must then carry the waveforms too, for the others)."""
 
-    def __init__(self, front_ends: Dict[str, tuple]):
+    def __init__(self, front_ends: Dict[str, tuple], partial: bool = False):
         self.front_ends = dict(front_ends)  # name -> (sample rate, (waves, device) -> PreparedAudio)
+        self.partial = partial
 
     def __call__(self, waves: Sequence[Tensor], rates: Sequence[int],
                  devices: Optional[Dict[str, Optional[torch.device]]] = None) -> Dict[str, PreparedAudio]:
@@ -190,28 +192,49 @@ class ALARMModel(nn.Module):
                 raise ValueError(f"got {len(waves)} audio clips but {n} {name}: the batch lists must match")
         return waves, rates
 
-    def audio_front_ends(self) -> AudioFrontEnds:
+    def audio_front_ends(self, names: Optional[Sequence[str]] = None) -> AudioFrontEnds:
         """The encoders' front ends without their weights (picklable): ``(waves, rates) -> {name: PreparedAudio}``,
-        for a data pipeline that prepares batches in its own processes (:meth:`encode_prepared` runs the rest)."""
-        return AudioFrontEnds({spec.name: (spec.sample_rate, self.encoders[spec.name].front_end())
-                               for spec in self.config.encoders})
+        for a data pipeline that prepares batches in its own processes (:meth:`encode_prepared` runs the rest).
+        ``names``: only these encoders' front ends (default: every encoder's)."""
+        specs = [spec for spec in self.config.encoders if names is None or spec.name in names]
+        return AudioFrontEnds({spec.name: (spec.sample_rate, self.encoders[spec.name].front_end()) for spec in specs},
+                              partial=len(specs) < len(self.config.encoders))
 
-    def prepare_audio(self, waves: List[Tensor], rates: List[int]) -> Dict[str, PreparedAudio]:
-        """The front ends of every encoder on B CPU waveforms, each on its encoder's device when it is made of
-        kernels (else on the CPU)."""
+    def worker_front_ends(self, device: torch.device) -> Optional[AudioFrontEnds]:
+        """The front ends a data pipeline feeding this model on ``device`` computes in its worker processes, off the
+        training process's path: on CUDA those not made of device kernels (``AudioEncoder.KERNEL_FRONT_END``
+        False: MuQ's resampling to 24 kHz, pieces and padding), the others running on the GPU inside the step;
+        elsewhere all of them. None when there is none (the batch then carries the waveforms alone)."""
+        names = [name for name, enc in self.encoders.items()
+                 if torch.device(device).type != "cuda" or not enc.KERNEL_FRONT_END]
+        return self.audio_front_ends(names) if names else None
+
+    def prepare_audio(self, waves: List[Tensor], rates: List[int], names: Optional[Sequence[str]] = None
+                      ) -> Dict[str, PreparedAudio]:
+        """The front ends of every encoder (or of those in ``names``) on B CPU waveforms, each on its encoder's
+        device when it is made of kernels (else on the CPU)."""
         devices = {name: enc.front_end_device() for name, enc in self.encoders.items()}
-        return self.audio_front_ends()(waves, rates, devices)
+        return self.audio_front_ends(names)(waves, rates, devices)
 
-    def encode(self, waves: List[Tensor], rates: List[int]) -> Dict[str, tuple]:
+    def encode(self, waves: List[Tensor], rates: List[int],
+               prepared: Optional[Dict[str, PreparedAudio]] = None) -> Dict[str, tuple]:
         """Frozen encoders (front ends included) -> {name: (k x [total, D] packed selected states, int32 cu_seqlens
-        [B+1])}. ValueError naming the clip when an encoder's frames give its adapter no token (a clip too short)."""
-        with nvtx_range("alarm/encoder"), torch.no_grad():
-            prepared = self.prepare_audio(waves, rates)
+        [B+1])}. ``prepared``: some encoders' inputs already prepared (e.g. in DataLoader workers:
+        ``worker_front_ends``); the other encoders' front ends run here. ValueError naming the clip when an encoder's
+        frames give its adapter no token (a clip too short)."""
+        prepared = dict(prepared or {})
+        missing = [spec.name for spec in self.config.encoders if spec.name not in prepared]
+        if missing:
+            with nvtx_range("alarm/encoder"), torch.no_grad():
+                prepared.update(self.prepare_audio(waves, rates, missing))
         return self.encode_prepared(prepared)
 
     def encode_prepared(self, prepared: Dict[str, PreparedAudio]) -> Dict[str, tuple]:
-        """:meth:`encode` from the encoders' prepared inputs (:meth:`audio_front_ends`, on the model's device or
-        the CPU)."""
+        """:meth:`encode` from every encoder's prepared inputs (:meth:`audio_front_ends`, on the model's device or
+        the CPU); ValueError naming an encoder without them."""
+        missing = [spec.name for spec in self.config.encoders if spec.name not in prepared]
+        if missing:
+            raise ValueError(f"no prepared inputs for encoders {missing} (and no waveforms to compute them from)")
         out = {}
         with nvtx_range("alarm/encoder"), torch.no_grad():
             for spec in self.config.encoders:
@@ -304,10 +327,10 @@ class ALARMModel(nn.Module):
         if batch.streams is None:
             if batch.features is not None:
                 feats = batch.features
-            elif batch.prepared is not None:
-                feats = self.encode_prepared(batch.prepared)
+            elif batch.waves is not None:  # with ``prepared``: the other encoders' front ends run here
+                feats = self.encode(batch.waves, batch.rates, batch.prepared)
             else:
-                feats = self.encode(batch.waves, batch.rates)
+                feats = self.encode_prepared(batch.prepared)
             return self._fused_tokens(self._adapter_outputs(feats, layout, batch.lengths))
         names = [spec.name for spec in self.config.encoders]
         # cached adapter outputs (a bf16 cache) enter as the fp32 adapters' outputs would (autocast recasts them)

@@ -4,7 +4,9 @@ The trainer's collator (``alarm.train.data``) builds it from pre-tokenised ids a
 frozen features; ``ALARMModel.forward`` builds it from strings. Exactly one audio source is set:
 - ``waves`` + ``rates``: B float32 1-D CPU waveforms and their sample rates (Hz);
 - ``prepared``: the encoders' front-end outputs for B clips, ``{encoder name: PreparedAudio}``
-  (``ALARMModel.audio_front_ends()``, computed where the batch was collated: in DataLoader workers);
+  (``ALARMModel.audio_front_ends()``, computed where the batch was collated: in DataLoader workers); it may come
+  with ``waves`` + ``rates`` and hold only some encoders' inputs (``ALARMModel.worker_front_ends`` on a GPU: the
+  front ends that are not device kernels), the model computing the others' from the waveforms;
 - ``features``: cached frozen *encoder* outputs, ``{encoder name: (k x [total_e, D_e], int32 cu [B+1])}``;
 - ``streams``: cached frozen *adapter* outputs (stage B), ``{encoder name: ([total_e, H], int32 cu [B+1])}``.
 
@@ -44,9 +46,9 @@ class ModelBatch:
 
     def __post_init__(self):
         given = [name for name in ("waves", "prepared", "features", "streams") if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError("a ModelBatch needs exactly one audio source (waves, prepared, features or streams), "
-                             f"got {given}")
+        if len(given) != 1 and given != ["waves", "prepared"]:
+            raise ValueError("a ModelBatch needs exactly one audio source (waves, prepared, features or streams; "
+                             f"or waves with some encoders' prepared inputs), got {given}")
         if self.waves is not None and (self.rates is None or len(self.rates) != len(self.waves)):
             raise ValueError("waves need one sample rate per clip")
         if self.lengths is not None and (self.waves is not None or self.prepared is not None):

@@ -8,8 +8,9 @@
   averaged, resampled once to the base encoder's rate) or fetches its cached frozen features. A clip that
   is unreadable, empty, non-finite or over the limit becomes a *skip* (id + reason), never an exception.
 - ``collate`` (run inside DataLoader workers) turns a pack into a ``ModelBatch`` plus bookkeeping; given the
-  model's front ends (``ALARMModel.audio_front_ends()``) it also computes the encoders' inputs from the decoded
-  clips (``ModelBatch.prepared``), so that the training process runs only the encoders themselves.
+  model's front ends (``ALARMModel.worker_front_ends(device)``) it also computes those encoders' inputs from the
+  decoded clips (``ModelBatch.prepared``; resampling included), so that the training process runs only the
+  encoders themselves and, on a GPU, the front ends made of device kernels.
 """
 from __future__ import annotations
 
@@ -189,7 +190,8 @@ class Pack:
 
 class Collator:
     """Picklable collate function for ``DataLoader(collate_fn=...)``. ``front_ends``: the model's weight-free front
-    ends (``ALARMModel.audio_front_ends()``); with them decoded clips become prepared encoder inputs here."""
+    ends (``ALARMModel.audio_front_ends()`` or ``worker_front_ends(device)``); with them decoded clips become
+    prepared encoder inputs here (for a partial set, the batch keeps the waveforms for the others)."""
 
     def __init__(self, examples: Sequence[Example], prefix: Sequence[int], header_len: int, rate: int,
                  front_ends: Optional[Callable] = None):
@@ -216,8 +218,9 @@ class Collator:
             seconds = sum(self.examples[i].duration for i in kept)
         else:
             rates = [self.rate] * len(waves)
-            if self.front_ends is not None:
-                batch = ModelBatch(text, prepared=self.front_ends(waves, rates))
+            if self.front_ends is not None:  # partial: the other encoders' front ends run in the step
+                keep = dict(waves=waves, rates=rates) if self.front_ends.partial else {}
+                batch = ModelBatch(text, prepared=self.front_ends(waves, rates), **keep)
             else:
                 batch = ModelBatch(text, waves=waves, rates=rates)
             seconds = sum(w.numel() for w in waves) / self.rate

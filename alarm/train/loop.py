@@ -317,9 +317,10 @@ def _train(cfg: TrainConfig, resume: str, model: Optional[ALARMModel], world: Wo
     schedule_steps = sampler.total_steps(cfg.run.epochs)  # the LR schedule's horizon: max_steps only stops early
     total_steps = schedule_steps if cfg.run.max_steps is None else min(schedule_steps, cfg.run.max_steps)
     dataset = ClipDataset(train_ex, rate, cfg.data.max_seconds, cache)
-    # stage A's front ends: on a GPU the encoders compute them as device kernels inside the step; otherwise they
-    # run on the CPU in the collate function, i.e. in the DataLoader workers, off the training process's path
-    front_ends = model.audio_front_ends() if cache is None and world.device.type != "cuda" else None
+    # stage A's front ends: those made of device kernels run on the GPU inside the step; the others (all of them off
+    # CUDA; MuQ's resampling and padding on CUDA) run in the collate function, i.e. in the DataLoader workers, off
+    # the training process's path
+    front_ends = model.worker_front_ends(world.device) if cache is None else None
     if front_ends is not None and world.is_main and cfg.data.num_workers == 0:
         print("alarm train: data.num_workers is 0, so the encoders' front ends run in the training process "
               "(set data.num_workers to compute them in DataLoader workers)", flush=True)

@@ -4,6 +4,9 @@
   workers) without carrying weights;
 - a batch collated with the model's front ends (``ModelBatch.prepared``) trains to the same loss as one carrying the
   waveforms, without the model ever running a front end itself, also through a DataLoader worker process;
+- on a GPU (the decision forced on CPU: the devices are only compared) the workers compute the front ends that are
+  not device kernels (MuQ's: resampling to 24 kHz, pieces, padding) and the batch keeps the waveforms for the
+  others; the trainer passes exactly those to its collate function and trains to the same losses;
 - the downstream effect of the kernels' front end against transformers' extractors: the tiny random encoders'
   adapter outputs (Whisper: relative difference below 1e-4; w2v-BERT: identical features, identical outputs).
 """
@@ -14,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from alarm.audio import resample_batch
 from alarm.model import ALARMConfig
 from alarm.model.alarm_model import ALARMModel
 from alarm.model.batch import ModelBatch
@@ -22,6 +26,7 @@ from alarm.model.splice import tokenize_batch
 from alarm.model.tiny import synthetic_audio
 from published_alarm import whisper_extractor
 from alarm.train.data import Collator, Example
+from alarm.model.muq import MuQFrontEnd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,6 +106,93 @@ def test_collator_in_a_worker_process_prepares_the_batch(model):
         for k, v in prepared.inputs.items():
             assert torch.equal(v, mine.inputs[k]), (name, k)
     assert torch.equal(model.forward_batch(batch).loss, model.forward_batch(local).loss)
+
+
+CUDA = torch.device("cuda")  # never allocated on: worker_front_ends only reads the device's type
+
+
+@pytest.fixture(scope="module")
+def model4():
+    torch.manual_seed(0)
+    return ALARMModel(ALARMConfig.tiny("CA", n_encoders=4, stage="A"))
+
+
+def test_worker_front_ends_on_a_gpu_are_those_not_made_of_kernels(model, model4):
+    assert [n for n, e in model4.encoders.items() if not e.KERNEL_FRONT_END] == ["muq"]
+    on_gpu = model4.worker_front_ends(CUDA)
+    assert list(on_gpu.front_ends) == ["muq"] and on_gpu.partial
+    on_cpu = model4.worker_front_ends(torch.device("cpu"))
+    assert list(on_cpu.front_ends) == ["whisper", "w2v-bert", "muq", "sslam"] and not on_cpu.partial
+    assert model.worker_front_ends(CUDA) is None  # Whisper + w2v-BERT: every front end is a device kernel
+    assert not model.worker_front_ends("cpu").partial
+
+
+def test_gpu_collation_prepares_muq_in_the_worker_and_keeps_the_waves(model4, monkeypatch):
+    waves = _clips([2.2, 0.6, 3.9], seed=8)
+    examples = [Example(f"c{i}", "d", f"c{i}.wav", w.numel() / 16000, "Describe the audio.", (5, 6, 7), (8, 9))
+                for i, w in enumerate(waves)]
+    items = [(i, w, None, None) for i, w in enumerate(waves)]
+    collator = Collator(examples, [1, 2], 3, 16000, model4.worker_front_ends(CUDA))
+    loader = torch.utils.data.DataLoader([items], batch_size=None, collate_fn=collator, num_workers=1)
+    (pack,) = list(loader)
+    batch = pack.batch
+    assert set(batch.prepared) == {"muq"} and batch.waves is not None and batch.rates == [16000] * 3
+    muq = batch.prepared["muq"]
+    assert muq.samples == [round(w.numel() * 1.5) for w in waves]  # resampled to 24 kHz in the worker
+    mine = model4.encoders["muq"].prepare(resample_batch(waves, [16000] * 3, 24000))
+    assert torch.equal(muq.inputs["wav"], mine.inputs["wav"]) and torch.equal(muq.lengths, mine.lengths)
+    by_waves = model4.forward_batch(ModelBatch(batch.text, waves=waves, rates=[16000] * 3), reduction="sum")
+    ran = []
+    real_prepare = ALARMModel.prepare_audio
+
+    def spy(self, w, r, names=None):
+        ran.append(list(names))
+        return real_prepare(self, w, r, names)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("MuQ's front end ran in the training process")
+
+    monkeypatch.setattr(MuQFrontEnd, "chunk_inputs", refuse)
+    monkeypatch.setattr(ALARMModel, "prepare_audio", spy)
+    out = model4.forward_batch(batch.to("cpu"), reduction="sum")
+    assert ran == [["whisper", "w2v-bert", "sslam"]]  # the kernel front ends, in the step
+    assert out.n_targets == by_waves.n_targets and torch.equal(out.loss, by_waves.loss)
+    with pytest.raises(ValueError, match=r"no prepared inputs for encoders \['whisper', 'w2v-bert', 'sslam'\]"):
+        model4.encode_prepared(batch.prepared)
+
+
+def test_trainer_gives_its_workers_the_non_kernel_front_ends_on_a_gpu(tmp_path, monkeypatch):
+    """A 4-encoder stage-A run with one DataLoader worker, the trainer's decision made as on a GPU: its collate
+    function gets MuQ's front end alone, and the run's losses equal those of the CPU decision (all in workers)."""
+    from train_runs import losses, write_corpus, write_recipe
+
+    import alarm.train.loop as loop
+    from alarm.train.config import load_config
+
+    manifest = write_corpus(tmp_path, n=6)
+    model_section = {"fusion": "CA", "n_encoders": 4, "stage": "A"}
+    runs = {}
+    for decision in ("cpu", "cuda"):
+        given = []
+        real_collate, real_workers = loop.collate, ALARMModel.worker_front_ends
+
+        def record(*args, _given=given, _real=real_collate):
+            _given.append(args[-1])
+            return _real(*args)
+
+        monkeypatch.setattr(loop, "collate", record)
+        if decision == "cuda":
+            monkeypatch.setattr(ALARMModel, "worker_front_ends", lambda self, device, _r=real_workers: _r(self, CUDA))
+        out = tmp_path / decision
+        recipe = write_recipe(tmp_path, manifest, out, model=model_section, data={"num_workers": 1},
+                              run={"epochs": 1, "save_every": 100})
+        loop.train(load_config(str(recipe)))
+        monkeypatch.undo()
+        (front_ends,) = given
+        runs[decision] = (list(front_ends.front_ends), front_ends.partial, losses(out))
+    assert runs["cpu"][:2] == (["whisper", "w2v-bert", "muq", "sslam"], False)
+    assert runs["cuda"][:2] == (["muq"], True)
+    assert len(runs["cuda"][2]) == 3 and runs["cuda"][2] == runs["cpu"][2]
 
 
 def _whisper_extractor_inputs(enc, waves):

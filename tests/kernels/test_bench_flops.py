@@ -14,7 +14,10 @@ from alarm.model import ALARMConfig
 from alarm.model.adapters import Adapter
 from alarm.model.fusion import build_fusion
 from alarm.model.layout import Padded
-from bench.flops import adapter_flops, fusion_flops, llm_flops, llm_step_flops, w2v_bert_flops, whisper_flops
+from alarm.model.sslam import SSLAMConfig, SSLAMViT
+from alarm.model.tiny import TinyMuQ
+from bench.flops import (adapter_flops, fusion_flops, llm_flops, llm_step_flops, muq_flops, sslam_flops, w2v_bert_flops,
+                         whisper_flops)
 
 
 def counted(fn) -> int:
@@ -63,6 +66,29 @@ def test_w2v_bert_encoder_matches_the_flop_counter():
     model = Wav2Vec2BertModel._from_config(cfg, attn_implementation="eager").eval()
     with torch.no_grad():
         assert counted(lambda: model(torch.randn(1, 45, 160))) == w2v_bert_flops(cfg, [45], blocks=2)
+
+
+@pytest.mark.parametrize("n_mels,mel_frames", [(16, [40, 40]), (13, [37])])
+def test_muq_subsampling_and_conformer_match_the_flop_counter(n_mels, mel_frames):
+    """MuQ's structure (residual conv subsampling, rotary conformer) at odd and even sizes; only 2 of 3 blocks kept."""
+    muq = TinyMuQ(dim=32, layers=3, heads=2, n_mels=n_mels, ffn=40, kernel=7, conv_channels=5).eval()
+    core = muq.model
+    core.conformer.config._attn_implementation = "eager"
+    core.conformer.layers = core.conformer.layers[:2]
+    mel = torch.randn(len(mel_frames), n_mels, mel_frames[0])
+    with torch.no_grad():
+        got = counted(lambda: core.conformer(core.conv(mel)))
+    assert got == muq_flops(muq.shape, mel_frames, blocks=2)
+    assert muq_flops(muq.shape, mel_frames, blocks=0) < got  # the subsampling alone
+
+
+def test_sslam_vit_matches_the_flop_counter():
+    cfg = SSLAMConfig(embed_dim=32, depth=3, num_heads=2, max_length=8)
+    vit = SSLAMViT(cfg).eval()
+    vit.blocks = vit.blocks[:2]
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        got = counted(lambda: vit(torch.randn(3, 64, 128)))
+    assert got == sslam_flops(cfg, [64, 64, 64], blocks=2)
 
 
 @pytest.mark.parametrize("kind", ["conv", "mlp", "pool"])

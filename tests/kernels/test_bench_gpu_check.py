@@ -33,6 +33,7 @@ def test_gpu_check_dry_run_writes_each_stage(tmp_path):
         assert stages[name]["exit"] == 0
         e2e = json.loads((tmp_path / f"{name}.json").read_text())
         assert e2e["complete"] and e2e["stages"] == [stage]
+        assert e2e["encoders"] == ["whisper", "w2v-bert", "muq", "sslam"]  # ALARM-CA's four, as on the GPU
         assert {(r["token_rate"], r["path"]) for r in e2e["rows"]} == {(t, p) for t in (1, 2, 4)
                                                                        for p in ("reference", "fast")}
         assert (tmp_path / f"profile_stage{stage}_fast.txt").is_file()

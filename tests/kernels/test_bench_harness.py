@@ -1,11 +1,14 @@
 """The benchmark runner: side-by-side timing, derived metrics, failures reported not fatal, JSON out."""
 import json
+import statistics
 import sys
 
+import numpy as np
+import pytest
 import torch
 
 from bench import ops as runner
-from bench.harness import BenchCase
+from bench.harness import BenchCase, spread
 
 
 def _case():
@@ -31,6 +34,27 @@ def test_run_cases_reports_metrics_and_errors():
     assert "needs a GPU" in by_variant["broken"]["error"]
     table = runner.format_table(rows)
     assert "| copy | 256x256 fp32 | fwd | twice |" in table and "n/a: RuntimeError" in table
+
+
+def test_spread_interpolates_linearly_between_ranks():
+    """p10 of 1..11 is 2 exactly; of 1..10 it lies 0.9 of the way from the 1st to the 2nd value (1.9); equal to
+    statistics.quantiles(method="inclusive") and numpy's default percentile on fresh random values."""
+    assert spread(list(range(1, 12))) == {"median": 6.0, "p10": 2.0, "p90": 10.0, "min": 1.0, "max": 11.0}
+    s = spread([float(v) for v in range(10, 0, -1)])  # order does not matter
+    assert s["p10"] == pytest.approx(1.9) and s["p90"] == pytest.approx(9.1) and s["median"] == 5.5
+    x = np.random.default_rng(7).lognormal(size=37).tolist()
+    deciles = statistics.quantiles(x, n=10, method="inclusive")
+    got = spread(x)
+    assert got["p10"] == pytest.approx(deciles[0]) and got["p90"] == pytest.approx(deciles[-1])
+    assert got["median"] == pytest.approx(statistics.median(x))
+    quartile = spread(x, (20, 80))
+    assert set(quartile) == {"median", "p20", "p80", "min", "max"}
+    assert quartile["p20"] == pytest.approx(np.percentile(x, 20)) and quartile["p80"] == pytest.approx(deciles[7])
+    assert spread([3.5]) == {"median": 3.5, "p10": 3.5, "p90": 3.5, "min": 3.5, "max": 3.5}
+    with pytest.raises(ValueError, match="no values"):
+        spread([])
+    with pytest.raises(ValueError, match="percentiles"):
+        spread([1.0, 2.0], (60, 90))
 
 
 def test_time_fn_orders_quantiles():
