@@ -27,8 +27,9 @@ from torch import Tensor
 # (forward + backward); past that streaming is faster
 STACKED_ELEMENTS = 2**16
 
-# what forward_saving keeps for the backward: (softmax weights [k], the stacked layers [k, ...] or None)
-Saved = Tuple[Tensor, Optional[Tensor]]
+# what forward_saving keeps for the backward: ((softmax weights [k], the stacked layers [k, ...] or None), no
+# non-tensor values)
+Saved = Tuple[Tuple[Tensor, Optional[Tensor]], None]
 
 
 def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -53,11 +54,11 @@ def forward_saving(layers: Sequence[Tensor], logits: Tensor) -> Tuple[Tensor, Sa
         stack = torch.stack(list(layers))
         # w [k, 1, ...] in acc_dtype times the stack: the products are in acc_dtype (type promotion)
         y = w.view((-1,) + (1,) * layers[0].dim()).mul(stack).sum(0)
-        return _as(y, layers[0].dtype), (w, stack)
+        return _as(y, layers[0].dtype), ((w, stack), None)
     acc = _as(layers[0], acc_dtype) * w[0]
     for j in range(1, len(layers)):
         acc.add_(_as(layers[j], acc_dtype) * w[j])
-    return _as(acc, layers[0].dtype), (w, None)
+    return _as(acc, layers[0].dtype), ((w, None), None)
 
 
 def forward(layers: Sequence[Tensor], logits: Tensor) -> Tensor:
@@ -81,7 +82,7 @@ def backward(
         w = torch.softmax(_as(logits, acc_dtype), 0)
         stack = torch.stack(list(layers)) if stacked_route(layers) else None
     else:
-        w, stack = saved
+        w, stack = saved[0]
     gy = _as(grad_y, acc_dtype)
     if stack is not None:  # [k, ...] * [...]: the products in acc_dtype (type promotion), summed over all but dim 0
         products = stack.mul(gy)
