@@ -39,7 +39,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .._utils import empty_output
+from .._utils import as_dtype, empty_output
 from ..varlen import PaddedLayout
 
 _FUSED_CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -290,34 +290,32 @@ def _plain_backward(grad_out, q, k, v, out, dq, dk, dv, q0, q1, k0, k1, causal, 
     dk[k0:k1] = torch.einsum("hgqk,qhgd->khd", ds, qi) * scale
 
 
-def forward(
+# The padded call's inputs and outputs are kept for the backward while their bytes stay under this: at such sizes
+# padding them again costs more host time than the op's whole plain-PyTorch equivalent; above it the copies would
+# double the activation memory the op keeps, and padding again is small beside the attention itself.
+KEEP_PADDED_BYTES = 2**20
+
+
+def forward_saving(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
     max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool = False,
     dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0, *, plain: bool = False,
-) -> Tuple[Tensor, Tensor]:
-    """Packed attention forward.
-
-    Args:
-        q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]`` (same float dtype, float64 allowed).
-        cu_seqlens_q, cu_seqlens_k: int32 ``[N+1]`` offsets. max_seqlen_*: unused here (kept for the
-            common backend signature).
-        causal: bottom-right aligned causal mask. softmax_scale: multiplies ``Q K^T``. deterministic: unused
-            here (the op's schema carries it for the backward).
-        dropout_p, dropout_seed, dropout_offset: attention dropout rate in [0, 1) and its mask's Philox seed
-            (``[0, 2^62)``) and offset (``[0, 2^31)``); see :func:`dropout_keep_mask`.
-        plain: force the plain formula (tests use it in low precision to size error budgets).
-    Returns:
-        ``(out [total_q, Hq, D] in q's dtype, lse [Hq, total_q] float32 (float64 for float64 inputs))``.
-    """
+) -> Tuple[Tuple[Tensor, Tensor], Tuple[Tuple[Tensor, ...], None]]:
+    """:func:`forward`'s outputs and what :func:`backward` takes as ``saved``: ``((qp, kp, vp, o, lse_pad), None)``,
+    the padded call's inputs and outputs, when one ran and they hold at most ``KEEP_PADDED_BYTES``; else
+    ``((), None)`` (the backward pads them again)."""
     dropout = (dropout_p, dropout_seed, dropout_offset) if dropout_p > 0 else None
     runs, padded = _plan_for(q, cu_seqlens_q, cu_seqlens_k, causal, plain or dropout is not None)
     fused_fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    kept = ()
     if padded is not None:
-        o, lse_pad = fused_fwd(padded.pad(q, False), padded.pad(k, True), padded.pad(v, True), 0.0, False,
-                               attn_mask=padded.mask, scale=softmax_scale)
+        qp, kp, vp = padded.pad(q, False), padded.pad(k, True), padded.pad(v, True)
+        o, lse_pad = fused_fwd(qp, kp, vp, 0.0, False, attn_mask=padded.mask, scale=softmax_scale)
+        if sum(t.nbytes for t in (qp, kp, vp, o, lse_pad)) <= KEEP_PADDED_BYTES:
+            kept = (qp, kp, vp, o, lse_pad)
     if padded is not None and padded.q_all:  # one padded call made every output row: gather them, nothing else
-        out = padded.unpad(o, False).to(q.dtype)  # no-op unless an autocast changed the fused call's dtype
-        lse = padded.unpad_lse(lse_pad).to(lse_dtype(q.dtype))
+        out = as_dtype(padded.unpad(o, False), q.dtype)  # a cast only when an autocast changed the fused call's dtype
+        lse = as_dtype(padded.unpad_lse(lse_pad), lse_dtype(q.dtype))
     else:
         out = empty_output(q.shape, q.dtype, q.device)
         lse = empty_output((q.shape[1], q.shape[0]), lse_dtype(q.dtype), q.device)
@@ -338,14 +336,37 @@ def forward(
             for s in range(n):
                 _plain_forward(q, k, v, out, lse, q0 + s * lq, q0 + (s + 1) * lq, k0 + s * lk, k0 + (s + 1) * lk,
                                causal, softmax_scale, dropout)
-    return out, lse
+    return (out, lse), (kept, None)
+
+
+def forward(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+    max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool = False,
+    dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0, *, plain: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """Packed attention forward.
+
+    Args:
+        q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]`` (same float dtype, float64 allowed).
+        cu_seqlens_q, cu_seqlens_k: int32 ``[N+1]`` offsets. max_seqlen_*: unused here (kept for the
+            common backend signature).
+        causal: bottom-right aligned causal mask. softmax_scale: multiplies ``Q K^T``. deterministic: unused
+            here (the op's schema carries it for the backward).
+        dropout_p, dropout_seed, dropout_offset: attention dropout rate in [0, 1) and its mask's Philox seed
+            (``[0, 2^62)``) and offset (``[0, 2^31)``); see :func:`dropout_keep_mask`.
+        plain: force the plain formula (tests use it in low precision to size error budgets).
+    Returns:
+        ``(out [total_q, Hq, D] in q's dtype, lse [Hq, total_q] float32 (float64 for float64 inputs))``.
+    """
+    return forward_saving(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
+                          deterministic, dropout_p, dropout_seed, dropout_offset, plain=plain)[0]
 
 
 def backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
     causal: bool, softmax_scale: float, deterministic: bool, dropout_p: float = 0.0, dropout_seed: int = 0,
-    dropout_offset: int = 0, *, plain: bool = False,
+    dropout_offset: int = 0, *, plain: bool = False, saved: Optional[Tuple[Tuple[Tensor, ...], None]] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Packed attention backward (always deterministic).
 
@@ -353,6 +374,7 @@ def backward(
         grad_out: ``[total_q, Hq, D]``; q, k, v, out, lse as given to / returned by :func:`forward`
             (the plain formula recomputes the probabilities instead of reading ``lse``).
         dropout_p, dropout_seed, dropout_offset, plain: as for :func:`forward` (the same mask is regenerated).
+        saved: from :func:`forward_saving` (the padded call's tensors are padded again when it kept none).
     Returns:
         ``(dq [total_q, Hq, D], dk [total_k, Hkv, D], dv [total_k, Hkv, D])`` in the input dtype.
     """
@@ -361,13 +383,13 @@ def backward(
     fused_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
     grads = None
     if padded is not None:
-        # the padded call's inputs and outputs padded again from the packed ones (keeping the forward's padded copies
-        # would double the activation memory the op keeps)
-        grads = fused_bwd(padded.pad(grad_out, False), padded.pad(q, False), padded.pad(k, True), padded.pad(v, True),
-                          padded.pad(out, False), padded.pad_lse(lse), 0.0, False, attn_mask=padded.mask,
-                          scale=softmax_scale)
+        kept = saved[0] if saved is not None else ()
+        if not kept:  # the forward kept no padded copies (too large, or no eager forward): pad them again
+            kept = (padded.pad(q, False), padded.pad(k, True), padded.pad(v, True), padded.pad(out, False),
+                    padded.pad_lse(lse))
+        grads = fused_bwd(padded.pad(grad_out, False), *kept, 0.0, False, attn_mask=padded.mask, scale=softmax_scale)
     if grads is not None and padded.q_all and padded.k_all:  # the padded call covered every row: gather them
-        dq, dk, dv = (padded.unpad(g, keys).to(x.dtype)
+        dq, dk, dv = (as_dtype(padded.unpad(g, keys), x.dtype)
                       for g, keys, x in zip(grads, (False, True, True), (q, k, v), strict=True))
     else:
         dq = empty_output(q.shape, q.dtype, q.device)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _utils
-from .._utils import empty_output
+from .._utils import as_dtype, empty_output
 from ..varlen import PaddedLayout, cu_seqlens_to_seqlens, max_seqlen
 
 
@@ -45,9 +45,6 @@ def phase_offsets(cu_seqlens: Tensor, stride: int, padding: int) -> Tensor:
     cu_ph[:, 1:] = torch.cumsum(counts, 1).to(torch.int32)
     return cu_ph
 
-
-def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _layouts(cu_seqlens: Tensor, total: int, kernel_size: int, stride: int, padding: int, total_y: int = -1,
@@ -95,8 +92,8 @@ def forward_saving(
              (layout.n, layout.max_len, layout_out.max_len))
     # outputs in x's dtype (under autocast the conv runs in lower precision; GELU on its output, then the cast)
     if activation == "gelu":
-        return (_as(F.gelu(z), x.dtype), cu_y, _as(z, x.dtype)), saved
-    return (_as(z, x.dtype), cu_y, empty_output((0, c_out), x.dtype, x.device)), saved
+        return (as_dtype(F.gelu(z), x.dtype), cu_y, as_dtype(z, x.dtype)), saved
+    return (as_dtype(z, x.dtype), cu_y, empty_output((0, c_out), x.dtype, x.device)), saved
 
 
 def forward(
@@ -145,7 +142,7 @@ def backward(
     grad_b = grad_pre.sum(0)
     if grad_pre.shape[0] == 0:
         return (x.new_zeros(x.shape[0] if need_dx else 0, c_in), x.new_zeros(c_out if need_dw else 0, c_in, k),
-                _as(grad_b, x.dtype))
+                as_dtype(grad_b, x.dtype))
     if saved is None:
         _, layout, layout_out = _layouts(cu_seqlens, x.shape[0], k, stride, padding, grad_pre.shape[0], max_len)
         x_pad = None
@@ -161,5 +158,5 @@ def backward(
         x_pad = x.new_zeros(layout.n, c_in, layout.max_len)
     gx, gw, _ = torch.ops.aten.convolution_backward(g_pad, x_pad, weight, None, [stride], [padding], [1], False, [0],
                                                     1, [need_dx, need_dw, False])
-    grad_x = _as(layout.unpad(gx.transpose(1, 2)), x.dtype) if need_dx else x.new_empty(0, c_in)
-    return grad_x, _as(gw, x.dtype) if need_dw else x.new_empty(0, c_in, k), _as(grad_b, x.dtype)
+    grad_x = as_dtype(layout.unpad(gx.transpose(1, 2)), x.dtype) if need_dx else x.new_empty(0, c_in)
+    return grad_x, as_dtype(gw, x.dtype) if need_dw else x.new_empty(0, c_in, k), as_dtype(grad_b, x.dtype)
