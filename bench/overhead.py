@@ -8,11 +8,11 @@ timed is what a call costs on the host: argument checks, backend dispatch, autog
 offset computations and the launches. Per op, ``fwd`` (the forward with autograd recording, as in a training
 step) and ``fwd+bwd`` (forward, then backward with a fixed cotangent, gradients dropped) of three variants:
 
-* ``torch``: plain PyTorch producing the same packed result from the same packed inputs: pad (one
-  ``index_copy`` into zeros, the flat index built once per batch), the ATen ops the padded reference model runs
-  (pooling: ``avg_pool1d`` / ``max_pool1d`` in NCT layout; conv: ``F.conv1d`` + GELU; layer mix: stack + softmax
-  weights + sum, no padding needed; concat: pad to a common length, ``torch.cat``, ``F.linear``; attention: SDPA
-  with a boolean key mask), unpad (one ``index_select``). ``ratio`` is measured against this one;
+* ``torch``: plain PyTorch producing the same packed result from the same packed inputs: pad (one indexed write
+  into zeros: ``alarm_kernels.varlen.PaddedLayout``, its index tensors built once per batch), the ATen ops the padded
+  reference model runs (pooling: ``avg_pool1d`` / ``max_pool1d`` in NCT layout; conv: ``F.conv1d`` + GELU; layer
+  mix: stack + softmax weights + sum, no padding needed; concat: pad to a common length, ``torch.cat``,
+  ``F.linear``; attention: SDPA with a boolean key mask), unpad (one gather). ``ratio`` is measured against this one;
 * ``padded``: those ATen ops alone on already padded tensors (what a model that stays padded pays per op);
 * ``alarm_kernels``: the op on the packed tensors, called as the model's training step calls it (host sizes
   passed, ``validate=False``), on the default backend (``reference`` on CPU, the fastest built one on CUDA);
@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 import alarm_kernels as ak
+from alarm_kernels.varlen import PaddedLayout
 from bench.cases.varlen_conv1d import _padded_conv
 from bench.cases.varlen_pool import _padded_pool
 from bench.cases.weighted_layer_sum import _stacked_sum
@@ -85,27 +86,6 @@ def default_backend(op: str, device: torch.device) -> str:
     return ak.select_backend(op, "auto", device, implemented)
 
 
-class _Layout:
-    """Padding in plain PyTorch for one batch of host lengths: the flat index of the valid rows of a padded
-    ``[B, T, ...]`` tensor, built once (as a padded model builds its masks once per batch), so padding is one
-    ``index_copy`` into zeros and unpadding one ``index_select``."""
-
-    def __init__(self, lengths: Sequence[int], device: torch.device):
-        self.lengths, self.t = list(lengths), max(lengths)
-        valid = torch.arange(self.t, device=device)[None, :] < torch.tensor(self.lengths, device=device)[:, None]
-        self.flat = valid.flatten().nonzero().squeeze(1)
-
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """Packed ``[total, ...]`` -> zero-padded ``[B, T, ...]``."""
-        rest = tuple(x.shape[1:])
-        return x.new_zeros((len(self.lengths) * self.t,) + rest).index_copy(0, self.flat, x).view(
-            len(self.lengths), self.t, *rest)
-
-    def unpad(self, y: torch.Tensor) -> torch.Tensor:
-        """Padded ``[B, T, ...]`` -> packed ``[total, ...]``."""
-        return y.flatten(0, 1).index_select(0, self.flat)
-
-
 class _Tiny:
     """The shared tiny batch: three packed sequences on ``device`` and a seeded generator."""
 
@@ -113,7 +93,7 @@ class _Tiny:
         self.device, self.dtype, self.gen = device, dtype, torch.Generator().manual_seed(0)
         self.lengths = list(LENGTHS)
         self.total = sum(self.lengths)
-        self.layout = _Layout(self.lengths, device)
+        self.layout = PaddedLayout.from_lengths(self.lengths, device)  # built once per batch
         self.cu = ak.seqlens_to_cu_seqlens(self.lengths, device=device)
 
     def rand(self, *shape, scale: float = 1.0) -> torch.Tensor:
@@ -124,10 +104,10 @@ def _pool_case(s: _Tiny, mode: str) -> OverheadCase:
     # lengths divisible by the ratio: padded pooling then gives the packed result (a partial window would average or
     # max the padding in; the padded model's exact twin, alarm.model.adapters.pool_padded, costs more)
     ratio, d = 2, 16
-    out = _Layout([-(-m // ratio) for m in s.lengths], s.device)
+    out = PaddedLayout.from_lengths([-(-m // ratio) for m in s.lengths], s.device)
     x = s.rand(s.total, d)
     xt, xp, xk = _leaf(x), _leaf(s.layout.pad(x)), _leaf(x)
-    host = dict(total_out=sum(out.lengths), validate=False)
+    host = dict(total_out=out.total, validate=False)
 
     def torch_fn():
         return out.unpad(_padded_pool(s.layout.pad(xt), ratio, mode))
@@ -139,7 +119,7 @@ def _pool_case(s: _Tiny, mode: str) -> OverheadCase:
     return OverheadCase("varlen_pool", f"{mode} r={ratio} D={d}",
                         {"torch": (torch_fn, [xt]), "padded": (lambda: _padded_pool(xp, ratio, mode), [xp]),
                          "alarm_kernels": (ak_fn, [xk]),
-                         "custom_op": (lambda: _OPS.varlen_pool(xk, s.cu, ratio, mode, sum(out.lengths), backend)[0],
+                         "custom_op": (lambda: _OPS.varlen_pool(xk, s.cu, ratio, mode, out.total, backend)[0],
                                        [xk])},
                         lambda: _max_diff(torch_fn(), ak_fn()), backend)
 
@@ -149,7 +129,7 @@ def _conv_case(s: _Tiny) -> OverheadCase:
     x, w, b = s.rand(s.total, c_in), s.rand(c_out, c_in, 3, scale=(3 * c_in) ** -0.5), s.rand(c_out)
     xt, xp, xk = _leaf(x), _leaf(s.layout.pad(x)), _leaf(x)
     (wt, bt), (wp, bp), (wk, bk) = ((_leaf(w), _leaf(b)) for _ in range(3))
-    host = dict(total_out=s.total, max_seqlen=s.layout.t, validate=False)
+    host = dict(total_out=s.total, max_seqlen=s.layout.max_len, validate=False)
 
     def torch_fn():
         return s.layout.unpad(_padded_conv(s.layout.pad(xt), wt, bt, 1, 1, "gelu"))
@@ -162,8 +142,8 @@ def _conv_case(s: _Tiny) -> OverheadCase:
                         {"torch": (torch_fn, [xt, wt, bt]),
                          "padded": (lambda: _padded_conv(xp, wp, bp, 1, 1, "gelu"), [xp, wp, bp]),
                          "alarm_kernels": (ak_fn, [xk, wk, bk]),
-                         "custom_op": (lambda: _OPS.varlen_conv1d(xk, s.cu, wk, bk, 1, 1, "gelu", s.total, s.layout.t,
-                                                                  backend)[0], [xk, wk, bk])},
+                         "custom_op": (lambda: _OPS.varlen_conv1d(xk, s.cu, wk, bk, 1, 1, "gelu", s.total,
+                                                                  s.layout.max_len, backend)[0], [xk, wk, bk])},
                         lambda: _max_diff(torch_fn(), ak_fn()), backend)
 
 
@@ -189,7 +169,7 @@ def _layer_sum_case(s: _Tiny) -> OverheadCase:
 def _concat_case(s: _Tiny) -> OverheadCase:
     widths, d_out = (16, 16), 16
     stream_lengths = [s.lengths, [max(0, m - 1) for m in s.lengths]]  # the encoders differ by a frame
-    layouts = [_Layout(ls, s.device) for ls in stream_lengths]
+    layouts = [PaddedLayout.from_lengths(ls, s.device) for ls in stream_lengths]
     cus = [ak.seqlens_to_cu_seqlens(ls, device=s.device) for ls in stream_lengths]
     streams = [s.rand(sum(ls), w) for ls, w in zip(stream_lengths, widths, strict=True)]
     w, b = s.rand(d_out, sum(widths), scale=sum(widths) ** -0.5), s.rand(d_out)
@@ -223,9 +203,8 @@ def _attention_case(s: _Tiny) -> OverheadCase:
     tq, tk, tv = (_leaf(t) for t in (q, k, v))
     qp, kp, vp = (_leaf(s.layout.pad(t).transpose(1, 2)) for t in (q, k, v))  # [B, H, T, D]
     qk, kk, vk = (_leaf(t) for t in (q, k, v))
-    key_mask = (torch.arange(s.layout.t, device=s.device)[None, :]
-                < torch.tensor(s.lengths, device=s.device)[:, None])[:, None, None, :]
-    t_max = s.layout.t
+    key_mask = s.layout.mask()[:, None, None, :]
+    t_max = s.layout.max_len
 
     def sdpa(a, b, c):  # the padded model's attention: SDPA with a boolean key mask
         return F.scaled_dot_product_attention(a, b, c, attn_mask=key_mask)

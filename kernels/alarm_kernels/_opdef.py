@@ -4,9 +4,13 @@ fake implementations and the autograd formula) and returns the callable the publ
 Each op's package holds ``reference.py`` / ``triton.py`` / ``cuda.py`` (attention: ``flash_attn.py``) with
 ``forward(*inputs)`` and ``backward(*inputs)``; its ``__init__.py`` checks the inputs, resolves the backend and
 calls the :class:`Op` that :func:`define_op` returns, with the arguments in schema order. A backend may also
-define ``forward_saving(*inputs) -> (outputs, saved)``: the eager autograd path then keeps ``saved`` (index tensors
-and other intermediates its backward would otherwise recompute) and calls ``backward(*inputs, saved=saved)``;
-the custom-op path calls ``forward`` and ``backward`` without it (the backward recomputes what it needs).
+define ``forward_saving(*inputs) -> (outputs, (tensors, rest))``: the eager autograd path then keeps ``tensors`` (a
+tuple of tensors or None: index tensors and other intermediates its backward would otherwise recompute) through
+``ctx.save_for_backward`` with the op's own, so that ``torch.autograd.graph.saved_tensors_hooks`` (activation
+offloading, ``torch.utils.checkpoint``'s non-reentrant mode, memory accounting) sees every tensor it keeps, and
+``rest`` (anything without tensors: sizes, flags) on ``ctx``; it calls ``backward(*inputs, saved=(tensors, rest))``
+with ``tensors`` as the hooks unpacked them. The custom-op path calls ``forward`` and ``backward`` without it (the
+backward recomputes what it needs).
 
 The call path (docs/kernels.md, "Call path and host cost"): eagerly, an :class:`Op` calls the backend's
 ``forward`` straight away (one ``torch.autograd.Function`` around it when an input requires grad, whose backward
@@ -67,10 +71,13 @@ class OpSpec:
         fake: ``fake(*inputs)`` -> outputs of the right shapes (for torch.compile tracing); ``inputs`` are the
             schema's arguments without the backend.
         backward_fake: the same for the backward op.
-        save: ``save(ctx, inputs, outputs)``: keep on ``ctx`` what the backward needs. Which inputs need gradients
-            is read from their ``requires_grad`` here (it holds on both call paths).
-        gradients: ``gradients(ctx, backward, *grad_outputs)`` -> one gradient (or None; a list for a tensor
-            list) per input; ``backward`` runs the backend's backward (pass its arguments without the backend).
+        save: ``save(ctx, inputs, outputs) -> tensors``: keep on ``ctx`` the non-tensor values the backward needs and
+            return the tensors it needs (a tuple of tensors or None; the caller passes them to
+            ``ctx.save_for_backward``). Which inputs need gradients is read from their ``requires_grad`` here (it
+            holds on both call paths).
+        gradients: ``gradients(ctx, saved, backward, *grad_outputs)`` -> one gradient (or None; a list for a tensor
+            list) per input; ``saved`` is the tuple ``save`` returned (unpacked), ``backward`` runs the backend's
+            backward (pass its arguments without the backend).
         non_differentiable: indices of the forward's outputs that carry no gradient (offsets, log-sum-exp,
             saved intermediates): autograd never materializes a gradient for them.
     """
@@ -103,6 +110,10 @@ def _without(args: Sequence[Any], position: int) -> List[Any]:
     return [*args[:position], *args[position + 1:]]
 
 
+# ``ctx.rest`` of a backend without forward_saving (its backward takes no ``saved``)
+_NOT_SAVING = object()
+
+
 class _Function(torch.autograd.Function):
     """Autograd for the eager path: ``apply(op, impl, inputs, where, *differentiable)``. ``inputs`` are the op's
     arguments as given (backend left out), opaque to autograd; ``differentiable`` the tensors among them that
@@ -113,14 +124,16 @@ class _Function(torch.autograd.Function):
     def forward(ctx, op: "Op", impl, inputs, where, *differentiable):
         saving = getattr(impl, "forward_saving", None)
         if saving is None:
-            outputs, ctx.intermediates = impl.forward(*inputs), None
+            outputs, ctx.rest = impl.forward(*inputs), _NOT_SAVING
+            tensors = ()
         else:
-            outputs, ctx.intermediates = saving(*inputs)
+            outputs, (tensors, ctx.rest) = saving(*inputs)
         ctx.set_materialize_grads(False)
         if op.spec.non_differentiable:
             ctx.mark_non_differentiable(*(outputs[i] for i in op.spec.non_differentiable))
-        op.spec.save(ctx, inputs, outputs)
-        ctx.op, ctx.impl, ctx.where = op, impl, where
+        own = op.spec.save(ctx, inputs, outputs)
+        ctx.save_for_backward(*own, *tensors)  # one call: the backend's intermediates after the op's own tensors
+        ctx.op, ctx.impl, ctx.where, ctx.own = op, impl, where, len(own)
         return outputs
 
     @staticmethod
@@ -132,11 +145,13 @@ class _Function(torch.autograd.Function):
                 break
         else:  # no gradient reached the op's outputs (never materialized)
             return (None,) * (4 + len(ctx.where))
-        op, saved, impl = ctx.op, ctx.intermediates, ctx.impl
-        if saved is None:
-            grads = op.spec.gradients(ctx, lambda *args: op.run(impl.backward, args), *grad_outputs)
+        op, impl, rest, saved = ctx.op, ctx.impl, ctx.rest, ctx.saved_tensors
+        if rest is _NOT_SAVING:
+            grads = op.spec.gradients(ctx, saved, lambda *args: op.run(impl.backward, args), *grad_outputs)
         else:
-            grads = op.spec.gradients(ctx, lambda *args: op.run(impl.backward, args, saved), *grad_outputs)
+            own, intermediates = saved[:ctx.own], (saved[ctx.own:], rest)
+            grads = op.spec.gradients(ctx, own, lambda *args: op.run(impl.backward, args, intermediates),
+                                      *grad_outputs)
         return (None, None, None, None,
                 *(grads[i] if j is None else None if grads[i] is None else grads[i][j] for i, j in ctx.where))
 
@@ -191,13 +206,13 @@ class Op:
             if spec.non_differentiable:
                 ctx.mark_non_differentiable(*(output[i] for i in spec.non_differentiable))
             ctx.backend = inputs[at]
-            spec.save(ctx, _without(inputs, at), output)
+            ctx.save_for_backward(*spec.save(ctx, _without(inputs, at), output))
 
         def autograd(ctx, *grad_outputs):
             def run_backward(*args):
                 return self.backward_op(*args[:backward_at], ctx.backend, *args[backward_at:])
 
-            grads = list(spec.gradients(ctx, run_backward, *grad_outputs))
+            grads = list(spec.gradients(ctx, ctx.saved_tensors, run_backward, *grad_outputs))
             grads.insert(at, None)
             return tuple(grads)
 

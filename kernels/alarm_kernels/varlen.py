@@ -4,16 +4,22 @@ A batch of N sequences is one packed tensor ``[total, ...]`` plus ``cu_seqlens``
 ``cu_seqlens[0] == 0``, non-decreasing, ``cu_seqlens[-1] == total``), on the same device as the data.
 Zero-length and one-token sequences are legal, and so is ``total < N``. Malformed metadata raises a
 ``ValueError`` naming the argument; nothing is ever inferred from position ids.
+
+:class:`PaddedLayout` is the one home of the packed <-> zero-padded correspondence (``pad_packed`` / ``unpad``, the
+reference backends' padded calls and the benchmarks' plain-PyTorch baselines use it).
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+
+from . import _utils
 
 INT32_MAX = 2**31 - 1
 
 __all__ = [
+    "PaddedLayout",
     "validate_cu_seqlens",
     "seqlens_to_cu_seqlens",
     "cu_seqlens_to_seqlens",
@@ -126,17 +132,17 @@ def unpack(packed: torch.Tensor, cu_seqlens: torch.Tensor) -> List[torch.Tensor]
 
 
 def pad_packed(packed: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int | None = None, value: float = 0.0):
-    """Packed ``[total, ...]`` -> (padded ``[N, max_len, ...]``, bool mask ``[N, max_len]`` True on valid)."""
-    validate_cu_seqlens(cu_seqlens, packed.shape[0], device=packed.device)
-    lengths = cu_seqlens_to_seqlens(cu_seqlens)
-    n = lengths.numel()
-    if max_len is None:
-        max_len = int(lengths.max().item()) if n else 0
-    positions = torch.arange(max_len, device=packed.device)
-    mask = positions[None, :] < lengths[:, None]
-    padded = packed.new_full((n, max_len) + tuple(packed.shape[1:]), value)
-    padded[mask] = packed
-    return padded, mask
+    """Packed ``[total, ...]`` -> (padded ``[N, max_len, ...]``, bool mask ``[N, max_len]`` True on valid).
+    ``max_len`` (default: the longest sequence) must be at least the longest sequence (ValueError)."""
+    bounds = validate_cu_seqlens(cu_seqlens, packed.shape[0], device=packed.device)
+    if bounds is None:  # while compiling
+        longest = max_seqlen(cu_seqlens)
+    else:
+        longest = max((b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)), default=0)
+    if max_len is not None and max_len < longest:
+        raise ValueError(f"max_len={max_len} is below the longest sequence ({longest})")
+    layout = PaddedLayout.of(cu_seqlens, packed.shape[0], longest if max_len is None else max_len)
+    return layout.pad(packed, value), layout.mask()
 
 
 def unpad(padded: torch.Tensor, lengths: torch.Tensor | Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -146,5 +152,113 @@ def unpad(padded: torch.Tensor, lengths: torch.Tensor | Sequence[int]) -> Tuple[
         raise ValueError(f"lengths has {lengths.numel()} entries but padded has batch {padded.shape[0]}")
     if lengths.numel() and (int(lengths.max()) > padded.shape[1] or int(lengths.min()) < 0):
         raise ValueError(f"lengths must lie in [0, {padded.shape[1]}]")
-    mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
-    return padded[mask], seqlens_to_cu_seqlens(lengths)
+    cu_seqlens = seqlens_to_cu_seqlens(lengths)
+    total = int(cu_seqlens[-1])
+    return PaddedLayout.of(cu_seqlens, total, padded.shape[1]).unpad(padded), cu_seqlens
+
+
+class PaddedLayout:
+    """Where the rows of a packed ``[total, ...]`` tensor sit in a zero-padded ``[n, max_len, ...]`` batch: packed row
+    ``r`` is row ``pos[r]`` of sequence ``seq[r]``, or, when the layout covers only some sequences (``rows`` given),
+    packed row ``rows[r]`` is.
+
+    Built once per batch (the index tensors cost a few small host operations or tensor ops); padding is then one
+    indexed write into zeros and unpadding one gather, on any device, with no host read. Two routes build it
+    (:func:`alarm_kernels._utils.offsets_on_host` picks one in :meth:`of`): :meth:`from_lengths` from host ints (CPU
+    offsets: a few integer loops cost less than a dozen small tensor ops) and :meth:`from_cu_seqlens` by tensor ops
+    on the offsets' device (GPU: nothing read back); both give the same index tensors.
+
+    Attributes:
+        n: sequences (the padded batch size).
+        max_len: padded rows per sequence (at least the longest sequence).
+        total: packed rows covered (``sum`` of the lengths).
+        seq, pos: int64 ``[total]``: each covered packed row's sequence and position in it.
+        rows: int64 ``[total]``: the packed rows covered, in order, when the layout covers only some sequences of a
+            larger packed tensor (:meth:`from_lengths` with ``starts``); None when it covers every packed row in order.
+    """
+
+    __slots__ = ("n", "max_len", "total", "seq", "pos", "rows")
+
+    def __init__(self, seq: torch.Tensor, pos: torch.Tensor, n: int, max_len: int,
+                 rows: Optional[torch.Tensor] = None):
+        self.seq, self.pos, self.rows = seq, pos, rows
+        self.n, self.max_len, self.total = n, max_len, seq.shape[0]
+
+    @classmethod
+    def from_lengths(cls, lengths: Sequence[int], device, max_len: int = -1,
+                     starts: Optional[Sequence[int]] = None, total: int = -1) -> "PaddedLayout":
+        """Host route: sequences of ``lengths`` (ints), padded to ``max_len`` rows (-1: the longest). ``starts`` and
+        ``total``: their first rows in a packed tensor of ``total`` rows, when they may be only some of its
+        sequences (default: they are all of it, in order)."""
+        longest = max(lengths, default=0)
+        if max_len < 0:
+            max_len = longest
+        elif max_len < longest:
+            raise ValueError(f"max_len={max_len} is below the longest sequence ({longest})")
+        seq: List[int] = []
+        pos: List[int] = []
+        for i, length in enumerate(lengths):
+            seq += [i] * length
+            pos += range(length)
+        if starts is not None:
+            end = 0
+            for start, length in zip(starts, lengths, strict=True):
+                if start != end:
+                    break
+                end += length
+            else:
+                if end == total:
+                    starts = None  # every row of the packed tensor, in order
+        if starts is None:
+            seq_t, pos_t = torch.tensor([seq, pos], dtype=torch.int64, device=device).unbind(0)
+            return cls(seq_t, pos_t, len(lengths), max_len)
+        rows = [start + p for start, length in zip(starts, lengths, strict=True) for p in range(length)]
+        seq_t, pos_t, rows_t = torch.tensor([seq, pos, rows], dtype=torch.int64, device=device).unbind(0)
+        return cls(seq_t, pos_t, len(lengths), max_len, rows_t)
+
+    @classmethod
+    def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, total: int, max_len: int) -> "PaddedLayout":
+        """Device route: the layout of the offsets ``cu_seqlens`` (int32 ``[N+1]``) by tensor ops on their device,
+        nothing read back; ``total`` (``cu_seqlens[-1]``) and ``max_len`` (at least the longest sequence) are the
+        caller's host ints (unchecked: a wrong one gives a wrong layout)."""
+        starts = cu_seqlens[:-1].long()
+        seq = torch.repeat_interleave(cu_seqlens.diff().long(), output_size=total)
+        pos = torch.arange(total, device=cu_seqlens.device).sub_(starts[seq])
+        return cls(seq, pos, cu_seqlens.shape[0] - 1, max_len)
+
+    @classmethod
+    def of(cls, cu_seqlens: torch.Tensor, total: int, max_len: int = -1) -> "PaddedLayout":
+        """The layout of ``cu_seqlens`` by the route :func:`alarm_kernels._utils.offsets_on_host` picks: the offsets
+        read on the host (CPU) or tensor ops on their device (``max_len`` < 0 is then read: one host read)."""
+        if _utils.offsets_on_host(cu_seqlens):
+            bounds = cu_seqlens.tolist()
+            return cls.from_lengths([b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)], cu_seqlens.device,
+                                    max_len)
+        if max_len < 0:
+            max_len = max_seqlen(cu_seqlens)
+        return cls.from_cu_seqlens(cu_seqlens, total, max_len)
+
+    def pad(self, x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+        """Packed ``x [total, ...]`` (any strides; the full packed tensor when ``rows`` is set) -> fresh
+        ``[n, max_len, ...]``, ``value`` past each sequence's end."""
+        shape = (self.n, self.max_len) + tuple(x.shape[1:])
+        padded = x.new_zeros(shape) if value == 0 else x.new_full(shape, value)
+        padded[self.seq, self.pos] = x if self.rows is None else x.index_select(0, self.rows)
+        return padded
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
+        """The covered rows of ``padded [n, max_len, ...]`` (any strides) as a fresh packed ``[total, ...]``."""
+        return padded[self.seq, self.pos]
+
+    def unpad_into(self, packed: torch.Tensor, padded: torch.Tensor) -> None:
+        """Write the covered rows of ``padded [n, max_len, ...]`` into their rows of ``packed`` (in place)."""
+        if self.rows is None:
+            packed.copy_(padded[self.seq, self.pos])
+        else:
+            packed.index_copy_(0, self.rows, padded[self.seq, self.pos])
+
+    def mask(self) -> torch.Tensor:
+        """bool ``[n, max_len]``: True on the rows that hold a packed row."""
+        valid = torch.zeros(self.n, self.max_len, dtype=torch.bool, device=self.seq.device)
+        valid[self.seq, self.pos] = True
+        return valid

@@ -126,9 +126,9 @@ def test_no_gradient_materialized_for_offsets_or_lse(monkeypatch):
         spec = op.spec
         original = spec.gradients
 
-        def recording(ctx, backward, *grads, original=original, label=label):
+        def recording(ctx, saved, backward, *grads, original=original, label=label):
             seen[label] = grads[1:]
-            return original(ctx, backward, *grads)
+            return original(ctx, saved, backward, *grads)
 
         monkeypatch.setattr(op, "spec", type(spec)(**{**spec.__dict__, "gradients": recording}))
     for _, run in _cases([4, 0, 7], torch.float32):

@@ -37,12 +37,12 @@ def _fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causa
 def _save(ctx, inputs, output):
     q, k, v, cu_q, cu_k = inputs[:5]
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
     ctx.args = inputs[5:]  # max_q, max_k, causal, scale, deterministic, dropout_p, seed, offset
+    return q, k, v, out, lse, cu_q, cu_k
 
 
-def _gradients(ctx, backward, grad_out, _grad_lse):
-    dq, dk, dv = backward(grad_out.contiguous(), *ctx.saved_tensors, *ctx.args)
+def _gradients(ctx, saved, backward, grad_out, _grad_lse):
+    dq, dk, dv = backward(grad_out.contiguous(), *saved, *ctx.args)
     return (dq, dk, dv) + (None,) * (len(ctx.args) + 2)
 
 

@@ -39,7 +39,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .._utils import empty_output
+from .._utils import as_dtype, empty_output
+from ..varlen import PaddedLayout
 
 _FUSED_CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -150,75 +151,51 @@ def _use_padded(seqs: List[Tuple[int, int, int, int]], runs: int, width: int) ->
 
 
 class _Padded:
-    """All sequences of one padded fused call: gathers packed rows into ``[n, H, L, D]`` (zeros past each
-    sequence's end) and scatters results back. Padded keys are masked out (additive ``-inf``); padded
-    query rows see the valid keys, so nothing produces NaN, and their zero ``dO`` adds no gradient."""
+    """All sequences of one padded fused call: where their query and key rows sit in the padded batch (``q``, ``k``:
+    :class:`alarm_kernels.varlen.PaddedLayout`, zeros past each sequence's end) and the additive key mask ``mask``
+    ``[n, 1, Lq, Lk]``. Padded keys are masked out (``-inf``); padded query rows see the valid keys, so nothing
+    produces NaN, and their zero ``dO`` adds no gradient. Tensors are padded heads-first: ``[n, H, L, D]``."""
 
     def __init__(self, seqs: List[Tuple[int, int, int, int]], causal: bool, dtype: torch.dtype, device: torch.device,
                  total_q: int, total_k: int):
-        q0, k0, lq, lk = (torch.tensor(col, dtype=torch.int64, device=device) for col in zip(*seqs, strict=True))
-        self.n, self.lq, self.lk = len(seqs), int(lq.max()), int(lk.max())
-        self.q_src, self.q_seq, self.q_pos = self._index(q0, lq)
-        self.k_src, self.k_seq, self.k_pos = self._index(k0, lk)
-        # the padded call covers every packed row in order (no other run): gathers and scatters skip the row index
-        self.q_all = self._covers(self.q_src, total_q)
-        self.k_all = self._covers(self.k_src, total_k)
-        rows = torch.arange(self.lq, device=device)[None, :, None]
-        cols = torch.arange(self.lk, device=device)[None, None, :]
-        visible = cols < lk[:, None, None]
+        q0, k0, lq, lk = (list(col) for col in zip(*seqs, strict=True))
+        self.q = PaddedLayout.from_lengths(lq, device, starts=q0, total=total_q)
+        self.k = PaddedLayout.from_lengths(lk, device, starts=k0, total=total_k)
+        # the call covers every packed query (key) row in order: no other run, no row index to apply
+        self.q_all, self.k_all = self.q.rows is None, self.k.rows is None
+        rows = torch.arange(self.q.max_len, device=device)[None, :, None]
+        cols = torch.arange(self.k.max_len, device=device)[None, None, :]
+        lq_t, lk_t = (torch.tensor(lengths, device=device)[:, None, None] for lengths in (lq, lk))
+        visible = cols < lk_t
         if causal:
-            visible = visible & (cols <= rows + (lk - lq)[:, None, None])
+            visible = visible & (cols <= rows + (lk_t - lq_t))
         zero = torch.zeros((), dtype=dtype, device=device)
         self.mask = torch.where(visible, zero, -math.inf)[:, None]
 
-    def _index(self, starts: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Per valid row: its packed row, its sequence among the n and its position in that sequence."""
-        seq = torch.repeat_interleave(torch.arange(self.n, device=starts.device), lengths)
-        within = torch.arange(seq.numel(), device=starts.device) - (torch.cumsum(lengths, 0) - lengths)[seq]
-        return starts[seq] + within, seq, within
-
-    @staticmethod
-    def _covers(src: Tensor, total: int) -> bool:
-        return src.numel() == total and bool(torch.equal(src, torch.arange(total, device=src.device)))
-
     def pad(self, x: Tensor, keys: bool) -> Tensor:
         """Rows of packed ``x [T, H, D]`` as ``[n, H, L, D]`` (L = longest query or key sequence)."""
-        src, seq, pos, longest, every = ((self.k_src, self.k_seq, self.k_pos, self.lk, self.k_all) if keys
-                                         else (self.q_src, self.q_seq, self.q_pos, self.lq, self.q_all))
-        padded = x.new_zeros((self.n, longest) + tuple(x.shape[1:]))
-        padded[seq, pos] = x if every else x.index_select(0, src)
-        return padded.transpose(1, 2)
+        return (self.k if keys else self.q).pad(x).transpose(1, 2)
 
     def unpad(self, padded: Tensor, keys: bool) -> Tensor:
         """The valid rows of ``padded [n, H, L, D]`` as a fresh packed tensor (in packed order when the call covers
         every row: ``q_all`` / ``k_all``)."""
-        seq, pos = (self.k_seq, self.k_pos) if keys else (self.q_seq, self.q_pos)
-        return padded.transpose(1, 2)[seq, pos]
+        return (self.k if keys else self.q).unpad(padded.transpose(1, 2))
 
     def unpad_into(self, full: Tensor, padded: Tensor, keys: bool) -> None:
         """Write the valid rows of ``padded [n, H, L, D]`` into packed ``full [T, H, D]``."""
-        src, every = (self.k_src, self.k_all) if keys else (self.q_src, self.q_all)
-        rows = self.unpad(padded, keys)
-        if every:
-            full.copy_(rows)
-        else:
-            full.index_copy_(0, src, rows)
+        (self.k if keys else self.q).unpad_into(full, padded.transpose(1, 2))
+
+    def pad_lse(self, lse: Tensor) -> Tensor:
+        """The query rows of ``lse [H, T]`` as ``[n, H, Lq]``."""
+        return self.q.pad(lse.t()).transpose(1, 2)
 
     def unpad_lse(self, padded: Tensor) -> Tensor:
         """The valid rows of ``padded [n, H, L]`` as a fresh contiguous ``[H, T]`` (the call covers every row)."""
-        return padded.transpose(1, 2)[self.q_seq, self.q_pos].t().contiguous()
-
-    def pad_lse(self, lse: Tensor) -> Tensor:
-        padded = lse.new_zeros((self.n, self.lq, lse.shape[0]))
-        padded[self.q_seq, self.q_pos] = (lse if self.q_all else lse.index_select(1, self.q_src)).t()
-        return padded.transpose(1, 2)
+        return self.q.unpad(padded.transpose(1, 2)).t().contiguous()
 
     def unpad_lse_into(self, lse: Tensor, padded: Tensor) -> None:
-        rows = padded.transpose(1, 2)[self.q_seq, self.q_pos].t()
-        if self.q_all:
-            lse.copy_(rows)
-        else:
-            lse.index_copy_(1, self.q_src, rows)
+        """Write the valid rows of ``padded [n, H, L]`` into ``lse [H, T]``."""
+        self.q.unpad_into(lse.t(), padded.transpose(1, 2))
 
 
 @functools.lru_cache(maxsize=16)
@@ -313,24 +290,32 @@ def _plain_backward(grad_out, q, k, v, out, dq, dk, dv, q0, q1, k0, k1, causal, 
     dk[k0:k1] = torch.einsum("hgqk,qhgd->khd", ds, qi) * scale
 
 
+# The padded call's inputs and outputs are kept for the backward while their bytes stay under this: at such sizes
+# padding them again costs more host time than the op's whole plain-PyTorch equivalent; above it the copies would
+# double the activation memory the op keeps, and padding again is small beside the attention itself.
+KEEP_PADDED_BYTES = 2**20
+
+
 def forward_saving(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
     max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float, deterministic: bool = False,
     dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0, *, plain: bool = False,
-) -> Tuple[Tuple[Tensor, Tensor], Optional[Tuple[Tensor, ...]]]:
-    """:func:`forward`'s outputs and what :func:`backward` takes as ``saved``: the padded call's inputs and
-    outputs (q, k, v, out, lse in its layout), or None when no padded call ran."""
+) -> Tuple[Tuple[Tensor, Tensor], Tuple[Tuple[Tensor, ...], None]]:
+    """:func:`forward`'s outputs and what :func:`backward` takes as ``saved``: ``((qp, kp, vp, o, lse_pad), None)``,
+    the padded call's inputs and outputs, when one ran and they hold at most ``KEEP_PADDED_BYTES``; else
+    ``((), None)`` (the backward pads them again)."""
     dropout = (dropout_p, dropout_seed, dropout_offset) if dropout_p > 0 else None
     runs, padded = _plan_for(q, cu_seqlens_q, cu_seqlens_k, causal, plain or dropout is not None)
     fused_fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    saved = None
+    kept = ()
     if padded is not None:
         qp, kp, vp = padded.pad(q, False), padded.pad(k, True), padded.pad(v, True)
         o, lse_pad = fused_fwd(qp, kp, vp, 0.0, False, attn_mask=padded.mask, scale=softmax_scale)
-        saved = (qp, kp, vp, o, lse_pad)
+        if sum(t.nbytes for t in (qp, kp, vp, o, lse_pad)) <= KEEP_PADDED_BYTES:
+            kept = (qp, kp, vp, o, lse_pad)
     if padded is not None and padded.q_all:  # one padded call made every output row: gather them, nothing else
-        out = padded.unpad(o, False).to(q.dtype)  # no-op unless an autocast changed the fused call's dtype
-        lse = padded.unpad_lse(lse_pad).to(lse_dtype(q.dtype))
+        out = as_dtype(padded.unpad(o, False), q.dtype)  # a cast only when an autocast changed the fused call's dtype
+        lse = as_dtype(padded.unpad_lse(lse_pad), lse_dtype(q.dtype))
     else:
         out = empty_output(q.shape, q.dtype, q.device)
         lse = empty_output((q.shape[1], q.shape[0]), lse_dtype(q.dtype), q.device)
@@ -351,7 +336,7 @@ def forward_saving(
             for s in range(n):
                 _plain_forward(q, k, v, out, lse, q0 + s * lq, q0 + (s + 1) * lq, k0 + s * lk, k0 + (s + 1) * lk,
                                causal, softmax_scale, dropout)
-    return (out, lse), saved
+    return (out, lse), (kept, None)
 
 
 def forward(
@@ -381,7 +366,7 @@ def backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
     causal: bool, softmax_scale: float, deterministic: bool, dropout_p: float = 0.0, dropout_seed: int = 0,
-    dropout_offset: int = 0, *, plain: bool = False, saved: Optional[Tuple[Tensor, ...]] = None,
+    dropout_offset: int = 0, *, plain: bool = False, saved: Optional[Tuple[Tuple[Tensor, ...], None]] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Packed attention backward (always deterministic).
 
@@ -389,7 +374,7 @@ def backward(
         grad_out: ``[total_q, Hq, D]``; q, k, v, out, lse as given to / returned by :func:`forward`
             (the plain formula recomputes the probabilities instead of reading ``lse``).
         dropout_p, dropout_seed, dropout_offset, plain: as for :func:`forward` (the same mask is regenerated).
-        saved: from :func:`forward_saving` (the padded call's tensors are padded again when None).
+        saved: from :func:`forward_saving` (the padded call's tensors are padded again when it kept none).
     Returns:
         ``(dq [total_q, Hq, D], dk [total_k, Hkv, D], dv [total_k, Hkv, D])`` in the input dtype.
     """
@@ -398,12 +383,13 @@ def backward(
     fused_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
     grads = None
     if padded is not None:
-        if saved is None:
-            saved = (padded.pad(q, False), padded.pad(k, True), padded.pad(v, True), padded.pad(out, False),
-                     padded.pad_lse(lse))
-        grads = fused_bwd(padded.pad(grad_out, False), *saved, 0.0, False, attn_mask=padded.mask, scale=softmax_scale)
+        kept = saved[0] if saved is not None else ()
+        if not kept:  # the forward kept no padded copies (too large, or no eager forward): pad them again
+            kept = (padded.pad(q, False), padded.pad(k, True), padded.pad(v, True), padded.pad(out, False),
+                    padded.pad_lse(lse))
+        grads = fused_bwd(padded.pad(grad_out, False), *kept, 0.0, False, attn_mask=padded.mask, scale=softmax_scale)
     if grads is not None and padded.q_all and padded.k_all:  # the padded call covered every row: gather them
-        dq, dk, dv = (padded.unpad(g, keys).to(x.dtype)
+        dq, dk, dv = (as_dtype(padded.unpad(g, keys), x.dtype)
                       for g, keys, x in zip(grads, (False, True, True), (q, k, v), strict=True))
     else:
         dq = empty_output(q.shape, q.dtype, q.device)

@@ -50,12 +50,11 @@ def _save(ctx, inputs, output):
     ctx.need_weight_grad = weight is not None and bool(weight.requires_grad)
     ctx.need_bias_grad = bias is not None and bool(bias.requires_grad)
     ctx.has_weight = weight is not None
-    ctx.save_for_backward(*streams, *cu_seqlens, cu_y, *([weight] if weight is not None else []))
+    return (*streams, *cu_seqlens, cu_y, *([weight] if weight is not None else []))
 
 
-def _gradients(ctx, backward, grad_y, _grad_cu_y):
+def _gradients(ctx, saved, backward, grad_y, _grad_cu_y):
     e = ctx.num_streams
-    saved = ctx.saved_tensors
     streams, cu_seqlens, cu_y = list(saved[:e]), list(saved[e : 2 * e]), saved[2 * e]
     weight = saved[2 * e + 1] if ctx.has_weight else None
     grads = list(backward(grad_y.contiguous(), streams, cu_seqlens, cu_y, weight, ctx.stream_grads,

@@ -21,8 +21,9 @@ from torch import Tensor
 from .. import _utils
 from ..varlen import cu_seqlens_to_seqlens
 
-# each stream's output rows (int64 [total_e]) and the materialized concatenation (None without a weight)
-Saved = Tuple[List[Tensor], Optional[Tensor]]
+# what forward_saving keeps for the backward: ((each stream's output rows int64 [total_e]..., the materialized
+# concatenation or None without a weight), no non-tensor values)
+Saved = Tuple[Tuple[Optional[Tensor], ...], None]
 
 
 def output_cu_seqlens(cu_seqlens: Sequence[Tensor]) -> Tensor:
@@ -85,8 +86,8 @@ def forward_saving(
     total_y = int(cu_y[-1]) if total_y < 0 else total_y
     cat = _concat(streams, rows, total_y)
     if weight is None:
-        return (cat, cu_y), (rows, None)
-    return (F.linear(cat, weight, bias), cu_y), (rows, cat)
+        return (cat, cu_y), ((*rows, None), None)
+    return (F.linear(cat, weight, bias), cu_y), ((*rows, cat), None)
 
 
 def forward(
@@ -121,7 +122,10 @@ def backward(
     ``grad_streams[e] = grad_C[rows_e, off_e:off_e + D_e]``, ``grad_weight = grad_y^T @ C``,
     ``grad_bias = grad_y.sum(0)``. ``saved``: from :func:`forward_saving` (recomputed when None).
     """
-    rows, cat = (_layout(cu_seqlens, [x.shape[0] for x in streams])[1], None) if saved is None else saved
+    if saved is None:
+        rows, cat = _layout(cu_seqlens, [x.shape[0] for x in streams])[1], None
+    else:
+        *rows, cat = saved[0]
     grad_c = grad_y @ weight if weight is not None else grad_y
     grads: List[Tensor] = []
     offset = 0

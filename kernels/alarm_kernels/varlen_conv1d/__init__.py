@@ -47,14 +47,14 @@ def _backward_fake(grad_y, x, cu_seqlens, cu_y, weight, pre, stride, padding, ac
 def _save(ctx, inputs, output):
     x, cu_seqlens, weight, bias, stride, padding, activation, _total_out, max_len = inputs
     _, cu_y, pre = output
-    ctx.save_for_backward(x, cu_seqlens, cu_y, weight, pre)
     ctx.stride, ctx.padding, ctx.activation, ctx.max_len = stride, padding, activation, max_len
     ctx.need_dx, ctx.need_dw = x.requires_grad, weight.requires_grad
     ctx.need_db = bias is not None and bias.requires_grad
+    return x, cu_seqlens, cu_y, weight, pre
 
 
-def _gradients(ctx, backward, grad_y, _grad_cu_y, _grad_pre):
-    x, cu_seqlens, cu_y, weight, pre = ctx.saved_tensors
+def _gradients(ctx, saved, backward, grad_y, _grad_cu_y, _grad_pre):
+    x, cu_seqlens, cu_y, weight, pre = saved
     need_dx, need_dw, need_db = ctx.need_dx, ctx.need_dw, ctx.need_db
     grad_x, grad_w, grad_b = backward(
         grad_y.contiguous(), x, cu_seqlens, cu_y, weight, pre, ctx.stride, ctx.padding, ctx.activation,

@@ -9,15 +9,16 @@ autograd inside.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from itertools import accumulate
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _utils
-from .._utils import empty_output
-from ..varlen import cu_seqlens_to_seqlens
+from .._utils import as_dtype, empty_output
+from ..varlen import PaddedLayout, cu_seqlens_to_seqlens, max_seqlen
 
 
 def conv_out_lengths(lengths: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
@@ -45,86 +46,54 @@ def phase_offsets(cu_seqlens: Tensor, stride: int, padding: int) -> Tensor:
     return cu_ph
 
 
-def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
-
-class _Layout:
-    """Where the packed frames sit in the zero-padded batch: ``[N, T, C]`` in, ``[N, T_out, C]`` out (``T`` at least
-    k, so conv1d is defined). The frames' (sequence, position) pairs are index tensors built from offsets read on
-    the host, or bool masks ``[N, T]`` derived on the device (:func:`alarm_kernels._utils.offsets_on_host`)."""
-
-    def __init__(self, cu_seqlens: Tensor, cu_y: Tensor, kernel_size: int, stride: int, padding: int,
-                 max_len: int = -1, host: Optional[Tuple[List[int], List[int]]] = None):
-        if host is not None:  # (input offsets, output offsets) as ints
-            bounds, out_bounds = host
-            lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-            max_len = max(lengths, default=0) if max_len < 0 else max_len
-            self.n, self.t_in = len(lengths), max(max_len, kernel_size)
-            self.t_out = (self.t_in + 2 * padding - kernel_size) // stride + 1
-            self.where_in = self._pairs(bounds, cu_seqlens.device)
-            self.where_out = self._pairs(out_bounds, cu_seqlens.device)
-            return
-        lengths = cu_seqlens_to_seqlens(cu_seqlens)
-        if max_len < 0:
-            max_len = int(lengths.max()) if lengths.numel() else 0
-        self.n, self.t_in = lengths.numel(), max(max_len, kernel_size)
-        self.t_out = (self.t_in + 2 * padding - kernel_size) // stride + 1
-        positions = torch.arange(max(self.t_in, self.t_out), device=cu_seqlens.device)[None, :]
-        self.where_in = positions[:, :self.t_in] < lengths[:, None]
-        self.where_out = positions[:, :self.t_out] < cu_seqlens_to_seqlens(cu_y)[:, None]
-
-    @staticmethod
-    def _pairs(bounds: List[int], device: torch.device) -> Tuple[Tensor, ...]:
-        seq, pos = [], []
-        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            seq += [i] * (b - a)
-            pos += range(b - a)
-        return tuple(torch.tensor([seq, pos], dtype=torch.int64, device=device).unbind(0))
-
-    def pad(self, x: Tensor, out: bool = False) -> Tensor:
-        """Packed ``[total, C]`` -> zero-padded ``[N, T, C]`` (``T_out`` rows for ``out``)."""
-        padded = x.new_zeros(self.n, self.t_out if out else self.t_in, x.shape[1])
-        padded[self.where_out if out else self.where_in] = x
-        return padded
-
-    def unpad(self, y: Tensor, out: bool = True) -> Tensor:
-        """NCT ``[N, C, T_out]`` (``T`` for not ``out``) -> packed ``[total, C]``."""
-        return y.transpose(1, 2)[self.where_out if out else self.where_in]
-
-
-def _layout(cu_seqlens: Tensor, kernel_size: int, stride: int, padding: int, max_len: int = -1
-            ) -> Tuple[Tensor, _Layout]:
-    """(int32 output offsets, the padded layout) by the route for these offsets."""
+def _layouts(cu_seqlens: Tensor, total: int, kernel_size: int, stride: int, padding: int, total_y: int = -1,
+             max_len: int = -1) -> Tuple[Tensor, PaddedLayout, PaddedLayout]:
+    """(int32 output offsets, where the input frames sit in the zero-padded ``[N, T, C_in]`` batch, where the output
+    frames sit in ``[N, T_out, C_out]``) by the route for these offsets (``T`` at least k, so conv1d is defined;
+    ``total_y``, ``max_len`` < 0: read from the device on the device route)."""
     if _utils.offsets_on_host(cu_seqlens):
         bounds = cu_seqlens.tolist()
-        out_bounds = [0]
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            out_bounds.append(out_bounds[-1] + (max(0, (b - a + 2 * padding - kernel_size) // stride + 1) if b > a
-                                                else 0))
-        cu_y = torch.tensor(out_bounds, dtype=torch.int32, device=cu_seqlens.device)
-        return cu_y, _Layout(cu_seqlens, cu_y, kernel_size, stride, padding, max_len, (bounds, out_bounds))
+        lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        out_lengths = [max(0, (n + 2 * padding - kernel_size) // stride + 1) if n else 0 for n in lengths]
+        t_in = max(max(lengths, default=0) if max_len < 0 else max_len, kernel_size)
+        t_out = (t_in + 2 * padding - kernel_size) // stride + 1
+        cu_y = torch.tensor(list(accumulate(out_lengths, initial=0)), dtype=torch.int32, device=cu_seqlens.device)
+        return (cu_y, PaddedLayout.from_lengths(lengths, cu_seqlens.device, t_in),
+                PaddedLayout.from_lengths(out_lengths, cu_seqlens.device, t_out))
     cu_y = conv_cu_seqlens(cu_seqlens, kernel_size, stride, padding)
-    return cu_y, _Layout(cu_seqlens, cu_y, kernel_size, stride, padding, max_len)
+    t_in = max(max_seqlen(cu_seqlens) if max_len < 0 else max_len, kernel_size)
+    t_out = (t_in + 2 * padding - kernel_size) // stride + 1
+    total_y = int(cu_y[-1]) if total_y < 0 else total_y
+    return (cu_y, PaddedLayout.from_cu_seqlens(cu_seqlens, total, t_in),
+            PaddedLayout.from_cu_seqlens(cu_y, total_y, t_out))
+
+
+# what forward_saving keeps for the backward: ((the padded input [N, C_in, T] or None, then the input and the output
+# layouts' sequence and position indices), (N, T, T_out)); empty without output frames
+Saved = Tuple[Tuple[Optional[Tensor], ...], Optional[Tuple[int, int, int]]]
 
 
 def forward_saving(
     x: Tensor, cu_seqlens: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int, activation: str,
     total_y: int = -1, max_len: int = -1,
-) -> Tuple[Tuple[Tensor, Tensor, Tensor], Tuple[_Layout, Optional[Tensor]]]:
-    """:func:`forward`'s outputs and what :func:`backward` takes as ``saved`` (the layout and the padded input)."""
+) -> Tuple[Tuple[Tensor, Tensor, Tensor], Saved]:
+    """:func:`forward`'s outputs and what :func:`backward` takes as ``saved`` (the layouts and the padded input)."""
     c_out, _, k = weight.shape
-    cu_y, layout = _layout(cu_seqlens, k, stride, padding, max_len)
-    total_y = int(cu_y[-1]) if total_y < 0 else total_y
+    cu_y, layout, layout_out = _layouts(cu_seqlens, x.shape[0], k, stride, padding, total_y, max_len)
+    total_y = layout_out.total
     if total_y == 0:
         pre = empty_output((0, c_out), x.dtype, x.device)
-        return (empty_output((0, c_out), x.dtype, x.device), cu_y, pre), (layout, None)
+        return (empty_output((0, c_out), x.dtype, x.device), cu_y, pre), ((), None)
     x_pad = layout.pad(x).transpose(1, 2)  # [N, C_in, T]
-    z = layout.unpad(F.conv1d(x_pad, weight, bias, stride=stride, padding=padding))  # [N, C_out, T_out] -> packed
+    # [N, C_out, T_out] -> packed
+    z = layout_out.unpad(F.conv1d(x_pad, weight, bias, stride=stride, padding=padding).transpose(1, 2))
+    saved = ((x_pad, layout.seq, layout.pos, layout_out.seq, layout_out.pos),
+             (layout.n, layout.max_len, layout_out.max_len))
     # outputs in x's dtype (under autocast the conv runs in lower precision; GELU on its output, then the cast)
     if activation == "gelu":
-        return (_as(F.gelu(z), x.dtype), cu_y, _as(z, x.dtype)), (layout, x_pad)
-    return (_as(z, x.dtype), cu_y, empty_output((0, c_out), x.dtype, x.device)), (layout, x_pad)
+        return (as_dtype(F.gelu(z), x.dtype), cu_y, as_dtype(z, x.dtype)), saved
+    return (as_dtype(z, x.dtype), cu_y, empty_output((0, c_out), x.dtype, x.device)), saved
 
 
 def forward(
@@ -159,7 +128,7 @@ def backward(
     need_dw: bool,
     max_len: int = -1,
     *,
-    saved: Optional[Tuple[_Layout, Optional[Tensor]]] = None,
+    saved: Optional[Saved] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Explicit backward (``max_len`` as in :func:`forward`). ``grad_pre = grad_y * gelu'(pre)`` (or grad_y), then
     ``grad_x = conv1d_input(grad_pre)``, ``grad_w = conv1d_weight(x, grad_pre)``, ``grad_b = sum_t grad_pre``.
@@ -173,16 +142,21 @@ def backward(
     grad_b = grad_pre.sum(0)
     if grad_pre.shape[0] == 0:
         return (x.new_zeros(x.shape[0] if need_dx else 0, c_in), x.new_zeros(c_out if need_dw else 0, c_in, k),
-                _as(grad_b, x.dtype))
-    layout, x_pad = (_layout(cu_seqlens, k, stride, padding, max_len)[1], None) if saved is None else saved
-    g_pad = layout.pad(grad_pre, out=True).transpose(1, 2).contiguous()  # [N, C_out, T_out]
+                as_dtype(grad_b, x.dtype))
+    if saved is None:
+        _, layout, layout_out = _layouts(cu_seqlens, x.shape[0], k, stride, padding, grad_pre.shape[0], max_len)
+        x_pad = None
+    else:
+        (x_pad, seq, pos, seq_out, pos_out), (n, t_in, t_out) = saved
+        layout, layout_out = PaddedLayout(seq, pos, n, t_in), PaddedLayout(seq_out, pos_out, n, t_out)
+    g_pad = layout_out.pad(grad_pre).transpose(1, 2).contiguous()  # [N, C_out, T_out]
     # one convolution_backward for both gradients, as autograd runs it for nn.Conv1d, on contiguous NCT
     # tensors (strided ones take a path several times slower on CPU)
     if need_dw:
         x_pad = (layout.pad(x).transpose(1, 2) if x_pad is None else x_pad).contiguous()
     else:
-        x_pad = x.new_zeros(layout.n, c_in, layout.t_in)
+        x_pad = x.new_zeros(layout.n, c_in, layout.max_len)
     gx, gw, _ = torch.ops.aten.convolution_backward(g_pad, x_pad, weight, None, [stride], [padding], [1], False, [0],
                                                     1, [need_dx, need_dw, False])
-    grad_x = _as(layout.unpad(gx, out=False), x.dtype) if need_dx else x.new_empty(0, c_in)
-    return grad_x, _as(gw, x.dtype) if need_dw else x.new_empty(0, c_in, k), _as(grad_b, x.dtype)
+    grad_x = as_dtype(layout.unpad(gx.transpose(1, 2)), x.dtype) if need_dx else x.new_empty(0, c_in)
+    return grad_x, as_dtype(gw, x.dtype) if need_dw else x.new_empty(0, c_in, k), as_dtype(grad_b, x.dtype)

@@ -33,12 +33,12 @@ def _fake(x, cu_seqlens, ratio, mode, total_out):
 def _save(ctx, inputs, output):
     x, cu_seqlens, ratio, mode, _total_out = inputs
     y, cu_y = output
-    ctx.save_for_backward(x, y, cu_seqlens, cu_y)
     ctx.ratio, ctx.mode = ratio, mode
+    return x, y, cu_seqlens, cu_y
 
 
-def _gradients(ctx, backward, grad_y, _grad_cu_y):
-    x, y, cu_seqlens, cu_y = ctx.saved_tensors
+def _gradients(ctx, saved, backward, grad_y, _grad_cu_y):
+    x, y, cu_seqlens, cu_y = saved
     return backward(grad_y.contiguous(), x, y, cu_seqlens, cu_y, ctx.ratio, ctx.mode), None, None, None, None
 
 

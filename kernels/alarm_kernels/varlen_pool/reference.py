@@ -33,8 +33,9 @@ from .. import _utils
 # most elements of x pooled by segment_reduce; larger inputs take the index route. On the 2-core dev CPU
 # (OMP_NUM_THREADS=1) both routes cost the same near 2**15 elements (forward + backward); past that the index route wins
 SEGMENT_ELEMENTS = 2**15
-# what forward_saving keeps for the backward: (frames per window int64 [total_y], window index int64 [total] or None)
-Saved = Tuple[Tensor, Optional[Tensor]]
+# what forward_saving keeps for the backward: ((frames per window int64 [total_y], window index int64 [total] or
+# None), no non-tensor values)
+Saved = Tuple[Tuple[Tensor, Optional[Tensor]], None]
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -95,11 +96,11 @@ def forward_saving(x: Tensor, cu_seqlens: Tensor, ratio: int, mode: str, total_y
             y = torch.segment_reduce(x.float(), "mean", lengths=lengths, unsafe=True).to(x.dtype)
         else:
             y = torch.segment_reduce(x, mode, lengths=lengths, unsafe=True)
-        return (y, cu_y), (lengths, None)
+        return (y, cu_y), ((lengths, None), None)
     index = _window_index(lengths, x.shape[0])
     y = x.new_zeros(lengths.shape[0], x.shape[1]).scatter_reduce(
         0, index[:, None].expand(-1, x.shape[1]), x, "mean" if mode == "mean" else "amax", include_self=False)
-    return (y, cu_y), (lengths, index)
+    return (y, cu_y), ((lengths, index), None)
 
 
 def forward(x: Tensor, cu_seqlens: Tensor, ratio: int, mode: str, total_y: int = -1) -> Tuple[Tensor, Tensor]:
@@ -116,7 +117,7 @@ def backward(grad_y, x, y, cu_seqlens, cu_y, ratio: int, mode: str, *, saved: Op
         lengths = _windows(cu_seqlens, ratio, y.shape[0])[1]
         index = None if segment_route(x) else _window_index(lengths, x.shape[0])
     else:
-        lengths, index = saved
+        lengths, index = saved[0]
     if index is None:
         if mode == "mean":
             return torch.ops.aten._segment_reduce_backward(grad_y, y, x, "mean", lengths=lengths)

@@ -34,11 +34,11 @@ _MANY = {"cuda": f"more than {CUDA_MAX_LAYERS} layers"}
 def _save(ctx, inputs, output):
     layers, logits = inputs
     ctx.layer_grads = [bool(x.requires_grad) for x in layers]
-    ctx.save_for_backward(logits, *layers)
+    return (logits, *layers)
 
 
-def _gradients(ctx, backward, grad_y):
-    logits, *layers = ctx.saved_tensors
+def _gradients(ctx, saved, backward, grad_y):
+    logits, *layers = saved
     need_layer_grads = any(ctx.layer_grads)
     grad_logits, grad_layers = backward(grad_y.contiguous(), layers, logits, need_layer_grads)
     if need_layer_grads:

@@ -22,17 +22,17 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .._utils import as_dtype
+
 # most elements (k x layer size) stacked into one [k, ...] tensor (256 KiB in fp32); larger layers stream. Where the
 # stacked route stops paying: on the 2-core dev CPU (OMP_NUM_THREADS=1) both routes cost the same near 2**16 elements
 # (forward + backward); past that streaming is faster
 STACKED_ELEMENTS = 2**16
 
-# what forward_saving keeps for the backward: (softmax weights [k], the stacked layers [k, ...] or None)
-Saved = Tuple[Tensor, Optional[Tensor]]
+# what forward_saving keeps for the backward: ((softmax weights [k], the stacked layers [k, ...] or None), no
+# non-tensor values)
+Saved = Tuple[Tuple[Tensor, Optional[Tensor]], None]
 
-
-def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
-    return x if x.dtype == dtype else x.to(dtype)
 
 
 def accumulate_dtype(layers: Sequence[Tensor], logits: Tensor) -> torch.dtype:
@@ -48,16 +48,16 @@ def stacked_route(layers: Sequence[Tensor]) -> bool:
 def forward_saving(layers: Sequence[Tensor], logits: Tensor) -> Tuple[Tensor, Saved]:
     """:func:`forward`'s output and what :func:`backward` takes as ``saved``."""
     acc_dtype = accumulate_dtype(layers, logits)
-    w = torch.softmax(_as(logits, acc_dtype), 0)
+    w = torch.softmax(as_dtype(logits, acc_dtype), 0)
     if stacked_route(layers):
         stack = torch.stack(list(layers))
         # w [k, 1, ...] in acc_dtype times the stack: the products are in acc_dtype (type promotion)
         y = w.view((-1,) + (1,) * layers[0].dim()).mul(stack).sum(0)
-        return _as(y, layers[0].dtype), (w, stack)
-    acc = _as(layers[0], acc_dtype) * w[0]
+        return as_dtype(y, layers[0].dtype), ((w, stack), None)
+    acc = as_dtype(layers[0], acc_dtype) * w[0]
     for j in range(1, len(layers)):
-        acc.add_(_as(layers[j], acc_dtype) * w[j])
-    return _as(acc, layers[0].dtype), (w, None)
+        acc.add_(as_dtype(layers[j], acc_dtype) * w[j])
+    return as_dtype(acc, layers[0].dtype), ((w, None), None)
 
 
 def forward(layers: Sequence[Tensor], logits: Tensor) -> Tensor:
@@ -78,17 +78,18 @@ def backward(
     """
     acc_dtype = accumulate_dtype(layers, logits)
     if saved is None:
-        w = torch.softmax(_as(logits, acc_dtype), 0)
+        w = torch.softmax(as_dtype(logits, acc_dtype), 0)
         stack = torch.stack(list(layers)) if stacked_route(layers) else None
     else:
-        w, stack = saved
-    gy = _as(grad_y, acc_dtype)
+        w, stack = saved[0]
+    gy = as_dtype(grad_y, acc_dtype)
     if stack is not None:  # [k, ...] * [...]: the products in acc_dtype (type promotion), summed over all but dim 0
         products = stack.mul(gy)
         g = products.sum(tuple(range(1, stack.dim()))) if stack.dim() > 1 else products
     else:
-        g = torch.stack([(_as(x, acc_dtype) * gy).sum() for x in layers])
+        g = torch.stack([(as_dtype(x, acc_dtype) * gy).sum() for x in layers])
     # w * (g - <w, g>): the softmax's own backward kernel, one op
-    grad_logits = _as(torch._softmax_backward_data(g, w, 0, acc_dtype), logits.dtype)
-    grad_layers = [_as(gy * wj, x.dtype) for wj, x in zip(w.unbind(0), layers, strict=True)] if need_layer_grads else []
+    grad_logits = as_dtype(torch._softmax_backward_data(g, w, 0, acc_dtype), logits.dtype)
+    grad_layers = ([as_dtype(gy * wj, x.dtype) for wj, x in zip(w.unbind(0), layers, strict=True)]
+                   if need_layer_grads else [])
     return grad_logits, grad_layers
