@@ -4,8 +4,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import weakref
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -192,6 +193,36 @@ def offsets_on_host(cu_seqlens: torch.Tensor) -> bool:
     tensor ops of the device route) or derive them with tensor ops on the device (no host read: GPUs). Tests
     replace this function to run the device route on CPU."""
     return cu_seqlens.device.type == "cpu"
+
+
+class TensorMemo:
+    """Values derived from tensors (host reads of offsets, masks), reused while the same tensor object, unchanged
+    (same ``_version``), comes back with the same key: a model's layers then read the device once per forward.
+
+    Holds at most ``limit`` entries. When full it first drops the entries of tensors that no longer exist (those of
+    earlier forwards) and forgets everything only if every entry is still alive, so an entry of the forward in flight
+    survives the arrival of a new one (forgetting it would cost one more device read in a later layer)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.entries: Dict[int, tuple] = {}  # id(tensor) -> (weakref, (version, key), value)
+
+    def get_or_compute(self, tensor: torch.Tensor, key: Any, compute: Callable[[], Any]) -> Any:
+        """The value stored for (``tensor``, ``key``), else ``compute()`` stored and returned (always computed while
+        compiling: nothing is kept then)."""
+        if torch.compiler.is_compiling():
+            return compute()
+        tag = (tensor._version, key)
+        hit = self.entries.get(id(tensor))
+        if hit is not None and hit[0]() is tensor and hit[1] == tag:
+            return hit[2]
+        value = compute()
+        if len(self.entries) >= self.limit and id(tensor) not in self.entries:
+            self.entries = {k: e for k, e in self.entries.items() if e[0]() is not None}
+            if len(self.entries) >= self.limit:
+                self.entries.clear()
+        self.entries[id(tensor)] = (weakref.ref(tensor), tag, value)
+        return value
 
 
 def is_compiling() -> bool:

@@ -92,3 +92,34 @@ def test_host_sizes_checked_against_validated_offsets():
         ak.multi_encoder_concat([x], [cu], total_out=7)
     with pytest.raises(ValueError, match="total_out must be an int >= 0"):
         ak.varlen_pool(x, cu, 3, total_out=-1, validate=False)
+
+
+def test_tensor_memo_keeps_live_entries_when_full():
+    """``TensorMemo``: a hit for the same unchanged tensor and key; recomputed after an in-place change or for
+    another key; when full of freed tensors' entries it drops those and keeps the live ones; full of live ones it
+    starts over."""
+    memo = _utils.TensorMemo(limit=4)
+    calls = []
+
+    def compute(value):
+        return lambda: calls.append(value) or value
+
+    live = torch.zeros(3)
+    assert memo.get_or_compute(live, "k", compute(1)) == 1
+    assert memo.get_or_compute(live, "k", compute(2)) == 1 and calls == [1]
+    assert memo.get_or_compute(live, "other", compute(3)) == 3
+    live.add_(1)  # a new version
+    assert memo.get_or_compute(live, "other", compute(4)) == 4 and calls == [1, 3, 4]
+    doomed = [torch.zeros(1) for _ in range(3)]  # alive together, so their ids differ
+    for t in doomed:
+        memo.get_or_compute(t, "k", lambda: None)
+    assert len(memo.entries) == 4
+    newcomer = torch.zeros(2)  # made before they are freed: an id of its own
+    del doomed, t  # the memo is full, three of its entries of freed tensors
+    memo.get_or_compute(newcomer, "k", compute(5))
+    assert memo.get_or_compute(live, "other", compute(6)) == 4, "a live entry was dropped"
+    assert len(memo.entries) == 2
+    others = [torch.zeros(1) for _ in range(4)]
+    for t in others:  # live entries only: the memo starts over rather than grow
+        memo.get_or_compute(t, "k", lambda: None)
+    assert len(memo.entries) <= 4

@@ -9,14 +9,13 @@ resolves the backend and calls the ``torch.library`` custom op ``alarm_kernels::
 from __future__ import annotations
 
 import math
-import weakref
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .._opdef import OpSpec, define_op
-from .._utils import check_tensor
+from .._utils import TensorMemo, check_tensor
 from ..backend import select_backend
 from ..varlen import cu_seqlens_to_seqlens, validate_cu_seqlens
 from .reference import OFFSET_LIMIT, SEED_BITS
@@ -64,9 +63,9 @@ _packed_attention_op = define_op(OpSpec(
 ))
 
 
-# offsets tensors already validated: id -> (weakref, _version, total, longest sequence). A model calls the op
-# once per layer with the same offsets; re-reading them on the host would sync the GPU in every layer.
-_validated: Dict[int, tuple] = {}
+# offsets already validated -> their longest sequence (per packed total). A model calls the op once per layer with
+# the same offsets; re-reading them on the host would sync the GPU in every layer.
+_validated = TensorMemo(limit=256)
 
 
 def _check_offsets(cu_seqlens: Tensor, total: int, name: str, device: torch.device, values: bool = True
@@ -76,15 +75,12 @@ def _check_offsets(cu_seqlens: Tensor, total: int, name: str, device: torch.devi
     validate_cu_seqlens(cu_seqlens, total, name=name, device=device, check_values=False)
     if torch.compiler.is_compiling() or not values:
         return None
-    hit = _validated.get(id(cu_seqlens))
-    if hit is not None and hit[0]() is cu_seqlens and hit[1:3] == (cu_seqlens._version, total):
-        return hit[3]
-    validate_cu_seqlens(cu_seqlens, total, name=name, device=device)
-    longest = int(cu_seqlens_to_seqlens(cu_seqlens).max()) if cu_seqlens.numel() > 1 else 0
-    if len(_validated) > 256:
-        _validated.clear()
-    _validated[id(cu_seqlens)] = (weakref.ref(cu_seqlens), cu_seqlens._version, total, longest)
-    return longest
+
+    def longest() -> int:
+        validate_cu_seqlens(cu_seqlens, total, name=name, device=device)
+        return int(cu_seqlens_to_seqlens(cu_seqlens).max()) if cu_seqlens.numel() > 1 else 0
+
+    return _validated.get_or_compute(cu_seqlens, total, longest)
 
 
 def _check_max_seqlen(value, longest: Optional[int], name: str) -> None:

@@ -32,12 +32,12 @@ avoid even the one read of the offsets.
 """
 from __future__ import annotations
 
-import weakref
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from .._utils import TensorMemo
 from ..varlen import seqlens_to_cu_seqlens
 from . import packed_attention
 
@@ -46,23 +46,14 @@ __all__ = ["ATTENTION_NAME", "register_hf_attention", "alarm_packed_attention_fo
 ATTENTION_NAME = "alarm_packed"
 _settings = {"backend": "auto", "deterministic": False}
 
-# id(tensor) -> (weakref, (tensor version, key), value): what one forward's layers derive from the same tensor
-_derived: Dict[int, tuple] = {}
+# what one forward's layers derive from the same mask, position ids or offsets
+_derived = TensorMemo(limit=64)
 
 
 def _once_per_tensor(tensor: Tensor, key: tuple, compute: Callable[[], object]):
     """``compute()``, reused while ``tensor`` (unchanged) and ``key`` are the same: the layers of one forward
     derive their boundaries once instead of reading the device in every layer."""
-    if torch.compiler.is_compiling():
-        return compute()
-    hit = _derived.get(id(tensor))
-    if hit is not None and hit[0]() is tensor and hit[1] == (tensor._version, key):
-        return hit[2]
-    value = compute()
-    if len(_derived) > 64:
-        _derived.clear()
-    _derived[id(tensor)] = (weakref.ref(tensor), (tensor._version, key), value)
-    return value
+    return _derived.get_or_compute(tensor, key, compute)
 
 
 def _as_cu_seqlens(value, name: str, device: torch.device) -> Tensor:
