@@ -65,6 +65,18 @@ def _riff_shortfall(path: str) -> int:
     return 0
 
 
+def _readable_path(path: Union[str, "os.PathLike[str]"]) -> str:
+    """``path`` as a string; ValueError naming it when it is missing, not a file, or empty."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"audio file not found: {path}")
+    if not os.path.isfile(path):
+        raise ValueError(f"audio path is not a file: {path}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"cannot read audio file {path}: the file is empty")
+    return path
+
+
 def load_audio(path: Union[str, "os.PathLike[str]"], start_seconds: float = 0.0,
                max_seconds: Optional[float] = None) -> Tuple[np.ndarray, int]:
     """Read an audio file -> (float32 mono samples [frames] in [-1, 1], sample rate in Hz).
@@ -77,13 +89,7 @@ def load_audio(path: Union[str, "os.PathLike[str]"], start_seconds: float = 0.0,
     if start_seconds < 0 or (max_seconds is not None and max_seconds <= 0):
         raise ValueError(f"the window of {path} must have start >= 0 and a positive length, got "
                          f"start {start_seconds} s, length {max_seconds} s")
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ValueError(f"audio file not found: {path}")
-    if not os.path.isfile(path):
-        raise ValueError(f"audio path is not a file: {path}")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"cannot read audio file {path}: the file is empty")
+    path = _readable_path(path)
     try:
         with sf.SoundFile(path) as f:
             rate, channels, declared = f.samplerate, f.channels, f.frames
@@ -117,11 +123,7 @@ def load_audio(path: Union[str, "os.PathLike[str]"], start_seconds: float = 0.0,
 def audio_info(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, int]:
     """(frames, sample rate in Hz) of an audio file, from its header; its first 10 ms are decoded to check
     that it reads. Raises ValueError naming ``path`` and the reason (missing, empty, unreadable, no frames)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"audio file not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"cannot read audio file {path}: the file is empty")
+    path = _readable_path(path)
     try:
         with sf.SoundFile(path) as f:
             frames, rate = f.frames, f.samplerate

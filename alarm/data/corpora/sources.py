@@ -12,6 +12,7 @@ A resolver class per source layout (``layouts.py``, ``built.py``) derives from o
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 import re
@@ -54,7 +55,7 @@ def split_exact(value: str, sep: str, parts: int, what: str) -> list:
     return pieces
 
 
-class Source:
+class Source(abc.ABC):
     """One source dataset of the corpora. Class attributes document it (``alarm data sources``, docs/data.md):
     ``name`` (its ``dataset_name``), ``kind``, ``ids`` (what the two ids hold), ``layout`` (the expected tree
     under the ``--audio-root`` folder), ``top`` (the archive's top folder: the root may be its parent or the
@@ -76,9 +77,9 @@ class Source:
         self.root = base
         self.clips_dir = Path(os.path.abspath(clips_dir)) if clips_dir is not None else None
 
+    @abc.abstractmethod
     def clip(self, uid1: str, uid2: str) -> str:
         """Path of the clip of row ``(uid1, uid2)``; raises ClipMissing."""
-        raise NotImplementedError
 
 
 class FileSource(Source):
@@ -86,10 +87,10 @@ class FileSource(Source):
 
     kind = "files"
 
+    @abc.abstractmethod
     def paths(self, uid1: str, uid2: str) -> Sequence[str]:
         """Candidate relative paths of the clip (the first is the one reported when none exists);
         ValueError when the ids do not fit the layout."""
-        raise NotImplementedError
 
     def clip(self, uid1: str, uid2: str) -> str:
         try:
@@ -114,13 +115,13 @@ class IndexedSource(Source):
         self._index: Optional[Dict[str, str]] = None
         self._lock = threading.Lock()
 
+    @abc.abstractmethod
     def file_key(self, rel: PurePosixPath) -> Optional[str]:
         """Key of the audio file at ``rel`` (relative to the root), or None to ignore it."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def row_key(self, uid1: str, uid2: str) -> str:
         """Key of the row's clip; ValueError when the ids do not fit."""
-        raise NotImplementedError
 
     def _build_index(self) -> Dict[str, str]:
         index: Dict[str, str] = {}
@@ -162,9 +163,9 @@ class BuiltSource(Source):
 
     kind = "built"
 
+    @abc.abstractmethod
     def build(self, uid1: str, uid2: str) -> np.ndarray:
         """The clip's samples: float32 mono [frames] at :data:`BUILT_RATE`; raises ClipMissing."""
-        raise NotImplementedError
 
     def clip(self, uid1: str, uid2: str) -> str:
         from alarm.fileio import atomic_write
